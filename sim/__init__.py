@@ -1,0 +1,1 @@
+"""The synthetic traffic world, its LiDAR and the channel models (``v2x.sim``)."""

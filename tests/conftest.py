@@ -1,0 +1,33 @@
+"""Shared fixtures: the real data samples live beside the checkout in ../shared/realdata."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("V2X_REALDATA", REPO.parent / "shared" / "realdata"))
+
+# Tests share two cores with each other (pytest -n 2): keep torch to one thread per worker.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:  # pragma: no cover - torch is a hard dependency, but keep collection cheap if absent
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """Root of the real data samples; tests that need them skip, naming the path, when absent."""
+    if not REALDATA.is_dir():
+        pytest.skip(f"real data samples not found at {REALDATA} (set V2X_REALDATA)")
+    return REALDATA
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO

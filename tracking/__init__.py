@@ -1,0 +1,1 @@
+"""Multi-sensor Kalman tracking with learned measurement noise, baseline and metrics (``v2x.tracking``)."""

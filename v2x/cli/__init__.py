@@ -1,0 +1,1 @@
+"""The ``v2x`` command line. Subcommands load lazily so ``v2x --help`` stays fast."""
