@@ -78,7 +78,7 @@ class Boxes:
         self.xyzlwhy = np.asarray(self.xyzlwhy, dtype=np.float64).reshape(-1, 7)
         n = len(self.xyzlwhy)
         self.labels = np.broadcast_to(np.asarray(self.labels, dtype=np.int16), (n,)).copy()
-        if self.track_ids is None or np.size(self.track_ids) == 0 and n:
+        if self.track_ids is None or (np.size(self.track_ids) == 0 and n):
             self.track_ids = np.full(n, -1, dtype=np.int64)
         self.track_ids = np.broadcast_to(np.asarray(self.track_ids, dtype=np.int64), (n,)).copy()
         if self.scores is not None:

@@ -96,7 +96,9 @@ class Frame:
 
     def __post_init__(self) -> None:
         if self.ego_id not in self.agents:
-            raise ValueError(f"frame {self.scenario}/{self.index}: ego {self.ego_id!r} is not among its agents")
+            raise ValueError(
+                f"frame {self.scenario}/{self.index}: ego {self.ego_id!r} is not among its agents"
+            )
         # Keep the ego first whatever order the caller used.
         self.agents = {self.ego_id: self.agents[self.ego_id]} | {
             k: v for k, v in self.agents.items() if k != self.ego_id

@@ -66,9 +66,7 @@ def polygon_intersection_area(qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
     # Invalid slots repeat the first vertex so they add nothing to the shoelace sum.
     sorted_pts = np.where(sorted_ok[..., None], sorted_pts, sorted_pts[:, :1, :])
     nxt = np.roll(sorted_pts, -1, axis=1)
-    area = 0.5 * np.abs(
-        np.sum(sorted_pts[..., 0] * nxt[..., 1] - sorted_pts[..., 1] * nxt[..., 0], axis=1)
-    )
+    area = 0.5 * np.abs(np.sum(sorted_pts[..., 0] * nxt[..., 1] - sorted_pts[..., 1] * nxt[..., 0], axis=1))
     return np.where(count >= 3, area, 0.0)
 
 

@@ -22,7 +22,9 @@ def test_bev_iou_matches_shapely_on_random_rotated_boxes():
     rng = np.random.default_rng(1)
     a, b = _random_boxes(rng, 60), _random_boxes(rng, 50)
     m = bev_iou_matrix(a, b)
-    ref = np.array([[_shapely_bev_iou(a[i : i + 1], b[j : j + 1]) for j in range(len(b))] for i in range(len(a))])
+    ref = np.array(
+        [[_shapely_bev_iou(a[i : i + 1], b[j : j + 1]) for j in range(len(b))] for i in range(len(a))]
+    )
     assert np.abs(m - ref).max() < 1e-9
     assert (ref > 0).sum() > 200  # the sample really exercises overlaps
 
@@ -34,7 +36,11 @@ def test_iou3d_matches_shapely_times_height_overlap():
     for i in range(len(a)):
         for j in range(len(b)):
             pa, pb = Polygon(bev_corners(a[i])[0]), Polygon(bev_corners(b[j])[0])
-            dz = max(0.0, min(a[i, 2] + a[i, 5] / 2, b[j, 2] + b[j, 5] / 2) - max(a[i, 2] - a[i, 5] / 2, b[j, 2] - b[j, 5] / 2))
+            dz = max(
+                0.0,
+                min(a[i, 2] + a[i, 5] / 2, b[j, 2] + b[j, 5] / 2)
+                - max(a[i, 2] - a[i, 5] / 2, b[j, 2] - b[j, 5] / 2),
+            )
             inter = pa.intersection(pb).area * dz
             ref = inter / (np.prod(a[i, 3:6]) + np.prod(b[j, 3:6]) - inter)
             assert m[i, j] == pytest.approx(ref, abs=1e-9)
