@@ -77,6 +77,9 @@ class Boxes:
     def __post_init__(self) -> None:
         self.xyzlwhy = np.asarray(self.xyzlwhy, dtype=np.float64).reshape(-1, 7)
         n = len(self.xyzlwhy)
+        # boxes given without classes or track ids are OTHER, with unknown (-1) ids
+        if self.labels is None or (np.size(self.labels) == 0 and n):
+            self.labels = np.full(n, int(ObjectClass.OTHER), dtype=np.int16)
         self.labels = np.broadcast_to(np.asarray(self.labels, dtype=np.int16), (n,)).copy()
         if self.track_ids is None or (np.size(self.track_ids) == 0 and n):
             self.track_ids = np.full(n, -1, dtype=np.int64)

@@ -1,0 +1,64 @@
+import numpy as np
+import torch
+
+from v2x.fusion import AttentionFusion, MaxFusion, warp_to_ego
+from v2x.geometry import inverse, pose_from_xyz_yaw
+
+
+def _blob(cfg, x, y):
+    h, w = cfg.grid.shape
+    f = torch.zeros(1, 2, h, w)
+    v = torch.zeros(1, h, w, dtype=torch.bool)
+    row, col, ok = cfg.grid.cell_of(np.array([[x, y]]))
+    assert ok[0]
+    f[0, :, row[0], col[0]] = 1.0
+    v[0, row[0], col[0]] = True
+    return f, v
+
+
+def test_identity_warp_keeps_features(cfg):
+    f, v = _blob(cfg, 10.4, -5.2)
+    wf, wv = warp_to_ego(f, v, [np.eye(4)], cfg.grid)
+    assert torch.allclose(wf, f, atol=1e-5)
+    assert torch.equal(wv, v)
+
+
+def test_warp_moves_a_cell_to_where_the_pose_says(cfg):
+    world_from_ego = pose_from_xyz_yaw(0, 0, 0, 0.0)
+    world_from_sender = pose_from_xyz_yaw(20.0, 8.0, 0, np.pi / 2)
+    ego_from_sender = inverse(world_from_ego) @ world_from_sender
+    # a cell centre in the sender frame at (8.4, 4.4) is, in the ego frame, at R (8.4, 4.4) + t
+    f, v = _blob(cfg, 8.4, 4.4)
+    wf, wv = warp_to_ego(f, v, [ego_from_sender], cfg.grid)
+    expected = ego_from_sender[:2, :2] @ np.array([8.4, 4.4]) + ego_from_sender[:2, 3]
+    row, col, _ = cfg.grid.cell_of(expected[None])
+    peak = np.unravel_index(int(wf[0, 0].argmax()), wf.shape[2:])
+    assert peak == (row[0], col[0])
+    assert wv[0, row[0], col[0]]
+    assert wv.sum() <= 2
+
+
+def test_max_fusion_ignores_agents_without_data():
+    feats = torch.tensor([[[[1.0, 0.0]]], [[[0.5, 3.0]]]])  # (A=2, C=1, H=1, W=2)
+    valid = torch.tensor([[[True, False]], [[False, True]]])
+    fused = MaxFusion()(feats, valid)
+    assert fused.tolist() == [[[1.0, 3.0]]]
+    none_valid = MaxFusion()(feats, torch.zeros_like(valid))
+    assert torch.count_nonzero(none_valid) == 0
+
+
+def test_attention_fusion_weights_only_valid_agents_and_has_finite_gradients():
+    torch.manual_seed(0)
+    att = AttentionFusion(channels=4)
+    feats = torch.randn(3, 4, 5, 6, requires_grad=True)
+    valid = torch.zeros(3, 5, 6, dtype=torch.bool)
+    valid[0, :2] = True
+    valid[1, 1:3] = True
+    fused = att(feats, valid)
+    # where only agent 0 has data the result is agent 0's feature
+    assert torch.allclose(fused[:, 0], feats[0, :, 0], atol=1e-6)
+    # where nobody has data the result is zero
+    assert torch.count_nonzero(fused[:, 4]) == 0
+    fused.sum().backward()
+    assert torch.isfinite(feats.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in att.parameters())

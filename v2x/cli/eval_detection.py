@@ -1,0 +1,66 @@
+"""``v2x eval detection``: AP of one or more fusion modes on a log, with bytes per link."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+MODES = ("none", "late", "early", "intermediate")
+
+
+def _parse_modes(value: str) -> list[str]:
+    modes = list(MODES) if value == "all" else [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise click.BadParameter(f"unknown fusion mode(s) {bad}: use {', '.join(MODES)} or all")
+    return modes
+
+
+@click.command("detection")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A log, or a root holding a test/ split (then test/ is evaluated).",
+)
+@click.option(
+    "--split", default="test", show_default=True, help="Split folder to use under --data when present."
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Detector checkpoint (default: the shipped weights).",
+)
+@click.option(
+    "--fusion",
+    "fusion",
+    default="intermediate",
+    show_default=True,
+    help="none, late, early, intermediate, a comma-separated list, or all.",
+)
+@click.option("--frames", type=int, help="Evaluate only this many frames, evenly spaced.")
+@click.option(
+    "--max-cav", type=int, default=5, show_default=True, help="Most agents per frame, ego included."
+)
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results here."
+)
+def eval_detection(data, split, weights, fusion, frames, max_cav, json_out) -> None:
+    """BEV and 3D AP at IoU 0.3/0.5/0.7 and bytes per agent per frame for each fusion mode."""
+    from v2x.evaluate import evaluate_fusion_modes
+
+    modes = _parse_modes(fusion)
+    root = data / split if (data / split).is_dir() else data
+    results = evaluate_fusion_modes(
+        root, modes, weights=weights, frames=frames, max_cav=max_cav, progress=True
+    )
+    for res in results.values():
+        click.echo(res.pop("_table"))
+        click.echo(f"bytes per agent per frame: {res['bytes_per_agent_frame']:.0f}\n")
+    payload = results[modes[0]] if len(modes) == 1 else results
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(payload, indent=2))
+        click.echo(f"wrote {json_out}")

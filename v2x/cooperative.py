@@ -1,0 +1,227 @@
+"""Per-frame cooperative perception logic, shared by evaluation, sweeps and the node processes.
+
+:class:`Perception` holds a detector and exposes the two halves of the system: what an agent
+computes from its own scan (:meth:`Perception.agent_step`) and what the ego computes from its
+own result plus whatever it received (:meth:`Perception.ego_step`). :meth:`Perception.run_frame`
+strings them together in-process for the four fusion modes, so the modes differ only in what
+crosses the link: nothing, boxes, points, or BEV features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from v2x.boxes import VEHICLE_CLASSES, Boxes
+from v2x.detector import CooperativeDetector
+from v2x.encoder import sanitize_points
+from v2x.frame import AgentKind, AgentScan, Frame
+from v2x.geometry import inverse, transform_points
+from v2x.head import rotated_nms
+
+__all__ = [
+    "FUSION_MODES",
+    "AgentPerception",
+    "EgoResult",
+    "FrameResult",
+    "Perception",
+    "SharedBoxes",
+    "SharedFeatures",
+    "evaluation_ground_truth",
+]
+
+FUSION_MODES = ("none", "late", "early", "intermediate")
+
+#: bytes of one point as raw float32 x, y, z, intensity (early fusion's payload)
+POINT_BYTES = 16
+
+
+@dataclass
+class AgentPerception:
+    """What one agent computes from its own scan, in its own BEV frame."""
+
+    agent_id: str
+    kind: AgentKind
+    timestamp_ns: int
+    world_from_bev: np.ndarray
+    features: torch.Tensor  # (C, H, W), zero where the agent has no data
+    occupied: torch.Tensor  # (H, W) bool
+    confidence: np.ndarray | None = None  # (H, W) float32, the supply map
+    boxes: Boxes | None = None  # with scores
+
+
+@dataclass
+class SharedFeatures:
+    """A collaborator's (possibly sparse, possibly decoded) features as the ego received them."""
+
+    agent_id: str
+    world_from_bev: np.ndarray  # the sender's pose as received (channel pose noise included)
+    features: torch.Tensor  # (C, H, W) dense, zero in cells not sent
+    valid: torch.Tensor  # (H, W) bool: cells that were sent
+    timestamp_ns: int = 0
+
+
+@dataclass
+class SharedBoxes:
+    """A collaborator's detections as the ego received them, in the sender's BEV frame."""
+
+    agent_id: str
+    world_from_bev: np.ndarray
+    boxes: Boxes
+
+
+@dataclass
+class EgoResult:
+    boxes: Boxes  # in the ego's BEV frame, with scores
+    confidence: np.ndarray  # (H, W) fused confidence
+
+
+@dataclass
+class FrameResult:
+    """One frame through one fusion mode, as evaluation needs it."""
+
+    boxes: Boxes
+    world_from_ego_bev: np.ndarray
+    bytes_per_collaborator: dict[str, int] = field(default_factory=dict)
+
+
+def evaluation_ground_truth(frame: Frame, min_points: int = 1, agent_ids: list[str] | None = None) -> Boxes:
+    """Vehicles seen by at least ``min_points`` LiDAR points of the frame's agents, in the ego BEV frame.
+
+    All fusion modes are scored against the same set (the objects the group of agents could
+    possibly see), as the cooperative-perception benchmarks do.
+    """
+    gt = frame.gt[frame.gt.of_classes(VEHICLE_CLASSES)]
+    if min_points > 0 and len(gt):
+        counts = Frame(frame.scenario, frame.index, frame.timestamp_ns, frame.agents, frame.ego_id, gt)
+        per_agent = counts.points_per_gt_box()
+        ids = agent_ids if agent_ids is not None else list(per_agent)
+        total = sum(per_agent[a] for a in ids)
+        gt = gt[total >= min_points]
+    return gt.transformed(inverse(frame.ego.world_from_bev))
+
+
+class Perception:
+    """The detector wrapped with the per-frame logic of agents and ego (inference only)."""
+
+    def __init__(self, model: CooperativeDetector) -> None:
+        self.model = model.eval()
+        self.cfg = model.cfg
+
+    # -- agent side -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def agent_steps(self, scans: list[AgentScan], detect: bool = True) -> list[AgentPerception]:
+        """Encode several agents' scans in one batch (and detect on each, if asked)."""
+        if not scans:
+            return []
+        clouds = [sanitize_points(s.points_in_bev(), self.cfg) for s in scans]
+        bev = self.model.encode(clouds)
+        out = self.model.detect(bev.features) if detect else None
+        boxes = self.model.decode(out) if detect else [None] * len(scans)
+        conf = out.confidence().numpy() if detect else [None] * len(scans)
+        return [
+            AgentPerception(
+                s.agent_id,
+                s.kind,
+                s.timestamp_ns,
+                s.world_from_bev,
+                bev.features[i],
+                bev.occupied[i],
+                None if conf[i] is None else conf[i].astype(np.float32),
+                boxes[i],
+            )
+            for i, s in enumerate(scans)
+        ]
+
+    def agent_step(self, scan: AgentScan, detect: bool = True) -> AgentPerception:
+        return self.agent_steps([scan], detect)[0]
+
+    # -- ego side -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def ego_step(
+        self,
+        ego: AgentPerception,
+        shared: list[SharedFeatures] = (),
+        shared_boxes: list[SharedBoxes] = (),
+    ) -> EgoResult:
+        """Fuse received features into the ego's map, detect, then merge any received boxes."""
+        ego_inv = inverse(ego.world_from_bev)
+        others = [(s.features, s.valid, ego_inv @ s.world_from_bev) for s in shared]
+        fused = self.model.fuse(ego.features, ego.occupied, others)
+        out = self.model.detect(fused[None])
+        boxes = self.model.decode(out)[0]
+        if shared_boxes:
+            boxes = self.merge_boxes(ego.world_from_bev, boxes, shared_boxes)
+        return EgoResult(boxes, out.confidence()[0].numpy())
+
+    def merge_boxes(self, world_from_ego_bev: np.ndarray, own: Boxes, shared: list[SharedBoxes]) -> Boxes:
+        """Late fusion: received boxes moved into the ego frame, merged with its own by rotated NMS."""
+        ego_inv = inverse(world_from_ego_bev)
+        parts = [own] + [s.boxes.transformed(ego_inv @ s.world_from_bev) for s in shared]
+        merged = Boxes.concat(parts)
+        if len(merged) == 0:
+            return merged
+        keep = rotated_nms(merged.xyzlwhy, merged.scores, self.cfg.nms_iou)
+        return merged[keep]
+
+    # -- in-process modes -----------------------------------------------------------------------
+    @torch.no_grad()
+    def run_frame(self, frame: Frame, mode: str) -> FrameResult:
+        """Detections in the ego's BEV frame for one fusion mode, with what each link carried."""
+        if mode not in FUSION_MODES:
+            raise ValueError(f"unknown fusion mode {mode!r}: use one of {', '.join(FUSION_MODES)}")
+        ego_scan = frame.ego
+        others = frame.collaborators
+        if mode == "none" or (not others and mode != "early"):
+            ego = self.agent_step(ego_scan)
+            return FrameResult(ego.boxes, ego.world_from_bev, {a.agent_id: 0 for a in others})
+        if mode == "early":
+            return self._early(frame)
+        if mode == "late":
+            results = self.agent_steps([ego_scan, *others], detect=True)
+            ego, rest = results[0], results[1:]
+            shared = [SharedBoxes(r.agent_id, r.world_from_bev, r.boxes) for r in rest]
+            boxes = self.merge_boxes(ego.world_from_bev, ego.boxes, shared)
+            sent = {r.agent_id: boxes_message_bytes(len(r.boxes)) for r in rest}
+            return FrameResult(boxes, ego.world_from_bev, sent)
+        # intermediate: every occupied cell of every collaborator, as raw features
+        results = self.agent_steps([ego_scan, *others], detect=False)
+        ego, rest = results[0], results[1:]
+        shared = [
+            SharedFeatures(r.agent_id, r.world_from_bev, r.features, r.occupied, r.timestamp_ns) for r in rest
+        ]
+        res = self.ego_step(ego, shared)
+        c = self.cfg.bev_channels
+        sent = {r.agent_id: raw_features_bytes(int(r.occupied.sum()), c) for r in rest}
+        return FrameResult(res.boxes, ego.world_from_bev, sent)
+
+    def _early(self, frame: Frame) -> FrameResult:
+        ego_bev_inv = inverse(frame.ego.world_from_bev)
+        clouds, sent = [], {}
+        for scan in frame.agents.values():
+            pts = transform_points(ego_bev_inv @ scan.world_from_lidar, scan.points)
+            kept = sanitize_points(pts, self.cfg)
+            clouds.append(kept)
+            if scan.agent_id != frame.ego_id:
+                sent[scan.agent_id] = HEADER_BYTES + POINT_BYTES * len(kept)
+        merged = torch.cat(clouds)
+        bev = self.model.encode([merged])
+        boxes = self.model.decode(self.model.detect(bev.features))[0]
+        return FrameResult(boxes, frame.ego.world_from_bev, sent)
+
+
+#: fixed header of any message (sender, time, pose, grid, sizes); the wire format defines the exact figure
+HEADER_BYTES = 64
+#: one detection: quantised box, score and class
+BOX_BYTES = 16
+
+
+def boxes_message_bytes(n_boxes: int) -> int:
+    return HEADER_BYTES + BOX_BYTES * n_boxes
+
+
+def raw_features_bytes(n_cells: int, channels: int) -> int:
+    """fp32 features of ``n_cells`` cells plus a 2-byte cell index each."""
+    return HEADER_BYTES + n_cells * (4 * channels + 2)

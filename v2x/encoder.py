@@ -1,0 +1,137 @@
+"""Per-agent LiDAR encoder: points -> pillars -> spconv sparse backbone -> dense BEV feature map.
+
+Points arrive in the agent's BEV frame (``AgentScan.points_in_bev()``: level, origin on the
+ground below the sensor). Pillars are 0.4 m columns of the shared :class:`~v2x.grid.BEVGrid`;
+a PointPillars-style point network summarises each pillar, and a small sparse 2D backbone
+(submanifold convolutions that only compute where there is data) downsamples to the feature
+grid. The output map is what an agent shares: cells without any point stay exactly zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from v2x.config import DetectorConfig
+from v2x.spconv_compat import sparse_conv_kwargs, spconv_module
+
+__all__ = ["BEVFeatures", "PillarEncoder", "sanitize_points"]
+
+POINT_FEATURES = 9  # x, y, z, intensity, offsets to the pillar mean (3) and to its centre (2)
+
+
+def sanitize_points(points: np.ndarray | torch.Tensor, cfg: DetectorConfig) -> torch.Tensor:
+    """Finite points inside the grid's x, y, z ranges as a float32 (N, 4) tensor.
+
+    NaN or infinite coordinates and out-of-range points are dropped here, so nothing
+    malformed ever reaches spconv; an empty result is valid.
+    """
+    pts = torch.as_tensor(np.asarray(points, dtype=np.float32)) if not torch.is_tensor(points) else points
+    pts = pts.to(torch.float32)
+    if pts.ndim != 2 or pts.shape[1] < 4:
+        raise ValueError(f"points need shape (N, 4): x, y, z, intensity; got {tuple(pts.shape)}")
+    pts = pts[:, :4]
+    g = cfg.grid
+    keep = torch.isfinite(pts).all(dim=1)
+    x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
+    keep &= (x >= g.x_min) & (x < g.x_max) & (y >= g.y_min) & (y < g.y_max) & (z >= g.z_min) & (z < g.z_max)
+    out = pts[keep]
+    out[:, 3] = out[:, 3].clamp(0.0, 1.0)
+    return out
+
+
+@dataclass
+class BEVFeatures:
+    """A batch of BEV feature maps in each agent's own BEV frame.
+
+    ``features`` (B, C, H, W); ``occupied`` (B, H, W) bool marks cells with LiDAR data.
+    """
+
+    features: torch.Tensor
+    occupied: torch.Tensor
+
+
+class PillarEncoder(nn.Module):
+    def __init__(self, cfg: DetectorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        spconv = spconv_module()
+        c0, c = cfg.pillar_channels, cfg.bev_channels
+        kw = sparse_conv_kwargs()
+        self.point_net = nn.Sequential(
+            nn.Linear(POINT_FEATURES, c0, bias=False), nn.BatchNorm1d(c0), nn.ReLU()
+        )
+        if cfg.grid.stride != 2:
+            raise ValueError("the encoder's sparse backbone downsamples by 2: grid.stride must be 2")
+        self.backbone = spconv.SparseSequential(
+            spconv.SubMConv2d(c0, c0, 3, padding=1, indice_key="subm1", **kw),
+            nn.BatchNorm1d(c0),
+            nn.ReLU(),
+            spconv.SparseConv2d(c0, c, 3, stride=2, padding=1, **kw),
+            nn.BatchNorm1d(c),
+            nn.ReLU(),
+            spconv.SubMConv2d(c, c, 3, padding=1, indice_key="subm2", **kw),
+            nn.BatchNorm1d(c),
+            nn.ReLU(),
+            spconv.SubMConv2d(c, c, 3, padding=1, indice_key="subm2", **kw),
+            nn.BatchNorm1d(c),
+            nn.ReLU(),
+        )
+        self._spconv = spconv
+
+    def pillarize(self, clouds: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-point features, the pillar each point falls in, and the pillars' (batch, row, col)."""
+        g = self.cfg.grid
+        ny, nx = g.voxel_shape
+        feats, keys = [], []
+        for b, pts in enumerate(clouds):
+            col = ((pts[:, 0] - g.x_min) / g.voxel).long().clamp_(0, nx - 1)
+            row = ((pts[:, 1] - g.y_min) / g.voxel).long().clamp_(0, ny - 1)
+            keys.append((b * ny + row) * nx + col)
+            feats.append(pts)
+        pts = torch.cat(feats) if feats else torch.zeros(0, 4)
+        key = torch.cat(keys) if keys else torch.zeros(0, dtype=torch.long)
+        uniq, inverse = torch.unique(key, return_inverse=True)
+        n_pillars = len(uniq)
+        count = torch.zeros(n_pillars).index_add_(0, inverse, torch.ones(len(pts)))
+        mean = torch.zeros(n_pillars, 3).index_add_(0, inverse, pts[:, :3]) / count.clamp(min=1)[:, None]
+        b_idx = uniq // (ny * nx)
+        row = (uniq // nx) % ny
+        col = uniq % nx
+        centre_x = g.x_min + (col.float() + 0.5) * g.voxel
+        centre_y = g.y_min + (row.float() + 0.5) * g.voxel
+        point_feats = torch.cat(
+            [
+                pts,
+                pts[:, :3] - mean[inverse],
+                (pts[:, 0] - centre_x[inverse])[:, None],
+                (pts[:, 1] - centre_y[inverse])[:, None],
+            ],
+            dim=1,
+        )
+        coords = torch.stack([b_idx, row, col], dim=1).int()
+        return point_feats, inverse, coords
+
+    def forward(self, clouds: list[torch.Tensor]) -> BEVFeatures:
+        """Encode a batch of sanitised clouds (see :func:`sanitize_points`), one per agent."""
+        g = self.cfg.grid
+        batch = len(clouds)
+        h, w = g.shape
+        point_feats, inverse, coords = self.pillarize(clouds)
+        if len(coords) == 0:
+            zeros = torch.zeros(batch, self.cfg.bev_channels, h, w)
+            return BEVFeatures(zeros, torch.zeros(batch, h, w, dtype=torch.bool))
+        per_point = self.point_net(point_feats)
+        pillar = torch.zeros(len(coords), per_point.shape[1]).scatter_reduce(
+            0, inverse[:, None].expand_as(per_point), per_point, reduce="amax", include_self=False
+        )
+        sparse = self._spconv.SparseConvTensor(pillar, coords, list(g.voxel_shape), batch)
+        out = self.backbone(sparse)
+        dense = out.dense()
+        occupied = torch.zeros(batch, h, w, dtype=torch.bool)
+        # a feature cell is occupied when one of the pillars it covers holds points
+        occupied[coords[:, 0].long(), coords[:, 1].long() // g.stride, coords[:, 2].long() // g.stride] = True
+        return BEVFeatures(dense * occupied[:, None].to(dense.dtype), occupied)

@@ -1,0 +1,94 @@
+"""Warping collaborators' BEV feature maps into the ego's frame, and fusing them per cell.
+
+Every agent's map lies on the same grid, but in its own BEV frame (level, on the ground below
+its LiDAR). The ego resamples each received map at the positions of its own cells, using the
+planar part of ``ego_from_sender``, then fuses the aligned maps cell by cell.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from v2x.grid import BEVGrid
+
+__all__ = ["AttentionFusion", "MaxFusion", "make_fusion", "warp_affine", "warp_to_ego"]
+
+
+def warp_affine(ego_from_sender: np.ndarray, grid: BEVGrid) -> torch.Tensor:
+    """2x3 matrix for ``F.affine_grid`` that samples a sender map at the ego's cell centres.
+
+    Normalised map coordinates u, v in [-1, 1] relate to metres by p = S (u, v) + c; a point p
+    in the ego frame is R^T (p - t) in the sender's frame, so the sender-normalised location
+    is S^-1 R^T S (u, v) + S^-1 (R^T (c - t) - c).
+    """
+    yaw = np.arctan2(ego_from_sender[1, 0], ego_from_sender[0, 0])
+    rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+    t = ego_from_sender[:2, 3]
+    s = np.diag([(grid.x_max - grid.x_min) / 2, (grid.y_max - grid.y_min) / 2])
+    c = np.array([(grid.x_max + grid.x_min) / 2, (grid.y_max + grid.y_min) / 2])
+    s_inv = np.linalg.inv(s)
+    lin = s_inv @ rot.T @ s
+    off = s_inv @ (rot.T @ (c - t) - c)
+    return torch.tensor(np.hstack([lin, off[:, None]]), dtype=torch.float32)
+
+
+def warp_to_ego(
+    features: torch.Tensor, valid: torch.Tensor, ego_from_sender: list[np.ndarray], grid: BEVGrid
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample maps (N, C, H, W) and validity masks (N, H, W) into the ego frame.
+
+    Features are bilinearly interpolated; a cell is valid in the ego frame when the sampled
+    validity reaches one half. Outside a sender's map everything is zero and invalid.
+    """
+    n = features.shape[0]
+    if n == 0:
+        return features, valid
+    theta = torch.stack([warp_affine(T, grid) for T in ego_from_sender])
+    sampling = F.affine_grid(theta, list(features.shape), align_corners=False)
+    warped = F.grid_sample(features, sampling, mode="bilinear", padding_mode="zeros", align_corners=False)
+    vmask = F.grid_sample(
+        valid[:, None].float(), sampling, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return warped, vmask[:, 0] >= 0.5
+
+
+class MaxFusion(nn.Module):
+    """Element-wise maximum over the agents that have data at a cell."""
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        # features (A, C, H, W) aligned in the ego frame, valid (A, H, W); agent 0 is the ego
+        masked = features.masked_fill(~valid[:, None], float("-inf"))
+        fused = masked.max(dim=0).values
+        return torch.where(torch.isfinite(fused), fused, torch.zeros_like(fused))
+
+
+class AttentionFusion(nn.Module):
+    """Per-cell softmax attention over agents, scored by a small learned network.
+
+    Each agent's feature at a cell gets a scalar score; the fused feature is the
+    score-weighted average over the agents that have data there. Cheap: a 1x1 MLP per agent.
+    """
+
+    def __init__(self, channels: int, hidden: int = 16) -> None:
+        super().__init__()
+        self.score = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 1, 1)
+        )
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        logits = self.score(features)[:, 0]  # (A, H, W)
+        # a large finite negative, not -inf: a cell no agent covers must not produce NaN gradients
+        logits = logits.masked_fill(~valid, -1e4)
+        weights = torch.softmax(logits, dim=0) * valid
+        return (weights[:, None] * features).sum(dim=0)
+
+
+def make_fusion(kind: str, channels: int) -> nn.Module:
+    if kind == "max":
+        return MaxFusion()
+    if kind == "attention":
+        return AttentionFusion(channels)
+    raise ValueError(f"unknown fusion {kind!r}: use 'max' or 'attention'")

@@ -1,0 +1,114 @@
+"""Training samples for the cooperative detector, drawn from a log.
+
+One network must serve every fusion mode, so each sample picks an ego among the frame's
+agents (RSUs included: every agent runs the head for its own boxes and supply map), a random
+subset of collaborators, and a mode: intermediate (per-agent maps fused on the ego) or early
+(the merged cloud). A subset of size zero is the single-agent case. Targets are the vehicles
+the participating agents actually hit with at least ``min_points`` LiDAR points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from v2x.augment import augment_frame
+from v2x.boxes import VEHICLE_CLASSES, Boxes, points_in_boxes
+from v2x.config import DetectorConfig
+from v2x.encoder import sanitize_points
+from v2x.frame import Frame
+from v2x.geometry import inverse, transform_points
+
+__all__ = ["CooperativeSample", "CooperativeTrainingSet", "collate_samples"]
+
+
+@dataclass
+class CooperativeSample:
+    mode: str  # "intermediate" or "early"
+    clouds: list[torch.Tensor]  # first is the ego's; early mode: one merged cloud
+    ego_from_agent: list[np.ndarray]  # for clouds[1:], BEV frame to BEV frame
+    boxes: np.ndarray  # (N, 7) targets in the ego's BEV frame
+    key: str
+
+
+def visible_counts(frame: Frame, agent_ids: list[str], gt_world: np.ndarray) -> np.ndarray:
+    """LiDAR points of the given agents inside each ground-truth box, summed over agents."""
+    total = np.zeros(len(gt_world), dtype=np.int64)
+    if len(gt_world) == 0:
+        return total
+    gt = Boxes(gt_world)
+    for a in agent_ids:
+        scan = frame.agents[a]
+        local = gt.transformed(inverse(scan.world_from_lidar))
+        total += points_in_boxes(scan.points, local.xyzlwhy).sum(axis=0)
+    return total
+
+
+class CooperativeTrainingSet(Dataset):
+    """Random cooperative samples over a log's frames, deterministic for (seed, epoch, index)."""
+
+    def __init__(
+        self,
+        log,
+        cfg: DetectorConfig,
+        seed: int = 0,
+        augment: bool = True,
+        early_probability: float = 0.25,
+        max_agents: int = 5,
+        frame_indices: list[int] | None = None,
+    ) -> None:
+        self.log = log
+        self.cfg = cfg
+        self.seed = seed
+        self.augment = augment
+        self.early_probability = early_probability
+        self.max_agents = max_agents
+        self.indices = list(range(len(log))) if frame_indices is None else list(frame_indices)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> CooperativeSample:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        frame: Frame = self.log[self.indices[i]]
+        if self.augment:
+            frame = augment_frame(frame, rng)
+        ids = list(frame.agents)
+        ego_id = ids[int(rng.integers(len(ids)))]
+        others = [a for a in ids if a != ego_id]
+        rng.shuffle(others)
+        n_others = int(rng.integers(0, min(len(others), self.max_agents - 1) + 1))
+        chosen = [ego_id, *others[:n_others]]
+        mode = "early" if n_others > 0 and rng.random() < self.early_probability else "intermediate"
+        ego = frame.agents[ego_id]
+        ego_bev_inv = inverse(ego.world_from_bev)
+
+        if mode == "early":
+            merged = [
+                transform_points(ego_bev_inv @ frame.agents[a].world_from_lidar, frame.agents[a].points)
+                for a in chosen
+            ]
+            clouds = [sanitize_points(np.concatenate(merged), self.cfg)]
+            ego_from_agent: list[np.ndarray] = []
+        else:
+            clouds = [sanitize_points(frame.agents[a].points_in_bev(), self.cfg) for a in chosen]
+            ego_from_agent = [ego_bev_inv @ frame.agents[a].world_from_bev for a in chosen[1:]]
+
+        gt = frame.gt[frame.gt.of_classes(VEHICLE_CLASSES)]
+        seen = visible_counts(frame, chosen, gt.xyzlwhy) >= self.cfg.min_points_per_box
+        boxes = gt[seen].transformed(ego_bev_inv)
+        in_grid = boxes.in_range(self.cfg.grid.xy_range)
+        key = f"{frame.scenario}/{frame.index}/{ego_id}/{mode}/{len(chosen)}"
+        return CooperativeSample(mode, clouds, ego_from_agent, boxes.xyzlwhy[in_grid], key)
+
+
+def collate_samples(samples: list[CooperativeSample]) -> list[CooperativeSample]:
+    """Samples differ in agent counts and point counts: keep them as a list."""
+    return samples
