@@ -1,0 +1,96 @@
+"""Perception latency on 2 CPU cores: per-agent encode, ego fuse + detect for 4 agents, peak memory.
+
+Targets (issue 4): encoder <= 50 ms and ego <= 50 ms per frame so a 10 Hz LiDAR keeps up.
+Input: four copies of a real OPV2V scan (../shared/realdata) at different poses when available,
+else the bundled demo log, else a synthetic cloud of the same size.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from v2x.config import load_config
+from v2x.cooperative import Perception, SharedFeatures
+from v2x.detector import DEFAULT_WEIGHTS, CooperativeDetector, load_detector
+from v2x.frame import AgentScan
+from v2x.geometry import pose_from_xyz_yaw
+
+HERE = Path(__file__).resolve().parent
+REAL_SCAN = HERE.parent.parent / "shared" / "realdata" / "opv2v" / "000070.pcd"
+
+
+def _scan_points() -> tuple[np.ndarray, str]:
+    if REAL_SCAN.is_file():
+        from v2x.datasets.pcd import read_pcd
+
+        return read_pcd(REAL_SCAN), f"real OPV2V scan {REAL_SCAN.name}"
+    rng = np.random.default_rng(0)
+    r = rng.uniform(2, 80, 56000)
+    a = rng.uniform(-np.pi, np.pi, 56000)
+    pts = np.c_[r * np.cos(a), r * np.sin(a), rng.uniform(-1.9, 1.0, 56000), rng.uniform(0, 1, 56000)]
+    return pts.astype(np.float32), "synthetic 56k-point cloud"
+
+
+def _stats(ts: list[float]) -> dict:
+    a = np.array(ts) * 1000
+    return {
+        "median_ms": round(float(np.median(a)), 2),
+        "p95_ms": round(float(np.percentile(a, 95)), 2),
+        "n": len(a),
+    }
+
+
+def main(repeats: int = 30) -> dict:
+    torch.set_num_threads(2)
+    model = load_detector() if DEFAULT_WEIGHTS.is_file() else CooperativeDetector(load_config()).eval()
+    perception = Perception(model)
+    pts, source = _scan_points()
+    scans = [
+        AgentScan(
+            str(i), "vehicle", pts, pose_from_xyz_yaw(12.0 * i, 4.0 * i, 1.8, 0.4 * i), mount_height=1.8
+        )
+        for i in range(4)
+    ]
+    for _ in range(3):
+        perception.agent_step(scans[0])
+    encode, agent_total = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        perception.agent_step(scans[0], detect=False)
+        encode.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        perception.agent_step(scans[0], detect=True)
+        agent_total.append(time.perf_counter() - t0)
+    results = perception.agent_steps(scans, detect=False)
+    shared = [SharedFeatures(r.agent_id, r.world_from_bev, r.features, r.occupied) for r in results[1:]]
+    ego_times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        perception.ego_step(results[0], shared)
+        ego_times.append(time.perf_counter() - t0)
+    out = {
+        "input": source,
+        "points_per_scan": len(pts),
+        "occupied_cells": int(results[0].occupied.sum()),
+        "threads": torch.get_num_threads(),
+        "weights": "shipped" if DEFAULT_WEIGHTS.is_file() else "random init",
+        "agent_encode": _stats(encode),
+        "agent_encode_and_detect": _stats(agent_total),
+        "ego_fuse_detect_4_agents": _stats(ego_times),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "targets_ms": {"agent_encode": 50, "ego_fuse_detect": 50},
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "perception.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
