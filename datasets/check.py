@@ -1,0 +1,105 @@
+"""Validation of a whole log: every file is opened and checked, and every problem is listed.
+
+``check_log(path)`` returns :class:`Problem` records (file, field, message); an empty list
+means the log is sound. It reads every point cloud, so it takes as long as reading the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from v2x.datasets import detect_format
+from v2x.datasets.errors import DatasetError
+
+__all__ = ["Problem", "check_log"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    field: str
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.field}: {self.message}"
+
+
+def _from_error(exc: DatasetError) -> Problem:
+    return Problem(exc.path, exc.field, exc.message)
+
+
+def _stray_temp_files(root: Path) -> list[Problem]:
+    return [
+        Problem(str(p), "file", "leftover temporary file of an interrupted write")
+        for p in root.rglob("*.tmp")
+        if p.is_file()
+    ]
+
+
+def _check_opv2v(root: Path, progress: Callable[[Iterable], Iterable]) -> list[Problem]:
+    from v2x.datasets.opv2v import OPV2VLog, _cav_order, _frame_names, _scenario_dirs
+
+    problems: list[Problem] = []
+    log = OPV2VLog(root)
+    for sdir in _scenario_dirs(root):
+        cavs = _cav_order(sdir)
+        ego_frames = set(_frame_names(sdir / cavs[0])) if cavs else set()
+        for cav in cavs:
+            cdir = sdir / cav
+            frames = set(_frame_names(cdir))
+            for name in sorted(frames - ego_frames):
+                problems.append(
+                    Problem(str(cdir / f"{name}.yaml"), "frame", f"frame not present for the ego {cavs[0]}")
+                )
+            for pcd in sorted(cdir.glob("*.pcd")):
+                if pcd.stem not in frames:
+                    problems.append(Problem(str(pcd), "file", "point cloud without a YAML file"))
+    keys = log._keys
+    for key in progress(keys):
+        for cav in log._scenario_cavs[key.scenario_dir]:
+            ypath = key.scenario_dir / cav / f"{key.name}.yaml"
+            if not ypath.is_file():
+                continue
+            try:
+                log._load_agent(key, cav)
+            except DatasetError as exc:
+                problems.append(_from_error(exc))
+    return problems
+
+
+def _check_dair(root: Path, progress: Callable[[Iterable], Iterable]) -> list[Problem]:
+    from v2x.datasets.dair import DairLog
+
+    log = DairLog(root)
+    problems = [Problem(str(root / p), "file", why) for p, why in log.missing]
+    for i in progress(range(len(log))):
+        e = log._entries[i]
+        for rel in (e["infrastructure_pointcloud_path"],):
+            if not (root / rel).is_file():
+                problems.append(Problem(str(root / rel), "file", "missing"))
+        try:
+            log[i]
+        except DatasetError as exc:
+            problems.append(_from_error(exc))
+    return problems
+
+
+def check_log(path: str | Path, progress: Callable[[Iterable], Iterable] | None = None) -> list[Problem]:
+    """Every problem found in the log at ``path`` (an unknown format is one problem)."""
+    root = Path(path)
+    progress = progress or (lambda it: it)
+    try:
+        fmt = detect_format(root)
+    except DatasetError as exc:
+        return [_from_error(exc)]
+    problems = _stray_temp_files(root)
+    if fmt == "dair-v2x-c":
+        problems += _check_dair(root, progress)
+    else:
+        problems += _check_opv2v(root, progress)
+    return problems

@@ -1,0 +1,457 @@
+"""OPV2V-family logs (OPV2V, V2XSet, V2V4Real and our simulator's output): reader and writer.
+
+Layout: ``<split>/<scenario>/<cav_id>/<NNNNNN>.pcd`` and ``.yaml`` per agent and frame, plus
+``<scenario>/data_protocol.yaml``. The reader follows OpenCOOD's protocol:
+
+* CAV folders are integer names sorted as strings; the first is the ego, roadside units
+  (negative ids, V2XSet) move to the end; at most ``max_cav`` agents are taken in that order,
+  then agents farther than ``comm_range`` (70 m) from the ego in BEV are dropped;
+* YAML files whose name contains ``additional`` are skipped;
+* ground truth is the union of the kept agents' ``vehicles``, deduplicated by id, without
+  the ego's own vehicle (an agent does not detect itself).
+
+Conventions: OPV2V is CARLA, left-handed (y right, yaw clockwise seen from above, degrees).
+Points, poses and boxes are mirrored in y on the way in (and back on the way out), so every
+frame leaves here right-handed. V2V4Real is recorded by real, right-handed LiDARs: its
+``lidar_pose`` is already a 4x4 world-from-LiDAR matrix and its ``vehicles`` are in the CAV's
+own LiDAR frame, with ``obj_type`` and ``ass_id`` (the track id when not -1).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from v2x.boxes import Boxes, ObjectClass, class_from_name, wrap_angle
+from v2x.datasets.errors import DatasetError
+from v2x.datasets.pcd import read_pcd, write_pcd
+from v2x.datasets.yamlio import dump_yaml, load_yaml
+from v2x.frame import AgentKind, AgentScan, Frame, estimate_mount_height
+from v2x.geometry import NotRigidError, check_rigid, inverse
+
+__all__ = ["OPV2VLog", "OPV2VWriter", "carla_pose_to_matrix", "is_opv2v_root", "matrix_to_carla_pose"]
+
+_FLIP = np.diag([1.0, -1.0, 1.0, 1.0])
+_FRAME = re.compile(r"^(\d+)\.yaml$")
+#: frames 0.1 s apart whatever their file-name step (OPV2V names step by 2)
+FRAME_PERIOD_NS = 100_000_000
+
+
+def carla_pose_to_matrix(pose: list[float]) -> np.ndarray:
+    """CARLA's transform matrix of ``[x, y, z, roll, yaw, pitch]`` (metres, degrees), left-handed."""
+    x, y, z, roll, yaw, pitch = (float(v) for v in pose)
+    cy, sy = np.cos(np.radians(yaw)), np.sin(np.radians(yaw))
+    cr, sr = np.cos(np.radians(roll)), np.sin(np.radians(roll))
+    cp, sp = np.cos(np.radians(pitch)), np.sin(np.radians(pitch))
+    T = np.eye(4)
+    T[:3, :3] = [
+        [cp * cy, cy * sp * sr - sy * cr, -cy * sp * cr - sy * sr],
+        [sy * cp, sy * sp * sr + cy * cr, -sy * sp * cr + cy * sr],
+        [sp, -cp * sr, cp * cr],
+    ]
+    T[:3, 3] = (x, y, z)
+    return T
+
+
+def matrix_to_carla_pose(T: np.ndarray) -> list[float]:
+    """Inverse of :func:`carla_pose_to_matrix`: ``[x, y, z, roll, yaw, pitch]`` in degrees."""
+    R = T[:3, :3]
+    pitch = np.degrees(np.arcsin(np.clip(R[2, 0], -1, 1)))
+    yaw = np.degrees(np.arctan2(R[1, 0], R[0, 0]))
+    roll = np.degrees(np.arctan2(-R[2, 1], R[2, 2]))
+    return [float(T[0, 3]), float(T[1, 3]), float(T[2, 3]), float(roll), float(yaw), float(pitch)]
+
+
+def _is_cav_dir(p: Path) -> bool:
+    return p.is_dir() and re.fullmatch(r"-?\d+", p.name) is not None
+
+
+def _cav_order(scenario: Path) -> list[str]:
+    cavs = sorted(p.name for p in scenario.iterdir() if _is_cav_dir(p))
+    vehicles = [c for c in cavs if not c.startswith("-")]
+    rsus = [c for c in cavs if c.startswith("-")]
+    return vehicles + rsus
+
+
+def _frame_names(cav_dir: Path) -> list[str]:
+    names = []
+    for f in cav_dir.iterdir():
+        if "additional" in f.name:
+            continue
+        m = _FRAME.match(f.name)
+        if m:
+            names.append(m.group(1))
+    return sorted(names, key=int)
+
+
+def _scenario_dirs(root: Path) -> list[Path]:
+    """Scenario folders under a split folder, or under every split of a data-set root."""
+    if any(_is_cav_dir(p) for p in root.iterdir()):
+        return [root]
+    found = []
+    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+        if any(_is_cav_dir(p) for p in child.iterdir()):
+            found.append(child)
+        else:
+            found.extend(
+                s
+                for s in sorted(q for q in child.iterdir() if q.is_dir())
+                if any(_is_cav_dir(p) for p in s.iterdir())
+            )
+    return found
+
+
+def is_opv2v_root(root: Path) -> bool:
+    try:
+        return bool(_scenario_dirs(root))
+    except OSError:
+        return False
+
+
+def _num(value: Any, path: Path, field: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(path, field, f"not a number: {value!r}") from exc
+    if not np.isfinite(v):
+        raise DatasetError(path, field, f"not finite: {value!r}")
+    return v
+
+
+def _vector(value: Any, n: int, path: Path, field: str) -> list[float]:
+    if not isinstance(value, list | tuple) or len(value) != n:
+        raise DatasetError(path, field, f"expected a list of {n} numbers, got {value!r}")
+    return [_num(v, path, f"{field}[{i}]") for i, v in enumerate(value)]
+
+
+@dataclass
+class _FrameKey:
+    scenario_dir: Path
+    scenario: str
+    name: str
+    number: int
+    period_ns: int
+
+
+class OPV2VLog:
+    """Lazily loaded frames of an OPV2V-family log (a split folder or a data-set root)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        max_cav: int = 5,
+        comm_range: float | None = None,
+        skip_bad: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(self.root, "folder", "missing or not a folder")
+        self.max_cav = int(max_cav)
+        self.skip_bad = skip_bad
+        self.skipped: list[tuple[str, str]] = []
+        self.dropped_agents = 0
+        self._keys: list[_FrameKey] = []
+        self._scenario_cavs: dict[Path, list[str]] = {}
+        for sdir in _scenario_dirs(self.root):
+            cavs = _cav_order(sdir)
+            if not cavs:
+                continue
+            self._scenario_cavs[sdir] = cavs
+            names = _frame_names(sdir / cavs[0])
+            numbers = [int(n) for n in names]
+            step = int(np.median(np.diff(numbers))) if len(numbers) > 1 else 1
+            rel = sdir.relative_to(self.root).as_posix() if sdir != self.root else sdir.name
+            for n in names:
+                self._keys.append(_FrameKey(sdir, rel, n, int(n), FRAME_PERIOD_NS // max(step, 1)))
+        self.format = self._detect_variant()
+        self.comm_range = (
+            float(comm_range) if comm_range is not None else (70.0 if self.format == "opv2v" else 1e9)
+        )
+
+    def _detect_variant(self) -> str:
+        for key in self._keys[:1]:
+            cav = self._scenario_cavs[key.scenario_dir][0]
+            pose = load_yaml(key.scenario_dir / cav / f"{key.name}.yaml").get("lidar_pose")
+            if pose is not None and np.asarray(pose, dtype=object).size == 16:
+                return "v2v4real"
+        return "opv2v"
+
+    # -- index --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def scenarios(self) -> list[str]:
+        return list(dict.fromkeys(k.scenario for k in self._keys))
+
+    def scenario_indices(self, scenario: str) -> list[int]:
+        """Indices of one scenario's frames, in time order (what a tracker consumes)."""
+        return [i for i, k in enumerate(self._keys) if k.scenario == scenario]
+
+    def frame_name(self, i: int) -> str:
+        k = self._keys[i]
+        return f"{k.scenario}/{k.name}"
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i in range(len(self)):
+            try:
+                yield self[i]
+            except DatasetError as exc:
+                if not self.skip_bad:
+                    raise
+                self.skipped.append((self.frame_name(i), str(exc)))
+
+    def __getitem__(self, i: int) -> Frame:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        key = self._keys[i]
+        cavs = self._scenario_cavs[key.scenario_dir][: self.max_cav]
+        agents: dict[str, AgentScan] = {}
+        boxes: dict[str, tuple[np.ndarray, int, int]] = {}
+        ego_id = cavs[0]
+        ego_xy = None
+        for cav in cavs:
+            ypath = key.scenario_dir / cav / f"{key.name}.yaml"
+            if cav != ego_id and not ypath.is_file():
+                self.dropped_agents += 1  # an agent without this frame: fewer agents, not a broken frame
+                continue
+            try:
+                scan, cav_boxes = self._load_agent(key, cav)
+            except DatasetError:
+                if cav == ego_id or not self.skip_bad:
+                    raise
+                self.dropped_agents += 1
+                continue
+            if ego_xy is None:
+                ego_xy = scan.position[:2]
+            elif np.hypot(*(scan.position[:2] - ego_xy)) > self.comm_range:
+                continue
+            agents[cav] = scan
+            for obj_id, val in cav_boxes.items():
+                boxes.setdefault(obj_id, val)
+        boxes.pop(ego_id, None)
+        ids = sorted(boxes)
+        gt = Boxes(
+            np.array([boxes[k][0] for k in ids]).reshape(-1, 7),
+            labels=[boxes[k][1] for k in ids],
+            track_ids=[boxes[k][2] for k in ids],
+        )
+        ts = agents[ego_id].timestamp_ns
+        return Frame(key.scenario, key.number, ts, agents, ego_id, gt)
+
+    # -- one agent ----------------------------------------------------------------------------
+    def _load_agent(
+        self, key: _FrameKey, cav: str
+    ) -> tuple[AgentScan, dict[str, tuple[np.ndarray, int, int]]]:
+        ypath = key.scenario_dir / cav / f"{key.name}.yaml"
+        meta = load_yaml(ypath)
+        if "lidar_pose" not in meta:
+            raise DatasetError(ypath, "lidar_pose", "missing")
+        raw_pose = meta["lidar_pose"]
+        lidar_frame_labels = False
+        try:
+            if np.asarray(raw_pose, dtype=object).size == 16:
+                world_from_lidar = check_rigid(
+                    np.asarray(raw_pose, dtype=np.float64).reshape(4, 4), "lidar_pose"
+                )
+                lidar_frame_labels = True  # V2V4Real
+                flip = np.eye(4)
+            else:
+                carla = carla_pose_to_matrix(_vector(raw_pose, 6, ypath, "lidar_pose"))
+                world_from_lidar = check_rigid(_FLIP @ carla @ _FLIP, "lidar_pose")
+                flip = _FLIP
+        except (NotRigidError, ValueError, TypeError) as exc:
+            if isinstance(exc, DatasetError):
+                raise
+            raise DatasetError(ypath, "lidar_pose", str(exc)) from exc
+        pcd = key.scenario_dir / cav / f"{key.name}.pcd"
+        points = read_pcd(pcd, drop_nonfinite=self.skip_bad)
+        if flip is _FLIP:
+            points[:, 1] *= -1
+        if "true_ego_pos" in meta and not cav.startswith("-"):
+            ego_pos = _vector(meta["true_ego_pos"], 6, ypath, "true_ego_pos")
+            mount = (
+                float(carla_pose_to_matrix(raw_pose)[2, 3] - ego_pos[2]) if not lidar_frame_labels else None
+            )
+        else:
+            mount = None
+        if "mount_height" in meta:
+            mount = _num(meta["mount_height"], ypath, "mount_height")
+        if mount is None or not 0.2 < mount < 20:
+            mount = estimate_mount_height(points)
+        if "timestamp_ns" in meta:
+            ts = int(_num(meta["timestamp_ns"], ypath, "timestamp_ns"))
+        else:
+            ts = key.number * key.period_ns
+        kind = AgentKind.RSU if cav.startswith("-") else AgentKind.VEHICLE
+        cav_boxes = self._boxes(
+            meta.get("vehicles") or {}, ypath, world_from_lidar if lidar_frame_labels else None
+        )
+        labels = Boxes(
+            np.array([v[0] for v in cav_boxes.values()]).reshape(-1, 7),
+            labels=[v[1] for v in cav_boxes.values()],
+            track_ids=[v[2] for v in cav_boxes.values()],
+        )
+        scan = AgentScan(cav, kind, points, world_from_lidar, ts, mount, labels)
+        return scan, cav_boxes
+
+    @staticmethod
+    def _boxes(
+        vehicles: dict, ypath: Path, world_from_lidar: np.ndarray | None
+    ) -> dict[str, tuple[np.ndarray, int, int]]:
+        """{object id: (box in the world frame, class, track id)} from a ``vehicles`` mapping."""
+        if not isinstance(vehicles, dict):
+            raise DatasetError(ypath, "vehicles", "not a mapping")
+        out = {}
+        for obj_id, v in vehicles.items():
+            where = f"vehicles.{obj_id}"
+            if not isinstance(v, dict):
+                raise DatasetError(ypath, where, "not a mapping")
+            for k in ("location", "angle", "extent"):
+                if k not in v:
+                    raise DatasetError(ypath, f"{where}.{k}", "missing")
+            loc = _vector(v["location"], 3, ypath, f"{where}.location")
+            centre = _vector(v.get("center", [0, 0, 0]), 3, ypath, f"{where}.center")
+            _roll, yaw, _pitch = _vector(v["angle"], 3, ypath, f"{where}.angle")
+            ext = _vector(v["extent"], 3, ypath, f"{where}.extent")
+            if min(ext) <= 0:
+                raise DatasetError(ypath, f"{where}.extent", f"sizes must be positive: {ext}")
+            x, y, z = (a + b for a, b in zip(loc, centre, strict=True))
+            cls = class_from_name(v["obj_type"]) if "obj_type" in v else ObjectClass.CAR
+            track = int(v.get("ass_id", -1))
+            if track == -1:
+                try:
+                    track = int(obj_id)
+                except (TypeError, ValueError):
+                    track = -1
+            if world_from_lidar is None:  # OPV2V: CARLA world, mirror into right-handed
+                box = np.array([x, -y, z, 2 * ext[0], 2 * ext[1], 2 * ext[2], wrap_angle(-np.radians(yaw))])
+            else:  # V2V4Real: the CAV's LiDAR frame, right-handed
+                local = Boxes(np.array([[x, y, z, 2 * ext[0], 2 * ext[1], 2 * ext[2], np.radians(yaw)]]))
+                box = local.transformed(world_from_lidar).xyzlwhy[0]
+            out[str(obj_id)] = (box, int(cls), track)
+        return out
+
+
+class OPV2VWriter:
+    """Writes :class:`~v2x.frame.Frame` objects as an OPV2V (or V2V4Real-style) log.
+
+    Each frame is written atomically: files go to temporary names first, then are renamed,
+    the ego's YAML last, so the reader (which indexes frames by the ego's YAML files) never sees
+    a half-written frame.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = "train",
+        pcd_encoding: str = "binary_compressed",
+        variant: str = "opv2v",
+        gt_radius: float = 100.0,
+    ) -> None:
+        if variant not in ("opv2v", "v2v4real"):
+            raise ValueError(f"unknown variant {variant!r}: use opv2v or v2v4real")
+        self.root = Path(root) / split if split else Path(root)
+        self.pcd_encoding = pcd_encoding
+        self.variant = variant
+        self.gt_radius = gt_radius
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.frames = 0
+
+    def write_protocol(self, scenario: str, protocol: dict) -> None:
+        sdir = self.root / scenario
+        sdir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(sdir / "data_protocol.yaml", protocol)
+
+    def write(self, frame: Frame, extra: dict[str, dict[str, Any]] | None = None) -> None:
+        """Write one frame. ``extra[agent_id]`` may hold ``vehicles: {track_id: {key: value}}``
+        (merged into that agent's vehicle entries) and any other top-level YAML keys."""
+        extra = extra or {}
+        sdir = self.root / frame.scenario
+        name = f"{frame.index:06d}"
+        pending: list[tuple[Path, Path]] = []
+        try:
+            for agent_id, scan in frame.agents.items():
+                adir = sdir / agent_id
+                adir.mkdir(parents=True, exist_ok=True)
+                pcd_tmp = adir / f".{name}.pcd.tmp"
+                pts = scan.points.copy()
+                if self.variant == "opv2v":
+                    pts[:, 1] *= -1
+                write_pcd(pcd_tmp, pts, self.pcd_encoding, "rgb" if self.variant == "opv2v" else "float")
+                pending.append((pcd_tmp, adir / f"{name}.pcd"))
+                yaml_tmp = adir / f".{name}.yaml.tmp"
+                dump_yaml(yaml_tmp, self._agent_yaml(frame, scan, extra.get(agent_id, {})))
+                pending.append((yaml_tmp, adir / f"{name}.yaml"))
+            # the ego's yaml commits the frame: rename it last
+            ego_yaml = sdir / frame.ego_id / f"{name}.yaml"
+            pending.sort(key=lambda p: p[1] == ego_yaml)
+            for tmp, final in pending:
+                os.replace(tmp, final)
+        finally:
+            for tmp, _ in pending:
+                if tmp.exists():
+                    tmp.unlink()
+        self.frames += 1
+
+    def _agent_yaml(self, frame: Frame, scan: AgentScan, extra: dict[str, Any]) -> dict[str, Any]:
+        T = scan.world_from_lidar
+        vehicles_extra = extra.get("vehicles", {})
+        out: dict[str, Any] = {}
+        if self.variant == "opv2v":
+            lh = _FLIP @ T @ _FLIP
+            out["lidar_pose"] = matrix_to_carla_pose(lh)
+            ground = lh.copy()
+            ground[2, 3] -= scan.mount_height
+            out["true_ego_pos"] = matrix_to_carla_pose(ground)
+            out["predicted_ego_pos"] = out["true_ego_pos"]
+        else:
+            out["lidar_pose"] = T.tolist()
+        out["ego_speed"] = float(extra.get("ego_speed", 0.0))
+        out["timestamp_ns"] = int(scan.timestamp_ns or frame.timestamp_ns)
+        out["mount_height"] = float(scan.mount_height)
+        gt = frame.gt
+        near = (
+            np.hypot(*(gt.xyzlwhy[:, :2] - scan.position[:2]).T) <= self.gt_radius
+            if len(gt)
+            else np.zeros(0, bool)
+        )
+        vehicles: dict[int, dict[str, Any]] = {}
+        local = gt.transformed(inverse(T)) if self.variant == "v2v4real" else None
+        for j in np.flatnonzero(near):
+            tid = int(gt.track_ids[j])
+            if str(tid) == scan.agent_id:
+                continue  # an agent is not listed among its own vehicles
+            if self.variant == "opv2v":
+                x, y, z, length, width, height, yaw = gt.xyzlwhy[j]
+                y, yaw = -y, -yaw
+            else:
+                x, y, z, length, width, height, yaw = local.xyzlwhy[j]
+            entry: dict[str, Any] = {
+                "location": [float(x), float(y), float(z - height / 2)],
+                "center": [0.0, 0.0, float(height / 2)],
+                "angle": [0.0, float(np.degrees(yaw)), 0.0],
+                "extent": [float(length / 2), float(width / 2), float(height / 2)],
+                "obj_type": ObjectClass(int(gt.labels[j])).name.capitalize(),
+            }
+            if self.variant == "v2v4real":
+                entry["ass_id"] = tid
+            entry.update(vehicles_extra.get(tid, {}))
+            vehicles[tid if tid >= 0 else 1_000_000 + int(j)] = entry
+        out["vehicles"] = vehicles
+        out.update({k: v for k, v in extra.items() if k not in ("vehicles", "ego_speed")})
+        return out
+
+    def close(self) -> None:
+        """Nothing is buffered; kept so writers can be used as context managers uniformly."""
+
+    def __enter__(self) -> OPV2VWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

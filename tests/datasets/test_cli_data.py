@@ -1,0 +1,37 @@
+import json
+
+from click.testing import CliRunner
+
+from v2x.cli.main import cli
+from v2x.datasets.opv2v import OPV2VWriter
+
+
+def test_info_json_on_real_samples(realdata, v2xset_log):
+    r = CliRunner().invoke(cli, ["data", "info", str(v2xset_log), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["format"] == "opv2v" and info["frames"] == 1 and info["agents"] == 3
+    assert info["boxes"] == 26 and info["points"] == 3 * 56443
+    r = CliRunner().invoke(cli, ["data", "info", str(realdata / "dair-v2x-c" / "DAIR-V2X"), "--json"])
+    info = json.loads(r.output)
+    assert info["format"] == "dair-v2x-c" and info["agents"] == 2 and info["missing_frames"] == 520
+
+
+def test_check_passes_a_sound_log_and_lists_problems(tmp_path, make_frame):
+    w = OPV2VWriter(tmp_path, split=None)
+    w.write(make_frame(index=1))
+    w.write(make_frame(index=2))
+    r = CliRunner().invoke(cli, ["data", "check", str(tmp_path)])
+    assert r.exit_code == 0 and "OK" in r.output
+    bad = tmp_path / "scene_a" / "110" / "000002.pcd"
+    bad.write_bytes(bad.read_bytes()[:-7])
+    (tmp_path / "scene_a" / "100" / ".000003.pcd.tmp").write_text("partial")
+    r = CliRunner().invoke(cli, ["data", "check", str(tmp_path), "--json"])
+    assert r.exit_code == 1
+    problems = json.loads(r.output)["problems"]
+    assert {p["path"] for p in problems} >= {str(bad), str(tmp_path / "scene_a" / "100" / ".000003.pcd.tmp")}
+
+
+def test_info_on_unknown_folder_fails_cleanly(tmp_path):
+    r = CliRunner().invoke(cli, ["data", "info", str(tmp_path)])
+    assert r.exit_code != 0 and "not a known log" in r.output

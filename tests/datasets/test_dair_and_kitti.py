@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+
+from v2x.datasets import DatasetError, open_log
+from v2x.datasets.dair import DairWriter
+from v2x.datasets.kitti_tracking import read_kitti_tracking, read_seqmap, write_kitti_tracking
+from v2x.geometry import inverse
+
+
+def test_real_dair_pair_labels_agree_through_lidar_i2v(realdata):
+    log = open_log(realdata / "dair-v2x-c" / "DAIR-V2X")
+    assert log.format == "dair-v2x-c" and len(log) == 1 and len(log.missing) == 520
+    f = log[0]
+    assert list(f.agents) == ["vehicle", "infrastructure"]
+    veh = f.agents["vehicle"].labels.transformed(inverse(f.ego.world_from_lidar))
+    inf = f.agents["infrastructure"].labels.transformed(inverse(f.ego.world_from_lidar))
+    d = np.hypot(*(inf.xyzlwhy[:, None, :2] - veh.xyzlwhy[None, :, :2]).transpose(2, 0, 1))
+    nearest = d.min(axis=1)
+    matched = nearest < 3.0  # objects both sides labelled
+    assert matched.sum() >= 6
+    assert nearest[matched].max() < 0.5
+
+
+def test_string_numbers_parse_and_bad_strings_name_the_field(realdata, tmp_path):
+    import shutil
+
+    root = tmp_path / "dair"
+    shutil.copytree(realdata / "dair-v2x-c" / "DAIR-V2X", root)
+    label = root / "infrastructure-side" / "label" / "virtuallidar" / "001366.json"
+    items = json.loads(label.read_text())
+    assert isinstance(items[0]["3d_location"]["x"], float) or isinstance(items[0]["alpha"], str)
+    items[0]["3d_location"]["x"] = "12.5"
+    label.write_text(json.dumps(items))
+    assert len(open_log(root)[0].agents) == 2
+    items[0]["3d_location"]["x"] = "twelve"
+    label.write_text(json.dumps(items))
+    with pytest.raises(DatasetError) as err:
+        open_log(root)[0]
+    assert err.value.field == "[0].3d_location.x" and err.value.path == str(label)
+
+
+def test_dair_round_trip(tmp_path, make_frame):
+    frame = make_frame(n_agents=3, rsu=True)
+    with DairWriter(tmp_path) as w:
+        w.write(frame)
+        w.write(make_frame(n_agents=3, rsu=True, index=8))
+    log = open_log(tmp_path)
+    assert log.format == "dair-v2x-c" and len(log) == 2
+    back = log[0]
+    assert list(back.agents) == ["vehicle", "infrastructure"]
+    assert np.allclose(back.ego.world_from_lidar, frame.ego.world_from_lidar, atol=1e-9)
+    assert np.allclose(
+        back.agents["infrastructure"].world_from_lidar, frame.agents["-1"].world_from_lidar, atol=1e-9
+    )
+    assert np.allclose(back.ego.points[:, :3], frame.ego.points[:, :3])
+    assert back.timestamp_ns == frame.timestamp_ns
+    assert np.allclose(back.gt.xyzlwhy[:, :6], frame.gt.xyzlwhy[:, :6], atol=1e-6)
+    dyaw = (back.gt.xyzlwhy[:, 6] - frame.gt.xyzlwhy[:, 6] + np.pi / 2) % np.pi - np.pi / 2
+    assert np.abs(dyaw).max() < 1e-6
+    # the per-side labels agree with the cooperative ones once moved into the world
+    assert np.allclose(back.ego.labels.xyzlwhy[:, :3], frame.gt.xyzlwhy[:, :3], atol=1e-6)
+
+
+def test_dair_writer_needs_an_rsu(tmp_path, make_frame):
+    with pytest.raises(ValueError, match="roadside unit"):
+        DairWriter(tmp_path).write(make_frame(rsu=False))
+
+
+def test_real_v2v4real_tracking_labels_load(realdata):
+    root = realdata / "v2v4real"
+    seqmap = read_seqmap(root / "train.seqmap")
+    assert len(seqmap) == 32
+    seq = read_kitti_tracking(root / "train_label" / "0000.txt")
+    assert max(seq) <= seqmap["0000"][1]
+    total = sum(len(f.boxes) for f in seq.values())
+    assert total == 595
+    first = seq[0].boxes
+    assert first.track_ids.tolist() == [1, 107]
+    # x, z, y order: the lateral coordinate is the last column, the height the middle one
+    assert first.xyzlwhy[0, :3] == pytest.approx([-20.500578, -0.10612263, -0.978255])
+    assert first.xyzlwhy[0, 3:6] == pytest.approx([3.9799347, 2.0622315, 1.6980522])
+
+
+def test_kitti_tracking_round_trip_with_scores(tmp_path, make_frame):
+    gt = make_frame().gt
+    gt.scores = np.linspace(0.1, 0.9, len(gt)).astype(np.float32)
+    write_kitti_tracking(tmp_path / "0000.txt", {3: gt})
+    back = read_kitti_tracking(tmp_path / "0000.txt")[3].boxes
+    assert np.allclose(back.xyzlwhy, gt.xyzlwhy, atol=1e-5)
+    assert np.allclose(back.scores, gt.scores, atol=1e-6)
+    assert np.array_equal(back.track_ids, gt.track_ids)
+
+
+def test_kitti_bad_line_is_named(tmp_path):
+    (tmp_path / "0001.txt").write_text("0 1 Car 0 0 0\n")
+    with pytest.raises(DatasetError, match="line 1"):
+        read_kitti_tracking(tmp_path / "0001.txt")

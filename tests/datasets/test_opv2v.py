@@ -1,0 +1,155 @@
+import shutil
+
+import numpy as np
+import pytest
+
+from v2x.boxes import ObjectClass
+from v2x.datasets import DatasetError, detect_format, open_log
+from v2x.datasets.opv2v import OPV2VWriter, carla_pose_to_matrix, matrix_to_carla_pose
+from v2x.datasets.yamlio import dump_yaml, load_yaml
+from v2x.iou import bev_iou_matrix
+
+
+def test_real_v2xset_frame_loads_with_three_agents_and_ground_truth(v2xset_log):
+    log = open_log(v2xset_log)
+    assert log.format == "opv2v" and len(log) == 1
+    f = log[0]
+    assert list(f.agents) == ["4279", "4288", "4297"] and f.ego_id == "4279"
+    # 27 vehicles listed over the three CAVs, less the ego's own car (listed by 4288)
+    assert len(f.gt) == 26 and 4279 not in f.gt.track_ids
+    assert all(len(a.points) == 56443 for a in f.agents.values())
+    assert set(f.gt.labels) == {int(ObjectClass.CAR)}
+    # every CAV sits near the ground-truth road and ~1.9 m above its own wheels
+    assert all(abs(a.mount_height - 1.9) < 0.05 for a in f.agents.values())
+
+
+def test_known_carla_pose_maps_to_right_handed_matrix(v2xset_log):
+    f = open_log(v2xset_log)[0]
+    # ego lidar_pose: x -275.6085, y -19.8083, z 1.9314, roll -0.00293, yaw 89.7075, pitch 0.1355 (CARLA)
+    T = f.ego.world_from_lidar
+    assert np.allclose(T[:3, 3], [-275.6085205078125, 19.80833625793457, 1.9313920736312866])
+    yaw = np.degrees(np.arctan2(T[1, 0], T[0, 0]))
+    assert yaw == pytest.approx(-89.70753479003906, abs=1e-4)
+    assert np.linalg.det(T[:3, :3]) == pytest.approx(1.0)
+    # CARLA's forward (+x) at yaw 89.7 points to +y (right-handed: -y); left in RH is CARLA's -y
+    assert np.allclose(
+        T[:3, 0], [np.cos(np.radians(-89.7075)), np.sin(np.radians(-89.7075)), T[2, 0]], atol=1e-3
+    )
+
+
+def test_carla_pose_round_trip():
+    pose = [1.0, -2.0, 3.0, 4.0, -120.0, 7.5]
+    assert np.allclose(matrix_to_carla_pose(carla_pose_to_matrix(pose)), pose)
+
+
+@pytest.mark.parametrize("variant", ["opv2v", "v2v4real"])
+@pytest.mark.parametrize("encoding", ["ascii", "binary_compressed"])
+def test_write_read_round_trip(tmp_path, make_frame, variant, encoding):
+    frame = make_frame()
+    with OPV2VWriter(tmp_path, split="train", pcd_encoding=encoding, variant=variant) as w:
+        w.write(frame)
+    log = open_log(tmp_path / "train", max_cav=5)
+    assert log.format == variant
+    back = log[0]
+    assert list(back.agents) == list(frame.agents) and back.ego_id == frame.ego_id
+    assert back.timestamp_ns == frame.timestamp_ns and back.index == frame.index
+    for aid, a in frame.agents.items():
+        b = back.agents[aid]
+        assert b.kind == a.kind
+        assert np.allclose(b.world_from_lidar, a.world_from_lidar, atol=1e-9)
+        assert np.allclose(b.points[:, :3], a.points[:, :3], atol=1e-6)
+        assert np.allclose(b.points[:, 3], a.points[:, 3], atol=0.5 / 255 + 1e-7)
+        assert b.mount_height == pytest.approx(a.mount_height)
+    order = np.argsort(back.gt.track_ids)
+    assert np.array_equal(back.gt.track_ids[order], frame.gt.track_ids)
+    assert np.allclose(back.gt.xyzlwhy[order, :6], frame.gt.xyzlwhy[:, :6], atol=1e-9)
+    dyaw = (back.gt.xyzlwhy[order, 6] - frame.gt.xyzlwhy[:, 6] + np.pi) % (2 * np.pi) - np.pi
+    # V2V4Real stores boxes in the (slightly tilted) LiDAR frame; an upright box's heading
+    # through a tilted transform and back agrees only to the tilt's second order
+    assert np.abs(dyaw).max() < (1e-9 if variant == "opv2v" else 1e-3)
+    assert np.array_equal(back.gt.labels[order], frame.gt.labels)
+
+
+def test_protocol_ego_choice_rsu_last_max_cav_and_range(tmp_path, make_frame):
+    frame = make_frame(n_agents=4, rsu=True)
+    # move one CAV 200 m away: dropped by the 70 m communication range
+    far = frame.agents["120"]
+    far.world_from_lidar[0, 3] += 200.0
+    OPV2VWriter(tmp_path, split=None).write(frame)
+    f = open_log(tmp_path)[0]
+    assert f.ego_id == "100" and list(f.agents) == ["100", "110", "-1"]
+    assert open_log(tmp_path, comm_range=1000)[0].agents.keys() == {"100", "110", "120", "-1"}
+    assert list(open_log(tmp_path, max_cav=2)[0].agents) == ["100", "110"]
+
+
+def test_additional_yaml_files_are_skipped(tmp_path, make_frame):
+    OPV2VWriter(tmp_path, split=None).write(make_frame())
+    ego_dir = tmp_path / "scene_a" / "100"
+    shutil.copy(ego_dir / "000007.yaml", ego_dir / "000007_additional.yaml")
+    assert len(open_log(tmp_path)) == 1
+
+
+def test_yaml_without_lidar_pose_names_file_and_field(tmp_path, make_frame):
+    OPV2VWriter(tmp_path, split=None).write(make_frame())
+    path = tmp_path / "scene_a" / "100" / "000007.yaml"
+    meta = load_yaml(path)
+    del meta["lidar_pose"]
+    dump_yaml(path, meta)
+    with pytest.raises(DatasetError) as err:
+        open_log(tmp_path)[0]
+    assert err.value.field == "lidar_pose" and err.value.path == str(path)
+
+
+def test_missing_point_cloud_and_skip_bad(tmp_path, make_frame):
+    w = OPV2VWriter(tmp_path, split=None)
+    for index in (7, 8, 9):
+        w.write(make_frame(index=index))
+    (tmp_path / "scene_a" / "100" / "000008.pcd").unlink()
+    with pytest.raises(DatasetError, match=r"000008\.pcd: file: missing"):
+        list(open_log(tmp_path))
+    log = open_log(tmp_path, skip_bad=True)
+    frames = list(log)
+    assert [f.index for f in frames] == [7, 9]
+    assert len(log.skipped) == 1 and "000008" in log.skipped[0][0]
+
+
+def test_missing_collaborator_degrades_to_fewer_agents(tmp_path, make_frame):
+    OPV2VWriter(tmp_path, split=None).write(make_frame())
+    for suffix in ("yaml", "pcd"):
+        (tmp_path / "scene_a" / "110" / f"000007.{suffix}").unlink()
+    log = open_log(tmp_path)
+    f = log[0]
+    assert "110" not in f.agents and f.ego_id == "100" and log.dropped_agents == 1
+
+
+def test_unknown_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(DatasetError, match="not a known log"):
+        detect_format(tmp_path)
+
+
+def test_non_rigid_pose_is_refused(tmp_path, make_frame):
+    OPV2VWriter(tmp_path, split=None, variant="v2v4real").write(make_frame())
+    path = tmp_path / "scene_a" / "100" / "000007.yaml"
+    meta = load_yaml(path)
+    meta["lidar_pose"][0][0] = 3.0
+    dump_yaml(path, meta)
+    with pytest.raises(DatasetError) as err:
+        open_log(tmp_path)[0]
+    assert err.value.field == "lidar_pose"
+
+
+def test_v2v4real_numpy_tagged_pose_loads(tmp_path, make_frame):
+    import yaml
+
+    OPV2VWriter(tmp_path, split=None, variant="v2v4real").write(make_frame())
+    path = tmp_path / "scene_a" / "100" / "000007.yaml"
+    meta = load_yaml(path)
+    expected = np.asarray(meta["lidar_pose"])
+    meta["lidar_pose"] = expected
+    text = yaml.dump(meta, Dumper=yaml.Dumper).replace("numpy._core", "numpy.core")
+    assert "!!python/object/apply:numpy.core.multiarray._reconstruct" in text
+    path.write_text(text)
+    f = open_log(tmp_path)[0]
+    assert np.allclose(f.ego.world_from_lidar, expected)
+    assert bev_iou_matrix(f.gt.xyzlwhy, make_frame().gt.xyzlwhy).max(axis=1).min() > 0.999
