@@ -23,7 +23,7 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(path, "folder", "missing or not a folder")
-    if is_dair_root(path):
+    if is_dair_root(path) or _dair_roots(path):
         return "dair-v2x-c"
     if is_opv2v_root(path):
         return OPV2VLog(path).format
@@ -47,5 +47,73 @@ def open_log(path: str | Path, max_cav: int = 5, comm_range: float | None = None
 
     fmt = detect_format(path)
     if fmt == "dair-v2x-c":
-        return DairLog(path, max_cav=min(max_cav, 2), comm_range=comm_range, skip_bad=skip_bad)
+        from v2x.datasets.dair import is_dair_root
+
+        if is_dair_root(Path(path)):
+            return DairLog(path, max_cav=min(max_cav, 2), comm_range=comm_range, skip_bad=skip_bad)
+        parts = [
+            DairLog(r, max_cav=min(max_cav, 2), comm_range=comm_range, skip_bad=skip_bad)
+            for r in _dair_roots(Path(path))
+        ]
+        return ConcatLog(parts, [r.relative_to(path).as_posix() for r in _dair_roots(Path(path))])
     return OPV2VLog(path, max_cav=max_cav, comm_range=comm_range, skip_bad=skip_bad)
+
+
+def _dair_roots(path: Path) -> list[Path]:
+    """DAIR-V2X-C trees one or two levels below ``path`` (our simulator writes one per scene)."""
+    from v2x.datasets.dair import is_dair_root
+
+    found = []
+    for child in sorted(p for p in path.iterdir() if p.is_dir()):
+        if is_dair_root(child):
+            found.append(child)
+        else:
+            found.extend(g for g in sorted(q for q in child.iterdir() if q.is_dir()) if is_dair_root(g))
+    return found
+
+
+class ConcatLog:
+    """Several logs of one format read as one; scenario names are prefixed by their folder."""
+
+    def __init__(self, parts: list, names: list[str]) -> None:
+        self.parts = parts
+        self.names = names
+        self.format = parts[0].format if parts else "dair-v2x-c"
+        self._index = [(p, i) for p, log in enumerate(parts) for i in range(len(log))]
+        self.skipped: list[tuple[str, str]] = []
+
+    @property
+    def missing(self) -> list:
+        return [m for log in self.parts for m in getattr(log, "missing", [])]
+
+    @property
+    def dropped_agents(self) -> int:
+        return sum(getattr(log, "dropped_agents", 0) for log in self.parts)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int):
+        p, j = self._index[i]
+        frame = self.parts[p][j]
+        frame.scenario = f"{self.names[p]}/{frame.scenario}"
+        return frame
+
+    def __iter__(self):
+        for i in range(len(self)):
+            try:
+                yield self[i]
+            except DatasetError as exc:
+                if not getattr(self.parts[self._index[i][0]], "skip_bad", False):
+                    raise
+                self.skipped.append((self.frame_name(i), str(exc)))
+
+    def frame_name(self, i: int) -> str:
+        p, j = self._index[i]
+        return f"{self.names[p]}/{self.parts[p].frame_name(j)}"
+
+    def scenarios(self) -> list[str]:
+        return [f"{n}/{s}" for n, log in zip(self.names, self.parts, strict=True) for s in log.scenarios()]
+
+    def scenario_indices(self, scenario: str) -> list[int]:
+        return [i for i in range(len(self)) if self.frame_name(i).startswith(scenario + "/")]

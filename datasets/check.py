@@ -99,7 +99,11 @@ def check_log(path: str | Path, progress: Callable[[Iterable], Iterable] | None 
         return [_from_error(exc)]
     problems = _stray_temp_files(root)
     if fmt == "dair-v2x-c":
-        problems += _check_dair(root, progress)
+        from v2x.datasets import _dair_roots
+        from v2x.datasets.dair import is_dair_root
+
+        for r in [root] if is_dair_root(root) else _dair_roots(root):
+            problems += _check_dair(r, progress)
     else:
         problems += _check_opv2v(root, progress)
     return problems

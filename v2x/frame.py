@@ -116,12 +116,16 @@ class Frame:
         """Ground truth written in another frame (e.g. the ego's BEV frame)."""
         return self.gt.transformed(inverse(world_from_frame))
 
-    def points_per_gt_box(self) -> dict[str, np.ndarray]:
-        """For each agent, the number of its LiDAR points inside each ground-truth box."""
+    def points_per_gt_box(self, margin: float = 0.1) -> dict[str, np.ndarray]:
+        """For each agent, the number of its LiDAR points inside each ground-truth box.
+
+        Boxes are grown by ``margin`` metres: returns from an object's flat sides sit on the
+        box surface, and range noise moves half of them just outside it.
+        """
         out = {}
         for agent_id, scan in self.agents.items():
             boxes_in_lidar = self.gt.transformed(inverse(scan.world_from_lidar))
-            out[agent_id] = points_in_boxes(scan.points, boxes_in_lidar.xyzlwhy).sum(axis=0)
+            out[agent_id] = points_in_boxes(scan.points, boxes_in_lidar.xyzlwhy, margin).sum(axis=0)
         return out
 
     def with_agents(self, agent_ids: list[str]) -> Frame:

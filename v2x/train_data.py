@@ -43,7 +43,7 @@ def visible_counts(frame: Frame, agent_ids: list[str], gt_world: np.ndarray) -> 
     for a in agent_ids:
         scan = frame.agents[a]
         local = gt.transformed(inverse(scan.world_from_lidar))
-        total += points_in_boxes(scan.points, local.xyzlwhy).sum(axis=0)
+        total += points_in_boxes(scan.points, local.xyzlwhy, margin=0.1).sum(axis=0)
     return total
 
 

@@ -1,0 +1,396 @@
+"""Moving traffic: vehicles and cyclists follow lanes with the Intelligent Driver Model,
+traffic lights keep crossing movements apart, pedestrians walk the sidewalks.
+
+Every step is 0.1 s. Headings follow the lane tangent, so they follow the motion. A final
+overlap check makes collisions impossible: a participant whose move would overlap another
+one's footprint stays where it was and stops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from shapely import STRtree, polygons
+
+from v2x.boxes import ObjectClass, bev_corners
+from v2x.sim.town import DIRECTIONS as DIRECTIONS_RAD
+from v2x.sim.town import Lane, Town
+
+__all__ = ["SIZES", "Actor", "Traffic"]
+
+DT = 0.1
+
+#: (class, mesh kind, (length, width, height) ranges) of traffic participants
+SIZES = {
+    "car": (ObjectClass.CAR, ((4.2, 4.9), (1.75, 1.95), (1.4, 1.6))),
+    "van": (ObjectClass.VAN, ((4.8, 5.6), (1.9, 2.1), (1.9, 2.4))),
+    "truck": (ObjectClass.TRUCK, ((7.5, 10.5), (2.3, 2.5), (3.0, 3.6))),
+    "bus": (ObjectClass.BUS, ((10.5, 12.0), (2.45, 2.55), (3.0, 3.3))),
+    "cyclist": (ObjectClass.CYCLIST, ((1.7, 1.9), (0.55, 0.7), (1.6, 1.8))),
+    "pedestrian": (ObjectClass.PEDESTRIAN, ((0.5, 0.7), (0.5, 0.7), (1.6, 1.85))),
+}
+
+
+@dataclass
+class Actor:
+    id: int
+    kind: str
+    size: np.ndarray  # l, w, h
+    x: float
+    y: float
+    yaw: float
+    speed: float = 0.0
+    v0: float = 10.0  # desired speed
+    moving: bool = True
+    lane: int | None = None
+    s: float = 0.0  # arc length along the current lane / loop
+    loop: np.ndarray | None = None  # pedestrians: closed sidewalk polyline
+    route: list[int] = field(default_factory=list)  # upcoming lanes
+
+    @property
+    def cls(self) -> ObjectClass:
+        return SIZES[self.kind][0]
+
+    def box(self) -> np.ndarray:
+        """(x, y, z, l, w, h, yaw): z is the box centre above flat ground."""
+        return np.array([self.x, self.y, self.size[2] / 2, *self.size, self.yaw])
+
+
+def _loop_at(loop: np.ndarray, s: float) -> tuple[float, float, float]:
+    seg = np.hypot(*np.diff(loop, axis=0).T)
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    s = s % cum[-1]
+    i = int(np.searchsorted(cum, s, side="right") - 1)
+    d = loop[i + 1] - loop[i]
+    p = loop[i] + d * (s - cum[i]) / seg[i]
+    return float(p[0]), float(p[1]), float(np.arctan2(d[1], d[0]))
+
+
+class Traffic:
+    """All traffic participants of a scene and their motion."""
+
+    def __init__(self, town: Town, rng: np.random.Generator, light_phase_s: float = 14.0) -> None:
+        self.town = town
+        self.rng = rng
+        self.actors: list[Actor] = []
+        self.t = 0.0
+        self.light_phase_s = light_phase_s
+        self.light_offset = {node: rng.uniform(0, 2 * light_phase_s) for node in self._nodes()}
+        self._lanes = town.lanes
+        self._next_id = 100
+
+    def _nodes(self):
+        return [(i, j) for i in range(len(self.town.xs)) for j in range(len(self.town.ys))]
+
+    def new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def random_size(self, kind: str) -> np.ndarray:
+        _, ranges = SIZES[kind]
+        return np.array([self.rng.uniform(*r) for r in ranges])
+
+    # -- spawning -------------------------------------------------------------------------------
+    def _fits(self, box: np.ndarray, margin: float) -> bool:
+        if not self.actors:
+            return True
+        grown = box.copy()
+        grown[3:5] += 2 * margin
+        others = np.array([a.box() for a in self.actors])
+        near = np.hypot(others[:, 0] - box[0], others[:, 1] - box[1]) < 25
+        if not near.any():
+            return True
+        poly = polygons(bev_corners(grown))[0]
+        return not any(poly.intersects(p) for p in polygons(bev_corners(others[near])))
+
+    def spawn_parked(self, density: float) -> None:
+        for x, y, yaw in self.town.parking_slots:
+            if self.rng.random() >= density:
+                continue
+            kind = "car" if self.rng.random() < 0.8 else "van"
+            size = self.random_size(kind)
+            a = Actor(self.new_id(), kind, size, x, y, yaw, moving=False)
+            if self._fits(a.box(), 0.3):
+                self.actors.append(a)
+
+    def spawn_vehicles(self, count: int, mix: dict[str, float]) -> None:
+        road = self.town.road_lanes()
+        kinds = list(mix)
+        p = np.array([mix[k] for k in kinds], dtype=float)
+        p /= p.sum()
+        tries = 0
+        placed = 0
+        while placed < count and tries < count * 30:
+            tries += 1
+            lane = road[int(self.rng.integers(len(road)))]
+            kind = kinds[int(self.rng.choice(len(kinds), p=p))]
+            size = self.random_size(kind)
+            if lane.length < size[0] + 4:
+                continue
+            s = self.rng.uniform(size[0] / 2 + 1, lane.length - size[0] / 2 - 1)
+            (x, y), yaw = lane.at(s)
+            v0 = self.rng.uniform(4.0, 6.0) if kind == "cyclist" else self.rng.uniform(8.0, 13.5)
+            a = Actor(
+                self.new_id(),
+                kind,
+                size,
+                float(x),
+                float(y),
+                yaw,
+                self.rng.uniform(0.3, 0.9) * v0,
+                v0,
+                True,
+                lane.id,
+                s,
+            )
+            if self._fits(a.box(), 2.5):
+                self.actors.append(a)
+                placed += 1
+
+    def spawn_pedestrians(self, count: int) -> None:
+        loops = self.town.sidewalk_loops
+        for _ in range(count):
+            loop = loops[int(self.rng.integers(len(loops)))]
+            if self.rng.random() < 0.5:
+                loop = loop[::-1].copy()
+            s = self.rng.uniform(0, np.hypot(*np.diff(loop, axis=0).T).sum())
+            x, y, yaw = _loop_at(loop, s)
+            size = self.random_size("pedestrian")
+            a = Actor(
+                self.new_id(),
+                "pedestrian",
+                size,
+                x,
+                y,
+                yaw,
+                1.3,
+                self.rng.uniform(0.9, 1.6),
+                True,
+                None,
+                s,
+                loop,
+            )
+            if self._fits(a.box(), 0.2):
+                self.actors.append(a)
+
+    # -- traffic lights -------------------------------------------------------------------------
+    def green(self, lane: Lane, t: float) -> tuple[bool, float]:
+        """Whether the movement entering ``lane`` (a connector) has green, and the green time left.
+
+        Two phases per intersection, north-south then east-west; the last 2 s of each are
+        all-red, so the crossing is clear before the other direction starts. Left turns are
+        permissive: they also yield to oncoming traffic (see :meth:`_left_turn_blocked`).
+        """
+        cycle = 2 * self.light_phase_s
+        tc = (t + self.light_offset[lane.start_node]) % cycle
+        phase = int(tc // self.light_phase_s)
+        wanted = 0 if self._incoming_direction(lane) in ("+y", "-y") else 1
+        remaining = (phase + 1) * self.light_phase_s - tc - 2.0
+        return phase == wanted and remaining > 0, remaining
+
+    def _left_turn_blocked(self, conn: Lane, others: np.ndarray, me: np.ndarray) -> bool:
+        """An oncoming vehicle near or in the crossing: a permissive left turn must wait."""
+        incoming = self._incoming_direction(conn)
+        opposite = {"+x": "-x", "-x": "+x", "+y": "-y", "-y": "+y"}[incoming]
+        heading = DIRECTIONS_RAD[opposite]
+        node_xy = np.array([self.town.xs[conn.start_node[0]], self.town.ys[conn.start_node[1]]])
+        rel = others[:, :2] - node_xy
+        # oncoming: heading the opposite way, on the far side of the crossing and coming closer
+        along = -(rel[:, 0] * np.cos(heading) + rel[:, 1] * np.sin(heading))
+        lateral = np.abs(-rel[:, 0] * np.sin(heading) + rel[:, 1] * np.cos(heading))
+        same_way = np.cos(others[:, 6] - heading) > 0.7
+        window = (along > -self.town.half_width) & (along < 40.0) & (lateral < self.town.half_width)
+        return bool((same_way & window & ~me).any())
+
+    def _incoming_direction(self, conn: Lane) -> str:
+        d = conn.points[1] - conn.points[0]
+        if abs(d[0]) > abs(d[1]):
+            return "+x" if d[0] > 0 else "-x"
+        return "+y" if d[1] > 0 else "-y"
+
+    # -- motion ---------------------------------------------------------------------------------
+    def _choose_next(self, lane: Lane) -> int | None:
+        if not lane.next:
+            return None
+        if lane.kind == "turn":
+            return lane.next[0]
+        weights = np.array(
+            [{"straight": 0.5, "right": 0.25, "left": 0.25}[self._lanes[n].movement] for n in lane.next]
+        )
+        return lane.next[int(self.rng.choice(len(lane.next), p=weights / weights.sum()))]
+
+    def _lookahead(
+        self, a: Actor, horizon: float, step: float = 2.0
+    ) -> list[tuple[np.ndarray, float, float]]:
+        """Points ahead along the actor's route: (position, path distance, heading).
+
+        Walking the route also plans it: turns are chosen here, once, and kept in ``a.route``.
+        """
+        pts: list[tuple[np.ndarray, float, float]] = []
+        lane = self._lanes[a.lane]
+        s, dist, k = a.s, 0.0, 0
+        while dist < horizon:
+            s += step
+            dist += step
+            while s > lane.length:
+                s -= lane.length
+                if k >= len(a.route):
+                    nxt = self._choose_next(lane)
+                    if nxt is None:
+                        return pts
+                    a.route.append(nxt)
+                lane = self._lanes[a.route[k]]
+                k += 1
+            p, heading = lane.at(s)
+            pts.append((p, dist, heading))
+        return pts
+
+    @staticmethod
+    def _near_footprint(P: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """(len(P), len(boxes)) distance from points to box footprints."""
+        dx = P[:, None, 0] - boxes[None, :, 0]
+        dy = P[:, None, 1] - boxes[None, :, 1]
+        c, s = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
+        lx = np.abs(c * dx + s * dy) - boxes[:, 3] / 2
+        ly = np.abs(-s * dx + c * dy) - boxes[:, 4] / 2
+        return np.hypot(np.maximum(lx, 0), np.maximum(ly, 0))
+
+    def _gap(self, a: Actor, others: np.ndarray, other_ids: np.ndarray, tree: STRtree | None) -> float:
+        """Free distance ahead along the route to the nearest participant or a stop line."""
+        gap = 80.0
+        look = self._lookahead(a, 50.0)
+        me = other_ids == a.id
+        if look and len(others):
+            P = np.array([p for p, _, _ in look])
+            D = np.array([d for _, d, _ in look])
+            # the path's centre line against everyone's footprint (not their centre: a long bus
+            # reaching into the path counts) ...
+            hit = (self._near_footprint(P, others) < a.size[1] / 2 + 0.35) & ~me[None, :]
+            first = int(np.flatnonzero(hit.any(axis=1))[0]) if hit.any() else len(P)
+            # ... and, close ahead, the actor's own footprint swept along a curving path
+            near = min(first, int(np.searchsorted(D, 16.0)))
+            if tree is not None and near > 0:
+                mine = np.array(
+                    [[p[0], p[1], 0.0, a.size[0] + 0.6, a.size[1] + 0.3, 1.0, h] for p, _, h in look[:near]]
+                )
+                pairs = tree.query(polygons(bev_corners(mine)), predicate="intersects")
+                pairs = pairs[:, ~me[pairs[1]]]
+                if pairs.shape[1]:
+                    first = min(first, int(pairs[0].min()))
+            if first < len(P):
+                gap = min(gap, D[first] - a.size[0] / 2)
+        lane = self._lanes[a.lane]
+        if lane.kind == "road":
+            if not a.route:
+                nxt = self._choose_next(lane)
+                if nxt is not None:
+                    a.route.append(nxt)
+            if a.route:
+                gap = min(gap, self._stop_line_gap(a, lane, self._lanes[a.route[0]], others, me))
+        return gap
+
+    def _stop_line_gap(self, a: Actor, lane: Lane, conn: Lane, others: np.ndarray, me: np.ndarray) -> float:
+        """Distance to the stop line when the vehicle must not enter the crossing, else no limit.
+
+        It may enter on green when the green lasts long enough to clear the crossing from where
+        it is (so nobody is caught inside when the crossing movements start) and its exit lane has
+        room for it (never block the box). On red it stops unless too close to stop comfortably.
+        """
+        to_stop = lane.length - a.s - a.size[0] / 2
+        ok, remaining = self.green(conn, self.t)
+        if ok:
+            dist = max(to_stop, 0.0) + conn.length + a.size[0]
+            acc = 1.6
+            t_clear = (-a.speed + np.sqrt(a.speed**2 + 2 * acc * dist)) / acc
+            ok = remaining >= t_clear
+        if ok and conn.movement == "left" and len(others):
+            ok = not self._left_turn_blocked(conn, others, me)
+        if ok and len(others):
+            exit_lane = self._lanes[conn.next[0]]
+            zone = np.array([exit_lane.at(s)[0] for s in np.arange(0.0, a.size[0] + 4.0, 1.5)])
+            ok = not ((self._near_footprint(zone, others) < a.size[1] / 2 + 0.3) & ~me[None, :]).any()
+        can_stop = to_stop > a.speed**2 / (2 * 4.0) - 0.5
+        if not ok and can_stop and to_stop > -0.5:
+            return max(to_stop, 0.0)
+        return 80.0
+
+    def _idm(self, a: Actor, gap: float) -> float:
+        a_max, s0, T = 1.6, 2.0, 1.2  # IDM: max acceleration, jam distance, time headway
+        v = a.speed
+        lane = self._lanes[a.lane]
+        v0 = a.v0
+        if lane.kind == "turn":
+            v0 = min(v0, 6.5 if lane.movement != "straight" else v0)
+        s_star = s0 + v * T
+        acc = a_max * (1 - (v / max(v0, 0.1)) ** 4 - (s_star / max(gap, 0.1)) ** 2)
+        return float(np.clip(acc, -8.0, a_max))
+
+    def step(self) -> None:
+        """Advance every participant by one 0.1 s step."""
+        boxes = np.array([a.box() for a in self.actors]) if self.actors else np.zeros((0, 7))
+        ids = np.array([a.id for a in self.actors])
+        tree = STRtree(polygons(bev_corners(boxes))) if len(boxes) else None
+        proposals = {}
+        for a in self.actors:
+            if not a.moving:
+                continue
+            if a.loop is not None:  # pedestrian on its sidewalk loop
+                s = a.s + a.v0 * DT
+                x, y, yaw = _loop_at(a.loop, s)
+                proposals[a.id] = (x, y, yaw, a.v0, None, s, a.route)
+                continue
+            gap = self._gap(a, boxes, ids, tree)
+            acc = self._idm(a, gap)
+            v = max(0.0, a.speed + acc * DT)
+            s = a.s + v * DT
+            lane_id, route = a.lane, list(a.route)
+            lane = self._lanes[lane_id]
+            while s > lane.length:
+                s -= lane.length
+                if not route:
+                    nxt = self._choose_next(lane)
+                    if nxt is None:
+                        s = lane.length
+                        v = 0.0
+                        break
+                    route.append(nxt)
+                lane_id = route.pop(0)
+                lane = self._lanes[lane_id]
+            (x, y), yaw = lane.at(s)
+            proposals[a.id] = (float(x), float(y), yaw, v, lane_id, s, route)
+        # accept moves that keep every footprint apart; the rest stop where they are
+        self._apply(proposals)
+        self.t += DT
+
+    def _apply(self, proposals: dict) -> None:
+        by_id = {a.id: a for a in self.actors}
+        new_boxes = {}
+        for a in self.actors:
+            if a.id in proposals:
+                x, y, yaw = proposals[a.id][:3]
+                new_boxes[a.id] = np.array([x, y, a.size[2] / 2, *a.size, yaw])
+            else:
+                new_boxes[a.id] = a.box()
+        order = sorted(proposals, key=lambda i: -proposals[i][3])  # slow movers last
+        for _ in range(3):
+            ids = list(new_boxes)
+            polys = polygons(bev_corners(np.array([new_boxes[i] for i in ids])))
+            tree = STRtree(polys)
+            pairs = tree.query(polys, predicate="intersects")
+            clash = {ids[i] for i, j in pairs.T if i != j}
+            if not clash:
+                break
+            for aid in order:
+                if aid in clash:
+                    a = by_id[aid]
+                    new_boxes[aid] = a.box()  # revert
+                    proposals[aid] = (a.x, a.y, a.yaw, 0.0, a.lane, a.s, a.route)
+        for aid, (x, y, yaw, v, lane_id, s, route) in proposals.items():
+            a = by_id[aid]
+            a.x, a.y, a.yaw, a.speed, a.s = x, y, yaw, v, s
+            if a.loop is None:
+                a.lane, a.route = lane_id, route
+
+    def boxes(self) -> np.ndarray:
+        return np.array([a.box() for a in self.actors]).reshape(-1, 7)
