@@ -51,7 +51,7 @@ def test_bias_is_still_unsupported_in_cpu_inference():
     spconv = spconv_module()
     conv = spconv.SubMConv2d(4, 8, 3, padding=1, indice_key="k", bias=True).eval()
     x, _ = _sparse_input(spconv)
-    with torch.no_grad(), pytest.raises(Exception, match="(?i)bias"):
+    with torch.no_grad(), pytest.raises(Exception, match=r"(?i)bias"):
         conv(x)
 
 
