@@ -16,7 +16,14 @@ import numpy as np
 from v2x.boxes import Boxes, ObjectClass, class_from_name
 from v2x.datasets.errors import DatasetError
 
-__all__ = ["TrackingFrame", "read_kitti_tracking", "read_seqmap", "write_kitti_tracking"]
+__all__ = [
+    "TrackingFrame",
+    "read_ab3dmot_detections",
+    "read_kitti_tracking",
+    "read_seqmap",
+    "write_ab3dmot_detections",
+    "write_kitti_tracking",
+]
 
 
 @dataclass
@@ -132,3 +139,66 @@ def read_seqmap(path: str | Path) -> dict[str, tuple[int, int]]:
             raise DatasetError(path, f"line {n}", f"expected 4 fields, got {len(parts)}")
         out[parts[0]] = (int(parts[2]), int(parts[3]))
     return out
+
+
+#: AB3DMOT's object type codes in its detection files
+AB3DMOT_TYPES = {1: "Pedestrian", 2: "Car", 3: "Cyclist"}
+
+
+def read_ab3dmot_detections(path: str | Path, order: str = "xzy") -> dict[int, Boxes]:
+    """AB3DMOT's per-sequence detection file: ``frame, type, x1, y1, x2, y2, score, h, w, l, x, y, z,
+    ry, alpha`` (comma-separated). ``order="xzy"`` undoes V2V4Real's x, z, y column order."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError as exc:
+        raise DatasetError(path, "file", "missing") from exc
+    rows: dict[int, list] = {}
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 15:
+            raise DatasetError(path, f"line {n}", f"expected 15 comma-separated fields, got {len(parts)}")
+        try:
+            v = [float(p) for p in parts]
+        except ValueError as exc:
+            raise DatasetError(path, f"line {n}", f"not a number: {exc}") from exc
+        frame, typ, score, h, w, l, a, b, c, ry = (
+            int(v[0]),
+            int(v[1]),
+            v[6],
+            v[7],
+            v[8],
+            v[9],
+            v[10],
+            v[11],
+            v[12],
+            v[13],
+        )
+        x, y, z = (a, c, b) if order == "xzy" else (a, b, c)
+        rows.setdefault(frame, []).append(
+            ([x, y, z, l, w, h, ry], class_from_name(AB3DMOT_TYPES.get(typ, "other")), score)
+        )
+    return {
+        f: Boxes(
+            np.array([r[0] for r in objs]), labels=[int(r[1]) for r in objs], scores=[r[2] for r in objs]
+        )
+        for f, objs in sorted(rows.items())
+    }
+
+
+def write_ab3dmot_detections(path: str | Path, frames: dict[int, Boxes], order: str = "xzy") -> None:
+    codes = {ObjectClass.PEDESTRIAN: 1, ObjectClass.CYCLIST: 3}
+    lines = []
+    for f in sorted(frames):
+        b = frames[f]
+        scores = b.scores if b.scores is not None else np.ones(len(b))
+        for i in range(len(b)):
+            x, y, z, length, width, height, ry = b.xyzlwhy[i]
+            a, bb, c = (x, z, y) if order == "xzy" else (x, y, z)
+            typ = codes.get(ObjectClass(int(b.labels[i])), 2)
+            vals = [f, typ, 0, 0, 0, 0, float(scores[i]), height, width, length, a, bb, c, ry, 0]
+            lines.append(",".join(f"{v:.6f}" if isinstance(v, float | np.floating) else str(v) for v in vals))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + ("\n" if lines else ""))

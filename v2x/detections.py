@@ -1,0 +1,73 @@
+"""Per-agent detections in the world frame, with the BEV feature patch around each one: what the
+multi-sensor tracker and its noise model consume (see :mod:`v2x.tracking.records`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from v2x.boxes import VEHICLE_CLASSES, Boxes
+from v2x.cooperative import AgentPerception, Perception
+from v2x.frame import Frame
+from v2x.geometry import inverse
+from v2x.grid import BEVGrid
+from v2x.tracking.records import AgentDetections, FrameDetections
+
+__all__ = ["crop_patches", "frame_detections", "tracking_ground_truth"]
+
+
+def crop_patches(features: torch.Tensor, xy: np.ndarray, grid: BEVGrid, patch: int) -> np.ndarray:
+    """(N, C, patch, patch) float16 crops of a (C, H, W) map centred on the cells holding ``xy``."""
+    c = features.shape[0]
+    if len(xy) == 0:
+        return np.zeros((0, c, patch, patch), np.float16)
+    half = patch // 2
+    padded = torch.nn.functional.pad(features, (half, half, half, half))
+    row, col, _ = grid.cell_of(xy)
+    h, w = grid.shape
+    row, col = np.clip(row, 0, h - 1), np.clip(col, 0, w - 1)
+    crops = torch.stack([padded[:, r : r + patch, k : k + patch] for r, k in zip(row, col, strict=True)])
+    return crops.numpy().astype(np.float16)
+
+
+def tracking_ground_truth(frame: Frame, min_points: int = 1) -> Boxes:
+    """Vehicles seen by at least ``min_points`` points of the frame's agents, in the world frame."""
+    gt = frame.gt[frame.gt.of_classes(VEHICLE_CLASSES)]
+    if min_points > 0 and len(gt):
+        sub = Frame(frame.scenario, frame.index, frame.timestamp_ns, frame.agents, frame.ego_id, gt)
+        total = sum(sub.points_per_gt_box().values())
+        gt = gt[total >= min_points]
+    return gt
+
+
+def frame_detections(
+    perception: Perception,
+    frame: Frame,
+    patch: int = 5,
+    with_features: bool = True,
+    results: list[AgentPerception] | None = None,
+) -> FrameDetections:
+    """Every agent's own detections of one frame, moved into the world frame."""
+    results = results or perception.agent_steps(list(frame.agents.values()), detect=True)
+    agents = []
+    for r in results:
+        feats = (
+            crop_patches(r.features, r.boxes.xyzlwhy[:, :2], perception.cfg.grid, patch)
+            if with_features
+            else None
+        )
+        agents.append(
+            AgentDetections(
+                r.agent_id, r.kind.value, r.world_from_bev, r.boxes.transformed(r.world_from_bev), feats
+            )
+        )
+    gt = tracking_ground_truth(frame, perception.cfg.min_points_per_box)
+    return FrameDetections(
+        frame.index, frame.timestamp_ns, agents, gt, extra={"world_from_ego_bev": frame.ego.world_from_bev}
+    )
+
+
+def in_ego_range(boxes_world: Boxes, world_from_ego_bev: np.ndarray, xy_range) -> Boxes:
+    """Boxes written in the ego's BEV frame, restricted to the evaluation range."""
+    local = boxes_world.transformed(inverse(world_from_ego_bev))
+    return local[local.in_range(xy_range)]
