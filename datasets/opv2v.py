@@ -297,8 +297,22 @@ class OPV2VLog:
             labels=[v[1] for v in cav_boxes.values()],
             track_ids=[v[2] for v in cav_boxes.values()],
         )
-        scan = AgentScan(cav, kind, points, world_from_lidar, ts, mount, labels)
+        scan = AgentScan(
+            cav, kind, points, world_from_lidar, ts, mount, labels, self._hits(meta.get("vehicles") or {})
+        )
         return scan, cav_boxes
+
+    @staticmethod
+    def _hits(vehicles: dict) -> dict[int, int] | None:
+        """Per-object LiDAR hit counts of this agent, when the log records them (our simulator)."""
+        if not any(isinstance(v, dict) and "num_lidar_points" in v for v in vehicles.values()):
+            return None
+        out = {}
+        for obj_id, v in vehicles.items():
+            track = int(v.get("ass_id", -1))
+            key = track if track != -1 else int(obj_id)
+            out[key] = int(v.get("num_lidar_points", 0))  # listed without a count: not hit
+        return out
 
     @staticmethod
     def _boxes(

@@ -77,6 +77,11 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     "demo": [
         dict(scenes=1, frames=100, frame_step=1, cavs=3, rsus=1, seed=7, only_split="test", vehicles=(70, 70))
     ],
+    # 10 Hz sequences for the tracker's noise model (the detector's train preset is 2 Hz)
+    "track": [
+        dict(scenes=10, frames=60, frame_step=1, cavs=(3, 4), rsus=(0, 1), seed=20000, only_split="train"),
+        dict(scenes=3, frames=60, frame_step=1, cavs=4, rsus=1, seed=30000, only_split="validate"),
+    ],
 }
 
 

@@ -29,18 +29,19 @@ def sanitize_points(points: np.ndarray | torch.Tensor, cfg: DetectorConfig) -> t
     NaN or infinite coordinates and out-of-range points are dropped here, so nothing
     malformed ever reaches spconv; an empty result is valid.
     """
-    pts = torch.as_tensor(np.asarray(points, dtype=np.float32)) if not torch.is_tensor(points) else points
-    pts = pts.to(torch.float32)
+    pts = points.detach().cpu().numpy() if torch.is_tensor(points) else np.asarray(points)
     if pts.ndim != 2 or pts.shape[1] < 4:
         raise ValueError(f"points need shape (N, 4): x, y, z, intensity; got {tuple(pts.shape)}")
-    pts = pts[:, :4]
+    pts = np.asarray(pts[:, :4], dtype=np.float32)
     g = cfg.grid
-    keep = torch.isfinite(pts).all(dim=1)
     x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
-    keep &= (x >= g.x_min) & (x < g.x_max) & (y >= g.y_min) & (y < g.y_max) & (z >= g.z_min) & (z < g.z_max)
-    out = pts[keep]
-    out[:, 3] = out[:, 3].clamp(0.0, 1.0)
-    return out
+    with np.errstate(invalid="ignore"):  # NaN compares false: dropped by the range test itself
+        keep = (
+            (x >= g.x_min) & (x < g.x_max) & (y >= g.y_min) & (y < g.y_max) & (z >= g.z_min) & (z < g.z_max)
+        )
+    out = pts[keep & np.isfinite(pts[:, 3])]
+    out[:, 3] = np.clip(out[:, 3], 0.0, 1.0)
+    return torch.from_numpy(np.ascontiguousarray(out))
 
 
 @dataclass

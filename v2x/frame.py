@@ -52,6 +52,9 @@ class AgentScan:
     mount_height: float = 1.8
     #: Boxes this agent's own label file lists, in the world frame (None when the log has none).
     labels: Boxes | None = None
+    #: LiDAR points this agent put on each object (track id -> count) when the log records it
+    #: (our simulator does); None when unknown, then counts are computed from the points.
+    hits: dict[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.kind = AgentKind(self.kind)
@@ -117,13 +120,19 @@ class Frame:
         return self.gt.transformed(inverse(world_from_frame))
 
     def points_per_gt_box(self, margin: float = 0.1) -> dict[str, np.ndarray]:
-        """For each agent, the number of its LiDAR points inside each ground-truth box.
+        """For each agent, the number of its LiDAR points on each ground-truth object.
 
-        Boxes are grown by ``margin`` metres: returns from an object's flat sides sit on the
-        box surface, and range noise moves half of them just outside it.
+        Taken from the log when it records them (``AgentScan.hits``), else counted in the boxes,
+        grown by ``margin`` metres: returns from an object's flat sides sit on the box surface,
+        and range noise moves half of them just outside it.
         """
         out = {}
         for agent_id, scan in self.agents.items():
+            if scan.hits is not None and (self.gt.track_ids >= 0).all():
+                out[agent_id] = np.array(
+                    [scan.hits.get(int(t), 0) for t in self.gt.track_ids], dtype=np.int64
+                )
+                continue
             boxes_in_lidar = self.gt.transformed(inverse(scan.world_from_lidar))
             out[agent_id] = points_in_boxes(scan.points, boxes_in_lidar.xyzlwhy, margin).sum(axis=0)
         return out

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from v2x.augment import augment_frame
-from v2x.boxes import VEHICLE_CLASSES, Boxes, points_in_boxes
+from v2x.boxes import VEHICLE_CLASSES
 from v2x.config import DetectorConfig
 from v2x.encoder import sanitize_points
 from v2x.frame import Frame
@@ -32,19 +32,6 @@ class CooperativeSample:
     ego_from_agent: list[np.ndarray]  # for clouds[1:], BEV frame to BEV frame
     boxes: np.ndarray  # (N, 7) targets in the ego's BEV frame
     key: str
-
-
-def visible_counts(frame: Frame, agent_ids: list[str], gt_world: np.ndarray) -> np.ndarray:
-    """LiDAR points of the given agents inside each ground-truth box, summed over agents."""
-    total = np.zeros(len(gt_world), dtype=np.int64)
-    if len(gt_world) == 0:
-        return total
-    gt = Boxes(gt_world)
-    for a in agent_ids:
-        scan = frame.agents[a]
-        local = gt.transformed(inverse(scan.world_from_lidar))
-        total += points_in_boxes(scan.points, local.xyzlwhy, margin=0.1).sum(axis=0)
-    return total
 
 
 class CooperativeTrainingSet(Dataset):
@@ -102,8 +89,20 @@ class CooperativeTrainingSet(Dataset):
             ego_from_agent = [ego_bev_inv @ frame.agents[a].world_from_bev for a in chosen[1:]]
 
         gt = frame.gt[frame.gt.of_classes(VEHICLE_CLASSES)]
-        seen = visible_counts(frame, chosen, gt.xyzlwhy) >= self.cfg.min_points_per_box
-        boxes = gt[seen].transformed(ego_bev_inv)
+        local = gt.transformed(ego_bev_inv)
+        g = self.cfg.grid
+        near = local.in_range((g.x_min - 5, g.y_min - 5, g.x_max + 5, g.y_max + 5))
+        gt, local = gt[near], local[near]
+        sub = Frame(
+            frame.scenario,
+            frame.index,
+            frame.timestamp_ns,
+            {a: frame.agents[a] for a in chosen},
+            chosen[0],
+            gt,
+        )
+        counts = sum(sub.points_per_gt_box().values()) if len(gt) else np.zeros(0)
+        boxes = local[counts >= self.cfg.min_points_per_box]
         in_grid = boxes.in_range(self.cfg.grid.xy_range)
         key = f"{frame.scenario}/{frame.index}/{ego_id}/{mode}/{len(chosen)}"
         return CooperativeSample(mode, clouds, ego_from_agent, boxes.xyzlwhy[in_grid], key)

@@ -28,7 +28,9 @@ def sim() -> None:
     "--format", "fmt", type=click.Choice(["opv2v", "dair"]), default=None, help="Log format [default: opv2v]."
 )
 @click.option(
-    "--preset", type=click.Choice(["train", "test", "demo"]), help="A named data set (see docs/simulator.md)."
+    "--preset",
+    type=click.Choice(["train", "test", "demo", "track"]),
+    help="A named data set (see docs/simulator.md).",
 )
 @click.option("--scenes", type=int, help="Number of scenes.")
 @click.option("--frames", type=int, help="Frames per scene.")
