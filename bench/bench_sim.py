@@ -3,6 +3,7 @@ and the occlusion share. Writes bench/results/sim.json and docs/images/sim_vs_op
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 import time
@@ -97,7 +98,7 @@ def _plot(bins, out, path: Path) -> None:
         0.4,
         label=f"simulated ({out['points_per_vehicle_scan_mean']:.0f} pts/scan)",
     )
-    ax.set_xticks(centres, [f"{a}-{b}" for a, b in zip(bins[:-1], bins[1:], strict=True)])
+    ax.set_xticks(centres, [f"{a}-{b}" for a, b in itertools.pairwise(bins)])
     ax.set(xlabel="range (m)", ylabel="share of points", title="64-channel LiDAR: points by range")
     ax.legend()
     fig.tight_layout()
