@@ -1,0 +1,145 @@
+"""``v2x train codebook`` and ``v2x eval comm``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _split(data: Path, name: str) -> Path:
+    return data / name if (data / name).is_dir() else data
+
+
+@click.command("codebook")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Log root (its train/ split is used when present).",
+)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Codebook file (.pt)."
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Frozen detector (default: shipped).",
+)
+@click.option("--m", "m", type=int, default=2, show_default=True, help="Product sub-codebooks.")
+@click.option("--r", "r", type=int, default=2, show_default=True, help="Residual stages.")
+@click.option("--k", "k", type=int, default=64, show_default=True, help="Codewords per sub-codebook.")
+@click.option(
+    "--frames", type=int, default=300, show_default=True, help="Training frames sampled for features."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_codebook(data, out, weights, m, r, k, frames, seed) -> None:
+    """Fit a residual product codebook to the frozen encoder's cell features."""
+    import json
+
+    import torch
+
+    from v2x.codebook import CodebookConfig
+    from v2x.comm_eval import fit_codebook
+    from v2x.cooperative import Perception
+    from v2x.datasets import open_log
+    from v2x.detector import load_detector
+
+    torch.set_num_threads(2)
+    model = load_detector(weights)
+    cfg = CodebookConfig(channels=model.cfg.bev_channels, m=m, r=r, k=k)
+    cb, info = fit_codebook(open_log(_split(data, "train")), Perception(model), cfg, frames=frames, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cb.save(
+        out,
+        detector=model.identity(),
+        info=json.dumps(info),
+        command=f"v2x train codebook --m {m} --r {r} --k {k} --frames {frames} --seed {seed}",
+    )
+    click.echo(
+        json.dumps(
+            {
+                "codebook": str(out),
+                "identity": f"{cb.identity():#010x}",
+                "bits_per_cell": cfg.bits_per_cell,
+                **info,
+            },
+            indent=2,
+        )
+    )
+
+
+@click.command("comm")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Log root (its test/ split is used when present).",
+)
+@click.option("--methods", default="raw,raw-fp16,where2comm,codebook,codefilling", show_default=True)
+@click.option(
+    "--budgets",
+    default=",".join(str(b) for b in (256, 512, 1024, 2048, 4096, 16384, 65536)),
+    show_default=True,
+    help="Bytes per agent per frame, comma-separated.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Detector (default: shipped).",
+)
+@click.option(
+    "--codebook",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Codebook (default: shipped).",
+)
+@click.option("--hybrid", is_flag=True, help="Also run codebook methods with the sender's boxes attached.")
+@click.option("--frames", type=int, help="Evaluate this many frames, evenly spaced.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path))
+def eval_comm(data, methods, budgets, weights, codebook, hybrid, frames, json_out, plot_out) -> None:
+    """AP@0.5/0.7 against bytes per agent per frame, one curve per method."""
+    from v2x.codebook import load_codebook
+    from v2x.comm_eval import evaluate_comm, plot_comm, settings_for, write_rows
+    from v2x.cooperative import Perception
+    from v2x.datasets import open_log
+    from v2x.detector import DEFAULT_WEIGHTS, load_detector
+    from v2x.messages import METHODS, MessageCodec
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if bad:
+        raise click.BadParameter(f"unknown method(s) {bad}: use {', '.join(METHODS)}")
+    try:
+        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"budgets must be integers (bytes): {exc}") from exc
+    model = load_detector(weights)
+    cb_path = codebook or DEFAULT_WEIGHTS.with_name("codebook.pt")
+    cb = load_codebook(cb_path) if Path(cb_path).is_file() else None
+    if cb is None and any(m in ("codebook", "codefilling") for m in names):
+        raise click.ClickException(
+            f"no codebook at {cb_path}: train one with `v2x train codebook` or pass --codebook"
+        )
+    codec = MessageCodec(model.cfg.grid, cb)
+    rows = evaluate_comm(
+        open_log(_split(data, "test")),
+        Perception(model),
+        codec,
+        settings_for(names, budget_list, hybrid),
+        frames,
+    )
+    write_rows(rows, json_out)
+    for r in rows:
+        ap = r["ap_bev"]
+        label = (
+            r["budget_bytes"]
+            if r["budget_bytes"] is not None
+            else (f"thr {r['threshold']}" if r["threshold"] else "all")
+        )
+        click.echo(
+            f"{r['method']:>16} {label!s:>10}: {r['bytes_mean']:>10.0f} B/agent/frame  AP@0.5 {ap['0.5']}  AP@0.7 {ap['0.7']}"
+        )
+    if plot_out:
+        plot_comm(rows, plot_out)
+        click.echo(f"wrote {plot_out}")
