@@ -31,7 +31,7 @@ def _agent(agent_id, pose, seed, objects=((10.0, 5.0),), channels=16):
     occ = torch.zeros(H, W, dtype=torch.bool)
     conf = np.zeros((H, W), np.float32)
     for x, y in objects:
-        r, c, ok = GRID.cell_of(np.array([[x, y]]))
+        r, c, _ = GRID.cell_of(np.array([[x, y]]))
         r, c = int(r[0]), int(c[0])
         occ[r - 2 : r + 3, c - 3 : c + 4] = True
         conf[r - 1 : r + 2, c - 1 : c + 2] = 0.9
