@@ -1,0 +1,119 @@
+"""Per-link bandwidth budgets: a rate in bits per second, the per-frame byte allowance a sender
+sizes its message to, and a token bucket that enforces the rate on what is actually sent.
+
+A sender asks :meth:`LinkBudget.allowance` before encoding (the message code cuts its message to
+fit), then :meth:`LinkBudget.admit` decides, by policy, whether the message goes now, waits for
+tokens (``delay``) or is dropped (``drop``); every outcome is counted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["LinkBudget", "TokenBucket", "parse_rate"]
+
+_RATE = re.compile(
+    r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([kmg]?)\s*(bps|bit/s|b/s|bits/s)?\s*$", re.IGNORECASE
+)
+
+
+def parse_rate(value: str | float | int) -> float:
+    """Bits per second from a number or a string such as ``200kbps``, ``27Mbps``, ``1.5 Mbit/s``."""
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a rate cannot be negative: {value}")
+        return float(value)
+    m = _RATE.match(str(value))
+    if not m:
+        raise ValueError(f"not a rate: {value!r} (use e.g. 200kbps, 27Mbps, 1.5 Mbit/s)")
+    return float(m.group(1)) * {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+
+
+@dataclass
+class TokenBucket:
+    """``rate_bps`` sustained, ``burst_bytes`` at most at once. Times are seconds (any clock)."""
+
+    rate_bps: float
+    burst_bytes: float
+    tokens: float = -1.0
+    last: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst_bytes
+
+    def _refill(self, now: float) -> None:
+        if self.last is not None and now > self.last:
+            self.tokens = min(self.burst_bytes, self.tokens + (now - self.last) * self.rate_bps / 8)
+        if self.last is None or now > self.last:
+            self.last = now
+
+    def available(self, now: float) -> float:
+        self._refill(now)
+        return self.tokens
+
+    def consume(self, size: int, now: float) -> bool:
+        self._refill(now)
+        if size <= self.tokens:
+            self.tokens -= size
+            return True
+        return False
+
+    def wait_time(self, size: int, now: float) -> float:
+        """Seconds until ``size`` bytes of tokens exist (inf if the bucket can never hold them)."""
+        self._refill(now)
+        if size > self.burst_bytes:
+            return float("inf")
+        return max(0.0, (size - self.tokens) * 8 / self.rate_bps)
+
+
+@dataclass
+class LinkBudget:
+    """The budget of one sender -> receiver link."""
+
+    rate_bps: float
+    frame_hz: float = 10.0
+    policy: str = "drop"  # or "delay"
+    max_delay_s: float = 0.1
+    bucket: TokenBucket = field(init=False)
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"admitted": 0, "delayed": 0, "dropped": 0, "bytes": 0}
+    )
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("drop", "delay"):
+            raise ValueError(f"budget policy must be drop or delay, got {self.policy!r}")
+        if self.rate_bps <= 0:
+            raise ValueError(f"a budget needs a positive rate, got {self.rate_bps}")
+        # one frame's worth of burst: a sender may spend its whole allowance at once
+        self.bucket = TokenBucket(self.rate_bps, self.frame_bytes)
+
+    @classmethod
+    def of(cls, rate: str | float, frame_hz: float = 10.0, policy: str = "drop") -> LinkBudget:
+        return cls(parse_rate(rate), frame_hz, policy)
+
+    @property
+    def frame_bytes(self) -> int:
+        """The per-frame allowance at the nominal frame rate."""
+        return int(self.rate_bps / 8 / self.frame_hz)
+
+    def allowance(self, now: float) -> int:
+        """Bytes the sender may put in its next message: what the bucket holds, at most a frame's worth."""
+        return int(min(self.frame_bytes, self.bucket.available(now)))
+
+    def admit(self, size: int, now: float) -> tuple[bool, float]:
+        """(send?, seconds to wait first). Counts admitted, delayed and dropped messages."""
+        if self.bucket.consume(size, now):
+            self.counts["admitted"] += 1
+            self.counts["bytes"] += size
+            return True, 0.0
+        wait = self.bucket.wait_time(size, now)
+        if self.policy == "delay" and wait <= self.max_delay_s:
+            self.bucket.consume(size, now + wait)
+            self.counts["delayed"] += 1
+            self.counts["admitted"] += 1
+            self.counts["bytes"] += size
+            return True, wait
+        self.counts["dropped"] += 1
+        return False, 0.0
