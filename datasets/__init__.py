@@ -27,7 +27,11 @@ def detect_format(path: str | Path) -> str:
         return "dair-v2x-c"
     if is_opv2v_root(path):
         return OPV2VLog(path).format
-    raise DatasetError(
+    raise _unknown_format(path)
+
+
+def _unknown_format(path: Path) -> DatasetError:
+    return DatasetError(
         path,
         "format",
         "not a known log: expected OPV2V/V2V4Real scenario folders or a DAIR-V2X-C cooperative/data_info.json",
@@ -38,25 +42,27 @@ def open_log(path: str | Path, max_cav: int = 5, comm_range: float | None = None
     """A lazily loaded log: ``len``, indexing and iteration give frames, ego first.
 
     ``max_cav`` caps the agents per frame (the papers use 5; DAIR-V2X-C has 2),
-    ``comm_range`` drops agents farther from the ego (default 70 m for OPV2V, 100 m for
-    DAIR-V2X-C, unlimited for V2V4Real), ``skip_bad`` skips and counts broken frames when
-    iterating instead of raising.
+    ``comm_range`` drops agents farther from the ego in BEV (default: 70 m for OPV2V, V2XSet
+    and V2V4Real, 100 m for DAIR-V2X-C, as the reference loaders do). With ``skip_bad``,
+    iteration skips frames with a broken file and lists them in ``log.skipped``, and NaN/inf
+    points are dropped and counted in ``log.dropped_points``; without it both raise
+    :class:`DatasetError`. Point clouds are read when a frame is accessed, never up front.
     """
-    from v2x.datasets.dair import DairLog
-    from v2x.datasets.opv2v import OPV2VLog
+    from v2x.datasets.dair import DairLog, is_dair_root
+    from v2x.datasets.opv2v import OPV2VLog, is_opv2v_root
 
-    fmt = detect_format(path)
-    if fmt == "dair-v2x-c":
-        from v2x.datasets.dair import is_dair_root
-
-        if is_dair_root(Path(path)):
-            return DairLog(path, max_cav=min(max_cav, 2), comm_range=comm_range, skip_bad=skip_bad)
-        parts = [
-            DairLog(r, max_cav=min(max_cav, 2), comm_range=comm_range, skip_bad=skip_bad)
-            for r in _dair_roots(Path(path))
-        ]
-        return ConcatLog(parts, [r.relative_to(path).as_posix() for r in _dair_roots(Path(path))])
-    return OPV2VLog(path, max_cav=max_cav, comm_range=comm_range, skip_bad=skip_bad)
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(path, "folder", "missing or not a folder")
+    if is_dair_root(path):
+        return DairLog(path, max_cav=min(max_cav, 2), comm_range=comm_range, skip_bad=skip_bad)
+    roots = _dair_roots(path)
+    if roots:
+        parts = [DairLog(r, max_cav=min(max_cav, 2), comm_range=comm_range, skip_bad=skip_bad) for r in roots]
+        return ConcatLog(parts, [r.relative_to(path).as_posix() for r in roots])
+    if is_opv2v_root(path):
+        return OPV2VLog(path, max_cav=max_cav, comm_range=comm_range, skip_bad=skip_bad)
+    raise _unknown_format(path)
 
 
 def _dair_roots(path: Path) -> list[Path]:
@@ -90,6 +96,14 @@ class ConcatLog:
     def dropped_agents(self) -> int:
         return sum(getattr(log, "dropped_agents", 0) for log in self.parts)
 
+    @property
+    def out_of_range_agents(self) -> int:
+        return sum(getattr(log, "out_of_range_agents", 0) for log in self.parts)
+
+    @property
+    def dropped_points(self) -> int:
+        return sum(getattr(log, "dropped_points", 0) for log in self.parts)
+
     def __len__(self) -> int:
         return len(self._index)
 
@@ -100,7 +114,14 @@ class ConcatLog:
         return frame
 
     def __iter__(self):
-        for i in range(len(self)):
+        yield from self._iter(range(len(self)))
+
+    def iter_scenario(self, scenario: str):
+        """One scenario's frames in time order (``skip_bad`` applies as in iteration)."""
+        yield from self._iter(self.scenario_indices(scenario))
+
+    def _iter(self, indices):
+        for i in indices:
             try:
                 yield self[i]
             except DatasetError as exc:

@@ -56,6 +56,10 @@ def _check_opv2v(root: Path, progress: Callable[[Iterable], Iterable]) -> list[P
                 problems.append(
                     Problem(str(cdir / f"{name}.yaml"), "frame", f"frame not present for the ego {cavs[0]}")
                 )
+            for name in sorted(ego_frames - frames):
+                problems.append(
+                    Problem(str(cdir / f"{name}.yaml"), "file", f"missing (the ego {cavs[0]} has this frame)")
+                )
             for pcd in sorted(cdir.glob("*.pcd")):
                 if pcd.stem not in frames:
                     problems.append(Problem(str(pcd), "file", "point cloud without a YAML file"))

@@ -10,13 +10,18 @@ Layout (paths in ``cooperative/data_info.json`` are relative to the root)::
 
 Poses: world <- vehicle = novatel_to_world . lidar_to_novatel; world <- infrastructure =
 virtuallidar_to_world with ``system_error_offset`` added to its x and y translation. When the
-world calibrations are absent (the public cooperative calibration alone), the vehicle LiDAR
-frame *is* the world and the infrastructure sits at ``lidar_i2v``. The vehicle is the ego
-(agent id ``"vehicle"``), the roadside unit the collaborator (``"infrastructure"``), dropped
-beyond 100 m as in the reference protocol.
+world calibrations are absent (the public cooperative calibration alone, as in our sample),
+the vehicle LiDAR frame *is* the world and the infrastructure sits at ``lidar_i2v``. The
+vehicle is the ego (agent id ``"vehicle"``), the roadside unit the collaborator
+(``"infrastructure"``), dropped beyond 100 m as in the reference protocol.
+
+Ground truth: ``cooperative/label_world`` (its ``world_8_points``, as the reference loaders read
+it) when the world calibrations exist; otherwise the vehicle's labels plus the infrastructure
+labels that overlap none of them. Each side's own labels are ``AgentScan.labels``.
 
 Labels may hold numbers as strings (the infrastructure side does): they are parsed, and a
-string that is not a number is a :class:`DatasetError` naming the field.
+string that is not a number is a :class:`DatasetError` naming the field. Time stamps come from
+each side's ``data_info.json`` (microseconds); without them they are 0.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 
 from v2x.boxes import Boxes, ObjectClass, box_corners, class_from_name
 from v2x.datasets.errors import DatasetError
-from v2x.datasets.pcd import read_pcd, write_pcd
+from v2x.datasets.pcd import read_pcd_counted, write_pcd
 from v2x.frame import AgentKind, AgentScan, Frame, estimate_mount_height
 from v2x.geometry import NotRigidError, check_rigid, inverse
 from v2x.iou import bev_iou_matrix
@@ -126,16 +131,38 @@ def _box_from_corners(corners: np.ndarray) -> list[float]:
 
 
 def _world_label_boxes(path: Path) -> Boxes:
-    """``cooperative/label_world``: location, size and rotation when given, else ``world_8_points``."""
+    """``cooperative/label_world`` boxes in the world frame.
+
+    DAIR-V2X documents only ``world_8_points`` as valid in these files (the reference loaders
+    read nothing else), and corners fix a box only up to a half turn of heading. So the
+    location/size/rotation entries are used when their corners agree with ``world_8_points``
+    within 2 cm (files our writer made: exact heading), else the box comes from the corners.
+    """
     items = _read_json(path)
     if not isinstance(items, list):
         raise DatasetError(path, "labels", "expected a list of objects")
-    rows = [
-        _label_row(obj, path, f"[{i}]")
-        if "3d_location" in obj or "world_8_points" not in obj
-        else _box_from_corners(obj["world_8_points"])
-        for i, obj in enumerate(items)
-    ]
+    rows = []
+    for i, obj in enumerate(items):
+        if isinstance(obj, dict) and "world_8_points" in obj:
+            try:
+                corners = np.asarray(obj["world_8_points"], dtype=np.float64).reshape(8, 3)
+            except (TypeError, ValueError) as exc:
+                raise DatasetError(path, f"[{i}].world_8_points", f"expected 8 x 3 numbers: {exc}") from exc
+            if not np.isfinite(corners).all():
+                raise DatasetError(path, f"[{i}].world_8_points", "not finite")
+            row = _box_from_corners(corners)
+            if "3d_location" in obj:
+                try:
+                    param = _label_row(obj, path, f"[{i}]")
+                except DatasetError:
+                    param = None
+                if param is not None:
+                    d = np.linalg.norm(box_corners(np.array(param))[0][:, None] - corners[None], axis=2)
+                    if d.min(axis=1).max() < 0.02:
+                        row = param
+            rows.append(row)
+        else:
+            rows.append(_label_row(obj, path, f"[{i}]"))
     classes = [int(class_from_name(obj.get("type", ""))) for obj in items]
     return Boxes(np.array(rows).reshape(-1, 7), labels=classes)
 
@@ -164,6 +191,8 @@ class DairLog:
         self.skip_bad = skip_bad
         self.skipped: list[tuple[str, str]] = []
         self.dropped_agents = 0
+        self.dropped_points = 0
+        self.out_of_range_agents = 0
         self.missing: list[tuple[str, str]] = []
         side_info = {s: self._side_info(s) for s in ("vehicle-side", "infrastructure-side")}
         self._entries: list[dict] = []
@@ -180,15 +209,21 @@ class DairLog:
                 continue
             vid, iid = Path(vpath).stem, Path(ipath).stem
             vinfo = side_info["vehicle-side"].get(vid, {})
+            iinfo = side_info["infrastructure-side"].get(iid, {})
             e = dict(
                 e,
                 _vid=vid,
                 _iid=iid,
                 _batch=str(vinfo.get("batch_id", "dair")),
-                _ts=int(vinfo.get("pointcloud_timestamp", 0) or 0),
+                _ts=self._timestamp_us(vinfo, "vehicle-side"),
+                _its=self._timestamp_us(iinfo, "infrastructure-side"),
             )
             self._entries.append(e)
         self._entries.sort(key=lambda e: (e["_batch"], e["_ts"], e["_vid"]))
+
+    def _timestamp_us(self, info: dict, side: str) -> int:
+        raw = info.get("pointcloud_timestamp", 0) or 0
+        return int(_num(raw, self.root / side / "data_info.json", "pointcloud_timestamp"))
 
     def _side_info(self, side: str) -> dict[str, dict]:
         path = self.root / side / "data_info.json"
@@ -209,8 +244,15 @@ class DairLog:
     def frame_name(self, i: int) -> str:
         return f"{self._entries[i]['_batch']}/{self._entries[i]['_vid']}"
 
+    def iter_scenario(self, scenario: str) -> Iterator[Frame]:
+        """One batch's frames in time order (``skip_bad`` applies as in iteration)."""
+        yield from self._iter(self.scenario_indices(scenario))
+
     def __iter__(self) -> Iterator[Frame]:
-        for i in range(len(self)):
+        yield from self._iter(range(len(self)))
+
+    def _iter(self, indices) -> Iterator[Frame]:
+        for i in indices:
             try:
                 yield self[i]
             except DatasetError as exc:
@@ -219,7 +261,8 @@ class DairLog:
                 self.skipped.append((self.frame_name(i), str(exc)))
 
     # -- poses ----------------------------------------------------------------------------------
-    def _poses(self, e: dict) -> tuple[np.ndarray, np.ndarray]:
+    def _poses(self, e: dict) -> tuple[np.ndarray, np.ndarray, bool]:
+        """world <- vehicle, world <- infrastructure, and whether those are real world poses."""
         vid, iid = e["_vid"], e["_iid"]
         r = self.root
         l2n = r / "vehicle-side" / "calib" / "lidar_to_novatel" / f"{vid}.json"
@@ -238,16 +281,20 @@ class DairLog:
             world_from_infra[1, 3] += _num(
                 off.get("delta_y", 0.0), self.info_path, "system_error_offset.delta_y"
             )
-            return world_from_vehicle, world_from_infra
+            return world_from_vehicle, world_from_infra, True
         i2v = r / "cooperative" / "calib" / "lidar_i2v" / f"{vid}.json"
-        return np.eye(4), _rt(_read_json(i2v), i2v, "lidar_i2v")
+        return np.eye(4), _rt(_read_json(i2v), i2v, "lidar_i2v"), False
+
+    def _read_points(self, path: Path) -> np.ndarray:
+        points, dropped = read_pcd_counted(path, drop_nonfinite=self.skip_bad)
+        self.dropped_points += dropped
+        return points
 
     def __getitem__(self, i: int) -> Frame:
         e = self._entries[i]
-        world_from_vehicle, world_from_infra = self._poses(e)
+        world_from_vehicle, world_from_infra, in_world = self._poses(e)
         ts = e["_ts"] * 1000
-        vpcd = self.root / e["vehicle_pointcloud_path"]
-        vpts = read_pcd(vpcd, drop_nonfinite=self.skip_bad)
+        vpts = self._read_points(self.root / e["vehicle_pointcloud_path"])
         vlab = parse_labels(self.root / "vehicle-side" / "label" / "lidar" / f"{e['_vid']}.json")
         agents = {
             VEHICLE: AgentScan(
@@ -261,30 +308,24 @@ class DairLog:
             )
         }
         far = np.hypot(*(world_from_infra[:2, 3] - world_from_vehicle[:2, 3])) > self.comm_range
-        ilab = None
         if self.max_cav >= 2 and not far:
-            try:
-                ipts = read_pcd(self.root / e["infrastructure_pointcloud_path"], drop_nonfinite=self.skip_bad)
-                ilab = parse_labels(
-                    self.root / "infrastructure-side" / "label" / "virtuallidar" / f"{e['_iid']}.json"
-                )
-                agents[INFRA] = AgentScan(
-                    INFRA,
-                    AgentKind.RSU,
-                    ipts,
-                    world_from_infra,
-                    ts,
-                    estimate_mount_height(ipts),
-                    ilab.transformed(world_from_infra),
-                )
-            except DatasetError:
-                if not self.skip_bad:
-                    raise
-                self.dropped_agents += 1
-        else:
-            self.dropped_agents += 1
+            ipts = self._read_points(self.root / e["infrastructure_pointcloud_path"])
+            ilab = parse_labels(
+                self.root / "infrastructure-side" / "label" / "virtuallidar" / f"{e['_iid']}.json"
+            )
+            agents[INFRA] = AgentScan(
+                INFRA,
+                AgentKind.RSU,
+                ipts,
+                world_from_infra,
+                e["_its"] * 1000 or ts,
+                estimate_mount_height(ipts),
+                ilab.transformed(world_from_infra),
+            )
+        elif far:
+            self.out_of_range_agents += 1
         coop = self.root / e.get("cooperative_label_path", "")
-        if e.get("cooperative_label_path") and coop.is_file():
+        if in_world and e.get("cooperative_label_path") and coop.is_file():
             gt = _world_label_boxes(coop)
         else:
             gt = agents[VEHICLE].labels
@@ -302,7 +343,13 @@ class DairWriter:
 
     DAIR-V2X-C pairs one vehicle with one infrastructure unit, so a frame needs an RSU among
     its agents; further agents are not written. Files are renamed into place only after all of
-    a frame's files exist, and ``cooperative/data_info.json`` is rewritten (atomically) last.
+    a frame's files exist, and ``cooperative/data_info.json`` is rewritten (atomically) last, so
+    an interrupted write leaves either ``.tmp`` files (which ``check`` reports) or files that no
+    index lists (which readers never see).
+
+    The vehicle's own label file leaves out the vehicle itself (a car does not label itself);
+    the cooperative label keeps every object. The format has no place for per-object extras
+    such as LiDAR hit counts, so ``extra`` is accepted and ignored.
     """
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
@@ -326,16 +373,30 @@ class DairWriter:
             raise ValueError(f"frame {frame.scenario}/{frame.index}: DAIR-V2X-C needs a roadside unit")
         veh, inf = frame.ego, rsus[0]
         vid, iid = f"{2 * self._next:06d}", f"{2 * self._next + 1:06d}"
-        self._next += 1
-        r = self.root
         files: list[tuple[Path, Path]] = []
+        try:
+            self._stage_frame(frame, veh, inf, vid, iid, files)
+            for tmp, final in files:
+                os.replace(tmp, final)
+        finally:
+            for tmp, _ in files:
+                if tmp.exists():
+                    tmp.unlink()
+        self._next += 1
+        self._index_frame(frame, vid, iid, inf.timestamp_ns or frame.timestamp_ns)
+        self.frames += 1
+
+    def _stage_frame(
+        self, frame: Frame, veh: AgentScan, inf: AgentScan, vid: str, iid: str, files: list
+    ) -> None:
+        r = self.root
 
         def stage(rel: str, writer) -> None:
             final = r / rel
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.with_name(f".{final.name}.tmp")
-            writer(tmp)
             files.append((tmp, final))
+            writer(tmp)
 
         def stage_json(rel: str, obj: Any) -> None:
             stage(rel, lambda p: p.write_text(json.dumps(obj, indent=1)))
@@ -352,9 +413,10 @@ class DairWriter:
             f"infrastructure-side/velodyne/{iid}.pcd",
             lambda p: write_pcd(p, inf.points, "binary_compressed", "float"),
         )
+        own = frame.gt.track_ids == (int(frame.ego_id) if frame.ego_id.lstrip("-").isdigit() else -2)
         stage_json(
             f"vehicle-side/label/lidar/{vid}.json",
-            _labels_json(frame.gt.transformed(inverse(veh.world_from_lidar)), False),
+            _labels_json(frame.gt[~own].transformed(inverse(veh.world_from_lidar)), False),
         )
         stage_json(
             f"infrastructure-side/label/virtuallidar/{iid}.json",
@@ -374,8 +436,9 @@ class DairWriter:
             item["world_8_points"] = corners.tolist()
             world.append(item)
         stage_json(f"cooperative/label_world/{vid}.json", world)
-        for tmp, final in files:
-            os.replace(tmp, final)
+
+    def _index_frame(self, frame: Frame, vid: str, iid: str, infra_ts_ns: int) -> None:
+        ts_us = frame.timestamp_ns // 1000
         batch = str(frame.scenario)
         self._side["vehicle-side"].append(
             {
@@ -395,7 +458,7 @@ class DairWriter:
                 "image_path": f"infrastructure-side/image/{iid}.jpg",
                 "label_lidar_std_path": f"infrastructure-side/label/virtuallidar/{iid}.json",
                 "calib_virtuallidar_to_world_path": f"infrastructure-side/calib/virtuallidar_to_world/{iid}.json",
-                "pointcloud_timestamp": str(ts_us),
+                "pointcloud_timestamp": str(infra_ts_ns // 1000),
                 "frame_id": iid,
                 "batch_id": batch,
             }
@@ -411,7 +474,6 @@ class DairWriter:
             }
         )
         self._flush_index()
-        self.frames += 1
 
     def _flush_index(self) -> None:
         for rel, obj in (

@@ -7,8 +7,13 @@ Layout: ``<split>/<scenario>/<cav_id>/<NNNNNN>.pcd`` and ``.yaml`` per agent and
   (negative ids, V2XSet) move to the end; at most ``max_cav`` agents are taken in that order,
   then agents farther than ``comm_range`` (70 m) from the ego in BEV are dropped;
 * YAML files whose name contains ``additional`` are skipped;
-* ground truth is the union of the kept agents' ``vehicles``, deduplicated by id, without
-  the ego's own vehicle (an agent does not detect itself).
+* ground truth is the union of the kept agents' ``vehicles``, deduplicated by id (V2V4Real:
+  by ``ass_id``, or ``object id + 100 * cav id`` when ``ass_id`` is -1). As in OpenCOOD, the
+  ego's own car is part of it when another agent lists it (no agent lists itself).
+
+``skip_bad``: a frame with any unreadable or inconsistent file is skipped and recorded in
+``log.skipped`` (iteration only; indexing still raises); points with NaN/inf values are
+dropped and counted in ``log.dropped_points`` instead of failing the frame.
 
 Conventions: OPV2V is CARLA, left-handed (y right, yaw clockwise seen from above, degrees).
 Points, poses and boxes are mirrored in y on the way in (and back on the way out), so every
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +36,26 @@ import numpy as np
 
 from v2x.boxes import Boxes, ObjectClass, class_from_name, wrap_angle
 from v2x.datasets.errors import DatasetError
-from v2x.datasets.pcd import read_pcd, write_pcd
+from v2x.datasets.pcd import read_pcd_counted, write_pcd
 from v2x.datasets.yamlio import dump_yaml, load_yaml
 from v2x.frame import AgentKind, AgentScan, Frame, estimate_mount_height
 from v2x.geometry import NotRigidError, check_rigid, inverse
 
-__all__ = ["OPV2VLog", "OPV2VWriter", "carla_pose_to_matrix", "is_opv2v_root", "matrix_to_carla_pose"]
+__all__ = [
+    "OPV2VLog",
+    "OPV2VWriter",
+    "carla_pose_to_matrix",
+    "is_opv2v_root",
+    "matrix_to_carla_pose",
+    "protocol_order",
+]
 
 _FLIP = np.diag([1.0, -1.0, 1.0, 1.0])
 _FRAME = re.compile(r"^(\d+)\.yaml$")
 #: frames 0.1 s apart whatever their file-name step (OPV2V names step by 2)
 FRAME_PERIOD_NS = 100_000_000
+#: communication range of the reference loaders (OpenCOOD and V2V4Real's fork: COM_RANGE = 70)
+COMM_RANGE_M = 70.0
 
 
 def carla_pose_to_matrix(pose: list[float]) -> np.ndarray:
@@ -72,11 +87,18 @@ def _is_cav_dir(p: Path) -> bool:
     return p.is_dir() and re.fullmatch(r"-?\d+", p.name) is not None
 
 
+def protocol_order(agent_ids: list[str]) -> list[str]:
+    """Agent ids in the reference order: sorted as strings, roadside units (negative) last.
+
+    The first is the ego. (OpenCOOD moves a leading negative id to the end; with several RSUs
+    all of them go to the end here, so an RSU is never the ego.)
+    """
+    ids = sorted(agent_ids)
+    return [c for c in ids if not c.startswith("-")] + [c for c in ids if c.startswith("-")]
+
+
 def _cav_order(scenario: Path) -> list[str]:
-    cavs = sorted(p.name for p in scenario.iterdir() if _is_cav_dir(p))
-    vehicles = [c for c in cavs if not c.startswith("-")]
-    rsus = [c for c in cavs if c.startswith("-")]
-    return vehicles + rsus
+    return protocol_order([p.name for p in scenario.iterdir() if _is_cav_dir(p)])
 
 
 def _frame_names(cav_dir: Path) -> list[str]:
@@ -156,6 +178,8 @@ class OPV2VLog:
         self.skip_bad = skip_bad
         self.skipped: list[tuple[str, str]] = []
         self.dropped_agents = 0
+        self.dropped_points = 0
+        self.out_of_range_agents = 0
         self._keys: list[_FrameKey] = []
         self._scenario_cavs: dict[Path, list[str]] = {}
         for sdir in _scenario_dirs(self.root):
@@ -170,9 +194,7 @@ class OPV2VLog:
             for n in names:
                 self._keys.append(_FrameKey(sdir, rel, n, int(n), FRAME_PERIOD_NS // max(step, 1)))
         self.format = self._detect_variant()
-        self.comm_range = (
-            float(comm_range) if comm_range is not None else (70.0 if self.format == "opv2v" else 1e9)
-        )
+        self.comm_range = float(comm_range) if comm_range is not None else COMM_RANGE_M
 
     def _detect_variant(self) -> str:
         for key in self._keys[:1]:
@@ -193,12 +215,19 @@ class OPV2VLog:
         """Indices of one scenario's frames, in time order (what a tracker consumes)."""
         return [i for i, k in enumerate(self._keys) if k.scenario == scenario]
 
+    def iter_scenario(self, scenario: str) -> Iterator[Frame]:
+        """One scenario's frames in time order (``skip_bad`` applies as in iteration)."""
+        yield from self._iter(self.scenario_indices(scenario))
+
     def frame_name(self, i: int) -> str:
         k = self._keys[i]
         return f"{k.scenario}/{k.name}"
 
     def __iter__(self) -> Iterator[Frame]:
-        for i in range(len(self)):
+        yield from self._iter(range(len(self)))
+
+    def _iter(self, indices) -> Iterator[Frame]:
+        for i in indices:
             try:
                 yield self[i]
             except DatasetError as exc:
@@ -220,22 +249,17 @@ class OPV2VLog:
             if cav != ego_id and not ypath.is_file():
                 self.dropped_agents += 1  # an agent without this frame: fewer agents, not a broken frame
                 continue
-            try:
-                scan, cav_boxes = self._load_agent(key, cav)
-            except DatasetError:
-                if cav == ego_id or not self.skip_bad:
-                    raise
-                self.dropped_agents += 1
+            loaded = self._load_agent(key, cav, ego_xy)
+            if loaded is None:
+                self.out_of_range_agents += 1
                 continue
+            scan, cav_boxes = loaded
             if ego_xy is None:
                 ego_xy = scan.position[:2]
-            elif np.hypot(*(scan.position[:2] - ego_xy)) > self.comm_range:
-                continue
             agents[cav] = scan
             for obj_id, val in cav_boxes.items():
                 boxes.setdefault(obj_id, val)
-        boxes.pop(ego_id, None)
-        ids = sorted(boxes)
+        ids = sorted(boxes, key=lambda k: boxes[k][2])
         gt = Boxes(
             np.array([boxes[k][0] for k in ids]).reshape(-1, 7),
             labels=[boxes[k][1] for k in ids],
@@ -246,8 +270,10 @@ class OPV2VLog:
 
     # -- one agent ----------------------------------------------------------------------------
     def _load_agent(
-        self, key: _FrameKey, cav: str
-    ) -> tuple[AgentScan, dict[str, tuple[np.ndarray, int, int]]]:
+        self, key: _FrameKey, cav: str, ego_xy: np.ndarray | None = None
+    ) -> tuple[AgentScan, dict[str, tuple[np.ndarray, int, int]]] | None:
+        """One agent's scan and boxes; None when it is beyond ``comm_range`` of ``ego_xy`` (its
+        point cloud is then not read)."""
         ypath = key.scenario_dir / cav / f"{key.name}.yaml"
         meta = load_yaml(ypath)
         if "lidar_pose" not in meta:
@@ -269,8 +295,11 @@ class OPV2VLog:
             if isinstance(exc, DatasetError):
                 raise
             raise DatasetError(ypath, "lidar_pose", str(exc)) from exc
+        if ego_xy is not None and np.hypot(*(world_from_lidar[:2, 3] - ego_xy)) > self.comm_range:
+            return None
         pcd = key.scenario_dir / cav / f"{key.name}.pcd"
-        points = read_pcd(pcd, drop_nonfinite=self.skip_bad)
+        points, dropped = read_pcd_counted(pcd, drop_nonfinite=self.skip_bad)
+        self.dropped_points += dropped
         if flip is _FLIP:
             points[:, 1] *= -1
         if "true_ego_pos" in meta and not cav.startswith("-"):
@@ -290,7 +319,7 @@ class OPV2VLog:
             ts = key.number * key.period_ns
         kind = AgentKind.RSU if cav.startswith("-") else AgentKind.VEHICLE
         cav_boxes = self._boxes(
-            meta.get("vehicles") or {}, ypath, world_from_lidar if lidar_frame_labels else None
+            meta.get("vehicles") or {}, ypath, world_from_lidar if lidar_frame_labels else None, cav
         )
         labels = Boxes(
             np.array([v[0] for v in cav_boxes.values()]).reshape(-1, 7),
@@ -316,9 +345,14 @@ class OPV2VLog:
 
     @staticmethod
     def _boxes(
-        vehicles: dict, ypath: Path, world_from_lidar: np.ndarray | None
+        vehicles: dict, ypath: Path, world_from_lidar: np.ndarray | None, cav: str = "0"
     ) -> dict[str, tuple[np.ndarray, int, int]]:
-        """{object id: (box in the world frame, class, track id)} from a ``vehicles`` mapping."""
+        """{dedup key: (box in the world frame, class, track id)} from a ``vehicles`` mapping.
+
+        OPV2V ids are CARLA actor ids, shared by all agents. V2V4Real ids are per CAV; its
+        ``ass_id`` links one object across CAVs, and an object without one gets
+        ``id + 100 * cav id``, as V2V4Real's loader does.
+        """
         if not isinstance(vehicles, dict):
             raise DatasetError(ypath, "vehicles", "not a mapping")
         out = {}
@@ -337,18 +371,19 @@ class OPV2VLog:
                 raise DatasetError(ypath, f"{where}.extent", f"sizes must be positive: {ext}")
             x, y, z = (a + b for a, b in zip(loc, centre, strict=True))
             cls = class_from_name(v["obj_type"]) if "obj_type" in v else ObjectClass.CAR
-            track = int(v.get("ass_id", -1))
+            track = int(_num(v.get("ass_id", -1), ypath, f"{where}.ass_id"))
             if track == -1:
                 try:
-                    track = int(obj_id)
+                    track = int(obj_id) + (100 * int(cav) if world_from_lidar is not None else 0)
                 except (TypeError, ValueError):
                     track = -1
+            key = str(track) if track != -1 else f"{cav}:{obj_id}"
             if world_from_lidar is None:  # OPV2V: CARLA world, mirror into right-handed
                 box = np.array([x, -y, z, 2 * ext[0], 2 * ext[1], 2 * ext[2], wrap_angle(-np.radians(yaw))])
             else:  # V2V4Real: the CAV's LiDAR frame, right-handed
                 local = Boxes(np.array([[x, y, z, 2 * ext[0], 2 * ext[1], 2 * ext[2], np.radians(yaw)]]))
                 box = local.transformed(world_from_lidar).xyzlwhy[0]
-            out[str(obj_id)] = (box, int(cls), track)
+            out[key] = (box, int(cls), track)
         return out
 
 
@@ -357,7 +392,12 @@ class OPV2VWriter:
 
     Each frame is written atomically: files go to temporary names first, then are renamed,
     the ego's YAML last, so the reader (which indexes frames by the ego's YAML files) never sees
-    a half-written frame.
+    a half-written frame, and ``check`` flags the leftovers of an interrupted one.
+
+    Agent ids become folder names, so they must be integers: negative for roadside units,
+    as V2XSet does. The format has no ego field: the reader takes the first id in
+    :func:`protocol_order`; a frame whose ego is not that one is written with a warning (it
+    will read back with another ego).
     """
 
     def __init__(
@@ -376,8 +416,12 @@ class OPV2VWriter:
         self.gt_radius = gt_radius
         self.root.mkdir(parents=True, exist_ok=True)
         self.frames = 0
+        self._scenarios_seen: set[str] = set()
+        self._ego_warned: set[str] = set()
 
     def write_protocol(self, scenario: str, protocol: dict) -> None:
+        """``<scenario>/data_protocol.yaml``; a minimal one is written with a scenario's first frame
+        when none exists."""
         sdir = self.root / scenario
         sdir.mkdir(parents=True, exist_ok=True)
         dump_yaml(sdir / "data_protocol.yaml", protocol)
@@ -388,6 +432,11 @@ class OPV2VWriter:
         extra = extra or {}
         sdir = self.root / frame.scenario
         name = f"{frame.index:06d}"
+        self._check_ids(frame)
+        if frame.scenario not in self._scenarios_seen:
+            self._scenarios_seen.add(frame.scenario)
+            if not (sdir / "data_protocol.yaml").is_file():
+                self.write_protocol(frame.scenario, {"writer": "v2x-coop", "variant": self.variant})
         pending: list[tuple[Path, Path]] = []
         try:
             for agent_id, scan in frame.agents.items():
@@ -402,8 +451,8 @@ class OPV2VWriter:
                 yaml_tmp = adir / f".{name}.yaml.tmp"
                 dump_yaml(yaml_tmp, self._agent_yaml(frame, scan, extra.get(agent_id, {})))
                 pending.append((yaml_tmp, adir / f"{name}.yaml"))
-            # the ego's yaml commits the frame: rename it last
-            ego_yaml = sdir / frame.ego_id / f"{name}.yaml"
+            # the yaml of the agent readers take as the ego commits the frame: rename it last
+            ego_yaml = sdir / protocol_order(list(frame.agents))[0] / f"{name}.yaml"
             pending.sort(key=lambda p: p[1] == ego_yaml)
             for tmp, final in pending:
                 os.replace(tmp, final)
@@ -412,6 +461,24 @@ class OPV2VWriter:
                 if tmp.exists():
                     tmp.unlink()
         self.frames += 1
+
+    def _check_ids(self, frame: Frame) -> None:
+        for aid, scan in frame.agents.items():
+            if re.fullmatch(r"-?\d+", aid) is None:
+                raise ValueError(f"agent id {aid!r}: OPV2V agent folders must be integers")
+            if (scan.kind == AgentKind.RSU) != aid.startswith("-"):
+                raise ValueError(
+                    f"agent {aid!r} is a {scan.kind.value}: roadside units need negative ids, vehicles"
+                    " non-negative ones"
+                )
+        first = protocol_order(list(frame.agents))[0]
+        if first != frame.ego_id and frame.scenario not in self._ego_warned:
+            self._ego_warned.add(frame.scenario)
+            warnings.warn(
+                f"scenario {frame.scenario}: ego {frame.ego_id} is not the first agent in the OPV2V "
+                f"order, so readers will take {first} as the ego",
+                stacklevel=3,
+            )
 
     def _agent_yaml(self, frame: Frame, scan: AgentScan, extra: dict[str, Any]) -> dict[str, Any]:
         T = scan.world_from_lidar

@@ -21,7 +21,7 @@ from pypcd4 import Encoding, PointCloud
 
 from v2x.datasets.errors import DatasetError
 
-__all__ = ["read_pcd", "read_pcd_header", "write_pcd"]
+__all__ = ["read_pcd", "read_pcd_counted", "read_pcd_header", "write_pcd"]
 
 _ENCODINGS = {
     "ascii": Encoding.ASCII,
@@ -30,15 +30,17 @@ _ENCODINGS = {
 }
 
 
-def read_pcd_header(path: str | Path) -> dict[str, str]:
-    """The header entries (upper-case keys, raw string values) up to and including DATA."""
+def _parse_header(path: str | Path) -> tuple[dict[str, str], int]:
+    """Header entries (upper-case keys, raw values) up to DATA, and the byte offset of the data."""
     header: dict[str, str] = {}
+    offset = 0
     try:
         with open(path, "rb") as fh:
-            for _ in range(32):
+            for _ in range(64):
                 line = fh.readline()
                 if not line:
                     break
+                offset += len(line)
                 text = line.decode("ascii", errors="replace").strip()
                 if not text or text.startswith("#"):
                     continue
@@ -50,7 +52,44 @@ def read_pcd_header(path: str | Path) -> dict[str, str]:
         raise DatasetError(path, "file", f"cannot read: {exc.strerror or exc}") from exc
     if "DATA" not in header or "FIELDS" not in header:
         raise DatasetError(path, "header", "not a PCD file (no FIELDS/DATA entries)")
-    return header
+    return header, offset
+
+
+def read_pcd_header(path: str | Path) -> dict[str, str]:
+    """The header entries (upper-case keys, raw string values) up to and including DATA."""
+    return _parse_header(path)[0]
+
+
+def _check_header(path: Path, header: dict[str, str], data_offset: int) -> int:
+    """Header entries that contradict each other or the file size; returns the declared point count."""
+    fields = header["FIELDS"].split()
+    for key in ("SIZE", "TYPE", "COUNT"):
+        if key in header and len(header[key].split()) != len(fields):
+            raise DatasetError(
+                path, key, f"{len(header[key].split())} entries for {len(fields)} FIELDS ({header['FIELDS']})"
+            )
+    try:
+        width = int(header.get("WIDTH", "-1"))
+        height = int(header.get("HEIGHT", "1"))
+        declared = int(header.get("POINTS", str(width * height)))
+        sizes = [int(v) for v in header.get("SIZE", "").split()]
+        counts = [int(v) for v in header.get("COUNT", " ".join("1" for _ in fields)).split()]
+    except ValueError as exc:
+        raise DatasetError(path, "header", f"non-numeric size entry: {exc}") from exc
+    if width >= 0 and declared != width * height:
+        raise DatasetError(
+            path, "POINTS", f"header says {declared} points but WIDTH x HEIGHT = {width * height}"
+        )
+    if header["DATA"].lower() == "binary" and sizes:
+        expected = declared * sum(s * c for s, c in zip(sizes, counts, strict=True))
+        actual = os.path.getsize(path) - data_offset
+        if actual != expected:
+            raise DatasetError(
+                path,
+                "POINTS",
+                f"header says {declared} points ({expected} bytes) but the file holds {actual} data bytes",
+            )
+    return declared
 
 
 def _intensity(pc_data: np.ndarray) -> np.ndarray:
@@ -62,53 +101,57 @@ def _intensity(pc_data: np.ndarray) -> np.ndarray:
         vals = raw.astype(np.float32)
         finite = vals[np.isfinite(vals)]
         if finite.size and finite.max() > 1.0:
-            vals = vals / 255.0
+            vals = vals / 255.0  # an 8-bit scale stored as float
         return vals
     if "rgb" in names:
-        bits = np.ascontiguousarray(pc_data["rgb"]).astype(np.float32).view(np.uint32)
+        raw = np.ascontiguousarray(pc_data["rgb"])
+        # Open3D/PCL pack the colour as a float32 whose bits are 0x00RRGGBB; some writers declare
+        # it U4 instead. Either way the red byte is the intensity.
+        bits = raw.astype(np.float32).view(np.uint32) if raw.dtype.kind == "f" else raw.astype(np.uint32)
         return (((bits >> 16) & 255).astype(np.float32) / 255.0).astype(np.float32)
     return np.zeros(len(pc_data), dtype=np.float32)
 
 
-def read_pcd(path: str | Path, drop_nonfinite: bool = False) -> np.ndarray:
-    """Points of a PCD file as (N, 4) float32 ``x, y, z, intensity`` (0..1).
-
-    A header that disagrees with the data, or NaN/inf coordinates, raise
-    :class:`DatasetError`; with ``drop_nonfinite`` non-finite points are dropped instead.
-    """
+def read_pcd_counted(path: str | Path, drop_nonfinite: bool = False) -> tuple[np.ndarray, int]:
+    """:func:`read_pcd` plus the number of non-finite points dropped (0 unless ``drop_nonfinite``)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(path, "file", "missing")
-    header = read_pcd_header(path)
+    header, offset = _parse_header(path)
+    declared = _check_header(path, header, offset)
     try:
-        declared = int(header.get("POINTS", "-1"))
-        width = int(header.get("WIDTH", "-1"))
-        height = int(header.get("HEIGHT", "1"))
-    except ValueError as exc:
-        raise DatasetError(path, "header", f"non-numeric size entry: {exc}") from exc
-    if declared >= 0 and width >= 0 and declared != width * height:
-        raise DatasetError(
-            path, "POINTS", f"header says {declared} points but WIDTH x HEIGHT = {width * height}"
-        )
-    try:
-        pc = PointCloud.from_path(path)
-        data = pc.pc_data
-    except Exception as exc:  # pypcd4 raises ValueError/struct errors on truncated or corrupt data
+        data = PointCloud.from_path(path).pc_data
+    except Exception as exc:  # pypcd4 raises ValueError/struct/zlib errors on truncated or corrupt data
         raise DatasetError(path, "data", f"unreadable point data ({type(exc).__name__}: {exc})") from exc
-    if declared >= 0 and len(data) != declared:
+    if len(data) != declared:
         raise DatasetError(path, "POINTS", f"header says {declared} points but the data holds {len(data)}")
     names = data.dtype.names or ()
     for axis in ("x", "y", "z"):
         if axis not in names:
             raise DatasetError(path, "FIELDS", f"no {axis!r} field (fields: {' '.join(names)})")
-    xyz = np.stack([data["x"], data["y"], data["z"]], axis=1).astype(np.float32)
-    pts = np.concatenate([xyz, _intensity(data)[:, None]], axis=1)
-    bad = ~np.isfinite(pts[:, :3]).all(axis=1)
-    if bad.any():
+    pts = np.empty((len(data), 4), dtype=np.float32)
+    for j, axis in enumerate("xyz"):
+        pts[:, j] = data[axis]
+    pts[:, 3] = _intensity(data)
+    finite = np.isfinite(pts)
+    if not finite.all():
+        bad = ~finite.all(axis=1)
         if not drop_nonfinite:
-            raise DatasetError(path, "x/y/z", f"{int(bad.sum())} of {len(pts)} points are NaN or infinite")
-        pts = pts[~bad]
-    return np.ascontiguousarray(pts, dtype=np.float32)
+            columns = ["x", "y", "z", "intensity" if "intensity" in names else "rgb"]
+            where = ", ".join(c for j, c in enumerate(columns) if not finite[:, j].all())
+            raise DatasetError(path, where, f"{int(bad.sum())} of {len(pts)} points are NaN or infinite")
+        return np.ascontiguousarray(pts[~bad]), int(bad.sum())
+    return pts, 0
+
+
+def read_pcd(path: str | Path, drop_nonfinite: bool = False) -> np.ndarray:
+    """Points of a PCD file as (N, 4) float32 ``x, y, z, intensity`` (0..1).
+
+    A header that contradicts itself or the data, or NaN/inf values, raise
+    :class:`DatasetError` naming the file and the field; with ``drop_nonfinite`` points with a
+    non-finite value are dropped instead (:func:`read_pcd_counted` says how many).
+    """
+    return read_pcd_counted(path, drop_nonfinite)[0]
 
 
 def write_pcd(

@@ -15,8 +15,12 @@ def test_real_v2xset_frame_loads_with_three_agents_and_ground_truth(v2xset_log):
     assert log.format == "opv2v" and len(log) == 1
     f = log[0]
     assert list(f.agents) == ["4279", "4288", "4297"] and f.ego_id == "4279"
-    # 27 vehicles listed over the three CAVs, less the ego's own car (listed by 4288)
-    assert len(f.gt) == 26 and 4279 not in f.gt.track_ids
+    # 27 distinct vehicles over the three CAVs' lists; as in OpenCOOD the ego's own car (listed
+    # by 4288) is one of them, and every box is in the world frame near some CAV
+    assert len(f.gt) == 27 and 4279 in f.gt.track_ids and len(set(f.gt.track_ids)) == 27
+    ego_box = f.gt.xyzlwhy[list(f.gt.track_ids).index(4279)]
+    assert np.hypot(*(ego_box[:2] - f.ego.position[:2])) < 1.0  # the ego's box sits under its LiDAR
+    assert [len(a.labels) for a in f.agents.values()] == [21, 22, 15]
     assert all(len(a.points) == 56443 for a in f.agents.values())
     assert set(f.gt.labels) == {int(ObjectClass.CAR)}
     # every CAV sits near the ground-truth road and ~1.9 m above its own wheels
@@ -35,6 +39,21 @@ def test_known_carla_pose_maps_to_right_handed_matrix(v2xset_log):
     assert np.allclose(
         T[:3, 0], [np.cos(np.radians(-89.7075)), np.sin(np.radians(-89.7075)), T[2, 0]], atol=1e-3
     )
+
+
+def test_hand_computed_carla_pose_to_right_handed():
+    # CARLA yaw 90 deg faces CARLA +y, which is to the right: in our frame that is -y
+    lh = carla_pose_to_matrix([10.0, 20.0, 1.5, 0.0, 90.0, 0.0])
+    flip = np.diag([1.0, -1.0, 1.0, 1.0])
+    rh = flip @ lh @ flip
+    expected = np.array([[0, 1, 0, 10], [-1, 0, 0, -20], [0, 0, 1, 1.5], [0, 0, 0, 1.0]])
+    assert np.allclose(rh, expected, atol=1e-12)
+    ahead = rh @ np.array([5.0, 0, 0, 1])
+    assert np.allclose(ahead[:3], [10, -25, 1.5])
+    # pitch up 10 deg (CARLA) lifts the nose: in our frame a rotation of -10 deg about y
+    rh = flip @ carla_pose_to_matrix([0, 0, 0, 0, 0, 10.0]) @ flip
+    c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
+    assert np.allclose(rh[:3, :3], [[c, 0, -s], [0, 1, 0], [s, 0, c]])
 
 
 def test_carla_pose_round_trip():
@@ -98,6 +117,106 @@ def test_yaml_without_lidar_pose_names_file_and_field(tmp_path, make_frame):
     with pytest.raises(DatasetError) as err:
         open_log(tmp_path)[0]
     assert err.value.field == "lidar_pose" and err.value.path == str(path)
+
+
+def test_broken_collaborator_skips_the_whole_frame(tmp_path, make_frame):
+    w = OPV2VWriter(tmp_path, split=None)
+    for index in (7, 8):
+        w.write(make_frame(index=index))
+    (tmp_path / "scene_a" / "110" / "000007.pcd").write_text("not a point cloud\n")
+    log = open_log(tmp_path, skip_bad=True)
+    assert [f.index for f in log] == [8] and log.skipped[0][0] == "scene_a/000007"
+    assert "110/000007.pcd" in log.skipped[0][1]
+
+
+def test_nan_points_dropped_and_counted_with_skip_bad(tmp_path, make_frame):
+    frame = make_frame()
+    frame.agents["110"].points[[3, 9], 0] = np.nan
+    OPV2VWriter(tmp_path, split=None, pcd_encoding="binary").write(frame)
+    with pytest.raises(DatasetError) as err:
+        open_log(tmp_path)[0]
+    assert err.value.field == "x" and err.value.path.endswith("110/000007.pcd")
+    log = open_log(tmp_path, skip_bad=True)
+    f = next(iter(log))
+    assert len(f.agents["110"].points) == 498 and log.dropped_points == 2 and not log.skipped
+
+
+def test_interrupted_write_leaves_no_frame_that_reads_or_checks(tmp_path, make_frame, monkeypatch):
+    from v2x.datasets import opv2v
+    from v2x.datasets.check import check_log
+
+    w = OPV2VWriter(tmp_path, split=None)
+    w.write(make_frame(index=1))
+    real_replace, calls = opv2v.os.replace, []
+
+    def dying_replace(src, dst):
+        if not str(dst).endswith(".tmp"):  # a final name: the commit phase
+            calls.append(dst)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process is stopped half-way through committing
+        real_replace(src, dst)
+
+    monkeypatch.setattr(opv2v.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        w.write(make_frame(index=2))
+    monkeypatch.undo()
+    assert [f.index for f in open_log(tmp_path)] == [1]  # the reader never sees the partial frame
+    problems = check_log(tmp_path)
+    assert problems and all("000002" in p.path for p in problems), problems
+    assert not list(tmp_path.rglob("*.tmp"))  # temporary files were cleaned up
+
+
+def test_v2v4real_ids_deduplicate_by_ass_id(tmp_path, make_frame):
+    OPV2VWriter(tmp_path, split=None, variant="v2v4real").write(make_frame(n_agents=2, rsu=False))
+    a, b = (tmp_path / "scene_a" / cav / "000007.yaml" for cav in ("100", "110"))
+    meta_a, meta_b = load_yaml(a), load_yaml(b)
+    # V2V4Real numbers objects per CAV: give CAV 110 its own local ids, linked by ass_id
+    meta_b["vehicles"] = {k - 400: dict(v, ass_id=k) for k, v in meta_b["vehicles"].items()}
+    first = next(iter(meta_b["vehicles"]))
+    meta_b["vehicles"][first]["ass_id"] = -1  # an object without an association
+    dump_yaml(b, meta_b)
+    f = open_log(tmp_path)[0]
+    assert len(meta_a["vehicles"]) == 6
+    assert sorted(f.gt.track_ids) == sorted([500, 501, 502, 503, 504, 505, first + 100 * 110])
+
+
+def test_iterate_one_scenario_in_order(tmp_path, make_frame):
+    w = OPV2VWriter(tmp_path, split=None)
+    for index in (12, 10, 11):
+        w.write(make_frame(index=index))
+    other = make_frame(index=3)
+    other.scenario = "scene_b"
+    w.write(other)
+    log = open_log(tmp_path)
+    assert log.scenarios() == ["scene_a", "scene_b"]
+    frames = list(log.iter_scenario("scene_a"))
+    assert [f.index for f in frames] == [10, 11, 12]
+    assert np.diff([f.timestamp_ns for f in frames]).tolist() == [100_000_000, 100_000_000]
+
+
+def test_writer_checks_ids_warns_on_ego_order_and_writes_a_protocol(tmp_path, make_frame):
+    from v2x.frame import AgentKind
+
+    frame = make_frame()
+    frame.agents["-1"].kind = AgentKind.VEHICLE
+    with pytest.raises(ValueError, match="negative ids"):
+        OPV2VWriter(tmp_path, split=None).write(frame)
+    frame = make_frame()
+    frame.ego_id = "110"
+    with pytest.warns(UserWarning, match="readers will take 100 as the ego"):
+        OPV2VWriter(tmp_path, split=None).write(frame)
+    assert load_yaml(tmp_path / "scene_a" / "data_protocol.yaml")["writer"] == "v2x-coop"
+    assert open_log(tmp_path)[0].ego_id == "100"
+
+
+def test_python_tags_other_than_numpy_are_refused(tmp_path, make_frame):
+    OPV2VWriter(tmp_path, split=None).write(make_frame())
+    path = tmp_path / "scene_a" / "100" / "000007.yaml"
+    marker = tmp_path / "pwned"
+    path.write_text(path.read_text() + f"evil: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(DatasetError) as err:
+        open_log(tmp_path)[0]
+    assert err.value.field == "yaml" and "os.system" in err.value.message and not marker.exists()
 
 
 def test_missing_point_cloud_and_skip_bad(tmp_path, make_frame):

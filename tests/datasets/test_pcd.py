@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from v2x.datasets import DatasetError
-from v2x.datasets.pcd import read_pcd, write_pcd
+from v2x.datasets.pcd import read_pcd, read_pcd_counted, write_pcd
 
 
 def test_real_opv2v_scans_load_with_count_and_intensity(realdata):
@@ -47,13 +47,44 @@ def test_header_that_disagrees_with_data(tmp_path):
         read_pcd(path)
 
 
-def test_truncated_binary_names_the_file(tmp_path):
+def test_binary_size_must_match_the_header(tmp_path):
     path = tmp_path / "cut.pcd"
     write_pcd(path, np.ones((50, 4), np.float32), "binary")
-    path.write_bytes(path.read_bytes()[:-9])
+    whole = path.read_bytes()
+    for data in (whole[:-9], whole + b"\0" * 16):  # truncated, or more points than declared
+        path.write_bytes(data)
+        with pytest.raises(DatasetError) as err:
+            read_pcd(path)
+        assert err.value.path == str(path) and err.value.field == "POINTS"
+
+
+def test_truncated_compressed_data_names_the_file(tmp_path):
+    path = tmp_path / "cut.pcd"
+    pts = np.repeat(np.arange(50, dtype=np.float32), 40).reshape(500, 4)  # LZF compresses this
+    write_pcd(path, pts, "binary_compressed")
+    assert b"DATA binary_compressed" in path.read_bytes()[:200]
+    path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(DatasetError) as err:
         read_pcd(path)
     assert err.value.path == str(path) and err.value.field == "data"
+
+
+def test_header_entries_that_disagree_with_fields(tmp_path):
+    path = tmp_path / "fields.pcd"
+    write_pcd(path, np.ones((5, 4), np.float32), "ascii")
+    path.write_text(path.read_text().replace("SIZE 4 4 4 4", "SIZE 4 4 4"))
+    with pytest.raises(DatasetError) as err:
+        read_pcd(path)
+    assert err.value.field == "SIZE" and "4 FIELDS" in err.value.message
+
+
+def test_rgb_declared_as_unsigned_int(tmp_path):
+    path = tmp_path / "u4.pcd"
+    red = np.array([0, 128, 255], np.uint32) << 16
+    rows = "\n".join(f"{i} 0 0 {v}" for i, v in enumerate(red))
+    header = "VERSION 0.7\nFIELDS x y z rgb\nSIZE 4 4 4 4\nTYPE F F F U\nCOUNT 1 1 1 1\nWIDTH 3\n"
+    path.write_text(header + "HEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS 3\nDATA ascii\n" + rows + "\n")
+    assert np.allclose(read_pcd(path)[:, 3], [0, 128 / 255, 1])
 
 
 def test_nan_points_are_an_error_or_dropped(tmp_path):
@@ -62,9 +93,17 @@ def test_nan_points_are_an_error_or_dropped(tmp_path):
     pts[2, 2] = np.inf
     path = tmp_path / "nan.pcd"
     write_pcd(path, pts, "binary")
-    with pytest.raises(DatasetError, match="2 of 4 points"):
+    with pytest.raises(DatasetError, match="2 of 4 points") as err:
         read_pcd(path)
+    assert err.value.field == "x, z" and err.value.path == str(path)
     assert len(read_pcd(path, drop_nonfinite=True)) == 2
+    assert read_pcd_counted(path, drop_nonfinite=True)[1] == 2
+    pts = np.ones((3, 4), np.float32)
+    pts[0, 3] = np.nan
+    write_pcd(path, pts, "binary", "float")
+    with pytest.raises(DatasetError) as err:
+        read_pcd(path)
+    assert err.value.field == "intensity"
 
 
 def test_missing_and_non_pcd_files(tmp_path):

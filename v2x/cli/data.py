@@ -60,6 +60,8 @@ def _summarise(path: Path, max_cav: int, skip_bad: bool, progress: bool) -> dict
         "skipped_frames": len(log.skipped),
         "missing_frames": len(getattr(log, "missing", [])),
         "dropped_agents": int(getattr(log, "dropped_agents", 0)),
+        "out_of_range_agents": int(getattr(log, "out_of_range_agents", 0)),
+        "dropped_points": int(getattr(log, "dropped_points", 0)),
     }
 
 
@@ -93,6 +95,8 @@ def info(path: Path, as_json: bool, max_cav: int, skip_bad: bool) -> None:
         "skipped_frames",
         "missing_frames",
         "dropped_agents",
+        "out_of_range_agents",
+        "dropped_points",
     ):
         t.add_row(k.replace("_", " "), f"{s[k]:,}" if isinstance(s[k], int) else str(s[k]))
     t.add_row("agent scans", ", ".join(f"{k}: {v:,}" for k, v in s["agent_scans"].items()))
