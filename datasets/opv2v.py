@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,18 @@ def _vector(value: Any, n: int, path: Path, field: str) -> list[float]:
     return [_num(v, path, f"{field}[{i}]") for i, v in enumerate(value)]
 
 
+@dataclass(frozen=True)
+class _AgentMeta:
+    """The parsed content of one agent's YAML file (cached by :class:`OPV2VLog`)."""
+
+    world_from_lidar: np.ndarray
+    mirrored: bool  # CARLA, left-handed: points need y negated
+    mount_height: float | None
+    timestamp_ns: int
+    boxes: dict[str, tuple[np.ndarray, int, int]]
+    hits: dict[int, int] | None
+
+
 @dataclass
 class _FrameKey:
     scenario_dir: Path
@@ -170,10 +183,13 @@ class OPV2VLog:
         max_cav: int = 5,
         comm_range: float | None = None,
         skip_bad: bool = False,
+        meta_cache_size: int = 10_000,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(self.root, "folder", "missing or not a folder")
+        self.meta_cache_size = int(meta_cache_size)
+        self._meta_cache: OrderedDict[tuple[str, int, int], _AgentMeta] = OrderedDict()
         self.max_cav = int(max_cav)
         self.skip_bad = skip_bad
         self.skipped: list[tuple[str, str]] = []
@@ -274,7 +290,49 @@ class OPV2VLog:
     ) -> tuple[AgentScan, dict[str, tuple[np.ndarray, int, int]]] | None:
         """One agent's scan and boxes; None when it is beyond ``comm_range`` of ``ego_xy`` (its
         point cloud is then not read)."""
-        ypath = key.scenario_dir / cav / f"{key.name}.yaml"
+        meta = self._agent_meta(key.scenario_dir / cav / f"{key.name}.yaml", cav, key)
+        world_from_lidar = meta.world_from_lidar.copy()
+        if ego_xy is not None and np.hypot(*(world_from_lidar[:2, 3] - ego_xy)) > self.comm_range:
+            return None
+        points, dropped = read_pcd_counted(key.scenario_dir / cav / f"{key.name}.pcd", self.skip_bad)
+        self.dropped_points += dropped
+        if meta.mirrored:
+            points[:, 1] *= -1
+        mount = meta.mount_height
+        if mount is None or not 0.2 < mount < 20:
+            mount = estimate_mount_height(points)
+        kind = AgentKind.RSU if cav.startswith("-") else AgentKind.VEHICLE
+        cav_boxes = meta.boxes
+        labels = Boxes(
+            np.array([v[0] for v in cav_boxes.values()]).reshape(-1, 7),
+            labels=[v[1] for v in cav_boxes.values()],
+            track_ids=[v[2] for v in cav_boxes.values()],
+        )
+        hits = dict(meta.hits) if meta.hits is not None else None
+        scan = AgentScan(cav, kind, points, world_from_lidar, meta.timestamp_ns, mount, labels, hits)
+        return scan, cav_boxes
+
+    def _agent_meta(self, ypath: Path, cav: str, key: _FrameKey) -> _AgentMeta:
+        """What an agent's YAML says, parsed once: YAML parsing costs more than reading a binary
+        point cloud, and training reads the same frames every epoch. Cached per file (path,
+        modification time, size) in a bounded LRU."""
+        try:
+            st = ypath.stat()
+        except FileNotFoundError as exc:
+            raise DatasetError(ypath, "file", "missing") from exc
+        stamp = (str(ypath), st.st_mtime_ns, st.st_size)
+        hit = self._meta_cache.get(stamp)
+        if hit is not None:
+            self._meta_cache.move_to_end(stamp)
+            return hit
+        meta = self._parse_agent_yaml(ypath, cav, key)
+        if self.meta_cache_size > 0:
+            self._meta_cache[stamp] = meta
+            if len(self._meta_cache) > self.meta_cache_size:
+                self._meta_cache.popitem(last=False)
+        return meta
+
+    def _parse_agent_yaml(self, ypath: Path, cav: str, key: _FrameKey) -> _AgentMeta:
         meta = load_yaml(ypath)
         if "lidar_pose" not in meta:
             raise DatasetError(ypath, "lidar_pose", "missing")
@@ -286,50 +344,26 @@ class OPV2VLog:
                     np.asarray(raw_pose, dtype=np.float64).reshape(4, 4), "lidar_pose"
                 )
                 lidar_frame_labels = True  # V2V4Real
-                flip = np.eye(4)
             else:
                 carla = carla_pose_to_matrix(_vector(raw_pose, 6, ypath, "lidar_pose"))
                 world_from_lidar = check_rigid(_FLIP @ carla @ _FLIP, "lidar_pose")
-                flip = _FLIP
         except (NotRigidError, ValueError, TypeError) as exc:
             if isinstance(exc, DatasetError):
                 raise
             raise DatasetError(ypath, "lidar_pose", str(exc)) from exc
-        if ego_xy is not None and np.hypot(*(world_from_lidar[:2, 3] - ego_xy)) > self.comm_range:
-            return None
-        pcd = key.scenario_dir / cav / f"{key.name}.pcd"
-        points, dropped = read_pcd_counted(pcd, drop_nonfinite=self.skip_bad)
-        self.dropped_points += dropped
-        if flip is _FLIP:
-            points[:, 1] *= -1
-        if "true_ego_pos" in meta and not cav.startswith("-"):
+        mount = None
+        if "true_ego_pos" in meta and not cav.startswith("-") and not lidar_frame_labels:
             ego_pos = _vector(meta["true_ego_pos"], 6, ypath, "true_ego_pos")
-            mount = (
-                float(carla_pose_to_matrix(raw_pose)[2, 3] - ego_pos[2]) if not lidar_frame_labels else None
-            )
-        else:
-            mount = None
+            mount = float(raw_pose[2]) - ego_pos[2]
         if "mount_height" in meta:
             mount = _num(meta["mount_height"], ypath, "mount_height")
-        if mount is None or not 0.2 < mount < 20:
-            mount = estimate_mount_height(points)
         if "timestamp_ns" in meta:
             ts = int(_num(meta["timestamp_ns"], ypath, "timestamp_ns"))
         else:
             ts = key.number * key.period_ns
-        kind = AgentKind.RSU if cav.startswith("-") else AgentKind.VEHICLE
-        cav_boxes = self._boxes(
-            meta.get("vehicles") or {}, ypath, world_from_lidar if lidar_frame_labels else None, cav
-        )
-        labels = Boxes(
-            np.array([v[0] for v in cav_boxes.values()]).reshape(-1, 7),
-            labels=[v[1] for v in cav_boxes.values()],
-            track_ids=[v[2] for v in cav_boxes.values()],
-        )
-        scan = AgentScan(
-            cav, kind, points, world_from_lidar, ts, mount, labels, self._hits(meta.get("vehicles") or {})
-        )
-        return scan, cav_boxes
+        vehicles = meta.get("vehicles") or {}
+        boxes = self._boxes(vehicles, ypath, world_from_lidar if lidar_frame_labels else None, cav)
+        return _AgentMeta(world_from_lidar, not lidar_frame_labels, mount, ts, boxes, self._hits(vehicles))
 
     @staticmethod
     def _hits(vehicles: dict) -> dict[int, int] | None:

@@ -272,3 +272,19 @@ def test_v2v4real_numpy_tagged_pose_loads(tmp_path, make_frame):
     f = open_log(tmp_path)[0]
     assert np.allclose(f.ego.world_from_lidar, expected)
     assert bev_iou_matrix(f.gt.xyzlwhy, make_frame().gt.xyzlwhy).max(axis=1).min() > 0.999
+
+
+def test_parsed_yaml_cache_follows_file_changes_and_callers_cannot_corrupt_it(tmp_path, make_frame):
+    OPV2VWriter(tmp_path, split=None).write(make_frame())
+    log = open_log(tmp_path)
+    first = log[0]
+    first.ego.world_from_lidar[0, 3] += 50.0  # callers may move poses in place (augmentation)
+    first.gt.xyzlwhy[:, 0] += 50.0
+    again = log[0]
+    assert again.ego.world_from_lidar[0, 3] == pytest.approx(first.ego.world_from_lidar[0, 3] - 50.0)
+    assert np.allclose(again.gt.xyzlwhy[:, 0], first.gt.xyzlwhy[:, 0] - 50.0)
+    path = tmp_path / "scene_a" / "100" / "000007.yaml"
+    meta = load_yaml(path)
+    meta["lidar_pose"][0] += 1.25
+    dump_yaml(path, meta)
+    assert log[0].ego.world_from_lidar[0, 3] == pytest.approx(again.ego.world_from_lidar[0, 3] + 1.25)
