@@ -77,19 +77,29 @@ def _check_opv2v(root: Path, progress: Callable[[Iterable], Iterable]) -> list[P
 
 
 def _check_dair(root: Path, progress: Callable[[Iterable], Iterable]) -> list[Problem]:
-    from v2x.datasets.dair import DairLog
+    from v2x.datasets.dair import DairLog, _world_label_boxes, parse_labels
+    from v2x.datasets.pcd import read_pcd
 
     log = DairLog(root)
     problems = [Problem(str(root / p), "file", why) for p, why in log.missing]
     for i in progress(range(len(log))):
         e = log._entries[i]
-        for rel in (e["infrastructure_pointcloud_path"],):
-            if not (root / rel).is_file():
-                problems.append(Problem(str(root / rel), "file", "missing"))
-        try:
-            log[i]
-        except DatasetError as exc:
-            problems.append(_from_error(exc))
+        checks = [
+            lambda e=e: read_pcd(root / e["vehicle_pointcloud_path"]),
+            lambda e=e: read_pcd(root / e["infrastructure_pointcloud_path"]),
+            lambda e=e: parse_labels(root / "vehicle-side" / "label" / "lidar" / f"{e['_vid']}.json"),
+            lambda e=e: parse_labels(
+                root / "infrastructure-side" / "label" / "virtuallidar" / f"{e['_iid']}.json"
+            ),
+            lambda e=e: log._poses(e),
+        ]
+        if e.get("cooperative_label_path"):
+            checks.append(lambda e=e: _world_label_boxes(root / e["cooperative_label_path"]))
+        for check in checks:  # each file on its own, so one broken file does not hide another
+            try:
+                check()
+            except DatasetError as exc:
+                problems.append(_from_error(exc))
     return problems
 
 

@@ -155,3 +155,24 @@ def test_kitti_bad_line_is_named(tmp_path):
     (tmp_path / "0001.txt").write_text("0 1 Car 0 0 0\n")
     with pytest.raises(DatasetError, match="line 1"):
         read_kitti_tracking(tmp_path / "0001.txt")
+
+
+def test_dair_check_lists_every_broken_file_of_a_frame(tmp_path, make_frame):
+    from v2x.datasets.check import check_log
+
+    with DairWriter(tmp_path) as w:
+        w.write(make_frame(n_agents=3, rsu=True))
+        w.write(make_frame(n_agents=3, rsu=True, index=8))
+    assert check_log(tmp_path) == []
+    label = tmp_path / "infrastructure-side" / "label" / "virtuallidar" / "000003.json"
+    items = json.loads(label.read_text())
+    items[2]["rotation"] = "north"
+    label.write_text(json.dumps(items))
+    (tmp_path / "vehicle-side" / "velodyne" / "000002.pcd").write_bytes(b"VERSION 0.7\n")
+    problems = check_log(tmp_path)
+    assert {(p.path, p.field) for p in problems} == {
+        (str(label), "[2].rotation"),
+        (str(tmp_path / "vehicle-side" / "velodyne" / "000002.pcd"), "header"),
+    }
+    log = open_log(tmp_path, skip_bad=True)
+    assert [f.timestamp_ns for f in log] == [700_000_000] and len(log.skipped) == 1
