@@ -24,11 +24,13 @@ def test_human_readable_info_and_check_on_real_samples(realdata, v2xset_log):
     assert r.exit_code == 0 and "opv2v" in r.output and "169,329" in r.output
     r = CliRunner().invoke(cli, ["data", "check", str(v2xset_log)])
     assert r.exit_code == 0 and "OK" in r.output
-    # the DAIR sample's index lists 520 pairs whose files are not in the sample: check says so
+    # the DAIR sample's index lists 520 pairs whose files are not in the sample, and a cooperative
+    # label the sample does not include: check says so
     r = CliRunner().invoke(cli, ["data", "check", str(realdata / "dair-v2x-c" / "DAIR-V2X"), "--json"])
     assert r.exit_code == 1
     problems = json.loads(r.output)["problems"]
-    assert len(problems) == 520 and all(p["field"] == "file" for p in problems)
+    assert len(problems) == 521 and all(p["field"] == "file" for p in problems)
+    assert sum("label_world/017314.json" in p["path"] for p in problems) == 1
 
 
 def test_info_skip_bad_skips_and_counts_a_broken_frame(tmp_path, make_frame):
