@@ -1,15 +1,17 @@
 """Wire format v1: every byte a cooperative-perception message puts on the link.
 
-Layout (little-endian; the full specification with examples is ``docs/wire-format.md``)::
+Layout (little-endian; the full specification with hex examples is ``docs/wire-format.md``)::
 
     header (64 bytes, fixed)
       0  4  magic "V2XM"
       4  1  version (1)
       5  1  message type (1 codebook features, 2 raw fp32 features, 3 raw fp16 features,
             4 detections, 5 demand, 6 offer)
-      6  1  flags: bits 0-1 cell-index coding (0 none, 1 bitmap, 2 delta+varint, 3 run-length),
-            bit 2 detections block follows, bit 3 detections carry variances
-      7  1  bits per codebook index (0 when not codebook)
+      6  1  flags: bits 0-1 cell-set coding (0 none, 1 bitmap, 2 delta+varint, 3 run-length),
+            bit 2 detections block follows, bit 3 detections carry variances,
+            bit 4 2-bit levels follow the cell set, bit 5 the cell set is a complement;
+            bits 6-7 reserved (0)
+      7  1  unit: bits per codebook index (codebook), block edge in cells (demand, offer), else 0
       8  4  sender id (int32)
      12  4  sequence number (uint32)
      16  8  capture time stamp, ns (int64)
@@ -20,11 +22,13 @@ Layout (little-endian; the full specification with examples is ``docs/wire-forma
      48  4  grid fingerprint (uint32)
      52  4  codebook identity (uint32; 0 if none)
      56  4  payload length in bytes (uint32)
-     60  4  CRC-32 (zlib) of bytes 0..59 and the payload
-    payload (type specific, see the document)
+     60  4  CRC-32 (zlib) of bytes 0..59 followed by the payload
+    payload (type specific)
 
-Decoding untrusted bytes never raises anything but :class:`WireError` subclasses and never
-allocates more than the header declares, capped by the grid and the limits below.
+Decoding untrusted bytes raises nothing but :class:`WireError` subclasses (each counted in
+:data:`REJECTED`) and never allocates more than a small multiple of the bytes actually present:
+every declared count is checked against the grid, the caps below and the remaining payload
+before anything is allocated.
 """
 
 from __future__ import annotations
@@ -38,18 +42,39 @@ from enum import IntEnum
 import numpy as np
 
 __all__ = [
+    "DETECTION_BYTES",
     "HEADER",
+    "MAGIC",
+    "MAX_CHANNELS",
     "MAX_DETECTIONS",
+    "MAX_PAYLOAD",
+    "REJECTED",
+    "VARIANCE_BYTES",
+    "VERSION",
+    "BadMagicError",
     "CellCoding",
+    "CellIndexError",
+    "ChecksumError",
+    "CodeIndexError",
+    "CodebookMismatchError",
     "DecodedMessage",
+    "GridMismatchError",
     "Header",
+    "MalformedError",
     "MessageType",
+    "OversizedError",
+    "TruncatedError",
+    "VersionError",
     "WireError",
+    "cell_count",
     "decode",
     "decode_cells",
     "encode",
     "encode_cells",
+    "encoded_size",
     "pack_bits",
+    "peek_header",
+    "rejections",
     "unpack_bits",
 ]
 
@@ -57,10 +82,21 @@ MAGIC = b"V2XM"
 VERSION = 1
 HEADER = struct.Struct("<4sBBBBiIqddffIIII")
 assert HEADER.size == 64
-MAX_DETECTIONS = 4096
+#: caps on declared sizes (a message declaring more is refused before anything is allocated)
 MAX_PAYLOAD = 64 * 1024 * 1024
-#: counters of refused messages by reason, readable by nodes and tests
+MAX_DETECTIONS = 4096
+MAX_CHANNELS = 1024
+MAX_INDICES_PER_CELL = 64
+MAX_CODE_BITS = 16
+
+#: counters of refused messages by reason (``WireError.reason``), readable by nodes and tests
 REJECTED: Counter[str] = Counter()
+
+_FLAG_DETECTIONS = 0x04
+_FLAG_VARIANCES = 0x08
+_FLAG_LEVELS = 0x10
+_FLAG_COMPLEMENT = 0x20
+_FLAG_RESERVED = 0xC0
 
 
 class MessageType(IntEnum):
@@ -72,6 +108,14 @@ class MessageType(IntEnum):
     OFFER = 6
 
 
+#: message types whose payload starts with a cell set
+CELL_TYPES = frozenset(
+    {MessageType.CODEBOOK, MessageType.RAW_FP32, MessageType.RAW_FP16, MessageType.DEMAND, MessageType.OFFER}
+)
+#: message types whose cells are coordination blocks of ``unit x unit`` feature cells
+BLOCK_TYPES = frozenset({MessageType.DEMAND, MessageType.OFFER})
+
+
 class CellCoding(IntEnum):
     NONE = 0
     BITMAP = 1
@@ -79,8 +123,9 @@ class CellCoding(IntEnum):
     RUN_LENGTH = 3
 
 
+# -- errors ------------------------------------------------------------------------------------
 class WireError(ValueError):
-    """A message that cannot be decoded; ``reason`` is a short stable code (also counted)."""
+    """A message that cannot be decoded; ``reason`` is a short stable code, counted in ``REJECTED``."""
 
     reason = "malformed"
 
@@ -89,11 +134,19 @@ class WireError(ValueError):
         REJECTED[self.reason] += 1
 
 
+class MalformedError(WireError):
+    """Inconsistent content: unknown type or coding, reserved flags, counts that disagree."""
+
+    reason = "malformed"
+
+
 class TruncatedError(WireError):
     reason = "truncated"
 
 
 class OversizedError(WireError):
+    """More bytes than declared, or a declared size above a cap."""
+
     reason = "oversized"
 
 
@@ -125,6 +178,12 @@ class GridMismatchError(WireError):
     reason = "grid_mismatch"
 
 
+def rejections() -> dict[str, int]:
+    """A snapshot of the refusal counters (reason -> count) for diagnostics."""
+    return dict(REJECTED)
+
+
+# -- header and decoded message ----------------------------------------------------------------
 @dataclass
 class Header:
     type: MessageType
@@ -134,63 +193,91 @@ class Header:
     pose: tuple[float, float, float, float]  # x, y, z, yaw of the sender's BEV frame in the world
     grid_id: int
     codebook_id: int = 0
+    #: bits per codebook index (codebook messages) or block edge in cells (demand / offer)
+    unit: int = 0
+    # filled in by the decoder from the flags byte (the encoder derives them from the payload)
     coding: CellCoding = CellCoding.NONE
     has_detections: bool = False
     has_variances: bool = False
-    code_bits: int = 0
+    has_levels: bool = False
+    complement: bool = False
 
 
 @dataclass
 class DecodedMessage:
     header: Header
-    cells: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # flat cell indices
-    codes: np.ndarray | None = None  # (n, r*m) codebook indices
-    features: np.ndarray | None = None  # (n, C) raw features
-    levels: np.ndarray | None = None  # demand / offer: per-cell levels (uint8)
-    detections: np.ndarray | None = None  # (n, 7) boxes in the sender's BEV frame
+    cells: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted flat indices
+    codes: np.ndarray | None = None  # (n, indices per cell) codebook indices
+    features: np.ndarray | None = None  # (n, C) float32 raw features
+    levels: np.ndarray | None = None  # (n,) uint8 0..3, demand / offer levels
+    detections: np.ndarray | None = None  # (d, 7) boxes in the sender's BEV frame
     scores: np.ndarray | None = None
     labels: np.ndarray | None = None
-    variances: np.ndarray | None = None  # (n, 7)
+    variances: np.ndarray | None = None  # (d, 7)
 
 
-# -- varints and bit packing ------------------------------------------------------------------
+def cell_count(grid_shape: tuple[int, int], block: int = 1) -> int:
+    """Cells of the (H, W) feature grid, or of its grid of ``block x block`` coordination blocks."""
+    h, w = grid_shape
+    if block <= 1:
+        return h * w
+    return (-(-h // block)) * (-(-w // block))
+
+
+# -- varints and bit packing -------------------------------------------------------------------
+_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+
+
 def _varint_encode(values: np.ndarray) -> bytes:
-    """LEB128 of non-negative integers, vectorised: 7 bits per byte, high bit = more follows."""
-    v = np.asarray(values, dtype=np.uint64)
+    """LEB128 of non-negative integers, vectorised: 7 bits per byte, low group first, high bit = more."""
+    v = np.asarray(values, dtype=np.uint64).ravel()
     if len(v) == 0:
         return b""
-    nbytes = np.maximum(1, (np.floor(np.log2(np.maximum(v, 1).astype(np.float64)) / 7) + 1).astype(np.int64))
-    nbytes[v == 0] = 1
-    total = int(nbytes.sum())
-    out = np.zeros(total, dtype=np.uint8)
+    nbytes = 1 + (v[:, None] >= _VARINT_LIMITS[None, :]).sum(axis=1)
+    out = np.zeros(int(nbytes.sum()), dtype=np.uint8)
     pos = np.concatenate([[0], np.cumsum(nbytes)[:-1]])
     rem = v.copy()
     for k in range(int(nbytes.max())):
         active = nbytes > k
         byte = (rem[active] & np.uint64(0x7F)).astype(np.uint8)
-        more = nbytes[active] > k + 1
-        out[pos[active] + k] = byte | (more.astype(np.uint8) << 7)
+        more = (nbytes[active] > k + 1).astype(np.uint8) << 7
+        out[pos[active] + k] = byte | more
         rem[active] >>= np.uint64(7)
     return out.tobytes()
 
 
-def _varint_decode(buf: memoryview, count: int, what: str) -> tuple[np.ndarray, int]:
-    """``count`` LEB128 integers from ``buf``; returns the values and the bytes consumed."""
+def varint_size(values: np.ndarray) -> int:
+    """Bytes :func:`_varint_encode` would write, without writing them."""
+    v = np.asarray(values, dtype=np.uint64).ravel()
+    return int(len(v) + (v[:, None] >= _VARINT_LIMITS[None, :]).sum())
+
+
+def _varint_decode(buf: memoryview, count: int, what: str, limit: int) -> tuple[np.ndarray, int]:
+    """``count`` LEB128 integers, each refused unless ``< limit``; returns values and bytes consumed."""
+    if count == 0:
+        return np.zeros(0, np.int64), 0
+    # a varint is at least one byte: a count larger than the bytes left cannot be honest
+    if count > len(buf):
+        raise TruncatedError(f"{what}: {count} varints declared, only {len(buf)} bytes left")
     data = np.frombuffer(buf, dtype=np.uint8)
     ends = np.flatnonzero(data < 0x80)
     if len(ends) < count:
         raise TruncatedError(f"{what}: expected {count} varints, the payload holds {len(ends)}")
     ends = ends[:count]
-    used = int(ends[-1]) + 1 if count else 0
-    starts = np.concatenate([[0], ends[:-1] + 1]) if count else np.zeros(0, np.int64)
+    starts = np.concatenate([[0], ends[:-1] + 1])
     lengths = ends - starts + 1
-    if count and lengths.max() > 9:
-        raise WireError(f"{what}: varint longer than 9 bytes")
-    values = np.zeros(count, dtype=np.uint64)
-    for k in range(int(lengths.max()) if count else 0):
+    if lengths.max() > 10:
+        raise MalformedError(f"{what}: a varint of {int(lengths.max())} bytes")
+    max_len = max(1, (int(limit - 1).bit_length() + 6) // 7)
+    if lengths.max() > max_len:  # a well-formed varint, but of a number far too large
+        raise CellIndexError(f"{what}: a varint of {int(lengths.max())} bytes cannot be below {limit}")
+    values = np.zeros(count, dtype=np.int64)
+    for k in range(int(lengths.max())):
         active = lengths > k
-        values[active] |= (data[starts[active] + k] & 0x7F).astype(np.uint64) << np.uint64(7 * k)
-    return values.astype(np.int64), used
+        values[active] |= (data[starts[active] + k] & 0x7F).astype(np.int64) << (7 * k)
+    if values.max() >= limit:
+        raise CellIndexError(f"{what}: value {int(values.max())} is not below {limit}")
+    return values, int(ends[-1]) + 1
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
@@ -204,9 +291,10 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
 
 
 def unpack_bits(buf: bytes | memoryview, count: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`; checks the bytes are there before allocating."""
     need = (count * bits + 7) // 8
     if len(buf) < need:
-        raise TruncatedError(f"bit-packed indices: need {need} bytes, have {len(buf)}")
+        raise TruncatedError(f"bit-packed values: need {need} bytes, have {len(buf)}")
     if count == 0 or bits == 0:
         return np.zeros(count, dtype=np.int64)
     flat = np.unpackbits(np.frombuffer(buf[:need], dtype=np.uint8))[: count * bits].reshape(count, bits)
@@ -214,18 +302,19 @@ def unpack_bits(buf: bytes | memoryview, count: int, bits: int) -> np.ndarray:
     return flat.astype(np.int64) @ weights
 
 
-# -- cell index coding ------------------------------------------------------------------------
+# -- cell sets ---------------------------------------------------------------------------------
 def _cells_bitmap(cells: np.ndarray, num_cells: int) -> bytes:
     bitmap = np.zeros(num_cells, dtype=np.uint8)
     bitmap[cells] = 1
     return np.packbits(bitmap).tobytes()
 
 
-def _cells_delta(cells: np.ndarray) -> bytes:
-    return _varint_encode(np.diff(np.concatenate([[-1], cells])) - 1)
+def _deltas(cells: np.ndarray) -> np.ndarray:
+    return np.diff(cells, prepend=-1) - 1
 
 
 def _runs(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of the maximal runs of consecutive indices of a sorted set."""
     if len(cells) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     breaks = np.flatnonzero(np.diff(cells) != 1) + 1
@@ -234,44 +323,61 @@ def _runs(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends - starts + 1
 
 
-def _cells_rle(cells: np.ndarray) -> bytes:
+def _rle_values(cells: np.ndarray) -> np.ndarray:
+    """Run count, then (gap since the previous run's end, length - 1) per run."""
     starts, lengths = _runs(cells)
-    prev_end = np.concatenate([[0], starts[:-1] + lengths[:-1]]) if len(starts) else np.zeros(0, np.int64)
-    gaps = starts - prev_end
+    prev_end = np.concatenate([[0], starts[:-1] + lengths[:-1]])
     inter = np.empty(2 * len(starts), dtype=np.int64)
-    inter[0::2], inter[1::2] = gaps, lengths - 1
-    return _varint_encode(np.array([len(starts)])) + _varint_encode(inter)
+    inter[0::2], inter[1::2] = starts - prev_end, lengths - 1
+    return np.concatenate([[len(starts)], inter])
+
+
+def cell_set_sizes(cells: np.ndarray, num_cells: int) -> dict[CellCoding, int]:
+    """Bytes each coding needs for a sorted, distinct cell set (count varint included)."""
+    cells = np.asarray(cells, dtype=np.int64)
+    head = varint_size(np.array([len(cells)]))
+    return {
+        CellCoding.BITMAP: head + (num_cells + 7) // 8,
+        CellCoding.DELTA_VARINT: head + varint_size(_deltas(cells)),
+        CellCoding.RUN_LENGTH: head + varint_size(_rle_values(cells)),
+    }
 
 
 def encode_cells(
     cells: np.ndarray, num_cells: int, coding: CellCoding | None = None
 ) -> tuple[CellCoding, bytes]:
-    """The set of flat cell indices in the smallest coding (or the one asked for).
+    """A sorted, distinct set of flat cell indices in the smallest coding (or the one asked for).
 
-    Every coding is preceded by the cell count as a varint.
+    Every coding starts with the cell count as a varint; an empty set is just that count with
+    coding ``NONE``.
     """
-    cells = np.unique(np.asarray(cells, dtype=np.int64))
-    if len(cells) and (cells[0] < 0 or cells[-1] >= num_cells):
-        raise ValueError(f"cell index outside the grid of {num_cells} cells")
+    cells = np.asarray(cells, dtype=np.int64)
+    if len(cells) and (np.any(np.diff(cells) <= 0) or cells[0] < 0 or cells[-1] >= num_cells):
+        raise ValueError(f"cells must be sorted, distinct and inside the grid of {num_cells} cells")
     count = _varint_encode(np.array([len(cells)]))
-    options = {
-        CellCoding.BITMAP: lambda: _cells_bitmap(cells, num_cells),
-        CellCoding.DELTA_VARINT: lambda: _cells_delta(cells),
-        CellCoding.RUN_LENGTH: lambda: _cells_rle(cells),
-    }
-    if coding is not None:
-        return coding, count + options[coding]()
-    best = min(((c, f()) for c, f in options.items()), key=lambda cb: len(cb[1]))
-    return best[0], count + best[1]
+    if len(cells) == 0 and coding is None:
+        return CellCoding.NONE, count
+    if coding is None:
+        sizes = cell_set_sizes(cells, num_cells)
+        coding = min(sizes, key=lambda c: (sizes[c], int(c)))
+    if coding == CellCoding.BITMAP:
+        return coding, count + _cells_bitmap(cells, num_cells)
+    if coding == CellCoding.DELTA_VARINT:
+        return coding, count + _varint_encode(_deltas(cells))
+    if coding == CellCoding.RUN_LENGTH:
+        return coding, count + _varint_encode(_rle_values(cells))
+    raise ValueError(f"cannot code {len(cells)} cells as {coding!r}")
 
 
 def decode_cells(buf: memoryview, coding: CellCoding, num_cells: int) -> tuple[np.ndarray, int]:
-    """Cells and bytes consumed; refuses counts and indices that do not fit the grid."""
-    (n,), used = _varint_decode(buf, 1, "cell count")
+    """Sorted cells and bytes consumed; refuses counts and indices that do not fit the grid."""
+    (n,), used = _varint_decode(buf, 1, "cell count", num_cells + 1)
     n = int(n)
-    if n > num_cells:
-        raise CellIndexError(f"{n} cells declared, the grid has {num_cells}")
     rest = buf[used:]
+    if coding == CellCoding.NONE:
+        if n:
+            raise MalformedError(f"{n} cells declared without a cell coding")
+        return np.zeros(0, np.int64), used
     if coding == CellCoding.BITMAP:
         nbytes = (num_cells + 7) // 8
         if len(rest) < nbytes:
@@ -279,186 +385,217 @@ def decode_cells(buf: memoryview, coding: CellCoding, num_cells: int) -> tuple[n
         bits = np.unpackbits(np.frombuffer(rest[:nbytes], dtype=np.uint8))
         if bits[num_cells:].any():
             raise CellIndexError("cell bitmap sets bits beyond the grid")
-        cells = np.flatnonzero(bits[:num_cells])
+        cells = np.flatnonzero(bits[:num_cells]).astype(np.int64)
         if len(cells) != n:
-            raise WireError(f"cell bitmap holds {len(cells)} cells, the count says {n}")
-        return cells.astype(np.int64), used + nbytes
+            raise MalformedError(f"cell bitmap holds {len(cells)} cells, the count says {n}")
+        return cells, used + nbytes
     if coding == CellCoding.DELTA_VARINT:
-        deltas, k = _varint_decode(rest, n, "cell deltas")
-        cells = np.cumsum(deltas + 1) - 1
+        deltas, k = _varint_decode(rest, n, "cell deltas", num_cells)
+        cells = np.cumsum(deltas + 1) - 1  # each delta < num_cells and n <= num_cells: no overflow
         if n and cells[-1] >= num_cells:
             raise CellIndexError(f"cell index {int(cells[-1])} outside the grid of {num_cells}")
         return cells, used + k
     if coding == CellCoding.RUN_LENGTH:
-        (runs,), k1 = _varint_decode(rest, 1, "run count")
+        (runs,), k1 = _varint_decode(rest, 1, "run count", n + 1)
         runs = int(runs)
-        if runs > n:
-            raise WireError(f"{runs} runs for {n} cells")
-        vals, k2 = _varint_decode(rest[k1:], 2 * runs, "runs")
+        if n and runs == 0:
+            raise MalformedError(f"{n} cells in zero runs")
+        vals, k2 = _varint_decode(rest[k1:], 2 * runs, "runs", num_cells)
         gaps, lengths = vals[0::2], vals[1::2] + 1
-        if lengths.sum() != n:
-            raise WireError(f"runs cover {int(lengths.sum())} cells, the count says {n}")
+        if int(lengths.sum()) != n:
+            raise MalformedError(f"runs cover {int(lengths.sum())} cells, the count says {n}")
+        if runs > 1 and np.any(gaps[1:] == 0):
+            raise MalformedError("two runs touch: a run-length set must use maximal runs")
         starts = np.cumsum(gaps + np.concatenate([[0], lengths[:-1]]))
         if runs and starts[-1] + lengths[-1] > num_cells:
             raise CellIndexError("a run reaches beyond the grid")
-        cells = np.repeat(starts, lengths) + (np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths))
-        return cells.astype(np.int64), used + k1 + k2
-    if coding == CellCoding.NONE and n == 0:
-        return np.zeros(0, np.int64), used
-    raise WireError(f"unknown cell coding {int(coding)}")
+        offsets = np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return (np.repeat(starts, lengths) + offsets).astype(np.int64), used + k1 + k2
+    raise MalformedError(f"unknown cell coding {int(coding)}")
 
 
-# -- detections ---------------------------------------------------------------------------------
-_DET = struct.Struct("<hhhHHHhBB")  # x, y, z (cm), l, w, h (cm), yaw (pi/32767), score (1/255), class
-DETECTION_BYTES = _DET.size
-VARIANCE_BYTES = 14  # 7 x float16
+# -- detections --------------------------------------------------------------------------------
+_DET_DTYPE = np.dtype(
+    [
+        ("x", "<i2"),  # centimetres
+        ("y", "<i2"),
+        ("z", "<i2"),
+        ("l", "<u2"),  # centimetres
+        ("w", "<u2"),
+        ("h", "<u2"),
+        ("yaw", "<i2"),  # yaw / pi * 32767, yaw wrapped to [-pi, pi)
+        ("score", "u1"),  # score * 255
+        ("cls", "u1"),  # v2x.boxes.ObjectClass
+    ]
+)
+DETECTION_BYTES = _DET_DTYPE.itemsize
+VARIANCE_BYTES = 14  # 7 x float16: variance of x, y, z, l, w, h, yaw
+assert DETECTION_BYTES == 16
+
+
+def quantize_detections(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Boxes as their 16-byte records (the quantisation the ego will see)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
+    rec = np.zeros(len(b), dtype=_DET_DTYPE)
+    for k, name in enumerate(("x", "y", "z")):
+        rec[name] = np.clip(np.round(b[:, k] * 100), -32767, 32767)
+    for k, name in enumerate(("l", "w", "h"), start=3):
+        rec[name] = np.clip(np.round(b[:, k] * 100), 1, 65535)
+    yaw = (b[:, 6] + np.pi) % (2 * np.pi) - np.pi
+    rec["yaw"] = np.clip(np.round(yaw / np.pi * 32767), -32767, 32767)
+    rec["score"] = np.clip(np.round(np.asarray(scores, dtype=np.float64).reshape(-1) * 255), 0, 255)
+    rec["cls"] = np.clip(np.asarray(labels).reshape(-1), 0, 255)
+    return rec
 
 
 def _encode_detections(
     boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, variances: np.ndarray | None
 ) -> bytes:
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
-    n = len(b)
+    rec = quantize_detections(boxes, scores, labels)
+    n = len(rec)
     if n > MAX_DETECTIONS:
         raise ValueError(f"at most {MAX_DETECTIONS} detections per message, got {n}")
-    rec = np.zeros(
-        n,
-        dtype=[
-            ("x", "<i2"),
-            ("y", "<i2"),
-            ("z", "<i2"),
-            ("l", "<u2"),
-            ("w", "<u2"),
-            ("h", "<u2"),
-            ("yaw", "<i2"),
-            ("score", "u1"),
-            ("cls", "u1"),
-        ],
-    )
-    rec["x"], rec["y"], rec["z"] = (np.clip(np.round(b[:, k] * 100), -32767, 32767) for k in range(3))
-    rec["l"], rec["w"], rec["h"] = (np.clip(np.round(b[:, k] * 100), 1, 65535) for k in range(3, 6))
-    yaw = (b[:, 6] + np.pi) % (2 * np.pi) - np.pi
-    rec["yaw"] = np.round(yaw / np.pi * 32767)
-    rec["score"] = np.clip(np.round(np.asarray(scores, dtype=np.float64) * 255), 0, 255)
-    rec["cls"] = np.clip(np.asarray(labels), 0, 255)
     out = struct.pack("<H", n) + rec.tobytes()
     if variances is not None:
-        out += np.asarray(variances, dtype=np.float16).reshape(n, 7).tobytes()
+        out += np.asarray(variances, dtype="<f2").reshape(n, 7).tobytes()
     return out
 
 
-def _decode_detections(
-    buf: memoryview, with_var: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]:
+def _decode_detections(buf: memoryview, with_var: bool):
     if len(buf) < 2:
         raise TruncatedError("detections: no count")
     (n,) = struct.unpack_from("<H", buf)
     if n > MAX_DETECTIONS:
         raise OversizedError(f"{n} detections declared, at most {MAX_DETECTIONS}")
-    need = 2 + n * DETECTION_BYTES + (n * VARIANCE_BYTES if with_var else 0)
+    need = 2 + n * (DETECTION_BYTES + (VARIANCE_BYTES if with_var else 0))
     if len(buf) < need:
         raise TruncatedError(f"detections: need {need} bytes, have {len(buf)}")
-    rec = np.frombuffer(
-        buf[2 : 2 + n * DETECTION_BYTES],
-        dtype=[
-            ("x", "<i2"),
-            ("y", "<i2"),
-            ("z", "<i2"),
-            ("l", "<u2"),
-            ("w", "<u2"),
-            ("h", "<u2"),
-            ("yaw", "<i2"),
-            ("score", "u1"),
-            ("cls", "u1"),
-        ],
-    )
-    boxes = np.stack(
-        [
-            rec["x"] / 100,
-            rec["y"] / 100,
-            rec["z"] / 100,
-            rec["l"] / 100,
-            rec["w"] / 100,
-            rec["h"] / 100,
-            rec["yaw"] / 32767 * np.pi,
-        ],
-        axis=1,
-    ).astype(np.float64)
+    rec = np.frombuffer(buf[2 : 2 + n * DETECTION_BYTES], dtype=_DET_DTYPE)
+    cm = [rec[name].astype(np.float64) / 100 for name in ("x", "y", "z", "l", "w", "h")]
+    boxes = np.stack([*cm, rec["yaw"].astype(np.float64) / 32767 * np.pi], axis=1).reshape(n, 7)
     var = None
     if with_var:
         off = 2 + n * DETECTION_BYTES
-        var = (
-            np.frombuffer(buf[off : off + n * VARIANCE_BYTES], dtype=np.float16)
-            .reshape(n, 7)
-            .astype(np.float64)
-        )
+        var = np.frombuffer(buf[off:need], dtype="<f2").reshape(n, 7).astype(np.float64)
     return boxes, rec["score"].astype(np.float32) / 255, rec["cls"].astype(np.int16), var, need
 
 
-# -- messages -----------------------------------------------------------------------------------
+# -- sizes -------------------------------------------------------------------------------------
+def encoded_size(
+    kind: MessageType,
+    grid_shape: tuple[int, int],
+    cells: np.ndarray,
+    *,
+    unit: int = 0,
+    per_cell: int = 0,
+    channels: int = 0,
+    levels: bool = False,
+    detections: int | None = None,
+    variances: bool = False,
+) -> int:
+    """Exact ``len(encode(...))`` for a message with these contents, without building it.
+
+    ``cells`` must be sorted and distinct (the encoder sorts; sizes do not depend on row order).
+    Budgeted selection probes many candidate cell sets with this, then encodes once.
+    """
+    kind = MessageType(kind)
+    size = HEADER.size
+    if kind in CELL_TYPES:
+        n = len(cells)
+        block = unit if kind in BLOCK_TYPES else 1
+        num_cells = cell_count(grid_shape, block)
+        size += 1 if n == 0 else min(cell_set_sizes(cells, num_cells).values())
+        if kind == MessageType.CODEBOOK:
+            size += 1 + (n * per_cell * unit + 7) // 8
+        elif kind in (MessageType.RAW_FP32, MessageType.RAW_FP16):
+            size += 2 + n * channels * (4 if kind == MessageType.RAW_FP32 else 2)
+        elif levels:
+            size += (2 * n + 7) // 8
+    elif kind == MessageType.DETECTIONS and detections is None:
+        detections = 0
+    if detections is not None:
+        size += 2 + detections * (DETECTION_BYTES + (VARIANCE_BYTES if variances else 0))
+    return size
+
+
+# -- messages ----------------------------------------------------------------------------------
 def encode(
     header: Header,
-    num_cells: int = 0,
+    grid_shape: tuple[int, int] = (0, 0),
     cells: np.ndarray | None = None,
     codes: np.ndarray | None = None,
     features: np.ndarray | None = None,
     levels: np.ndarray | None = None,
     detections: tuple | None = None,
     coding: CellCoding | None = None,
+    complement: bool = False,
 ) -> bytes:
-    """Bytes of one message. ``detections`` is ``(boxes (n, 7), scores, labels, variances or None)``."""
-    body = b""
-    t = header.type
-    flags_coding = CellCoding.NONE
-    if t in (
-        MessageType.CODEBOOK,
-        MessageType.RAW_FP32,
-        MessageType.RAW_FP16,
-        MessageType.DEMAND,
-        MessageType.OFFER,
-    ):
-        cells = np.asarray(cells if cells is not None else np.zeros(0), dtype=np.int64)
+    """Bytes of one message.
+
+    ``cells`` are flat indices into the (H, W) feature grid, or into its block grid for demand
+    and offer messages (block edge = ``header.unit``); any order, distinct. ``codes`` (n, P)
+    for codebook messages, ``features`` (n, C) for raw ones, ``levels`` (n,) 0..3 for demand
+    and offer; all rows follow ``cells``. ``detections`` is ``(boxes (d, 7), scores, labels,
+    variances (d, 7) or None)``. ``complement`` marks a demand's cell set as the cells *not*
+    demanded. The header's ``coding`` and ``has_*`` fields are ignored (derived here).
+    """
+    t = MessageType(header.type)
+    body = bytearray()
+    coding_used = CellCoding.NONE
+    flags = 0
+    if t in CELL_TYPES:
+        block = header.unit if t in BLOCK_TYPES else 1
+        if t in BLOCK_TYPES and not 1 <= block <= 255:
+            raise ValueError(f"demand / offer block edge must be 1..255 cells, got {block}")
+        num_cells = cell_count(grid_shape, block)
+        cells = np.asarray(cells if cells is not None else np.zeros(0), dtype=np.int64).ravel()
         order = np.argsort(cells, kind="stable")
         cells = cells[order]
-        if len(np.unique(cells)) != len(cells):
-            raise ValueError("cells must be distinct")
-        flags_coding, cell_bytes = encode_cells(cells, num_cells, coding)
+        coding_used, cell_bytes = encode_cells(cells, num_cells, coding)
         body += cell_bytes
+        n = len(cells)
         if t == MessageType.CODEBOOK:
-            codes = np.asarray(codes)[order]
-            if codes.ndim != 2:
-                raise ValueError("codes must be (cells, indices per cell)")
-            if header.code_bits < 1 or (codes.size and codes.max() >= (1 << header.code_bits)):
-                raise ValueError(f"codes do not fit {header.code_bits} bits")
-            body += struct.pack("<B", codes.shape[1]) + pack_bits(codes, header.code_bits)
+            codes = np.asarray(codes if codes is not None else np.zeros((n, 1)), dtype=np.int64)
+            if codes.ndim != 2 or len(codes) != n or not 1 <= codes.shape[1] <= MAX_INDICES_PER_CELL:
+                raise ValueError(f"codes must be (cells, 1..{MAX_INDICES_PER_CELL}), got {codes.shape}")
+            if not 1 <= header.unit <= MAX_CODE_BITS or (
+                codes.size and (codes.min() < 0 or codes.max() >= (1 << header.unit))
+            ):
+                raise ValueError(f"codes do not fit {header.unit} bits")
+            body += struct.pack("<B", codes.shape[1]) + pack_bits(codes[order], header.unit)
         elif t in (MessageType.RAW_FP32, MessageType.RAW_FP16):
+            feats = np.asarray(features if features is not None else np.zeros((n, 0)), dtype=np.float32)
+            if feats.ndim != 2 or len(feats) != n or feats.shape[1] > MAX_CHANNELS:
+                raise ValueError(f"features must be (cells, <= {MAX_CHANNELS}), got {feats.shape}")
             dtype = "<f4" if t == MessageType.RAW_FP32 else "<f2"
-            feats = np.asarray(features)[order]
-            body += (
-                struct.pack("<H", feats.shape[1] if feats.ndim == 2 else 0) + feats.astype(dtype).tobytes()
-            )
+            body += struct.pack("<H", feats.shape[1]) + feats[order].astype(dtype).tobytes()
         else:
-            lv = (
-                np.zeros(len(cells), np.uint8)
-                if levels is None
-                else np.asarray(levels, dtype=np.uint8)[order]
-            )
-            body += pack_bits(np.minimum(lv, 3), 2)
-    has_det = detections is not None
-    if has_det:
+            if t == MessageType.OFFER and levels is None:
+                raise ValueError("an offer carries a level per block")
+            if complement and (t != MessageType.DEMAND or levels is not None):
+                raise ValueError("only a demand without levels may list its complement")
+            if levels is not None:
+                lv = np.asarray(levels, dtype=np.int64).ravel()
+                if len(lv) != n or (n and (lv.min() < 0 or lv.max() > 3)):
+                    raise ValueError("levels must be one 0..3 value per cell")
+                body += pack_bits(lv[order], 2)
+                flags |= _FLAG_LEVELS
+            if complement:
+                flags |= _FLAG_COMPLEMENT
+    elif t == MessageType.DETECTIONS and detections is None:
+        detections = (np.zeros((0, 7)), np.zeros(0), np.zeros(0, np.int64), None)
+    if detections is not None:
         boxes, scores, labels, variances = detections
-        header.has_variances = variances is not None
         body += _encode_detections(boxes, scores, labels, variances)
-    header.has_detections = has_det
-    header.coding = flags_coding
-    flags = int(flags_coding) | (4 if has_det else 0) | (8 if header.has_variances else 0)
+        flags |= _FLAG_DETECTIONS | (_FLAG_VARIANCES if variances is not None else 0)
+    flags |= int(coding_used)
     x, y, z, yaw = header.pose
     head = HEADER.pack(
         MAGIC,
         VERSION,
         int(t),
         flags,
-        header.code_bits,
+        header.unit,
         header.sender,
         header.seq & 0xFFFFFFFF,
         header.stamp_ns,
@@ -466,21 +603,21 @@ def encode(
         y,
         z,
         yaw,
-        header.grid_id,
-        header.codebook_id,
+        header.grid_id & 0xFFFFFFFF,
+        header.codebook_id & 0xFFFFFFFF,
         len(body),
         0,
-    )
-    crc = zlib.crc32(head[:60] + body) & 0xFFFFFFFF
-    return head[:60] + struct.pack("<I", crc) + body
+    )[:60]
+    crc = zlib.crc32(body, zlib.crc32(head)) & 0xFFFFFFFF
+    return head + struct.pack("<I", crc) + bytes(body)
 
 
 def peek_header(data: bytes | memoryview) -> Header:
-    """Only the header, checked (magic, version, sizes); the payload is not read."""
+    """The header alone, checked (magic, version, type, flags, sizes); the payload is not read."""
     buf = memoryview(data)
     if len(buf) < HEADER.size:
         raise TruncatedError(f"{len(buf)} bytes: shorter than the {HEADER.size}-byte header")
-    magic, version, mtype, flags, bits, sender, seq, stamp, x, y, z, yaw, grid_id, cb_id, length, _crc = (
+    magic, version, mtype, flags, unit, sender, seq, stamp, x, y, z, yaw, grid_id, cb_id, length, _crc = (
         HEADER.unpack_from(buf)
     )
     if magic != MAGIC:
@@ -490,15 +627,15 @@ def peek_header(data: bytes | memoryview) -> Header:
     try:
         mtype = MessageType(mtype)
     except ValueError:
-        raise WireError(f"unknown message type {mtype}") from None
+        raise MalformedError(f"unknown message type {mtype}") from None
+    if flags & _FLAG_RESERVED:
+        raise MalformedError(f"reserved flag bits set ({flags:#04x})")
     if length > MAX_PAYLOAD:
         raise OversizedError(f"payload of {length} bytes declared, at most {MAX_PAYLOAD}")
     if len(buf) < HEADER.size + length:
         raise TruncatedError(f"payload of {length} bytes declared, {len(buf) - HEADER.size} present")
     if len(buf) > HEADER.size + length:
         raise OversizedError(f"{len(buf) - HEADER.size - length} bytes after the declared payload")
-    if bits > 16:
-        raise CodeIndexError(f"{bits} bits per codebook index (at most 16)")
     return Header(
         mtype,
         sender,
@@ -507,63 +644,74 @@ def peek_header(data: bytes | memoryview) -> Header:
         (x, y, z, yaw),
         grid_id,
         cb_id,
+        unit,
         CellCoding(flags & 3),
-        bool(flags & 4),
-        bool(flags & 8),
-        bits,
+        bool(flags & _FLAG_DETECTIONS),
+        bool(flags & _FLAG_VARIANCES),
+        bool(flags & _FLAG_LEVELS),
+        bool(flags & _FLAG_COMPLEMENT),
     )
 
 
 def decode(
     data: bytes | memoryview,
-    num_cells: int,
+    grid_shape: tuple[int, int],
     grid_id: int | None = None,
     codebook_id: int | None = None,
     codebook_size: int | None = None,
-    max_channels: int = 1024,
+    max_channels: int = MAX_CHANNELS,
 ) -> DecodedMessage:
-    """Parse and validate one message. Raises only :class:`WireError` subclasses."""
+    """Parse and validate one message. Raises only :class:`WireError` subclasses.
+
+    ``grid_shape`` is the receiver's (H, W) feature grid; ``grid_id``, ``codebook_id`` and
+    ``codebook_size`` (k), when given, must match the message or it is refused.
+    """
     try:
-        return _decode(memoryview(data), num_cells, grid_id, codebook_id, codebook_size, max_channels)
+        return _decode(memoryview(data), grid_shape, grid_id, codebook_id, codebook_size, max_channels)
     except WireError:
         raise
-    except (
-        ValueError,
-        struct.error,
-        IndexError,
-        OverflowError,
-    ) as exc:  # defensive: never escape as anything else
-        raise WireError(f"malformed message: {exc}") from exc
+    except (ValueError, TypeError, struct.error, IndexError, OverflowError, MemoryError) as exc:
+        # defensive: a slip in a check above must still surface as a refusal, never a crash
+        raise MalformedError(f"malformed message: {exc!r}") from exc
 
 
-def _decode(buf, num_cells, grid_id, codebook_id, codebook_size, max_channels) -> DecodedMessage:
+def _decode(buf, grid_shape, grid_id, codebook_id, codebook_size, max_channels) -> DecodedMessage:
     h = peek_header(buf)
     crc = struct.unpack_from("<I", buf, 60)[0]
-    if zlib.crc32(bytes(buf[:60]) + bytes(buf[HEADER.size :])) & 0xFFFFFFFF != crc:
+    if zlib.crc32(buf[HEADER.size :], zlib.crc32(buf[:60])) & 0xFFFFFFFF != crc:
         raise ChecksumError("CRC-32 mismatch")
     if grid_id is not None and h.type != MessageType.DETECTIONS and h.grid_id != grid_id:
         raise GridMismatchError(f"grid {h.grid_id:#010x} is not ours ({grid_id:#010x})")
+    if h.type == MessageType.CODEBOOK and codebook_id is not None and h.codebook_id != codebook_id:
+        raise CodebookMismatchError(f"codebook {h.codebook_id:#010x} is not ours ({codebook_id:#010x})")
+    if (h.has_levels or h.complement) and h.type not in BLOCK_TYPES:
+        raise MalformedError(f"level / complement flags on a {h.type.name} message")
+    if h.has_variances and not h.has_detections:
+        raise MalformedError("variance flag without detections")
     body = buf[HEADER.size :]
     msg = DecodedMessage(h)
     pos = 0
-    if h.type != MessageType.DETECTIONS:
-        cells, k = decode_cells(body, h.coding, num_cells)
+    if h.type in CELL_TYPES:
+        if h.type in BLOCK_TYPES:
+            if h.unit < 1:
+                raise MalformedError("demand / offer without a block edge")
+            num_cells = cell_count(grid_shape, h.unit)
+        else:
+            num_cells = cell_count(grid_shape)
+        cells, pos = decode_cells(body, h.coding, num_cells)
         msg.cells = cells
-        pos += k
         n = len(cells)
         if h.type == MessageType.CODEBOOK:
-            if codebook_id is not None and h.codebook_id != codebook_id:
-                raise CodebookMismatchError(
-                    f"codebook {h.codebook_id:#010x} is not ours ({codebook_id:#010x})"
-                )
+            if not 1 <= h.unit <= MAX_CODE_BITS:
+                raise CodeIndexError(f"{h.unit} bits per codebook index (1..{MAX_CODE_BITS})")
             if pos >= len(body):
-                raise TruncatedError("codebook message without its index count")
+                raise TruncatedError("codebook message without its indices-per-cell byte")
             per_cell = body[pos]
             pos += 1
-            if per_cell == 0 or per_cell > 64:
-                raise WireError(f"{per_cell} codebook indices per cell")
-            codes = unpack_bits(body[pos:], n * per_cell, h.code_bits)
-            pos += (n * per_cell * h.code_bits + 7) // 8
+            if not 1 <= per_cell <= MAX_INDICES_PER_CELL:
+                raise MalformedError(f"{per_cell} codebook indices per cell (1..{MAX_INDICES_PER_CELL})")
+            codes = unpack_bits(body[pos:], n * per_cell, h.unit)
+            pos += (n * per_cell * h.unit + 7) // 8
             if codebook_size is not None and codes.size and codes.max() >= codebook_size:
                 raise CodeIndexError(f"codebook index {int(codes.max())} >= k = {codebook_size}")
             msg.codes = codes.reshape(n, per_cell)
@@ -578,17 +726,23 @@ def _decode(buf, num_cells, grid_id, codebook_id, codebook_size, max_channels) -
             need = n * c * width
             if len(body) < pos + need:
                 raise TruncatedError(f"raw features: need {need} bytes, have {len(body) - pos}")
-            dtype = "<f4" if width == 4 else "<f2"
-            msg.features = np.frombuffer(body[pos : pos + need], dtype=dtype).reshape(n, c).astype(np.float32)
+            raw = np.frombuffer(body[pos : pos + need], dtype="<f4" if width == 4 else "<f2")
+            msg.features = raw.reshape(n, c).astype(np.float32)
             pos += need
         else:
-            need = (2 * n + 7) // 8
-            msg.levels = unpack_bits(body[pos:], n, 2).astype(np.uint8)
-            pos += need
+            if h.type == MessageType.OFFER and not h.has_levels:
+                raise MalformedError("an offer without levels")
+            if h.has_levels and h.complement:
+                raise MalformedError("a complement demand cannot carry levels")
+            if h.has_levels:
+                msg.levels = unpack_bits(body[pos:], n, 2).astype(np.uint8)
+                pos += (2 * n + 7) // 8
+    elif not h.has_detections:
+        raise MalformedError("a detections message without its detections block")
     if h.has_detections:
         boxes, scores, labels, var, k = _decode_detections(body[pos:], h.has_variances)
         msg.detections, msg.scores, msg.labels, msg.variances = boxes, scores, labels, var
         pos += k
     if pos != len(body):
-        raise WireError(f"{len(body) - pos} unexplained bytes at the end of the payload")
+        raise MalformedError(f"{len(body) - pos} unexplained bytes at the end of the payload")
     return msg

@@ -6,14 +6,23 @@ stages left. A cell becomes ``r * m`` integers of ``ceil(log2 k)`` bits, and the
 with the same tensors. The codebook's identity (a hash of its tensors and shape) travels in
 every message so a mismatch is refused rather than decoded into garbage.
 
-Training: residual product k-means on features of a frozen detector (``fit``), optionally
-refined through the frozen detector's head with a detection loss.
+Training, on features of a frozen detector:
+
+* :meth:`Codebook.fit` -- residual product k-means (Lloyd, dead codewords restarted on the
+  worst-served samples); the initialisation, and often all that is needed.
+* :func:`train_codebook` -- gradient refinement over an iterable of feature batches: the
+  codebook loss ``|q - sg(x)|^2`` plus ``beta`` times the commitment loss ``|x - sg(q)|^2`` (it
+  only matters when the encoder trains too), plus any task loss on the quantised features (for
+  instance the frozen detection head's loss, through :meth:`Codebook.quantize_map`); codewords
+  that stop being used are restarted on recent samples.
+* :func:`evaluate_codebook` -- relative reconstruction error and codeword usage.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +30,19 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Codebook", "CodebookConfig", "load_codebook"]
+__all__ = [
+    "Codebook",
+    "CodebookConfig",
+    "Quantized",
+    "cells_from_maps",
+    "evaluate_codebook",
+    "load_codebook",
+    "sample_cells",
+    "train_codebook",
+]
+
+#: cells encoded per chunk: bounds the (chunk, m, k) distance tensor
+_CHUNK = 8192
 
 
 @dataclass(frozen=True)
@@ -34,11 +55,12 @@ class CodebookConfig:
     def __post_init__(self) -> None:
         if self.channels % self.m:
             raise ValueError(f"channels ({self.channels}) must be divisible by m ({self.m})")
-        if not (1 <= self.r <= 8 and 2 <= self.k <= 65536 and 1 <= self.m <= 64):
+        if not (1 <= self.r <= 8 and 2 <= self.k <= 65536 and 1 <= self.m <= 64 and self.r * self.m <= 64):
             raise ValueError(f"unsupported codebook shape {self}")
 
     @property
     def bits(self) -> int:
+        """Bits per index on the wire: ceil(log2 k)."""
         return max(1, math.ceil(math.log2(self.k)))
 
     @property
@@ -51,6 +73,17 @@ class CodebookConfig:
 
     def label(self) -> str:
         return f"m{self.m}r{self.r}k{self.k}"
+
+
+@dataclass
+class Quantized:
+    """Straight-through quantisation of a batch, with the two VQ losses."""
+
+    x_st: torch.Tensor  # quantised values with x's gradient (for an encoder upstream)
+    q: torch.Tensor  # quantised values with the codewords' gradient (for a task loss)
+    indices: torch.Tensor  # (N, r * m)
+    codebook_loss: torch.Tensor  # |q - sg(x)|^2: moves codewords to the data
+    commitment_loss: torch.Tensor  # |x - sg(q)|^2: keeps an encoder near its codewords
 
 
 class Codebook(nn.Module):
@@ -66,62 +99,85 @@ class Codebook(nn.Module):
         cfg = self.cfg
         sub = x.reshape(len(x), cfg.m, cfg.channels // cfg.m)  # (N, m, d)
         cw = self.codewords[stage]  # (m, k, d)
-        d2 = (
-            (sub**2).sum(-1, keepdim=True) - 2 * torch.einsum("nmd,mkd->nmk", sub, cw) + (cw**2).sum(-1)[None]
-        )
+        d2 = (cw**2).sum(-1)[None] - 2 * torch.einsum("nmd,mkd->nmk", sub, cw)  # |x|^2 is constant
         return d2.argmin(dim=-1)
 
     def _lookup(self, idx: torch.Tensor, stage: int) -> torch.Tensor:
         cfg = self.cfg
-        cw = self.codewords[stage]
-        parts = cw[torch.arange(cfg.m)[None, :], idx]  # (N, m, d)
+        parts = self.codewords[stage][torch.arange(cfg.m)[None, :], idx]  # (N, m, d)
         return parts.reshape(len(idx), cfg.channels)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C) features -> (N, r * m) int64 indices (stage-major)."""
-        residual = x.float()
-        out = []
-        for s in range(self.cfg.r):
-            idx = self._nearest(residual, s)
-            out.append(idx)
-            residual = residual - self._lookup(idx, s)
-        return torch.cat(out, dim=1) if out else torch.zeros(len(x), 0, dtype=torch.long)
+        """(N, C) features -> (N, r * m) int64 indices, stage-major (stage 0's m indices first)."""
+        x = torch.as_tensor(x).float()
+        if x.ndim != 2 or x.shape[1] != self.cfg.channels:
+            raise ValueError(f"expected (N, {self.cfg.channels}) features, got {tuple(x.shape)}")
+        chunks = []
+        for start in range(0, max(len(x), 1), _CHUNK):
+            residual = x[start : start + _CHUNK]
+            out = []
+            for s in range(self.cfg.r):
+                idx = self._nearest(residual, s)
+                out.append(idx)
+                residual = residual - self._lookup(idx, s)
+            chunks.append(torch.cat(out, dim=1))
+        return torch.cat(chunks)
 
-    def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """(N, r * m) indices -> (N, C) features."""
-        idx = torch.as_tensor(indices, dtype=torch.long).reshape(len(indices), self.cfg.r, self.cfg.m)
-        out = torch.zeros(len(idx), self.cfg.channels)
+    def decode(self, indices: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(N, r * m) indices -> (N, C) features (differentiable in the codewords)."""
+        idx = torch.as_tensor(np.asarray(indices) if isinstance(indices, np.ndarray) else indices)
+        idx = idx.long().reshape(len(idx), self.cfg.r, self.cfg.m)
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.cfg.k):
+            raise ValueError(f"codebook index outside 0..{self.cfg.k - 1}")
+        out = self.codewords.new_zeros(len(idx), self.cfg.channels)
         for s in range(self.cfg.r):
             out = out + self._lookup(idx[:, s], s)
         return out
 
-    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Straight-through quantisation for training: (quantised x with x's gradient, codebook loss)."""
+    def quantize(self, x: torch.Tensor) -> Quantized:
+        """Quantise (N, C) features for training (see :class:`Quantized`)."""
         idx = self.encode(x.detach())
         q = self.decode(idx)
-        codebook_loss = ((q - x.detach()) ** 2).mean()
-        return x + (q - x).detach(), codebook_loss
+        return Quantized(
+            x_st=x + (q - x).detach(),
+            q=q,
+            indices=idx,
+            codebook_loss=((q - x.detach()) ** 2).mean(),
+            commitment_loss=((x - q.detach()) ** 2).mean(),
+        )
+
+    def quantize_map(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """A (C, H, W) or (B, C, H, W) map with its (masked) cells replaced by their codes' values.
+
+        The result carries the codewords' gradient, so a frozen detection head's loss on it
+        trains the codebook; cells outside ``mask`` stay as they were.
+        """
+        single = features.ndim == 3
+        f = features[None] if single else features
+        b, c, h, w = f.shape
+        cells = f.permute(0, 2, 3, 1).reshape(-1, c)
+        keep = torch.ones(len(cells), dtype=torch.bool) if mask is None else mask.reshape(-1).bool()
+        q = self.decode(self.encode(cells[keep].detach()))
+        out = cells.clone()
+        out[keep] = q
+        out = out.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        return out[0] if single else out
 
     # -- training --------------------------------------------------------------------------------
     @torch.no_grad()
     def fit(self, features: torch.Tensor, iters: int = 25, seed: int = 0, progress=None) -> dict:
         """Residual product k-means (Lloyd) on (N, C) samples; returns the relative error per stage."""
         g = torch.Generator().manual_seed(seed)
-        x = features.float()
+        x = torch.as_tensor(features).float()
         residual = x.clone()
         errors = []
         cfg = self.cfg
         for s in range(cfg.r):
             sub = residual.reshape(len(x), cfg.m, -1)
             for j in range(cfg.m):
-                data = sub[:, j]
-                init = data[torch.randperm(len(data), generator=g)[: cfg.k]]
-                if len(init) < cfg.k:  # fewer samples than codewords: repeat with jitter
-                    init = init[torch.randint(len(init), (cfg.k,), generator=g)] + 1e-3 * torch.randn(
-                        cfg.k, data.shape[1], generator=g
-                    )
-                centres = init.clone()
+                data = sub[:, j].contiguous()
+                centres = _init_centres(data, cfg.k, g)
                 for _ in range(iters):
                     assign = torch.cdist(data, centres).argmin(dim=1)
                     sums = torch.zeros_like(centres).index_add_(0, assign, data)
@@ -139,18 +195,44 @@ class Codebook(nn.Module):
             errors.append(float((residual**2).sum() / (x**2).sum().clamp(min=1e-12)))
         return {"relative_error_per_stage": errors}
 
+    @torch.no_grad()
+    def restart_dead(self, usage: torch.Tensor, samples: torch.Tensor, generator: torch.Generator) -> int:
+        """Move codewords with zero ``usage`` (r, m, k) onto residuals of random recent samples."""
+        cfg = self.cfg
+        residual = samples.float()
+        moved = 0
+        for s in range(cfg.r):
+            sub = residual.reshape(len(residual), cfg.m, -1)
+            for j in range(cfg.m):
+                dead = torch.nonzero(usage[s, j] == 0).flatten()
+                if len(dead) and len(sub):
+                    pick = torch.randint(len(sub), (len(dead),), generator=generator)
+                    self.codewords.data[s, j, dead] = sub[pick, j]
+                    moved += len(dead)
+            residual = residual - self._lookup(self._nearest(residual, s), s)
+        return moved
+
     # -- identity and persistence ---------------------------------------------------------------
     def identity_hex(self) -> str:
-        h = hashlib.sha256(repr(asdict(self.cfg)).encode())
+        h = hashlib.sha256(repr(sorted(asdict(self.cfg).items())).encode())
         h.update(self.codewords.detach().cpu().numpy().astype("<f4").tobytes())
         return h.hexdigest()
 
     def identity(self) -> int:
-        """32-bit identity carried in every codebook message."""
+        """32-bit identity carried in every codebook message (first 4 bytes of the SHA-256)."""
         return int(self.identity_hex()[:8], 16)
 
     def save(self, path: str | Path, **extra) -> None:
         torch.save({"config": asdict(self.cfg), "codewords": self.codewords.detach().cpu(), **extra}, path)
+
+
+def _init_centres(data: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++-lite: distinct random samples, jittered repeats when there are fewer than k."""
+    init = data[torch.randperm(len(data), generator=g)[:k]]
+    if len(init) < k:
+        extra = init[torch.randint(len(init), (k - len(init),), generator=g)]
+        init = torch.cat([init, extra + 1e-3 * torch.randn(extra.shape, generator=g)])
+    return init.clone()
 
 
 def load_codebook(path: str | Path) -> Codebook:
@@ -160,6 +242,7 @@ def load_codebook(path: str | Path) -> Codebook:
     return cb.eval()
 
 
+# -- data -------------------------------------------------------------------------------------
 def sample_cells(
     features: torch.Tensor, occupied: torch.Tensor, limit: int, rng: np.random.Generator
 ) -> torch.Tensor:
@@ -168,3 +251,118 @@ def sample_cells(
     if len(vecs) > limit:
         vecs = vecs[torch.from_numpy(rng.choice(len(vecs), limit, replace=False))]
     return vecs
+
+
+def cells_from_maps(
+    maps: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+    per_map: int | None = None,
+    seed: int = 0,
+) -> Iterator[torch.Tensor]:
+    """(N, C) batches of non-empty cells from (C, H, W) maps, or (map, occupied mask) pairs.
+
+    Any source works: a frozen encoder run over a log, saved tensors, synthetic maps. Cells
+    whose features are all zero (no data) are skipped unless a mask says otherwise.
+    """
+    rng = np.random.default_rng(seed)
+    for item in maps:
+        fmap, mask = item if isinstance(item, tuple) else (item, None)
+        fmap = torch.as_tensor(fmap).float()
+        if mask is None:
+            mask = fmap.abs().sum(0) > 0
+        vecs = fmap.permute(1, 2, 0)[mask.bool()]
+        if per_map is not None and len(vecs) > per_map:
+            vecs = vecs[torch.from_numpy(rng.choice(len(vecs), per_map, replace=False))]
+        if len(vecs):
+            yield vecs
+
+
+def train_codebook(
+    cb: Codebook,
+    batches: Iterable[torch.Tensor],
+    steps: int,
+    lr: float = 1e-3,
+    beta: float = 0.25,
+    task_loss: Callable[[torch.Tensor, Quantized], torch.Tensor] | None = None,
+    restart_every: int = 50,
+    seed: int = 0,
+    progress: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Gradient refinement of ``cb`` on (N, C) batches (cycled until ``steps``); returns a log.
+
+    ``task_loss(x, quantized)`` may add a loss on ``quantized.q`` (e.g. a frozen head's detection
+    loss through :meth:`Codebook.quantize_map`). Codewords unused for ``restart_every`` steps
+    are restarted on the last batch's residuals.
+    """
+    opt = torch.optim.Adam([cb.codewords], lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    usage = torch.zeros(cb.cfg.r, cb.cfg.m, cb.cfg.k)
+    log: list[dict] = []
+    cached: list[torch.Tensor] = []
+    it = iter(batches)
+    for step in range(1, steps + 1):
+        try:
+            x = next(it)
+            if len(cached) < 64:
+                cached.append(x)
+        except StopIteration:
+            if not cached:
+                raise ValueError("train_codebook: no feature batches") from None
+            x = cached[step % len(cached)]
+        x = torch.as_tensor(x).float()
+        qz = cb.quantize(x)
+        loss = qz.codebook_loss + beta * qz.commitment_loss
+        extra = task_loss(x, qz) if task_loss is not None else None
+        if extra is not None:
+            loss = loss + extra
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        idx = qz.indices.reshape(len(x), cb.cfg.r, cb.cfg.m)
+        for s in range(cb.cfg.r):
+            for j in range(cb.cfg.m):
+                usage[s, j] += torch.bincount(idx[:, s, j], minlength=cb.cfg.k).float()
+        entry = {
+            "step": step,
+            "loss": float(loss.detach()),
+            "relative_error": float(((qz.q.detach() - x) ** 2).sum() / (x**2).sum().clamp(min=1e-12)),
+        }
+        if restart_every and step % restart_every == 0:
+            entry["restarted"] = cb.restart_dead(usage, x, g)
+            usage.zero_()
+        log.append(entry)
+        if progress:
+            progress(entry)
+    return log
+
+
+@torch.no_grad()
+def evaluate_codebook(cb: Codebook, batches: Iterable[torch.Tensor]) -> dict:
+    """Relative squared error (total and after each stage) and codeword usage over the batches."""
+    cfg = cb.cfg
+    err = torch.zeros(cfg.r, dtype=torch.float64)
+    energy = 0.0
+    counts = torch.zeros(cfg.r, cfg.m, cfg.k)
+    cells = 0
+    for x in batches:
+        x = torch.as_tensor(x).float()
+        idx = cb.encode(x).reshape(len(x), cfg.r, cfg.m)
+        residual = x.clone()
+        for s in range(cfg.r):
+            residual = residual - cb._lookup(idx[:, s], s)
+            err[s] += float((residual**2).sum())
+            for j in range(cfg.m):
+                counts[s, j] += torch.bincount(idx[:, s, j], minlength=cfg.k).float()
+        energy += float((x**2).sum())
+        cells += len(x)
+    p = counts / counts.sum(-1, keepdim=True).clamp(min=1)
+    entropy = -(p * torch.log2(p.clamp(min=1e-12))).sum(-1)  # bits actually used per index
+    rel = (err / max(energy, 1e-12)).tolist()
+    return {
+        "cells": cells,
+        "relative_error": rel[-1] if rel else None,
+        "relative_error_per_stage": rel,
+        "used_fraction": float((counts > 0).float().mean()),
+        "index_entropy_bits": float(entropy.mean()),
+        "bits_per_cell": cfg.bits_per_cell,
+        "codebook": cfg.label(),
+    }
