@@ -30,6 +30,7 @@ __all__ = [
     "SharedBoxes",
     "SharedFeatures",
     "evaluation_ground_truth",
+    "without_ego",
 ]
 
 FUSION_MODES = ("none", "late", "early", "intermediate")
@@ -87,13 +88,22 @@ class FrameResult:
     bytes_per_collaborator: dict[str, int] = field(default_factory=dict)
 
 
+def without_ego(frame: Frame) -> Boxes:
+    """The frame's vehicles, less the ego's own car (it need not detect itself)."""
+    gt = frame.gt[frame.gt.of_classes(VEHICLE_CLASSES)]
+    try:
+        return gt[gt.track_ids != int(frame.ego_id)]
+    except ValueError:  # non-numeric agent ids (DAIR-V2X-C): the ego is not among the labels
+        return gt
+
+
 def evaluation_ground_truth(frame: Frame, min_points: int = 1, agent_ids: list[str] | None = None) -> Boxes:
     """Vehicles seen by at least ``min_points`` LiDAR points of the frame's agents, in the ego BEV frame.
 
     All fusion modes are scored against the same set (the objects the group of agents could
-    possibly see), as the cooperative-perception benchmarks do.
+    possibly see), as the cooperative-perception benchmarks do; the ego's own car is left out.
     """
-    gt = frame.gt[frame.gt.of_classes(VEHICLE_CLASSES)]
+    gt = without_ego(frame)
     if min_points > 0 and len(gt):
         counts = Frame(frame.scenario, frame.index, frame.timestamp_ns, frame.agents, frame.ego_id, gt)
         per_agent = counts.points_per_gt_box()

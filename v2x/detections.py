@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from v2x.boxes import VEHICLE_CLASSES, Boxes
-from v2x.cooperative import AgentPerception, Perception
+from v2x.boxes import Boxes
+from v2x.cooperative import AgentPerception, Perception, without_ego
 from v2x.frame import Frame
 from v2x.geometry import inverse
 from v2x.grid import BEVGrid
@@ -31,8 +31,8 @@ def crop_patches(features: torch.Tensor, xy: np.ndarray, grid: BEVGrid, patch: i
 
 
 def tracking_ground_truth(frame: Frame, min_points: int = 1) -> Boxes:
-    """Vehicles seen by at least ``min_points`` points of the frame's agents, in the world frame."""
-    gt = frame.gt[frame.gt.of_classes(VEHICLE_CLASSES)]
+    """Vehicles (less the ego's own car) seen by at least ``min_points`` points of the frame's agents, world frame."""
+    gt = without_ego(frame)
     if min_points > 0 and len(gt):
         sub = Frame(frame.scenario, frame.index, frame.timestamp_ns, frame.agents, frame.ego_id, gt)
         total = sum(sub.points_per_gt_box().values())
