@@ -12,7 +12,7 @@ per 0.8 m cell. The protocol of one frame (bytes of every step are counted, see 
    collaborator's frame with both poses) where its own supply (block maximum of its detection
    confidence) reaches ``supply_threshold``, with a 2-bit level from ``level_edges``.
 3. **Filling** (computed identically by every collaborator from the same offers): per ego block,
-   offers in decreasing level (ties: lower agent id) are taken until their levels add up to the
+   offers in decreasing level (ties: lower agent id, then lower block) are taken until they add up to the
    demand level, so two agents do not send the same information.
 4. **Features**: each collaborator sends the occupied cells of its assigned blocks, most demand
    filled per byte first, cut exactly to its byte budget (``v2x.messages``).
@@ -208,7 +208,8 @@ def assign_blocks(
     out = {a: np.zeros(0, np.int64) for a in offers}
     if len(rows) == 0:
         return out
-    order = np.lexsort((rows[:, 2], -rows[:, 1], rows[:, 0]))  # ego block, level desc, agent rank
+    # ego block, then level descending, then agent rank, then the agent's block index: a total order
+    order = np.lexsort((rows[:, 3], rows[:, 2], -rows[:, 1], rows[:, 0]))
     rows = rows[order]
     # levels already taken in the same ego block before each offer
     group_start = np.flatnonzero(np.r_[True, rows[1:, 0] != rows[:-1, 0]])
