@@ -233,7 +233,7 @@ def _varint_encode(values: np.ndarray) -> bytes:
     v = np.asarray(values, dtype=np.uint64).ravel()
     if len(v) == 0:
         return b""
-    nbytes = 1 + (v[:, None] >= _VARINT_LIMITS[None, :]).sum(axis=1)
+    nbytes = 1 + np.searchsorted(_VARINT_LIMITS, v, side="right")
     out = np.zeros(int(nbytes.sum()), dtype=np.uint8)
     pos = np.concatenate([[0], np.cumsum(nbytes)[:-1]])
     rem = v.copy()
@@ -249,7 +249,7 @@ def _varint_encode(values: np.ndarray) -> bytes:
 def varint_size(values: np.ndarray) -> int:
     """Bytes :func:`_varint_encode` would write, without writing them."""
     v = np.asarray(values, dtype=np.uint64).ravel()
-    return int(len(v) + (v[:, None] >= _VARINT_LIMITS[None, :]).sum())
+    return int(len(v) + np.searchsorted(_VARINT_LIMITS, v, side="right").sum())
 
 
 def _varint_decode(buf: memoryview, count: int, what: str, limit: int) -> tuple[np.ndarray, int]:

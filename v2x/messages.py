@@ -401,15 +401,17 @@ class MessageCodec:
     def _encode_features(
         self, kind: MessageType, agent: AgentPerception, cells: np.ndarray, boxes: Boxes | None
     ) -> bytes:
-        feats = agent.features.reshape(agent.features.shape[0], -1)[:, torch.from_numpy(cells)].T  # (n, C)
+        flat = agent.features.detach().reshape(agent.features.shape[0], -1).numpy()
+        feats = np.ascontiguousarray(np.take(flat, cells, axis=1).T)  # (n, C)
         det = None
         if boxes is not None and len(boxes):
             det = (boxes.xyzlwhy, boxes.scores, boxes.labels, None)
         if kind == MessageType.CODEBOOK:
             cb = self.codebook
             h = self._header(kind, agent, cb.cfg.bits, cb.identity())
-            return encode(h, self.shape, cells, codes=cb.encode(feats).numpy(), detections=det)
-        return encode(self._header(kind, agent), self.shape, cells, features=feats.numpy(), detections=det)
+            codes = cb.encode(torch.from_numpy(feats)).numpy()
+            return encode(h, self.shape, cells, codes=codes, detections=det)
+        return encode(self._header(kind, agent), self.shape, cells, features=feats, detections=det)
 
     # -- ego side -------------------------------------------------------------------------------------
     def read_sparse(self, data: bytes) -> Received:
