@@ -20,7 +20,7 @@ import numpy as np
 
 from v2x.sim.lidar import LidarConfig
 from v2x.sim.town import TownConfig
-from v2x.sim.world import SceneConfig, World
+from v2x.sim.world import SceneConfig, World, planned_cars
 
 __all__ = ["PRESETS", "GenerateConfig", "SimError", "generate", "scene_configs"]
 
@@ -37,45 +37,101 @@ class GenerateConfig:
     format: str = "opv2v"
     scenes: int = 10
     frames: int = 50
+    #: simulation steps of 0.1 s between written frames (1 = 10 Hz)
     frame_step: int = 1
     cavs: int | tuple[int, int] = 3
     rsus: int | tuple[int, int] = 1
+    #: at most this many agents (CAVs + RSUs) per scene: RSUs are dropped first. The papers'
+    #: readers keep 5 agents (OpenCOOD's ``max_cav``), so more would be generated for nothing.
+    max_agents: int | None = None
     seed: int = 0
     workers: int = 1
     #: share of scenes per split, in order train, validate, test
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     #: fixed split for every scene (presets), instead of the shares above
     only_split: str | None = None
-    vehicles: tuple[int, int] = (50, 90)
+    #: moving vehicles per km of road lane (drawn per scene); ``vehicles`` overrides it with a count
+    traffic_density: tuple[float, float] = (24.0, 36.0)
+    vehicles: int | tuple[int, int] | None = None
     pedestrians: tuple[int, int] = (15, 40)
     parked_density: tuple[float, float] = (0.25, 0.5)
+    #: "normal", or "heavy": more vans, trucks and buses (more occlusion)
+    vehicle_mix: str = "normal"
     blocks: tuple[int, int] = (3, 4)
+    #: shortest block side is drawn from this range; the longest is 25-35 m more
+    block_min: tuple[float, float] = (48.0, 60.0)
+    #: chance of a town with two lanes per direction
+    two_lanes: float = 0.33
     channels: int = 64
     pcd_encoding: str = "binary_compressed"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-#: named configurations (``--preset``); the seeds of train/validate and test never overlap
+VEHICLE_MIXES = {
+    "normal": {"car": 0.70, "van": 0.13, "truck": 0.09, "bus": 0.03, "cyclist": 0.05},
+    "heavy": {"car": 0.56, "van": 0.19, "truck": 0.14, "bus": 0.06, "cyclist": 0.05},
+}
+
+#: named configurations (``--preset``). Seeds of train, validate and test never overlap, and the
+#: test towns are drawn from a different distribution (shorter blocks, more two-lane roads,
+#: denser and heavier traffic, more parked cars), so the test split is held out in layout too.
 PRESETS: dict[str, list[dict[str, Any]]] = {
+    # the detector's training set: many short scenes (diversity), 2 Hz within a scene
     "train": [
-        dict(scenes=80, frames=30, frame_step=5, cavs=(2, 5), rsus=(0, 2), seed=1000, only_split="train"),
-        dict(scenes=8, frames=30, frame_step=5, cavs=(3, 5), rsus=(0, 2), seed=5000, only_split="validate"),
+        dict(
+            scenes=200,
+            frames=16,
+            frame_step=5,
+            cavs=(3, 5),
+            rsus=(0, 2),
+            max_agents=5,
+            seed=1000,
+            only_split="train",
+        ),
+        dict(
+            scenes=16,
+            frames=16,
+            frame_step=5,
+            cavs=(3, 5),
+            rsus=(0, 2),
+            max_agents=5,
+            seed=5000,
+            only_split="validate",
+        ),
+        # full-rate (10 Hz) sequences for validating tracking
+        dict(scenes=4, frames=40, frame_step=1, cavs=4, rsus=1, seed=6000, only_split="validate"),
     ],
+    # held out: occlusion-heavy towns and traffic at 10 Hz; evaluates in a few minutes
     "test": [
         dict(
-            scenes=6,
-            frames=60,
+            scenes=5,
+            frames=80,
             frame_step=1,
             cavs=4,
             rsus=1,
             seed=900000,
             only_split="test",
-            vehicles=(85, 100),
-            parked_density=(0.5, 0.65),
+            traffic_density=(34.0, 42.0),
+            parked_density=(0.5, 0.7),
+            vehicle_mix="heavy",
+            block_min=(42.0, 52.0),
+            two_lanes=0.5,
+            blocks=(3, 3),
         ),
     ],
+    # ``make demo``: one scene, cheap
     "demo": [
-        dict(scenes=1, frames=100, frame_step=1, cavs=3, rsus=1, seed=7, only_split="test", vehicles=(70, 70))
+        dict(
+            scenes=1,
+            frames=100,
+            frame_step=1,
+            cavs=3,
+            rsus=1,
+            seed=7,
+            only_split="test",
+            traffic_density=(32.0, 32.0),
+            blocks=(3, 3),
+        ),
     ],
     # 10 Hz sequences for the tracker's noise model (the detector's train preset is 2 Hz)
     "track": [
@@ -97,7 +153,8 @@ def _pick(v, rng: np.random.Generator):
 
 
 def scene_configs(g: GenerateConfig) -> list[tuple[str, SceneConfig]]:
-    """(split, scene config) for every scene, all drawn from ``g.seed``."""
+    """(split, scene config) for every scene, all drawn from ``g.seed`` (scene k from
+    ``(seed, k)``, so a scene does not depend on how many others there are)."""
     out = []
     n = g.scenes
     counts = np.floor(np.array(g.split) * n).astype(int)
@@ -106,23 +163,35 @@ def scene_configs(g: GenerateConfig) -> list[tuple[str, SceneConfig]]:
     for k in range(n):
         rng = np.random.default_rng([g.seed, k])
         split = g.only_split or splits[k]
-        bx = _pick(g.blocks, rng)
+        block_min = _pick(g.block_min, rng)
         town = TownConfig(
-            blocks_x=bx,
+            blocks_x=_pick(g.blocks, rng),
             blocks_y=_pick(g.blocks, rng),
-            lanes_per_direction=int(rng.choice([1, 1, 2])),
+            block_min=block_min,
+            block_max=block_min + float(rng.uniform(25.0, 35.0)),
+            lanes_per_direction=2 if rng.random() < g.two_lanes else 1,
             parking=bool(rng.random() < 0.8),
+            building_height=(float(rng.uniform(5.0, 9.0)), float(rng.uniform(15.0, 40.0))),
+            built_up=float(rng.uniform(0.7, 0.95)),
+            wall_probability=float(rng.uniform(0.3, 0.7)),
+            tree_spacing=float(rng.uniform(12.0, 25.0)),
         )
+        cavs = _pick(g.cavs, rng)
+        rsus = _pick(g.rsus, rng)
+        if g.max_agents is not None:
+            rsus = max(0, min(rsus, g.max_agents - cavs))
         cfg = SceneConfig(
             name=f"scene_{g.seed}_{k:04d}",
             seed=int(rng.integers(2**31)),
             frames=g.frames,
             frame_step=g.frame_step,
-            cavs=_pick(g.cavs, rng),
-            rsus=_pick(g.rsus, rng),
-            vehicles=_pick(g.vehicles, rng),
+            cavs=cavs,
+            rsus=rsus,
+            vehicles=None if g.vehicles is None else _pick(g.vehicles, rng),
+            traffic_density=_pick(g.traffic_density, rng),
             pedestrians=_pick(g.pedestrians, rng),
             parked_density=_pick(g.parked_density, rng),
+            vehicle_mix=dict(VEHICLE_MIXES[g.vehicle_mix]),
             town=town,
             lidar=LidarConfig(channels=g.channels),
         )
@@ -130,9 +199,19 @@ def scene_configs(g: GenerateConfig) -> list[tuple[str, SceneConfig]]:
     return out
 
 
+def _low(v) -> float:
+    return min(v) if isinstance(v, tuple | list) else v
+
+
 def validate(g: GenerateConfig) -> None:
     """Every parameter problem, before any work starts."""
     problems = []
+    if g.vehicle_mix not in VEHICLE_MIXES:
+        problems.append(f"vehicle_mix must be one of {', '.join(VEHICLE_MIXES)}, not {g.vehicle_mix!r}")
+    if g.max_agents is not None and g.max_agents < (
+        max(g.cavs) if isinstance(g.cavs, tuple | list) else g.cavs
+    ):
+        problems.append(f"max_agents {g.max_agents} is smaller than the number of CAVs {g.cavs}")
     if g.format not in ("opv2v", "dair"):
         problems.append(f"--format must be opv2v or dair, not {g.format!r}")
     if g.scenes < 1:
@@ -151,23 +230,55 @@ def validate(g: GenerateConfig) -> None:
         problems.append(f"--rsus must be between 0 and 4, got {g.rsus}")
     if g.format == "dair" and rsu_lo < 1:
         problems.append("--format dair needs --rsus >= 1 (DAIR-V2X-C pairs a vehicle with a roadside unit)")
-    if min(g.vehicles) < 3 * cav_hi:
+    if g.vehicles is not None and _low(g.vehicles) < 3 * cav_hi:
         problems.append(
-            f"{cav_hi} CAVs need at least {3 * cav_hi} vehicles in a scene, got {min(g.vehicles)}"
+            f"{cav_hi} CAVs need at least {3 * cav_hi} vehicles in a scene, got {_low(g.vehicles)}"
         )
+    if _low(g.traffic_density) <= 0 and g.vehicles is None:
+        problems.append(f"traffic_density must be > 0, got {g.traffic_density}")
     if g.workers < 1:
         problems.append(f"--workers must be >= 1, got {g.workers}")
     if g.channels not in (16, 32, 64, 128):
         problems.append(f"--channels must be 16, 32, 64 or 128, got {g.channels}")
-    out = Path(g.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        problems.append(f"output folder {out} is not writable: {exc.strerror or exc}")
+    problems += _output_problems(Path(g.out))
+    if not problems:  # per scene: its town must hold enough cars to pick the CAVs from
+        try:
+            scenes = scene_configs(g)
+        except ValueError as exc:
+            problems.append(str(exc))
+            scenes = []
+        for _, cfg in scenes:
+            if g.format == "dair" and cfg.rsus < 1:
+                problems.append(f"scene {cfg.name}: --format dair needs a roadside unit in every scene")
+                break
+            cars = planned_cars(cfg)
+            if cars < cfg.cavs + 2:
+                problems.append(
+                    f"scene {cfg.name}: {cfg.cavs} CAVs but only about {cars:.0f} moving cars to choose "
+                    "from (raise the traffic density or the number of blocks)"
+                )
+                break
     if problems:
         raise SimError("; ".join(problems))
+
+
+def _output_problems(out: Path) -> list[str]:
+    """Whether ``out`` can be written, without creating anything yet."""
+    if out.exists():
+        if not out.is_dir():
+            return [f"output {out} exists and is not a folder"]
+        try:
+            with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            return [f"output folder {out} is not writable: {exc.strerror or exc}"]
+        return []
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return [f"output folder {out} cannot be created: {parent} is not a writable folder"]
+    return []
 
 
 def _run_scene(args: tuple[str, str, SceneConfig, str, str, Any]) -> dict:
@@ -190,7 +301,10 @@ def _run_scene(args: tuple[str, str, SceneConfig, str, str, Any]) -> dict:
     stats = {"frames": 0, "points": 0, "scans": 0, "near": 0, "hidden": 0, "helped": 0}
     for sf in world.frames():
         extra = {
-            aid: {"vehicles": {tid: {"num_lidar_points": n} for tid, n in hits.items()}}
+            aid: {
+                "vehicles": {tid: {"num_lidar_points": n} for tid, n in hits.items()},
+                "ego_speed": sf.speeds.get(aid, 0.0),
+            }
             for aid, hits in sf.hits.items()
         }
         writer.write(sf.frame, extra)
@@ -229,6 +343,7 @@ def generate(g: GenerateConfig, progress: bool = True) -> dict:
     """Generate every scene; returns a summary (also written to ``<out>/generation.json``)."""
     validate(g)
     scenes = scene_configs(g)
+    Path(g.out).mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
     total = sum(c.frames for _, c in scenes)

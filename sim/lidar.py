@@ -1,9 +1,13 @@
 """A spinning LiDAR cast against triangle meshes with Open3D's ``RaycastingScene``.
 
 The default sensor is OPV2V's: 64 channels spread evenly over -25..+2 degrees, 120 m range.
-Returns carry range noise and random dropout, and an intensity that falls with distance as
-CARLA's LiDAR computes it (``exp(-0.004 d)``, which is what OPV2V's intensities are: the
-real samples span 0.62..0.99 over 0..120 m); an optional per-material reflectivity scales it.
+Returns carry range noise and random dropout. Intensity (0..1) is either
+
+* ``"material"`` (default): the surface's reflectivity, the incidence angle and the distance,
+  with multiplicative noise — asphalt is dark, paint, metal and foliage brighter, glass and
+  tyres dark — so intensity carries information as on a real sensor; or
+* ``"carla"``: CARLA's model, ``exp(-0.004 d)`` only, which is what OPV2V's intensities are
+  (the real samples span 0.62..0.99 over 0..120 m).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = ["LidarConfig", "Scene", "cast_scan", "ray_directions"]
+
+INTENSITY_MODELS = ("material", "carla")
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,9 @@ class LidarConfig:
     dropout: float = 0.05
     attenuation: float = 0.004
     mount_height: float = 1.9
+    intensity: str = "material"
+    #: relative standard deviation of the material intensity
+    intensity_noise: float = 0.1
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.horizontal_steps < 8:
@@ -36,6 +45,10 @@ class LidarConfig:
             raise ValueError(f"LiDAR vertical FOV is empty: {self.fov_down_deg}..{self.fov_up_deg}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LiDAR dropout must be in [0, 1): {self.dropout}")
+        if self.max_range <= self.min_range:
+            raise ValueError(f"LiDAR range is empty: {self.min_range}..{self.max_range} m")
+        if self.intensity not in INTENSITY_MODELS:
+            raise ValueError(f"LiDAR intensity model {self.intensity!r}: use one of {INTENSITY_MODELS}")
 
 
 @lru_cache(maxsize=8)
@@ -50,9 +63,10 @@ def ray_directions(cfg: LidarConfig) -> np.ndarray:
 
 
 class Scene:
-    """Triangle meshes, each triangle tagged with the id of the object it belongs to (-1: background).
+    """Triangle meshes, each triangle tagged with the id of the object it belongs to (-1:
+    background) and a reflectivity in 0..1.
 
-    Merge many small objects into one :meth:`add` call (per-triangle owners) rather than adding
+    Merge many small objects into one :meth:`add` call (per-triangle tags) rather than adding
     them one by one: Open3D builds its acceleration structure per geometry.
     """
 
@@ -63,10 +77,17 @@ class Scene:
         self._o3d = o3d
         self.scene = o3d.t.geometry.RaycastingScene()
         self._owners: list[np.ndarray] = []
+        self._refl: list[np.ndarray] = []
         self._offsets: list[int] = [0]
-        self._table: np.ndarray | None = None
+        self._tables: tuple[np.ndarray, np.ndarray] | None = None
 
-    def add(self, vertices: np.ndarray, triangles: np.ndarray, owner: int | np.ndarray = -1) -> None:
+    def add(
+        self,
+        vertices: np.ndarray,
+        triangles: np.ndarray,
+        owner: int | np.ndarray = -1,
+        reflectivity: float | np.ndarray = 0.3,
+    ) -> None:
         if len(triangles) == 0:
             return
         o3c = self._o3d.core
@@ -74,26 +95,41 @@ class Scene:
             o3c.Tensor(np.ascontiguousarray(vertices, dtype=np.float32)),
             o3c.Tensor(np.ascontiguousarray(triangles, dtype=np.uint32)),
         )
-        assert gid == len(self._owners)
-        owners = np.broadcast_to(np.asarray(owner, dtype=np.int64), (len(triangles),)).copy()
-        self._owners.append(owners)
-        self._offsets.append(self._offsets[-1] + len(owners))
-        self._table = None
+        if gid != len(self._owners):
+            raise RuntimeError(f"Open3D gave geometry id {gid}, expected {len(self._owners)}")
+        n = len(triangles)
+        self._owners.append(np.broadcast_to(np.asarray(owner, dtype=np.int64), (n,)).copy())
+        self._refl.append(np.broadcast_to(np.asarray(reflectivity, dtype=np.float32), (n,)).copy())
+        self._offsets.append(self._offsets[-1] + n)
+        self._tables = None
 
-    def cast(self, rays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Hit distance (inf for none) and owner id (-2 for none) of each ray (N, 6)."""
+    def cast(self, rays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For each ray (N, 6): hit distance (inf for none), owner id (-2 for none), the hit
+        triangle's reflectivity and the |cosine| of the incidence angle."""
+        n = len(rays)
         if not self._owners:
-            return np.full(len(rays), np.inf, np.float32), np.full(len(rays), -2, np.int64)
-        if self._table is None:
-            self._table = np.concatenate([*self._owners, [-2]])
+            return (
+                np.full(n, np.inf, np.float32),
+                np.full(n, -2, np.int64),
+                np.zeros(n, np.float32),
+                np.zeros(n, np.float32),
+            )
+        if self._tables is None:
+            self._tables = (
+                np.concatenate([*self._owners, [-2]]),
+                np.concatenate([*self._refl, [0.0]]).astype(np.float32),
+            )
+        owners, refl = self._tables
         res = self.scene.cast_rays(self._o3d.core.Tensor(np.ascontiguousarray(rays, dtype=np.float32)))
         t = res["t_hit"].numpy()
         hit = np.isfinite(t)
         gid = res["geometry_ids"].numpy().astype(np.int64)
         pid = res["primitive_ids"].numpy().astype(np.int64)
         offsets = np.asarray(self._offsets[:-1], dtype=np.int64)
-        index = np.where(hit, offsets[np.where(hit, gid, 0)] + pid, len(self._table) - 1)
-        return t, self._table[index]
+        index = np.where(hit, offsets[np.where(hit, gid, 0)] + pid, len(owners) - 1)
+        normals = res["primitive_normals"].numpy()
+        cos = np.abs(np.einsum("ij,ij->i", normals, rays[:, 3:6].astype(np.float32)))
+        return t, owners[index], refl[index], np.where(hit, cos, 0.0).astype(np.float32)
 
 
 def cast_scan(
@@ -112,11 +148,15 @@ def cast_scan(
     rays = np.concatenate([np.broadcast_to(t, dirs.shape), dirs], axis=1)
     best_t = np.full(len(rays), np.inf, np.float32)
     best_owner = np.full(len(rays), -2, np.int64)
+    best_refl = np.zeros(len(rays), np.float32)
+    best_cos = np.zeros(len(rays), np.float32)
     for scene in scenes:
-        th, owner = scene.cast(rays)
+        th, owner, refl, cos = scene.cast(rays)
         closer = th < best_t
         best_t[closer] = th[closer]
         best_owner[closer] = owner[closer]
+        best_refl[closer] = refl[closer]
+        best_cos[closer] = cos[closer]
     keep = (best_t >= cfg.min_range) & (best_t <= cfg.max_range)
     if ignore_owner is not None:
         keep &= best_owner != ignore_owner
@@ -126,6 +166,13 @@ def cast_scan(
     if cfg.range_noise > 0:
         rng_t = rng_t + rng.normal(0.0, cfg.range_noise, len(rng_t))
     pts = dirs_local[keep] * rng_t[:, None]
-    intensity = np.exp(-cfg.attenuation * rng_t)
+    falloff = np.exp(-cfg.attenuation * rng_t)
+    if cfg.intensity == "carla":
+        intensity = falloff
+    else:
+        # Lambertian-ish: a surface seen edge-on returns less light, but never none
+        lambert = 0.35 + 0.65 * best_cos[keep]
+        noise = 1.0 + cfg.intensity_noise * rng.standard_normal(len(rng_t))
+        intensity = np.clip(best_refl[keep] * lambert * falloff * noise, 0.0, 1.0)
     out = np.concatenate([pts, intensity[:, None]], axis=1).astype(np.float32)
     return out, best_owner[keep]

@@ -14,9 +14,24 @@ from functools import lru_cache
 import numpy as np
 from scipy.spatial import ConvexHull
 
-__all__ = ["Mesh", "box_mesh", "merge", "object_mesh", "prism_mesh", "transform_mesh"]
+__all__ = [
+    "BODY",
+    "GLASS",
+    "TYRE",
+    "Mesh",
+    "box_mesh",
+    "merge",
+    "object_mesh",
+    "object_parts",
+    "prism_mesh",
+    "transform_mesh",
+]
 
 Mesh = tuple[np.ndarray, np.ndarray]
+
+#: part codes of an object's triangles (they reflect differently)
+BODY, GLASS, TYRE = 0, 1, 2
+Parts = list[tuple[Mesh, int]]
 
 
 def _hull(points: np.ndarray) -> Mesh:
@@ -58,27 +73,27 @@ def prism_mesh(radius: float, z0: float, z1: float, sides: int = 8) -> Mesh:
     return _hull(np.vstack([np.c_[ring, np.full(sides, z0)], np.c_[ring, np.full(sides, z1)]]))
 
 
-def _wheels(length: float, width: float, radius: float, inset: float = 0.18) -> list[Mesh]:
+def _wheels(length: float, width: float, radius: float, inset: float = 0.18) -> Parts:
     out = []
     for sx in (-1, 1):
         for sy in (-1, 1):
             cx = sx * (length / 2 - inset * length)
             cy = sy * (width / 2 - 0.12)
-            out.append(box_mesh(cx - radius, cx + radius, cy - 0.12, cy + 0.12, 0.0, 2 * radius))
+            out.append((box_mesh(cx - radius, cx + radius, cy - 0.12, cy + 0.12, 0.0, 2 * radius), TYRE))
     return out
 
 
-def _car(length: float, width: float, height: float) -> Mesh:
+def _car(length: float, width: float, height: float) -> Parts:
     hl, hw = length / 2, width / 2
     belt = 0.58 * height
     body = _side_profile([(-hl, 0.3), (hl, 0.3), (hl, 0.5 * height), (0.72 * hl, belt), (-hl, belt)], hw)
     cabin = _side_profile(
         [(-0.78 * hl, belt), (0.45 * hl, belt), (0.05 * hl, height), (-0.55 * hl, height)], 0.9 * hw
     )
-    return merge([body, cabin, *_wheels(length, width, 0.33)])
+    return [(body, BODY), (cabin, GLASS), *_wheels(length, width, 0.33)]
 
 
-def _van(length: float, width: float, height: float) -> Mesh:
+def _van(length: float, width: float, height: float) -> Parts:
     hl, hw = length / 2, width / 2
     body = _side_profile(
         [
@@ -91,10 +106,10 @@ def _van(length: float, width: float, height: float) -> Mesh:
         ],
         hw,
     )
-    return merge([body, *_wheels(length, width, 0.36)])
+    return [(body, BODY), *_wheels(length, width, 0.36)]
 
 
-def _truck(length: float, width: float, height: float) -> Mesh:
+def _truck(length: float, width: float, height: float) -> Parts:
     hl, hw = length / 2, width / 2
     cab_len = min(2.4, 0.3 * length)
     cab = _side_profile(
@@ -108,28 +123,28 @@ def _truck(length: float, width: float, height: float) -> Mesh:
         hw,
     )
     cargo = box_mesh(-hl, hl - cab_len - 0.2, -hw, hw, 0.9, height)
-    return merge([cab, cargo, *_wheels(length, width, 0.5, inset=0.12)])
+    return [(cab, BODY), (cargo, BODY), *_wheels(length, width, 0.5, inset=0.12)]
 
 
-def _bus(length: float, width: float, height: float) -> Mesh:
+def _bus(length: float, width: float, height: float) -> Parts:
     hl, hw = length / 2, width / 2
     body = _side_profile([(-hl, 0.35), (hl, 0.35), (hl, 0.9 * height), (hl - 0.4, height), (-hl, height)], hw)
-    return merge([body, *_wheels(length, width, 0.5, inset=0.15)])
+    return [(body, BODY), *_wheels(length, width, 0.5, inset=0.15)]
 
 
-def _pedestrian(length: float, width: float, height: float) -> Mesh:
+def _pedestrian(length: float, width: float, height: float) -> Parts:
     legs = prism_mesh(0.16, 0.0, 0.85 * height / 1.75, sides=6)
     torso = prism_mesh(min(length, width) / 2, 0.85 * height / 1.75, 0.87 * height, sides=8)
     head = prism_mesh(0.11, 0.87 * height, height, sides=6)
-    return merge([legs, torso, head])
+    return [(legs, BODY), (torso, BODY), (head, BODY)]
 
 
-def _cyclist(length: float, width: float, height: float) -> Mesh:
+def _cyclist(length: float, width: float, height: float) -> Parts:
     hl = length / 2
     bike = box_mesh(-hl, hl, -0.06, 0.06, 0.05, 0.95)
     rider = prism_mesh(0.2, 0.95, height - 0.25, sides=8)
     head = prism_mesh(0.12, height - 0.25, height, sides=6)
-    return merge([bike, rider, head])
+    return [(bike, TYRE), (rider, BODY), (head, BODY)]
 
 
 _BUILDERS = {
@@ -143,16 +158,26 @@ _BUILDERS = {
 
 
 @lru_cache(maxsize=512)
-def _cached(kind: str, length: float, width: float, height: float) -> Mesh:
-    return _BUILDERS[kind](length, width, height)
+def _cached(kind: str, length: float, width: float, height: float) -> tuple[Mesh, np.ndarray]:
+    parts = _BUILDERS[kind](length, width, height)
+    codes = np.concatenate([np.full(len(m[1]), code, np.int8) for m, code in parts])
+    return merge([m for m, _ in parts]), codes
+
+
+def _key(kind: str, length: float, width: float, height: float) -> tuple[str, float, float, float]:
+    if kind not in _BUILDERS:
+        raise ValueError(f"no mesh for {kind!r}: use one of {', '.join(_BUILDERS)}")
+    return kind, round(float(length), 2), round(float(width), 2), round(float(height), 2)
 
 
 def object_mesh(kind: str, length: float, width: float, height: float) -> Mesh:
     """Mesh of a traffic participant whose box is ``length x width x height`` (origin: ground, centre)."""
-    if kind not in _BUILDERS:
-        raise ValueError(f"no mesh for {kind!r}: use one of {', '.join(_BUILDERS)}")
-    key = (kind, round(float(length), 2), round(float(width), 2), round(float(height), 2))
-    return _cached(*key)
+    return _cached(*_key(kind, length, width, height))[0]
+
+
+def object_parts(kind: str, length: float, width: float, height: float) -> np.ndarray:
+    """Part code (BODY, GLASS, TYRE) of each triangle of :func:`object_mesh`."""
+    return _cached(*_key(kind, length, width, height))[1]
 
 
 def transform_mesh(mesh: Mesh, x: float, y: float, z: float, yaw: float) -> Mesh:

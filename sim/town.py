@@ -9,17 +9,22 @@ cooperation worth having.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from v2x.sim.meshes import Mesh, box_mesh, merge, prism_mesh
 
-__all__ = ["LANE_WIDTH", "Lane", "Town", "TownConfig", "build_town"]
+__all__ = ["KERB", "LANE_WIDTH", "Lane", "Town", "TownConfig", "build_town", "grid_lines", "road_lane_length"]
 
 LANE_WIDTH = 3.5
 SIDEWALK = 3.0
 PARKING = 2.5
+#: height of the raised sidewalk above the road
+KERB = 0.15
+#: depth of the ring of blocks built outside the outermost roads
+OUTER_BLOCK = 45.0
 #: heading of each travel direction
 DIRECTIONS = {"+x": 0.0, "-x": np.pi, "+y": np.pi / 2, "-y": -np.pi / 2}
 
@@ -60,15 +65,26 @@ class Lane:
         seg = np.hypot(*np.diff(self.points, axis=0).T)
         self.cumlen = np.concatenate([[0.0], np.cumsum(seg)])
         self.length = float(self.cumlen[-1])
+        # plain-Python copies: ``at`` runs tens of thousands of times per simulated second,
+        # and scalar numpy calls would dominate the traffic step
+        self._cum = self.cumlen.tolist()
+        self._xy = self.points.tolist()
+        self._heading = np.arctan2(*np.diff(self.points, axis=0).T[::-1]).tolist()
 
     def at(self, s: float) -> tuple[np.ndarray, float]:
-        """Position and heading at arc length ``s``."""
-        s = float(np.clip(s, 0.0, self.length))
-        i = int(np.clip(np.searchsorted(self.cumlen, s, side="right") - 1, 0, len(self.points) - 2))
-        d = self.points[i + 1] - self.points[i]
-        seg = max(self.cumlen[i + 1] - self.cumlen[i], 1e-9)
-        p = self.points[i] + d * (s - self.cumlen[i]) / seg
-        return p, float(np.arctan2(d[1], d[0]))
+        """Position and heading at arc length ``s`` (clamped to the lane)."""
+        x, y, heading = self.at_xy(s)
+        return np.array((x, y)), heading
+
+    def at_xy(self, s: float) -> tuple[float, float, float]:
+        """``at`` as plain floats (x, y, heading)."""
+        cum = self._cum
+        s = min(max(float(s), 0.0), self.length)
+        i = min(max(bisect_right(cum, s) - 1, 0), len(cum) - 2)
+        seg = max(cum[i + 1] - cum[i], 1e-9)
+        f = (s - cum[i]) / seg
+        (x0, y0), (x1, y1) = self._xy[i], self._xy[i + 1]
+        return x0 + (x1 - x0) * f, y0 + (y1 - y0) * f, self._heading[i]
 
 
 @dataclass
@@ -76,7 +92,7 @@ class StaticObject:
     """A static obstacle in the world: its mesh and, for parked vehicles, its ground-truth box."""
 
     mesh: Mesh
-    kind: str  # building, wall, tree, pole, parked
+    kind: str  # sidewalk, building, wall, tree, pole
     box: tuple[float, float, float, float, float, float, float] | None = None  # x, y, z, l, w, h, yaw
 
 
@@ -97,7 +113,7 @@ class Town:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        m = self.half_width + SIDEWALK + 40.0
+        m = OUTER_BLOCK + 30.0
         return self.xs[0] - m, self.ys[0] - m, self.xs[-1] + m, self.ys[-1] + m
 
     def road_lanes(self) -> list[Lane]:
@@ -125,14 +141,35 @@ def _lane_offset(direction: str, k: int) -> np.ndarray:
     }[direction]
 
 
-def build_town(cfg: TownConfig, rng: np.random.Generator) -> Town:
+def grid_lines(cfg: TownConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The x positions of the north-south roads and the y positions of the east-west ones,
+    centred on the origin (the first draws of :func:`build_town`)."""
     xs = np.concatenate([[0.0], np.cumsum(rng.uniform(cfg.block_min, cfg.block_max, cfg.blocks_x))])
     ys = np.concatenate([[0.0], np.cumsum(rng.uniform(cfg.block_min, cfg.block_max, cfg.blocks_y))])
-    xs -= xs.mean()
-    ys -= ys.mean()
+    return xs - xs.mean(), ys - ys.mean()
+
+
+def _half_width(cfg: TownConfig) -> float:
+    return cfg.lanes_per_direction * LANE_WIDTH + (PARKING if cfg.parking else 0.0)
+
+
+def _stop_distance(cfg: TownConfig) -> float:
+    """From an intersection's centre to its stop lines: behind a crosswalk, leaving room for
+    long vehicles to turn."""
+    return _half_width(cfg) + 4.0
+
+
+def road_lane_length(cfg: TownConfig, xs: np.ndarray, ys: np.ndarray) -> float:
+    """Total length (m) of the road lanes between intersections, as :func:`build_town` lays them."""
+    segments = np.concatenate([np.diff(xs)] * len(ys) + [np.diff(ys)] * len(xs))
+    return float(np.sum(segments - 2 * _stop_distance(cfg)) * 2 * cfg.lanes_per_direction)
+
+
+def build_town(cfg: TownConfig, rng: np.random.Generator) -> Town:
+    xs, ys = grid_lines(cfg, rng)
     L = cfg.lanes_per_direction
-    hw = L * LANE_WIDTH + (PARKING if cfg.parking else 0.0)
-    stop = hw + 4.0  # stop lines sit behind a crosswalk, leaving room for long vehicles to turn
+    hw = _half_width(cfg)
+    stop = _stop_distance(cfg)
     lanes: list[Lane] = []
 
     def add(points, kind, direction, k, start=None, end=None, movement="straight") -> Lane:
@@ -210,19 +247,49 @@ def build_town(cfg: TownConfig, rng: np.random.Generator) -> Town:
 def _build_statics(
     cfg: TownConfig, xs, ys, hw, rng
 ) -> tuple[list[StaticObject], list[tuple[float, float, float]]]:
+    """Kerbs, buildings, walls, trees and poles on every block, and the parking places.
+
+    The grid of blocks is extended by one ring of outer blocks, so the outermost roads are
+    lined with buildings too (instead of opening onto empty land); lots are only placed on a
+    block side that faces a real road.
+    """
     statics: list[StaticObject] = []
     slots: list[tuple[float, float, float]] = []
     edge = hw + SIDEWALK
     rects: list[tuple[float, float, float, float]] = []
+    xe = np.concatenate([[xs[0] - OUTER_BLOCK], xs, [xs[-1] + OUTER_BLOCK]])
+    ye = np.concatenate([[ys[0] - OUTER_BLOCK], ys, [ys[-1] + OUTER_BLOCK]])
+    nx, ny = len(xs), len(ys)
 
     def free(r) -> bool:
         return all(r[1] <= q[0] or q[1] <= r[0] or r[3] <= q[2] or q[3] <= r[2] for q in rects)
 
-    for i in range(len(xs) - 1):
-        for j in range(len(ys) - 1):
-            bx0, bx1, by0, by1 = xs[i] + edge, xs[i + 1] - edge, ys[j] + edge, ys[j + 1] - edge
-            # four sides of the block: lots along each, facing the road
-            for side in ("S", "N", "W", "E"):
+    def faces_road(i: int, j: int, side: str) -> bool:
+        """Whether side ``side`` of extended block (i, j) lies along a road of the grid."""
+        x_seg = i >= 1 and i + 1 <= nx  # the block spans two real x grid lines
+        y_seg = j >= 1 and j + 1 <= ny
+        if side == "S":
+            return x_seg and 1 <= j <= ny
+        if side == "N":
+            return x_seg and 1 <= j + 1 <= ny
+        if side == "W":
+            return y_seg and 1 <= i <= nx
+        return y_seg and 1 <= i + 1 <= nx
+
+    for i in range(len(xe) - 1):
+        for j in range(len(ye) - 1):
+            sides = [side for side in ("S", "N", "W", "E") if faces_road(i, j, side)]
+            if not sides:
+                continue
+            # the raised sidewalk and the block behind it: one slab (a kerb step for the LiDAR)
+            kx0 = xe[i] + hw if faces_road(i, j, "W") else xe[i]
+            kx1 = xe[i + 1] - hw if faces_road(i, j, "E") else xe[i + 1]
+            ky0 = ye[j] + hw if faces_road(i, j, "S") else ye[j]
+            ky1 = ye[j + 1] - hw if faces_road(i, j, "N") else ye[j + 1]
+            statics.append(StaticObject(box_mesh(kx0, kx1, ky0, ky1, 0.0, KERB), "sidewalk"))
+            bx0, bx1, by0, by1 = xe[i] + edge, xe[i + 1] - edge, ye[j] + edge, ye[j + 1] - edge
+            # lots along each side, facing the road
+            for side in sides:
                 horizontal = side in ("S", "N")
                 lo, hi = (bx0, bx1) if horizontal else (by0, by1)
                 pos = lo + rng.uniform(0, 4)
@@ -263,27 +330,26 @@ def _build_statics(
                         )
                     pos += width + rng.uniform(0, 7)
             # trees or poles along the sidewalks of the block
-            for side in ("S", "N", "W", "E"):
+            for side in sides:
                 horizontal = side in ("S", "N")
                 lo, hi = (bx0, bx1) if horizontal else (by0, by1)
                 for p in np.arange(lo + rng.uniform(2, cfg.tree_spacing), hi - 2, cfg.tree_spacing):
                     off = edge - 0.8
                     if side == "S":
-                        c = (p, ys[j] + off)
+                        c = (p, ye[j] + off)
                     elif side == "N":
-                        c = (p, ys[j + 1] - off)
+                        c = (p, ye[j + 1] - off)
                     elif side == "W":
-                        c = (xs[i] + off, p)
+                        c = (xe[i] + off, p)
                     else:
-                        c = (xs[i + 1] - off, p)
+                        c = (xe[i + 1] - off, p)
                     if rng.random() < 0.6:
                         trunk = prism_mesh(0.18, 0.0, 2.5, sides=6)
                         crown = prism_mesh(rng.uniform(1.2, 2.2), 2.5, rng.uniform(5, 8), sides=8)
-                        mesh = merge([trunk, crown])
+                        v, t = merge([trunk, crown])
                         kind = "tree"
                     else:
-                        mesh, kind = prism_mesh(0.12, 0.0, rng.uniform(4, 8), sides=6), "pole"
-                    v, t = mesh
+                        (v, t), kind = prism_mesh(0.12, 0.0, rng.uniform(4, 8), sides=6), "pole"
                     statics.append(StaticObject((v + np.array([c[0], c[1], 0.0], dtype=np.float32), t), kind))
     # parking strips along the kerb, parallel to the road, facing the traffic direction
     if cfg.parking:

@@ -15,11 +15,13 @@ from shapely import STRtree, polygons
 
 from v2x.boxes import ObjectClass, bev_corners
 from v2x.sim.town import DIRECTIONS as DIRECTIONS_RAD
-from v2x.sim.town import Lane, Town
+from v2x.sim.town import KERB, Lane, Town
 
 __all__ = ["SIZES", "Actor", "Traffic"]
 
 DT = 0.1
+#: metres: how strongly a goal biases turns (a movement ending this much farther is e times less likely)
+GOAL_SCALE = 25.0
 
 #: (class, mesh kind, (length, width, height) ranges) of traffic participants
 SIZES = {
@@ -47,6 +49,7 @@ class Actor:
     s: float = 0.0  # arc length along the current lane / loop
     loop: np.ndarray | None = None  # pedestrians: closed sidewalk polyline
     route: list[int] = field(default_factory=list)  # upcoming lanes
+    z0: float = 0.0  # height of the surface it stands on (pedestrians walk on the raised sidewalk)
 
     @property
     def cls(self) -> ObjectClass:
@@ -54,7 +57,7 @@ class Actor:
 
     def box(self) -> np.ndarray:
         """(x, y, z, l, w, h, yaw): z is the box centre above flat ground."""
-        return np.array([self.x, self.y, self.size[2] / 2, *self.size, self.yaw])
+        return np.array([self.x, self.y, self.z0 + self.size[2] / 2, *self.size, self.yaw])
 
 
 def _loop_at(loop: np.ndarray, s: float) -> tuple[float, float, float]:
@@ -79,6 +82,9 @@ class Traffic:
         self.light_offset = {node: rng.uniform(0, 2 * light_phase_s) for node in self._nodes()}
         self._lanes = town.lanes
         self._next_id = 100
+        #: actor id -> where it tends to drive: a point (x, y) or another actor's id to stay near
+        self.goals: dict[int, tuple[float, float] | int] = {}
+        self._by_id: dict[int, Actor] = {}
 
     def _nodes(self):
         return [(i, j) for i in range(len(self.town.xs)) for j in range(len(self.town.ys))]
@@ -170,6 +176,7 @@ class Traffic:
                 None,
                 s,
                 loop,
+                z0=KERB,
             )
             if self._fits(a.box(), 0.2):
                 self.actors.append(a)
@@ -210,7 +217,16 @@ class Traffic:
         return "+y" if d[1] > 0 else "-y"
 
     # -- motion ---------------------------------------------------------------------------------
-    def _choose_next(self, lane: Lane) -> int | None:
+    def _goal_xy(self, a: Actor | None) -> tuple[float, float] | None:
+        goal = self.goals.get(a.id) if a is not None else None
+        if isinstance(goal, int):  # follow another participant
+            other = self._by_id.get(goal)
+            return None if other is None else (other.x, other.y)
+        return goal
+
+    def _choose_next(self, lane: Lane, a: Actor | None = None) -> int | None:
+        """The movement to take at the end of a road lane: straight, left or right at random,
+        biased towards the actor's goal when it has one (:attr:`goals`)."""
         if not lane.next:
             return None
         if lane.kind == "turn":
@@ -218,6 +234,11 @@ class Traffic:
         weights = np.array(
             [{"straight": 0.5, "right": 0.25, "left": 0.25}[self._lanes[n].movement] for n in lane.next]
         )
+        goal = self._goal_xy(a)
+        if goal is not None:
+            ends = np.array([self._lanes[self._lanes[n].next[0]].points[-1] for n in lane.next])
+            d = np.hypot(ends[:, 0] - goal[0], ends[:, 1] - goal[1])
+            weights = weights * np.exp(-(d - d.min()) / GOAL_SCALE)
         return lane.next[int(self.rng.choice(len(lane.next), p=weights / weights.sum()))]
 
     def _lookahead(
@@ -236,14 +257,14 @@ class Traffic:
             while s > lane.length:
                 s -= lane.length
                 if k >= len(a.route):
-                    nxt = self._choose_next(lane)
+                    nxt = self._choose_next(lane, a)
                     if nxt is None:
                         return pts
                     a.route.append(nxt)
                 lane = self._lanes[a.route[k]]
                 k += 1
-            p, heading = lane.at(s)
-            pts.append((p, dist, heading))
+            x, y, heading = lane.at_xy(s)
+            pts.append(((x, y), dist, heading))
         return pts
 
     @staticmethod
@@ -260,7 +281,10 @@ class Traffic:
         """Free distance ahead along the route to the nearest participant or a stop line."""
         gap = 80.0
         look = self._lookahead(a, 50.0)
-        me = other_ids == a.id
+        me_all = other_ids == a.id
+        # only participants within reach of the look-ahead (and of a crossing ahead) matter
+        close = (others[:, 0] - a.x) ** 2 + (others[:, 1] - a.y) ** 2 < 75.0**2
+        others, me = others[close], me_all[close]
         if look and len(others):
             P = np.array([p for p, _, _ in look])
             D = np.array([d for _, d, _ in look])
@@ -275,7 +299,7 @@ class Traffic:
                     [[p[0], p[1], 0.0, a.size[0] + 0.6, a.size[1] + 0.3, 1.0, h] for p, _, h in look[:near]]
                 )
                 pairs = tree.query(polygons(bev_corners(mine)), predicate="intersects")
-                pairs = pairs[:, ~me[pairs[1]]]
+                pairs = pairs[:, ~me_all[pairs[1]]]
                 if pairs.shape[1]:
                     first = min(first, int(pairs[0].min()))
             if first < len(P):
@@ -283,7 +307,7 @@ class Traffic:
         lane = self._lanes[a.lane]
         if lane.kind == "road":
             if not a.route:
-                nxt = self._choose_next(lane)
+                nxt = self._choose_next(lane, a)
                 if nxt is not None:
                     a.route.append(nxt)
             if a.route:
@@ -328,6 +352,7 @@ class Traffic:
 
     def step(self) -> None:
         """Advance every participant by one 0.1 s step."""
+        self._by_id = {a.id: a for a in self.actors}
         boxes = np.array([a.box() for a in self.actors]) if self.actors else np.zeros((0, 7))
         ids = np.array([a.id for a in self.actors])
         tree = STRtree(polygons(bev_corners(boxes))) if len(boxes) else None
@@ -349,7 +374,7 @@ class Traffic:
             while s > lane.length:
                 s -= lane.length
                 if not route:
-                    nxt = self._choose_next(lane)
+                    nxt = self._choose_next(lane, a)
                     if nxt is None:
                         s = lane.length
                         v = 0.0

@@ -4,12 +4,15 @@ the frames their LiDARs produce.
 A :class:`World` is fully determined by its :class:`SceneConfig` (seed included). Each
 :meth:`World.frames` item is a :class:`~v2x.frame.Frame` in our right-handed world frame, plus,
 per agent, how many of its LiDAR points hit each object: what every agent saw.
+
+The static scene (ground, kerbs, buildings, walls, trees, poles, parked cars) is built once;
+only the moving participants are rebuilt into a second, small Open3D scene each frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -17,13 +20,28 @@ from v2x.boxes import Boxes
 from v2x.frame import AgentKind, AgentScan, Frame
 from v2x.geometry import pose_from_xyz_rpy
 from v2x.sim.lidar import LidarConfig, Scene, cast_scan
-from v2x.sim.meshes import merge, object_mesh, transform_mesh
-from v2x.sim.town import SIDEWALK, Town, TownConfig, build_town
+from v2x.sim.meshes import BODY, GLASS, TYRE, merge, object_mesh, object_parts, prism_mesh, transform_mesh
+from v2x.sim.town import SIDEWALK, Town, TownConfig, build_town, grid_lines, road_lane_length
 from v2x.sim.traffic import Actor, Traffic
 
-__all__ = ["SceneConfig", "SimFrame", "World"]
+__all__ = ["RSU_LIDAR", "SceneConfig", "SimFrame", "World", "planned_cars", "planned_vehicles"]
 
+#: roadside LiDAR: mounted high on a pole at a corner of a crossing (DAIR-V2X's are 5-6 m up),
+#: with a wider downward field of view than a car's
 RSU_LIDAR = LidarConfig(channels=64, fov_down_deg=-35.0, fov_up_deg=5.0, mount_height=5.5)
+
+#: reflectivity (0..1) of static surfaces at the LiDAR's wavelength
+STATIC_REFLECTIVITY = {
+    "ground": 0.12,  # asphalt
+    "sidewalk": 0.30,  # concrete
+    "building": 0.40,
+    "wall": 0.35,
+    "tree": 0.45,  # foliage is bright in the near infrared
+    "pole": 0.55,
+    "rsu_pole": 0.55,
+}
+#: reflectivity of a participant's glass and tyres; its body colour varies per participant
+PART_REFLECTIVITY = {GLASS: 0.08, TYRE: 0.04}
 
 
 @dataclass
@@ -36,17 +54,21 @@ class SceneConfig:
     warmup_steps: int = 30
     cavs: int = 3
     rsus: int = 1
-    vehicles: int = 60
+    #: moving vehicles (cars, vans, trucks, buses, cyclists); None: ``traffic_density`` per lane-km
+    vehicles: int | None = None
+    traffic_density: float = 30.0
     pedestrians: int = 30
     parked_density: float = 0.35
     vehicle_mix: dict[str, float] = field(
-        default_factory=lambda: {"car": 0.72, "van": 0.12, "truck": 0.08, "bus": 0.03, "cyclist": 0.05}
+        default_factory=lambda: {"car": 0.70, "van": 0.13, "truck": 0.09, "bus": 0.03, "cyclist": 0.05}
     )
     town: TownConfig = field(default_factory=TownConfig)
     lidar: LidarConfig = field(default_factory=LidarConfig)
     rsu_lidar: LidarConfig = RSU_LIDAR
-    #: CAVs are chosen among cars within this distance of the ego (then the nearest ones)
-    cav_radius: float = 60.0
+    #: roadside LiDAR heights are drawn from this range (metres)
+    rsu_height: tuple[float, float] = (5.0, 6.0)
+    #: CAVs are chosen among cars between these distances of the ego, spread out from each other
+    cav_distance: tuple[float, float] = (12.0, 55.0)
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -68,27 +90,60 @@ class SimFrame:
     frame: Frame
     #: agent id -> {object track id: LiDAR points of that agent on it}
     hits: dict[str, dict[int, int]]
+    #: agent id -> its speed in km/h (0 for roadside units)
+    speeds: dict[str, float] = field(default_factory=dict)
+
+
+def _seeds(cfg: SceneConfig) -> list[np.random.SeedSequence]:
+    """Independent streams for the town, the traffic, the agents' placement and the LiDAR noise."""
+    return np.random.SeedSequence(cfg.seed).spawn(4)
+
+
+def planned_vehicles(cfg: SceneConfig) -> int:
+    """How many moving vehicles a scene asks for, known without building it (the town's grid
+    is its first draw), so impossible requests are refused before any work."""
+    if cfg.vehicles is not None:
+        return cfg.vehicles
+    xs, ys = grid_lines(cfg.town, np.random.default_rng(_seeds(cfg)[0]))
+    return round(cfg.traffic_density * road_lane_length(cfg.town, xs, ys) / 1000.0)
+
+
+def planned_cars(cfg: SceneConfig) -> float:
+    """Expected number of moving cars (the candidates for CAVs)."""
+    mix = cfg.vehicle_mix
+    return planned_vehicles(cfg) * mix.get("car", 0.0) / max(sum(mix.values()), 1e-9)
+
+
+def _unit_hash(k: int) -> float:
+    """A deterministic number in [0, 1) per integer (golden-ratio sequence): per-object
+    appearance without drawing from (and so disturbing) the scene's random streams."""
+    return (k * 0.6180339887498949) % 1.0
 
 
 class World:
     def __init__(self, cfg: SceneConfig) -> None:
         self.cfg = cfg
-        root = np.random.SeedSequence(cfg.seed)
-        town_seed, traffic_seed, agent_seed, self._lidar_seed = root.spawn(4)
+        town_seed, traffic_seed, agent_seed, self._lidar_seed = _seeds(cfg)
         self.town: Town = build_town(cfg.town, np.random.default_rng(town_seed))
         self.traffic = Traffic(self.town, np.random.default_rng(traffic_seed))
         self.traffic.spawn_parked(cfg.parked_density)
-        self.traffic.spawn_vehicles(cfg.vehicles, cfg.vehicle_mix)
+        self.traffic.spawn_vehicles(self.vehicle_count(), cfg.vehicle_mix)
         self.traffic.spawn_pedestrians(cfg.pedestrians)
         for _ in range(cfg.warmup_steps):
             self.traffic.step()
-        self._static = self._build_static()
-        self.cav_ids = self._choose_cavs(np.random.default_rng(agent_seed))
+        agent_rng = np.random.default_rng(agent_seed)
+        self.cav_ids = self._choose_cavs(agent_rng)
         if len(self.cav_ids) < cfg.cavs:
             raise ValueError(
-                f"scene {cfg.name}: only {len(self.cav_ids)} cars available for {cfg.cavs} CAVs (more vehicles needed)"
+                f"scene {cfg.name}: only {len(self.cav_ids)} moving cars for {cfg.cavs} CAVs "
+                "(more vehicles or a bigger town needed)"
             )
-        self.rsu_poses = self._place_rsus()
+        self._steer_agents()
+        self.rsu_poses, self.rsu_lidars = self._place_rsus(agent_rng)
+        self._static = self._build_static()
+
+    def vehicle_count(self) -> int:
+        return planned_vehicles(self.cfg)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _build_static(self) -> Scene:
@@ -97,13 +152,21 @@ class World:
         ground_v = np.array(
             [[b[0], b[1], 0], [b[2], b[1], 0], [b[2], b[3], 0], [b[0], b[3], 0]], dtype=np.float32
         )
-        scene.add(ground_v, np.array([[0, 1, 2], [0, 2, 3]]), -1)
-        verts, tris = (
-            merge([s.mesh for s in self.town.statics])
-            if self.town.statics
-            else (np.zeros((0, 3)), np.zeros((0, 3)))
-        )
-        scene.add(verts, tris, -1)
+        scene.add(ground_v, np.array([[0, 1, 2], [0, 2, 3]]), -1, STATIC_REFLECTIVITY["ground"])
+        parts, refl = [], []
+        for k, s in enumerate(self.town.statics):
+            r = STATIC_REFLECTIVITY[s.kind]
+            if s.kind == "building":  # facades differ: plaster, brick, glass
+                r = 0.2 + 0.4 * _unit_hash(k)
+            parts.append(s.mesh)
+            refl.append(np.full(len(s.mesh[1]), r, np.float32))
+        for pose, lidar in zip(self.rsu_poses, self.rsu_lidars, strict=True):
+            v, t = prism_mesh(0.15, 0.0, lidar.mount_height - 0.3, sides=6)
+            parts.append((v + pose[:3, 3].astype(np.float32) * np.array([1, 1, 0], np.float32), t))
+            refl.append(np.full(len(t), STATIC_REFLECTIVITY["rsu_pole"], np.float32))
+        if parts:
+            verts, tris = merge(parts)
+            scene.add(verts, tris, -1, np.concatenate(refl))
         parked = [a for a in self.traffic.actors if not a.moving]
         if parked:
             self._add_actors(scene, parked)
@@ -111,45 +174,80 @@ class World:
 
     @staticmethod
     def _add_actors(scene: Scene, actors: list[Actor]) -> None:
-        parts, owners = [], []
+        parts, owners, refl = [], [], []
         for a in actors:
-            mesh = transform_mesh(object_mesh(a.kind, *a.size), a.x, a.y, 0.0, a.yaw)
+            mesh = transform_mesh(object_mesh(a.kind, *a.size), a.x, a.y, a.z0, a.yaw)
+            codes = object_parts(a.kind, *a.size)
+            body = 0.25 + 0.6 * _unit_hash(a.id)  # paint: dark to white
+            r = np.where(codes == BODY, body, 0.0).astype(np.float32)
+            for code, value in PART_REFLECTIVITY.items():
+                r[codes == code] = value
             parts.append(mesh)
             owners.append(np.full(len(mesh[1]), a.id))
+            refl.append(r)
         v, t = merge(parts)
-        scene.add(v, t, np.concatenate(owners))
+        scene.add(v, t, np.concatenate(owners), np.concatenate(refl))
 
     def _choose_cavs(self, rng: np.random.Generator) -> list[int]:
+        """The ego near the town centre, then CAVs spread around it (each as far as possible
+        from those already chosen, with some randomness), so that they see different streets."""
         cars = [a for a in self.traffic.actors if a.moving and a.kind == "car"]
         if not cars:
             return []
-        centre = np.zeros(2)
-        dist_c = np.array([np.hypot(a.x - centre[0], a.y - centre[1]) for a in cars])
-        # the ego: a random car among those nearest the town centre, so its view is full of town
-        pool = np.argsort(dist_c)[: max(3, len(cars) // 4)]
-        ego = cars[int(rng.choice(pool))]
-        others = [a for a in cars if a.id != ego.id]
-        d = np.array([np.hypot(a.x - ego.x, a.y - ego.y) for a in others])
-        near = [others[i] for i in np.flatnonzero((d > 8.0) & (d < self.cfg.cav_radius))]
-        rng.shuffle(near)
-        chosen = near[: self.cfg.cavs - 1]
-        if len(chosen) < self.cfg.cavs - 1:
-            rest = [others[i] for i in np.argsort(d) if others[i] not in chosen]
-            chosen += rest[: self.cfg.cavs - 1 - len(chosen)]
-        return [ego.id] + [a.id for a in chosen]
+        xy = np.array([(a.x, a.y) for a in cars])
+        pool = np.argsort(np.hypot(xy[:, 0], xy[:, 1]))[: max(3, len(cars) // 5)]
+        ego = int(rng.choice(pool))
+        chosen = [ego]
+        lo, hi = self.cfg.cav_distance
+        d_ego = np.hypot(*(xy - xy[ego]).T)
+        candidates = [i for i in np.flatnonzero((d_ego >= lo) & (d_ego <= hi)) if i != ego]
+        while len(chosen) < self.cfg.cavs and candidates:
+            spread = np.array([np.hypot(*(xy[chosen] - xy[i]).T).min() for i in candidates])
+            score = np.minimum(spread, 40.0) + rng.uniform(0.0, 15.0, len(candidates))
+            chosen.append(candidates.pop(int(np.argmax(score))))
+        if len(chosen) < self.cfg.cavs:  # not enough in the ring: take the nearest others
+            for i in np.argsort(d_ego):
+                if len(chosen) >= self.cfg.cavs:
+                    break
+                if i not in chosen and d_ego[i] >= 6.0:
+                    chosen.append(int(i))
+        ids = [cars[i].id for i in chosen]
+        return self._ego_first_ids(ids)
 
-    def _place_rsus(self) -> list[np.ndarray]:
-        """Roadside units on a corner of the intersections nearest the ego, looking over the crossing."""
+    def _ego_first_ids(self, ids: list[int]) -> list[int]:
+        """Swap the ego's id with the CAV id that sorts first as a string, if it is not the ego's.
+
+        OPV2V has no ego field: readers take the first CAV folder in string order. Only two
+        CAVs swap ids, before any frame exists, so track ids stay unique and persistent.
+        """
+        first = min(ids, key=str)
+        if first == ids[0]:
+            return ids
+        by_id = {a.id: a for a in self.traffic.actors}
+        by_id[ids[0]].id, by_id[first].id = first, ids[0]
+        return [first] + [ids[0] if i == first else i for i in ids[1:]]
+
+    def _steer_agents(self) -> None:
+        """Keep the group together: the ego tends towards the town centre, the other CAVs
+        towards the ego, so they stay within communication range for the whole scene."""
+        self.traffic.goals[self.cav_ids[0]] = (0.0, 0.0)
+        for cav in self.cav_ids[1:]:
+            self.traffic.goals[cav] = self.cav_ids[0]
+
+    def _place_rsus(self, rng: np.random.Generator) -> tuple[list[np.ndarray], list[LidarConfig]]:
+        """Roadside units on a corner of the intersections nearest the ego, facing the crossing."""
         ego = self.actor(self.cav_ids[0])
         nodes = sorted(self.town.intersections, key=lambda p: np.hypot(p[0] - ego.x, p[1] - ego.y))
-        poses = []
+        poses, lidars = [], []
         corner = self.town.half_width + SIDEWALK / 2
-        for k, (x, y) in enumerate(nodes[: self.cfg.rsus]):
-            sx, sy = ((1, 1), (-1, -1), (1, -1), (-1, 1))[k % 4]
+        for x, y in nodes[: self.cfg.rsus]:
+            sx, sy = ((1, 1), (-1, -1), (1, -1), (-1, 1))[int(rng.integers(4))]
             px, py = x + sx * corner, y + sy * corner
-            yaw = np.arctan2(y - py, x - px)  # facing the centre of the crossing
-            poses.append(pose_from_xyz_rpy(px, py, self.cfg.rsu_lidar.mount_height, 0.0, 0.0, yaw))
-        return poses
+            yaw = float(np.arctan2(y - py, x - px))  # facing the centre of the crossing
+            height = float(rng.uniform(*self.cfg.rsu_height))
+            lidars.append(replace(self.cfg.rsu_lidar, mount_height=height))
+            poses.append(pose_from_xyz_rpy(px, py, height, 0.0, 0.0, yaw))
+        return poses, lidars
 
     def actor(self, actor_id: int) -> Actor:
         return next(a for a in self.traffic.actors if a.id == actor_id)
@@ -172,18 +270,23 @@ class World:
         ts = round(self.traffic.t * 1e9)
         agents: dict[str, AgentScan] = {}
         hits: dict[str, dict[int, int]] = {}
+        speeds: dict[str, float] = {}
         lidar = self.cfg.lidar
         for cav_id in self.cav_ids:
             a = self.actor(cav_id)
             pose = pose_from_xyz_rpy(a.x, a.y, lidar.mount_height, 0.0, 0.0, a.yaw)
             pts, owner = cast_scan(scenes, pose, lidar, rng, ignore_owner=a.id)
-            agents[str(cav_id)] = AgentScan(str(cav_id), AgentKind.VEHICLE, pts, pose, ts, lidar.mount_height)
             hits[str(cav_id)] = _count(owner)
-        for k, pose in enumerate(self.rsu_poses):
+            agents[str(cav_id)] = AgentScan(
+                str(cav_id), AgentKind.VEHICLE, pts, pose, ts, lidar.mount_height, hits=hits[str(cav_id)]
+            )
+            speeds[str(cav_id)] = round(3.6 * a.speed, 3)
+        for k, (pose, rsu_lidar) in enumerate(zip(self.rsu_poses, self.rsu_lidars, strict=True)):
             rid = str(-(k + 1))
-            pts, owner = cast_scan(scenes, pose, self.cfg.rsu_lidar, rng)
-            agents[rid] = AgentScan(rid, AgentKind.RSU, pts, pose, ts, self.cfg.rsu_lidar.mount_height)
+            pts, owner = cast_scan(scenes, pose, rsu_lidar, rng)
             hits[rid] = _count(owner)
+            agents[rid] = AgentScan(rid, AgentKind.RSU, pts, pose, ts, rsu_lidar.mount_height, hits=hits[rid])
+            speeds[rid] = 0.0
         actors = self.traffic.actors
         gt = Boxes(
             np.array([a.box() for a in actors]).reshape(-1, 7),
@@ -191,7 +294,7 @@ class World:
             track_ids=[a.id for a in actors],
         )
         frame = Frame(self.cfg.name, index, ts, agents, str(self.cav_ids[0]), gt)
-        return SimFrame(frame, hits)
+        return SimFrame(frame, hits, speeds)
 
 
 def _count(owner: np.ndarray) -> dict[int, int]:

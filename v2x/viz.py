@@ -1,12 +1,14 @@
-"""Bird's-eye-view pictures with OpenCV: agents' points coloured by agent, boxes, tracks and
-the cells each collaborator sent. One function draws a frame; videos are sequences of them.
+"""Bird's-eye-view pictures with OpenCV: agents' points coloured by agent, ground-truth boxes
+with heading marks, detections, tracks and the BEV cells each collaborator sent.
 
-Everything is drawn in a chosen frame of reference (by default the ego's BEV frame, x to the
-right of the picture, y up) at a fixed scale, so successive frames line up in a video.
+:func:`render_bev` draws one picture; a video is a sequence of them (:func:`write_video`).
+Everything is drawn in one frame of reference (the ego's BEV frame, the world frame, or any
+pose) at a fixed scale, so successive frames line up in a video. Picture x runs right, y up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,40 +16,56 @@ import cv2
 import numpy as np
 
 from v2x.boxes import Boxes, bev_corners
-from v2x.frame import Frame
+from v2x.frame import AgentKind, Frame
 from v2x.geometry import inverse, transform_points
 
-__all__ = ["AGENT_COLOURS", "BEVCanvas", "render_frame", "write_video"]
-
-#: BGR colours per agent, in frame order (ego first)
-AGENT_COLOURS = [
-    (80, 200, 255),
-    (120, 255, 120),
-    (255, 160, 90),
-    (230, 120, 255),
-    (90, 255, 255),
-    (255, 255, 140),
-    (160, 160, 255),
+__all__ = [
+    "AGENT_COLOURS",
+    "RSU_COLOURS",
+    "BEVCanvas",
+    "agent_colours",
+    "render_bev",
+    "render_frame",
+    "write_video",
 ]
+
+#: BGR colours of vehicles' points, in frame order (the ego first: orange)
+AGENT_COLOURS = [
+    (40, 160, 255),
+    (110, 230, 110),
+    (255, 170, 70),
+    (220, 110, 255),
+    (255, 235, 90),
+    (110, 110, 255),
+    (200, 200, 200),
+]
+#: BGR colours of roadside units' points
+RSU_COLOURS = [(70, 250, 250), (190, 150, 255), (170, 255, 200), (255, 255, 255)]
+BACKGROUND = (22, 22, 22)
+GT_SEEN = (235, 235, 235)
+GT_UNSEEN = (110, 110, 110)
+DETECTION = (60, 60, 255)
 
 
 @dataclass
 class BEVCanvas:
-    """Maps metres in a reference frame to pixels."""
+    """Maps metres in the view frame to pixels."""
 
     x_range: tuple[float, float] = (-70.4, 70.4)
     y_range: tuple[float, float] = (-40.0, 40.0)
-    pixels_per_metre: float = 6.0
+    pixels_per_metre: float = 8.0
 
     @property
     def size(self) -> tuple[int, int]:
-        w = int((self.x_range[1] - self.x_range[0]) * self.pixels_per_metre)
-        h = int((self.y_range[1] - self.y_range[0]) * self.pixels_per_metre)
+        w = round((self.x_range[1] - self.x_range[0]) * self.pixels_per_metre)
+        h = round((self.y_range[1] - self.y_range[0]) * self.pixels_per_metre)
         return w, h
 
     def blank(self) -> np.ndarray:
         w, h = self.size
-        return np.full((h, w, 3), 18, dtype=np.uint8)
+        img = np.empty((h, w, 3), dtype=np.uint8)
+        img[:] = BACKGROUND
+        return img
 
     def to_px(self, xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
@@ -56,42 +74,33 @@ class BEVCanvas:
         return np.stack([px, py], axis=1)
 
     def draw_points(self, img: np.ndarray, xy: np.ndarray, colour: tuple[int, int, int]) -> None:
-        p = self.to_px(xy).astype(np.int64)
+        p = np.floor(self.to_px(xy)).astype(np.int64)
         h, w = img.shape[:2]
         ok = (p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)
         img[p[ok, 1], p[ok, 0]] = colour
 
     def draw_boxes(
-        self, img: np.ndarray, boxes: Boxes, colour, thickness: int = 1, label_ids: bool = False
+        self,
+        img: np.ndarray,
+        boxes: Boxes,
+        colour,
+        thickness: int = 1,
+        label_ids: bool = False,
     ) -> None:
+        """Box outlines with a line from the centre to the front (the heading mark).
+        ``colour`` is a BGR tuple, or a function of the box index giving one."""
         if len(boxes) == 0:
             return
         corners = bev_corners(boxes.xyzlwhy)
         for i, c in enumerate(corners):
-            pts = self.to_px(c).round().astype(np.int32)
-            col = colour(int(boxes.track_ids[i])) if callable(colour) else colour
+            pts = np.round(self.to_px(c)).astype(np.int32)
+            col = colour(i) if callable(colour) else colour
             cv2.polylines(img, [pts], True, col, thickness, cv2.LINE_AA)
-            front = self.to_px(c[[0, 3]].mean(axis=0, keepdims=True))[0]
-            centre = self.to_px(boxes.xyzlwhy[i : i + 1, :2])[0]
-            cv2.line(
-                img,
-                tuple(centre.round().astype(int)),
-                tuple(front.round().astype(int)),
-                col,
-                thickness,
-                cv2.LINE_AA,
-            )
+            front = np.round(self.to_px(c[[0, 3]].mean(axis=0))[0]).astype(int)
+            centre = np.round(self.to_px(boxes.xyzlwhy[i, :2])[0]).astype(int)
+            cv2.line(img, tuple(centre), tuple(front), col, thickness, cv2.LINE_AA)
             if label_ids and boxes.track_ids[i] >= 0:
-                cv2.putText(
-                    img,
-                    str(int(boxes.track_ids[i])),
-                    tuple(pts[0]),
-                    cv2.FONT_HERSHEY_SIMPLEX,
-                    0.35,
-                    col,
-                    1,
-                    cv2.LINE_AA,
-                )
+                _text(img, str(int(boxes.track_ids[i])), tuple(pts[0]), col, 0.38)
 
     def draw_cells(
         self, img: np.ndarray, centres_xy: np.ndarray, cell: float, colour, alpha: float = 0.35
@@ -111,27 +120,156 @@ class BEVCanvas:
             )
         cv2.addWeighted(overlay, alpha, img, 1 - alpha, 0, dst=img)
 
-    def draw_scale(self, img: np.ndarray, metres: float = 10.0) -> None:
-        h = img.shape[0]
-        x0, y0 = 15, h - 15
+    def draw_scale(self, img: np.ndarray) -> None:
+        """A scale bar of a round length, about a sixth of the picture wide."""
+        h, w = img.shape[:2]
+        target = w / 6 / self.pixels_per_metre
+        metres = next((m for m in (100, 50, 20, 10, 5, 2, 1) if m <= target), 1)
+        x0, y0 = 14, h - 14
         x1 = int(x0 + metres * self.pixels_per_metre)
-        cv2.line(img, (x0, y0), (x1, y0), (230, 230, 230), 2)
-        cv2.putText(
-            img,
-            f"{metres:g} m",
-            (x0, y0 - 6),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            (230, 230, 230),
-            1,
-            cv2.LINE_AA,
-        )
+        cv2.line(img, (x0, y0), (x1, y0), (235, 235, 235), 2)
+        for x in (x0, x1):
+            cv2.line(img, (x, y0 - 4), (x, y0 + 4), (235, 235, 235), 2)
+        _text(img, f"{metres:g} m", (x0, y0 - 8), (235, 235, 235), 0.45)
+
+
+def _text(img, text: str, org, colour, scale: float = 0.45) -> None:
+    """Text with a dark outline, readable over points."""
+    org = (int(org[0]), int(org[1]))
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
 
 
 def _track_colour(tid: int) -> tuple[int, int, int]:
     hue = int((tid * 0.618033988749895 % 1.0) * 179)
     bgr = cv2.cvtColor(np.uint8([[[hue, 200, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
     return int(bgr[0]), int(bgr[1]), int(bgr[2])
+
+
+def agent_colours(agent_ids: list[str], rsu_ids: set[str] = frozenset()) -> dict[str, tuple[int, int, int]]:
+    """BGR colour per agent: vehicles from :data:`AGENT_COLOURS` in order (ego first),
+    roadside units from :data:`RSU_COLOURS`."""
+    out, nv, nr = {}, 0, 0
+    for aid in agent_ids:
+        if aid in rsu_ids:
+            out[aid] = RSU_COLOURS[nr % len(RSU_COLOURS)]
+            nr += 1
+        else:
+            out[aid] = AGENT_COLOURS[nv % len(AGENT_COLOURS)]
+            nv += 1
+    return out
+
+
+def _view_pose(frame: Frame | None, view) -> np.ndarray:
+    if isinstance(view, np.ndarray):
+        return view
+    if view == "world":
+        return np.eye(4)
+    if view == "ego":
+        if frame is None:
+            raise ValueError("view='ego' needs a Frame; give points in the view frame and view='world'")
+        return frame.ego.world_from_bev
+    raise ValueError(f"view must be 'ego', 'world' or a 4x4 world_from_view pose, not {view!r}")
+
+
+def render_bev(
+    source: Frame | Mapping[str, np.ndarray],
+    gt: Boxes | None = None,
+    detections: Boxes | None = None,
+    tracks: Boxes | None = None,
+    sent_cells: Mapping[str, np.ndarray] | None = None,
+    *,
+    view: str | np.ndarray = "ego",
+    x_range: tuple[float, float] = (-70.4, 70.4),
+    y_range: tuple[float, float] = (-40.0, 40.0),
+    pixels_per_metre: float = 8.0,
+    cell: float = 0.8,
+    agent_positions: Mapping[str, np.ndarray] | None = None,
+    show_gt: bool = True,
+    title: str | None = None,
+    legend: bool = True,
+) -> np.ndarray:
+    """A BGR uint8 picture of one time step, seen from above.
+
+    ``source`` is a :class:`~v2x.frame.Frame` (each agent's points are moved into the view
+    frame with its pose), or ``{agent id: (N, >=2) points}`` already in the view frame.
+    ``view`` is ``"ego"`` (the ego's BEV frame, for a Frame), ``"world"``, or a 4x4
+    ``world_from_view`` pose; the ranges are metres in that frame.
+
+    ``gt``, ``detections`` and ``tracks`` are boxes in the view frame. With a Frame and no
+    ``gt``, the frame's ground truth is drawn: white where some agent's LiDAR hit the object,
+    grey where none did. Detections are red, tracks coloured and labelled by track id.
+    ``sent_cells`` maps an agent id to (N, 2) centres (view frame) of the BEV cells it sent,
+    drawn as translucent squares of side ``cell`` in that agent's colour.
+    """
+    canvas = BEVCanvas(tuple(x_range), tuple(y_range), pixels_per_metre)
+    img = canvas.blank()
+    frame = source if isinstance(source, Frame) else None
+    world_from_view = _view_pose(frame, view)
+    view_from_world = inverse(world_from_view)
+    if frame is not None:
+        rsu_ids = {k for k, a in frame.agents.items() if a.kind == AgentKind.RSU}
+        points = {
+            k: transform_points(view_from_world @ a.world_from_lidar, a.points)
+            for k, a in frame.agents.items()
+        }
+        positions = {
+            k: transform_points(view_from_world, a.position[None])[0] for k, a in frame.agents.items()
+        }
+    else:
+        rsu_ids = set()
+        points = {str(k): np.asarray(v) for k, v in source.items()}
+        positions = {str(k): np.asarray(v) for k, v in (agent_positions or {}).items()}
+    colours = agent_colours(list(points) + [k for k in positions if k not in points], rsu_ids)
+
+    for aid, cells in (sent_cells or {}).items():
+        canvas.draw_cells(img, np.asarray(cells).reshape(-1, 2), cell, colours.get(str(aid), (200, 200, 200)))
+    # the ego last, so its own points are on top
+    for aid in reversed(list(points)):
+        canvas.draw_points(img, points[aid][:, :2], colours[aid])
+
+    if show_gt:
+        if gt is not None:
+            canvas.draw_boxes(img, gt, GT_SEEN, 1)
+        elif frame is not None and len(frame.gt):
+            boxes = frame.gt.transformed(view_from_world)
+            seen = np.sum(list(frame.points_per_gt_box().values()), axis=0) > 0
+            canvas.draw_boxes(img, boxes, lambda i: GT_SEEN if seen[i] else GT_UNSEEN, 1)
+    if detections is not None:
+        canvas.draw_boxes(img, detections, DETECTION, 2)
+    if tracks is not None:
+        canvas.draw_boxes(img, tracks, lambda i: _track_colour(int(tracks.track_ids[i])), 2, label_ids=True)
+
+    ego_id = frame.ego_id if frame is not None else None
+    for aid, pos in positions.items():
+        p = np.round(canvas.to_px(np.asarray(pos)[:2])[0]).astype(int)
+        col = colours[aid]
+        if aid in rsu_ids:
+            cv2.drawMarker(img, tuple(p), (0, 0, 0), cv2.MARKER_TRIANGLE_UP, 16, 5, cv2.LINE_AA)
+            cv2.drawMarker(img, tuple(p), col, cv2.MARKER_TRIANGLE_UP, 14, 2, cv2.LINE_AA)
+        else:
+            cv2.circle(img, tuple(p), 7, (0, 0, 0), -1, cv2.LINE_AA)
+            cv2.circle(img, tuple(p), 5, col, -1, cv2.LINE_AA)
+        _text(img, aid + (" ego" if aid == ego_id else ""), (p[0] + 9, p[1] - 9), col, 0.45)
+
+    canvas.draw_scale(img)
+    if legend:
+        _legend(img, colours, rsu_ids, ego_id)
+    if title is None and frame is not None:
+        title = f"{frame.scenario}  frame {frame.index}  t={frame.timestamp_ns / 1e9:.1f} s"
+    if title:
+        _text(img, title, (10, 20), (235, 235, 235), 0.5)
+    return img
+
+
+def _legend(img, colours: dict, rsu_ids: set, ego_id: str | None) -> None:
+    """Agent colour swatches in the top right corner."""
+    w = img.shape[1]
+    for k, (aid, col) in enumerate(colours.items()):
+        kind = "RSU" if aid in rsu_ids else ("ego" if aid == ego_id else "CAV")
+        y = 18 + 17 * k
+        cv2.rectangle(img, (w - 120, y - 9), (w - 110, y + 1), col, -1)
+        _text(img, f"{aid} {kind}", (w - 104, y), col, 0.42)
 
 
 def render_frame(
@@ -145,46 +283,22 @@ def render_frame(
     show_gt: bool = True,
     title: str | None = None,
 ) -> np.ndarray:
-    """A BGR image of one frame.
-
-    ``world_from_view`` is the frame drawn in (default: the ego's BEV frame). Detections and
-    tracks are given in that view frame; ``sent_cells`` maps agent id to (N, 2) cell centres in
-    the view frame.
-    """
+    """:func:`render_bev` of a Frame on a given canvas (kept for callers written against it)."""
     canvas = canvas or BEVCanvas()
-    view = world_from_view if world_from_view is not None else frame.ego.world_from_bev
-    view_inv = inverse(view)
-    img = canvas.blank()
-    colours = {aid: AGENT_COLOURS[k % len(AGENT_COLOURS)] for k, aid in enumerate(frame.agents)}
-    for aid, cells in (sent_cells or {}).items():
-        canvas.draw_cells(img, cells, cell, colours.get(aid, (200, 200, 200)))
-    for aid, scan in frame.agents.items():
-        pts = transform_points(view_inv @ scan.world_from_lidar, scan.points)
-        canvas.draw_points(img, pts[:, :2], colours[aid])
-    if show_gt:
-        canvas.draw_boxes(img, frame.gt.transformed(view_inv), (255, 255, 255), 1)
-    if detections is not None:
-        canvas.draw_boxes(img, detections, (60, 60, 255), 2)
-    if tracks is not None:
-        canvas.draw_boxes(img, tracks, _track_colour, 2, label_ids=True)
-    for aid, scan in frame.agents.items():
-        p = canvas.to_px(transform_points(view_inv, scan.position[None])[:, :2])[0].round().astype(int)
-        cv2.circle(img, tuple(p), 5, colours[aid], -1, cv2.LINE_AA)
-        label = f"{aid}{' (ego)' if aid == frame.ego_id else ''}{' RSU' if scan.kind.value == 'rsu' else ''}"
-        cv2.putText(
-            img,
-            label,
-            (int(p[0]) + 7, int(p[1]) - 7),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            colours[aid],
-            1,
-            cv2.LINE_AA,
-        )
-    canvas.draw_scale(img)
-    text = title or f"{frame.scenario}  frame {frame.index}  t={frame.timestamp_ns / 1e9:.1f}s"
-    cv2.putText(img, text, (10, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (230, 230, 230), 1, cv2.LINE_AA)
-    return img
+    return render_bev(
+        frame,
+        None,
+        detections,
+        tracks,
+        sent_cells,
+        view="ego" if world_from_view is None else world_from_view,
+        x_range=canvas.x_range,
+        y_range=canvas.y_range,
+        pixels_per_metre=canvas.pixels_per_metre,
+        cell=cell,
+        show_gt=show_gt,
+        title=title,
+    )
 
 
 def write_video(frames: list[np.ndarray], path: str | Path, fps: float = 10.0) -> Path:

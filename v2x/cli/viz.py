@@ -1,4 +1,4 @@
-"""``v2x viz``: bird's-eye-view pictures and videos of a log (and of a replay's results)."""
+"""``v2x viz``: bird's-eye-view pictures and videos of a log's frames."""
 
 from __future__ import annotations
 
@@ -8,21 +8,24 @@ import click
 
 
 @click.command("viz")
-@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("bev.png"),
     show_default=True,
-    help="A .png renders one frame; .mp4 renders a whole scenario as a video.",
+    help="A .png renders one frame; .mp4 (or .avi) renders a whole scenario as a video.",
 )
-@click.option("--frame", "frame_index", type=int, default=0, show_default=True, help="Frame index (png).")
+@click.option(
+    "--frame", "frame_index", type=int, default=0, show_default=True, help="Frame index in the log (png)."
+)
 @click.option("--scenario", help="Scenario to render as a video (default: the first).")
 @click.option(
-    "--run",
-    "run_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A replay output folder: draw its detections, tracks and sent cells too.",
+    "--view",
+    type=click.Choice(["ego", "world"]),
+    default="ego",
+    show_default=True,
+    help="Draw in the ego's BEV frame or in the world frame (centred on the ego).",
 )
 @click.option(
     "--range",
@@ -33,41 +36,56 @@ import click
     show_default=True,
     help="Half extents in x and y (m) around the ego.",
 )
-@click.option("--scale", type=float, default=6.0, show_default=True, help="Pixels per metre.")
-@click.option("--fps", type=float, default=10.0, show_default=True)
-def viz(data, out, frame_index, scenario, run_dir, half_range, scale, fps) -> None:
-    """Render agents' points (coloured by agent), ground truth, detections and tracks."""
+@click.option("--scale", type=float, default=8.0, show_default=True, help="Pixels per metre.")
+@click.option("--fps", type=float, default=10.0, show_default=True, help="Video frame rate.")
+@click.option("--max-cav", type=int, default=7, show_default=True, help="Agents per frame to read.")
+def viz(source, out, frame_index, scenario, view, half_range, scale, fps, max_cav) -> None:
+    """Render a log's frames from above: every agent's points coloured by agent, ground-truth
+    boxes (white: hit by some agent's LiDAR, grey: by none) with heading marks, agents, scale.
+
+    SOURCE is a log root, a split folder or a scenario folder (any format `v2x data` reads).
+    """
     import cv2
+    import numpy as np
     from tqdm import tqdm
 
-    from v2x.datasets import open_log
-    from v2x.viz import BEVCanvas, render_frame, write_video
+    from v2x.datasets import DatasetError, open_log
+    from v2x.geometry import pose_from_xyz_yaw
+    from v2x.viz import render_bev, write_video
 
-    log = open_log(data)
-    canvas = BEVCanvas((-half_range[0], half_range[0]), (-half_range[1], half_range[1]), scale)
-    overlays = _load_run(run_dir) if run_dir else {}
+    try:
+        log = open_log(source, max_cav=max_cav, comm_range=1e9)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if len(log) == 0:
+        raise click.ClickException(f"{source} holds no frames")
+
+    def draw(frame):
+        pose = frame.ego.world_from_bev
+        if view == "world":  # world axes, centred on the ego
+            p = pose[:3, 3]
+            pose = pose_from_xyz_yaw(p[0], p[1], p[2], 0.0)
+        return render_bev(
+            frame,
+            view=pose,
+            x_range=(-half_range[0], half_range[0]),
+            y_range=(-half_range[1], half_range[1]),
+            pixels_per_metre=scale,
+        )
+
     if out.suffix.lower() == ".png":
         if not 0 <= frame_index < len(log):
             raise click.ClickException(f"--frame {frame_index} is outside 0..{len(log) - 1}")
-        frame = log[frame_index]
-        img = render_frame(frame, canvas, **overlays.get((frame.scenario, frame.index), {}))
+        img = draw(log[frame_index])
         out.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(out), img)
-        click.echo(f"wrote {out}")
+        if not cv2.imwrite(str(out), img):
+            raise click.ClickException(f"could not write {out}")
+        click.echo(f"wrote {out} ({img.shape[1]}x{img.shape[0]})")
         return
-    scenario = scenario or log.scenarios()[0]
-    if scenario not in log.scenarios():
-        raise click.ClickException(f"no scenario {scenario!r}; the log has {', '.join(log.scenarios())}")
-    images = []
-    for i in tqdm(log.scenario_indices(scenario), desc="rendering"):
-        frame = log[i]
-        images.append(render_frame(frame, canvas, **overlays.get((frame.scenario, frame.index), {})))
+    scenarios = log.scenarios()
+    scenario = scenario or scenarios[0]
+    if scenario not in scenarios:
+        raise click.ClickException(f"no scenario {scenario!r}; the log has {', '.join(scenarios)}")
+    images = [draw(log[i]) for i in tqdm(log.scenario_indices(scenario), desc="rendering", unit="frame")]
     path = write_video(images, out, fps)
-    click.echo(f"wrote {path} ({len(images)} frames)")
-
-
-def _load_run(run_dir: Path) -> dict:
-    """Per-frame overlays saved by ``v2x replay`` (``frames.npz`` in the run folder)."""
-    from v2x.replay_results import load_overlays
-
-    return load_overlays(run_dir)
+    click.echo(f"wrote {path} ({len(images)} frames, {np.round(len(images) / fps, 1)} s)")
