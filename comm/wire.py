@@ -688,6 +688,8 @@ def _decode(buf, grid_shape, grid_id, codebook_id, codebook_size, max_channels) 
         raise MalformedError(f"level / complement flags on a {h.type.name} message")
     if h.has_variances and not h.has_detections:
         raise MalformedError("variance flag without detections")
+    if h.type not in CELL_TYPES and h.coding != CellCoding.NONE:
+        raise MalformedError(f"a cell coding on a {h.type.name} message")
     body = buf[HEADER.size :]
     msg = DecodedMessage(h)
     pos = 0
