@@ -1,53 +1,128 @@
-"""Launch files and process supervision: ``v2x launch FILE.yaml``.
+"""Launch files: which nodes run, with what parameters, wired how (``v2x launch FILE.yaml``).
 
-A launch file names nodes (``module:Class``), their parameters, and how they are wired::
+A launch file is YAML::
 
-    name: demo
-    transport: tcp            # tcp (nodes may be on other hosts) or ipc (one host)
-    host: 127.0.0.1
-    keys: keys/               # optional: CurveZMQ on every link (from `v2x keys generate`)
-    clock: wall               # or sim (nodes follow /clock)
+    name: demo                  # names the run folder
+    transport: tcp              # tcp (nodes may sit on other hosts) or ipc (one host)
+    host: 127.0.0.1             # where tcp endpoints are assigned when a node names none
+    keys: keys/                 # optional: CurveZMQ on every link (`v2x keys generate`)
+    clock: wall                 # or sim: nodes follow /clock
+    log_json: false             # node logs as JSON lines
+    params: {hwm: 16}           # given to every node (a node's own params win)
+    restart: on-failure         # default policy: never | on-failure | always, or a mapping
+                                #   {policy, backoff_s, max_backoff_s, max_restarts, window_s}
+    stop_timeout_s: 5           # SIGTERM, then SIGKILL after this long
     nodes:
       - name: talker
-        node: v2x.comm.demo_nodes:Talker
+        node: v2x.comm.demo_nodes:Talker       # package.module:Class, a Node subclass
         params: {rate_hz: 10, size: 100000}
-        respawn: true         # restart when it dies (with back-off)
+        params_file: talker.yaml               # optional, relative to the launch file
       - name: listener
         node: v2x.comm.demo_nodes:Listener
-        endpoint: tcp://127.0.0.1:5605   # optional; otherwise a free port / socket is assigned
-        peers: [talker]       # optional; default: every other node
+        endpoint: tcp://127.0.0.1:5605         # its inbox (default: a free port / an IPC socket)
+        tap: tcp://127.0.0.1:5705              # its inspection tap (default: assigned)
+        peers: [talker]                        # whom it receives from (default: every other node)
+        allow: [talker]                        # whose keys it admits (default: its peers' keys,
+                                               #   or every key in keys/allowed/ without peers)
+        key: listener                          # its key pair (default: its name)
+        clock: wall                            # per-node clock override
+        restart: always
+        env: {OMP_NUM_THREADS: "1"}
 
-Every node runs as its own OS process. The supervisor restarts crashed nodes (the others keep
-running), forwards SIGINT/SIGTERM, and stops them all cleanly (SIGKILL after a timeout). It
-writes ``graph.json`` in its run folder so ``v2x node list|info|echo`` can find the system.
+:func:`load_launch` checks all of it (unknown keys, missing or unloadable node classes, peers
+that do not exist, malformed endpoints, missing keys) and raises :class:`LaunchError` naming the
+file and the entry; :func:`assign_endpoints` refuses an endpoint another process listens on.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["LaunchError", "LaunchSpec", "NodeEntry", "Supervisor", "load_launch", "runs_root"]
+from v2x.comm.params import ParamError, apply_overrides, load_params, merge
+from v2x.comm.transport import EndpointError, check_available, check_endpoint, free_tcp_port
 
-log = logging.getLogger("v2x.launch")
-KNOWN_KEYS = {"name", "transport", "host", "keys", "clock", "nodes", "log_json"}
-NODE_KEYS = {"name", "node", "params", "endpoint", "respawn", "peers", "respawn_limit"}
+__all__ = [
+    "LaunchError",
+    "LaunchSpec",
+    "NodeEntry",
+    "RestartPolicy",
+    "assign_endpoints",
+    "load_launch",
+    "runs_root",
+]
+
+TOP_KEYS = {
+    "name",
+    "transport",
+    "host",
+    "keys",
+    "clock",
+    "log_json",
+    "log_level",
+    "params",
+    "restart",
+    "stop_timeout_s",
+    "nodes",
+}
+NODE_KEYS = {
+    "name",
+    "node",
+    "params",
+    "params_file",
+    "endpoint",
+    "tap",
+    "peers",
+    "allow",
+    "key",
+    "clock",
+    "restart",
+    "respawn",
+    "env",
+}
+POLICIES = ("never", "on-failure", "always")
 
 
 class LaunchError(ValueError):
-    """A launch file that cannot be started; names the file and the entry."""
+    """A launch file that cannot be started; the message names the file and the entry."""
+
+
+@dataclass
+class RestartPolicy:
+    """When and how fast a node that exits is started again."""
+
+    policy: str = "on-failure"  # never | on-failure (exit code != 0) | always
+    backoff_s: float = 0.5  # first delay; doubles with each restart in the window
+    max_backoff_s: float = 10.0
+    max_restarts: int = 5  # more restarts than this within window_s: give up on the node
+    window_s: float = 60.0
+
+    @classmethod
+    def parse(cls, raw: Any, where: str, base: RestartPolicy | None = None) -> RestartPolicy:
+        base = base or cls()
+        if raw is None:
+            return base
+        if isinstance(raw, str):
+            raw = {"policy": raw}
+        if not isinstance(raw, dict):
+            raise LaunchError(f"{where}: restart must be one of {POLICIES} or a mapping")
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise LaunchError(f"{where}: restart has unknown key(s) {sorted(unknown)}")
+        out = cls(**(base.__dict__ | raw))
+        if out.policy not in POLICIES:
+            raise LaunchError(f"{where}: restart policy {out.policy!r} is not one of {POLICIES}")
+        for k in ("backoff_s", "max_backoff_s", "window_s"):
+            if not isinstance(getattr(out, k), (int, float)) or getattr(out, k) < 0:
+                raise LaunchError(f"{where}: restart {k} must be a number >= 0")
+        if not isinstance(out.max_restarts, int) or out.max_restarts < 0:
+            raise LaunchError(f"{where}: restart max_restarts must be an integer >= 0")
+        return out
 
 
 @dataclass
@@ -56,9 +131,21 @@ class NodeEntry:
     node: str
     params: dict[str, Any] = field(default_factory=dict)
     endpoint: str | None = None
-    respawn: bool = False
-    respawn_limit: int = 5
+    restart: RestartPolicy | str | None = None
     peers: list[str] | None = None
+    tap: str | None = None
+    allow: list[str] | None = None
+    key: str | None = None
+    clock: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    respawn: bool | None = None  # shorthand: true = restart on failure, false = never
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.restart, RestartPolicy):
+            raw = self.restart
+            if raw is None and self.respawn is not None:
+                raw = "on-failure" if self.respawn else "never"
+            self.restart = RestartPolicy.parse(raw, f"node {self.name!r}", RestartPolicy(policy="never"))
 
 
 @dataclass
@@ -71,75 +158,156 @@ class LaunchSpec:
     clock: str = "wall"
     log_json: bool = False
     source: str = ""
+    log_level: str = "INFO"
+    stop_timeout_s: float = 5.0
+
+    def node(self, name: str) -> NodeEntry:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
 
 
 def runs_root() -> Path:
+    """Where run folders (logs, node specs, graph.json) go: ``$V2X_RUN_DIR`` or a temp folder."""
     return Path(os.environ.get("V2X_RUN_DIR", Path(tempfile.gettempdir()) / f"v2x-runs-{os.getuid()}"))
 
 
-def load_launch(path: str | Path, overrides: list[str] | None = None) -> LaunchSpec:
-    """Read and check a launch file; ``overrides`` are ``node.param=value`` strings (YAML values)."""
+def _str_list(value: Any, where: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise LaunchError(f"{where} must be a list of names")
+    return value
+
+
+def load_launch(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_classes: bool = True
+) -> LaunchSpec:
+    """Read and check a launch file; ``overrides`` are ``NODE.PARAM=VALUE`` (YAML values)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise LaunchError(f"{path}: cannot read launch file: {exc}") from exc
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise LaunchError(f"{path}: cannot read launch file: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise LaunchError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise LaunchError(f"{path}: a launch file is a mapping")
-    unknown = set(raw) - KNOWN_KEYS
+        raise LaunchError(f"{path}: a launch file is a mapping with a 'nodes' list")
+    unknown = set(raw) - TOP_KEYS
     if unknown:
-        raise LaunchError(f"{path}: unknown key(s) {sorted(unknown)}")
+        raise LaunchError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
     nodes_raw = raw.get("nodes")
     if not isinstance(nodes_raw, list) or not nodes_raw:
         raise LaunchError(f"{path}: 'nodes' must be a non-empty list")
+    transport = raw.get("transport", "tcp")
+    if transport not in ("tcp", "ipc"):
+        raise LaunchError(f"{path}: transport must be tcp or ipc, not {transport!r}")
+    clock = raw.get("clock", "wall")
+    if clock not in ("wall", "sim"):
+        raise LaunchError(f"{path}: clock must be wall or sim, not {clock!r}")
+    shared = raw.get("params") or {}
+    if not isinstance(shared, dict):
+        raise LaunchError(f"{path}: 'params' must be a mapping")
+    default_restart = RestartPolicy.parse(raw.get("restart"), f"{path}: restart")
+
     nodes: list[NodeEntry] = []
     for i, n in enumerate(nodes_raw):
+        where = f"{path}: nodes[{i}]"
         if not isinstance(n, dict):
-            raise LaunchError(f"{path}: nodes[{i}] is not a mapping")
+            raise LaunchError(f"{where} is not a mapping")
+        if n.get("name"):
+            where += f" ({n['name']})"
         bad = set(n) - NODE_KEYS
         if bad:
-            raise LaunchError(f"{path}: nodes[{i}] has unknown key(s) {sorted(bad)}")
+            raise LaunchError(f"{where} has unknown key(s) {sorted(bad)}; known: {sorted(NODE_KEYS)}")
         for k in ("name", "node"):
-            if not n.get(k):
-                raise LaunchError(f"{path}: nodes[{i}] is missing '{k}'")
-        nodes.append(NodeEntry(**n))
+            if not isinstance(n.get(k), str) or not n.get(k):
+                raise LaunchError(f"{where} is missing '{k}'")
+        if "/" in n["name"] or n["name"].startswith("."):
+            raise LaunchError(f"{where}: node name {n['name']!r} may not contain '/' or start with '.'")
+        params = n.get("params") or {}
+        if not isinstance(params, dict):
+            raise LaunchError(f"{where}: params must be a mapping")
+        try:
+            if n.get("params_file"):
+                pf = Path(n["params_file"])
+                params = merge(load_params(pf if pf.is_absolute() else path.parent / pf, n["name"]), params)
+        except ParamError as exc:
+            raise LaunchError(f"{where}: {exc}") from exc
+        env = n.get("env") or {}
+        if not isinstance(env, dict):
+            raise LaunchError(f"{where}: env must be a mapping")
+        if n.get("clock", clock) not in ("wall", "sim"):
+            raise LaunchError(f"{where}: clock must be wall or sim")
+        for k in ("endpoint", "tap"):
+            if n.get(k) is not None:
+                try:
+                    check_endpoint(n[k])
+                except EndpointError as exc:
+                    raise LaunchError(f"{where}: {k}: {exc}") from exc
+        restart_raw = n.get("restart")
+        if restart_raw is None and "respawn" in n:
+            restart_raw = "on-failure" if n["respawn"] else "never"
+        nodes.append(
+            NodeEntry(
+                name=n["name"],
+                node=n["node"],
+                params=merge(shared, params),
+                endpoint=n.get("endpoint"),
+                restart=RestartPolicy.parse(restart_raw, where, default_restart),
+                peers=_str_list(n.get("peers"), f"{where}: peers"),
+                tap=n.get("tap"),
+                allow=_str_list(n.get("allow"), f"{where}: allow"),
+                key=n.get("key"),
+                clock=n.get("clock"),
+                env={str(k): str(v) for k, v in env.items()},
+            )
+        )
     names = [n.name for n in nodes]
-    dupes = {x for x in names if names.count(x) > 1}
+    dupes = sorted({x for x in names if names.count(x) > 1})
     if dupes:
-        raise LaunchError(f"{path}: duplicate node name(s) {sorted(dupes)}")
+        raise LaunchError(f"{path}: duplicate node name(s) {dupes}")
     for n in nodes:
         for p in n.peers or []:
             if p not in names:
                 raise LaunchError(f"{path}: node {n.name!r} names unknown peer {p!r}")
-        _check_node_class(path, n)
-    for ov in overrides or []:
-        key, _, value = ov.partition("=")
-        node_name, _, param = key.partition(".")
-        target = next((n for n in nodes if n.name == node_name), None)
-        if target is None or not param:
-            raise LaunchError(f"override {ov!r}: expected NODE.PARAM=VALUE with a node of {path}")
-        target.params[param] = yaml.safe_load(value)
-    transport = raw.get("transport", "tcp")
-    if transport not in ("tcp", "ipc"):
-        raise LaunchError(f"{path}: transport must be tcp or ipc, not {transport!r}")
+        if check_classes:
+            _check_node_class(path, n)
+    for ov in overrides:
+        key, _, _value = ov.partition("=")
+        node_name, dot, param = key.partition(".")
+        if not dot or not param or node_name not in names:
+            raise LaunchError(f"override {ov!r}: expected NODE.PARAM=VALUE with NODE one of {names}")
+        target = nodes[names.index(node_name)]
+        try:
+            target.params = apply_overrides(target.params, [ov[len(node_name) + 1 :]])
+        except ParamError as exc:
+            raise LaunchError(str(exc)) from exc
     keys = raw.get("keys")
     if keys:
-        keys_path = (path.parent / keys) if not Path(keys).is_absolute() else Path(keys)
-        missing = [n.name for n in nodes if not (keys_path / f"{n.name}.key_secret").is_file()]
+        keys_path = Path(keys) if Path(keys).is_absolute() else path.parent / keys
+        if not keys_path.is_dir():
+            raise LaunchError(
+                f"{path}: keys folder {keys_path} not found (run `v2x keys generate --launch {path} --out {keys_path}`)"
+            )
+        missing = [n.name for n in nodes if not (keys_path / f"{n.key or n.name}.key_secret").is_file()]
         if missing:
             raise LaunchError(
                 f"{path}: keys folder {keys_path} has no key pair for {missing} (run `v2x keys generate`)"
             )
-        keys = str(keys_path)
+        keys = str(keys_path.resolve())
     return LaunchSpec(
-        raw.get("name", path.stem),
-        nodes,
-        transport,
-        raw.get("host", "127.0.0.1"),
-        keys,
-        raw.get("clock", "wall"),
-        bool(raw.get("log_json", False)),
-        str(path),
+        name=str(raw.get("name", path.stem)),
+        nodes=nodes,
+        transport=transport,
+        host=str(raw.get("host", "127.0.0.1")),
+        keys=keys,
+        clock=clock,
+        log_json=bool(raw.get("log_json", False)),
+        source=str(path),
+        log_level=str(raw.get("log_level", "INFO")),
+        stop_timeout_s=float(raw.get("stop_timeout_s", 5.0)),
     )
 
 
@@ -152,173 +320,38 @@ def _check_node_class(path: Path, n: NodeEntry) -> None:
         raise LaunchError(f"{path}: node {n.name!r}: cannot load {n.node!r}: {exc}") from exc
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _check_endpoint_free(ep: str) -> None:
-    if ep.startswith("tcp://"):
-        host, _, port = ep[6:].rpartition(":")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, int(port)))
-            except OSError as exc:
-                raise LaunchError(f"endpoint {ep} is not available: {exc.strerror or exc}") from exc
-
-
-class Supervisor:
-    """Starts every node as a process, restarts the ones that crash, stops them all."""
-
-    def __init__(self, spec: LaunchSpec, run_dir: Path | None = None) -> None:
-        self.spec = spec
-        self.run_dir = run_dir or runs_root() / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.restarts: dict[str, int] = {n.name: 0 for n in spec.nodes}
-        self.next_start: dict[str, float] = {}
-        self.exits: list[dict] = []
-        self._stopping = False
-        self.endpoints = self._assign_endpoints()
-
-    def _assign_endpoints(self) -> dict[str, str]:
-        eps = {}
-        for n in self.spec.nodes:
-            if n.endpoint:
-                _check_endpoint_free(n.endpoint)
-                eps[n.name] = n.endpoint
-            elif self.spec.transport == "ipc":
-                eps[n.name] = f"ipc://{self.run_dir}/{n.name}.sock"
+def assign_endpoints(spec: LaunchSpec, run_dir: Path) -> dict[str, tuple[str, str]]:
+    """name -> (inbox endpoint, tap endpoint): the launch file's, checked to be free, or new
+    ones (free TCP ports on ``host``, or IPC sockets in ``run_dir``)."""
+    out: dict[str, tuple[str, str]] = {}
+    taken: set[str] = set()
+    for n in spec.nodes:
+        pair = []
+        for role, given in (("in", n.endpoint), ("tap", n.tap)):
+            if given:
+                try:
+                    check_available(given)
+                except EndpointError as exc:
+                    raise LaunchError(f"{spec.source or spec.name}: node {n.name!r}: {exc}") from exc
+                ep = given
+            elif spec.transport == "ipc":
+                ep = check_endpoint(f"ipc://{run_dir}/{n.name}.{role}")
             else:
-                eps[n.name] = f"tcp://{self.spec.host}:{_free_port(self.spec.host)}"
-        return eps
+                while True:
+                    ep = f"tcp://{spec.host}:{free_tcp_port(spec.host)}"
+                    if ep not in taken:
+                        break
+            if ep in taken:
+                raise LaunchError(f"{spec.source or spec.name}: endpoint {ep} is named twice")
+            taken.add(ep)
+            pair.append(ep)
+        out[n.name] = (pair[0], pair[1])
+    return out
 
-    def _spec_file(self, n: NodeEntry) -> Path:
-        from v2x.comm.node import NodeSpec, Peer
 
-        peers = n.peers if n.peers is not None else [m.name for m in self.spec.nodes if m.name != n.name]
-        keys = self.spec.keys
-        spec = NodeSpec(
-            name=n.name,
-            endpoint=self.endpoints[n.name],
-            peers=[Peer(p, self.endpoints[p], str(Path(keys) / f"{p}.key") if keys else None) for p in peers],
-            params=n.params,
-            clock=self.spec.clock,
-            keys_dir=keys,
-            log_json=self.spec.log_json,
-            graph_file=str(self.run_dir / "graph.json"),
-        )
-        path = self.run_dir / f"{n.name}.json"
-        path.write_text(json.dumps(json.loads(spec.to_json()) | {"node": n.node}))
-        return path
+def __getattr__(name: str) -> Any:
+    if name == "Supervisor":  # it lives in v2x.comm.supervisor; kept importable from here
+        from v2x.comm.supervisor import Supervisor
 
-    def _start(self, n: NodeEntry) -> None:
-        log_file = open(self.run_dir / f"{n.name}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.procs[n.name] = subprocess.Popen(
-            [sys.executable, "-m", "v2x.comm.run", str(self._spec_file(n))], stdout=log_file, stderr=log_file
-        )
-        log_file.close()
-        self._write_graph()
-
-    def _write_graph(self) -> None:
-        graph = {
-            "name": self.spec.name,
-            "launch": self.spec.source,
-            "keys": self.spec.keys,
-            "supervisor_pid": os.getpid(),
-            "nodes": [
-                {
-                    "name": n.name,
-                    "node": n.node,
-                    "endpoint": self.endpoints[n.name],
-                    "pid": self.procs[n.name].pid if n.name in self.procs else None,
-                    "restarts": self.restarts[n.name],
-                    "log": str(self.run_dir / f"{n.name}.log"),
-                }
-                for n in self.spec.nodes
-            ],
-        }
-        tmp = self.run_dir / ".graph.json.tmp"
-        tmp.write_text(json.dumps(graph, indent=2))
-        os.replace(tmp, self.run_dir / "graph.json")
-        latest = runs_root() / "latest"
-        try:
-            if latest.is_symlink() or latest.exists():
-                latest.unlink()
-            latest.symlink_to(self.run_dir)
-        except OSError:
-            pass
-
-    def start(self) -> None:
-        for n in self.spec.nodes:
-            self._start(n)
-
-    def poll(self) -> None:
-        """Notice exits; schedule and perform restarts (back-off doubles per restart, max 10 s)."""
-        now = time.monotonic()
-        for n in self.spec.nodes:
-            p = self.procs.get(n.name)
-            if p is None:
-                if n.name in self.next_start and now >= self.next_start[n.name]:
-                    del self.next_start[n.name]
-                    self._start(n)
-                continue
-            code = p.poll()
-            if code is None or self._stopping:
-                continue
-            self.exits.append({"node": n.name, "code": code, "t": time.time()})
-            del self.procs[n.name]
-            if n.respawn and self.restarts[n.name] < n.respawn_limit:
-                self.restarts[n.name] += 1
-                delay = min(10.0, 0.25 * 2 ** (self.restarts[n.name] - 1))
-                log.warning(
-                    "node %s exited with code %s; restarting in %.2f s (restart %d)",
-                    n.name,
-                    code,
-                    delay,
-                    self.restarts[n.name],
-                )
-                self.next_start[n.name] = now + delay
-            else:
-                log.warning("node %s exited with code %s (not restarted)", n.name, code)
-            self._write_graph()
-
-    def alive(self) -> list[str]:
-        return [name for name, p in self.procs.items() if p.poll() is None]
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping = True
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for p in self.procs.values():
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-    def run(self, duration: float | None = None) -> int:
-        """Start, supervise until SIGINT/SIGTERM, ``duration`` or every node is gone; stop all."""
-        stop = {"flag": False}
-
-        def handler(*_):
-            stop["flag"] = True
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.start()
-        end = time.monotonic() + duration if duration else None
-        try:
-            while not stop["flag"] and (end is None or time.monotonic() < end):
-                self.poll()
-                if not self.procs and not self.next_start:
-                    break
-                time.sleep(0.1)
-        finally:
-            self.stop()
-            for s, h in old.items():
-                signal.signal(s, h)
-        return 0
+        return Supervisor
+    raise AttributeError(name)

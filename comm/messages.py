@@ -1,13 +1,28 @@
 """Typed messages on topics, as ZeroMQ multipart frames.
 
-Frames: ``[topic, header, *buffers]``. The header is msgpack: ``{"t": type name, "m": metadata,
-"a": [[dtype, shape], ...]}``; each numpy array travels as its own frame, without a copy on the
-sending side. Any type registered with :func:`message_type` can travel; a frame sequence that
-does not decode raises :class:`MessageError` (nodes count it and drop the message).
+A message on the wire is ``[topic, header, *buffers]``:
+
+* ``topic``: the UTF-8 topic name (``/agents/3/features``); ZeroMQ filters subscriptions on it.
+* ``header``: msgpack ``{"t": type name, "v": 1, "src": sending node, "i": its process
+  incarnation (random per start), "n": per-topic sequence number, "s": wall-clock send time in ns, "m": the scalar fields, "a": [[dtype, shape], ...]
+  for the array fields, "b": number of blob frames}``.
+* one frame per numpy array field (its own buffer, sent without a copy when it is 64 KiB or
+  more; pyzmq copies smaller frames anyway) and one per ``bytes`` blob field.
+
+A message type is a dataclass registered with :func:`message_type`. Array fields are listed in
+``ARRAYS`` and blob fields in ``BLOBS``; everything else goes in the header and must be msgpack
+types (numbers, strings, lists, dicts, bool, None). Received arrays are read-only views of the
+received frames (bit-exact; copy before writing into them).
+
+Decoding never trusts the sender: every length, dtype and shape is checked before an array is
+made, and anything that is not a valid message of the expected type raises
+:class:`MessageError` (:class:`WrongTypeError` for a valid message of another type). Nodes
+count such messages and drop them; they never crash on them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -15,49 +30,103 @@ import msgpack
 import numpy as np
 
 __all__ = [
+    "MAX_ARRAY_BYTES",
+    "MAX_HEADER_BYTES",
     "REGISTRY",
     "Boxes3D",
+    "Bytes",
     "Clock",
     "Diagnostics",
+    "Envelope",
     "Heartbeat",
     "Json",
+    "Log",
     "Message",
     "MessageError",
     "Packet",
     "PointCloud",
+    "WrongTypeError",
     "decode_frames",
     "encode_frames",
     "message_type",
 ]
 
+WIRE_VERSION = 1
 REGISTRY: dict[str, type[Message]] = {}
-_ALLOWED_DTYPES = {"<f4", "<f8", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "|b1", "<f2", "|i1"}
-MAX_ARRAY_BYTES = 512 * 1024 * 1024
+MAX_HEADER_BYTES = 1 << 20  # a header is metadata; anything bigger is an attack or a bug
+MAX_ARRAY_BYTES = 1 << 30  # per array; the socket's MAXMSGSIZE bounds what is received at all
+_ARRAY_KINDS = set("biufc")  # bool, signed, unsigned, float, complex: no objects, no strings
 
 
 class MessageError(ValueError):
-    """Frames that are not a valid message of a known type."""
+    """Frames that are not a valid message (names the topic and what is wrong)."""
 
 
-def message_type(cls):
-    """Register a dataclass as a message type (its class name is the wire name)."""
-    REGISTRY[cls.__name__] = cls
-    return cls
+class WrongTypeError(MessageError):
+    """A valid message, but not of the type the topic carries."""
+
+
+def message_type(cls: type | None = None, *, name: str | None = None):
+    """Register a dataclass as a message type; its wire name is ``name`` or the class name.
+
+    Use bare (``@message_type``) or with a name (``@message_type(name="v2x/Features")``).
+    """
+
+    def register(c: type) -> type:
+        if not dataclasses.is_dataclass(c) or not issubclass(c, Message):
+            raise TypeError(f"{c.__name__}: a message type is a dataclass subclassing Message")
+        wire = name or c.__name__
+        if wire in REGISTRY and REGISTRY[wire] is not c:
+            raise ValueError(f"message type name {wire!r} is already registered by {REGISTRY[wire]}")
+        c.TYPE_NAME = wire
+        names = {f.name for f in fields(c)}
+        missing = [a for a in (*c.ARRAYS, *c.BLOBS) if a not in names]
+        if missing:
+            raise TypeError(f"{c.__name__}: ARRAYS/BLOBS name unknown fields {missing}")
+        c._META_FIELDS = tuple(f for f in fields(c) if f.name not in c.ARRAYS and f.name not in c.BLOBS)
+        REGISTRY[wire] = c
+        return c
+
+    return register(cls) if cls is not None else register
 
 
 @dataclass
 class Message:
-    """Base: dataclass fields that are numpy arrays travel as buffers, the rest in the header."""
+    """Base class: numpy fields named in ``ARRAYS`` and ``bytes`` fields named in ``BLOBS``
+    travel as their own frames; the other fields travel in the msgpack header."""
 
     ARRAYS: ClassVar[tuple[str, ...]] = ()
+    BLOBS: ClassVar[tuple[str, ...]] = ()
+    TYPE_NAME: ClassVar[str] = ""
+    _META_FIELDS: ClassVar[tuple] = ()
 
     def meta(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.ARRAYS}
+        """The header fields (everything but arrays and blobs)."""
+        return {f.name: getattr(self, f.name) for f in self._META_FIELDS}
+
+
+@dataclass
+class Envelope:
+    """What the framework knows about a received message beyond its fields."""
+
+    topic: str
+    type_name: str
+    source: str  # sending node's name
+    incarnation: int  # random per start of the sending process
+    seq: int  # per (source, topic) sequence number, from 0
+    sent_ns: int  # wall clock at the sender, when published
+    received_ns: int  # wall clock here, when received
+    nbytes: int  # all frames together
+
+
+# -- the types every part of the system shares ---------------------------------------------------
 
 
 @message_type
 @dataclass
 class Clock(Message):
+    """Simulated time on ``/clock``: nodes with ``clock: sim`` follow it."""
+
     stamp_ns: int = 0
     frame: int = -1
 
@@ -69,9 +138,12 @@ class Heartbeat(Message):
     pid: int = 0
     stamp_ns: int = 0
     state: str = "active"
-    publishes: list = field(default_factory=list)
-    subscribes: list = field(default_factory=list)
+    publishes: dict = field(default_factory=dict)  # topic -> type name
+    subscribes: dict = field(default_factory=dict)  # pattern -> type name (or "*")
     endpoint: str = ""
+    tap: str = ""
+    clock: str = "wall"
+    uptime_s: float = 0.0
 
 
 @message_type
@@ -79,26 +151,47 @@ class Heartbeat(Message):
 class Diagnostics(Message):
     node: str = ""
     stamp_ns: int = 0
-    topics: dict = field(default_factory=dict)
+    topics: dict = field(default_factory=dict)  # "in:/topic" / "out:/topic" -> statistics
     counters: dict = field(default_factory=dict)
 
 
 @message_type
 @dataclass
+class Log(Message):
+    node: str = ""
+    stamp_ns: int = 0
+    level: str = "INFO"
+    text: str = ""
+
+
+@message_type
+@dataclass
 class Json(Message):
+    """A small JSON-like document (msgpack types) for control and status messages."""
+
     data: dict = field(default_factory=dict)
 
 
 @message_type
 @dataclass
+class Bytes(Message):
+    """Opaque bytes, e.g. an already-encoded wire-format message."""
+
+    BLOBS: ClassVar[tuple[str, ...]] = ("data",)
+    data: bytes = b""
+
+
+@message_type
+@dataclass
 class Packet(Message):
-    """An already-encoded wire-format message and its routing metadata."""
+    """An already-encoded wire-format message with its routing metadata (what agents send and
+    the channel node forwards). ``payload`` is a uint8 array so it is received without a copy."""
 
     ARRAYS: ClassVar[tuple[str, ...]] = ("payload",)
     payload: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     sender: str = ""
     receiver: str = ""  # empty: broadcast
-    kind: str = ""  # features, demand, offer, detections
+    kind: str = ""  # features, demand, offer, detections, ...
     frame: int = -1
     stamp_ns: int = 0  # capture time of the data
     sent_ns: int = 0
@@ -106,7 +199,7 @@ class Packet(Message):
     sender_position: list = field(default_factory=list)  # world x, y, z (for range models)
 
     @classmethod
-    def of(cls, data: bytes, **meta) -> Packet:
+    def of(cls, data: bytes | bytearray | memoryview, **meta: Any) -> Packet:
         return cls(np.frombuffer(data, dtype=np.uint8), **meta)
 
     @property
@@ -140,61 +233,187 @@ class Boxes3D(Message):
     frame: int = -1
 
 
-def encode_frames(topic: str, msg: Message) -> list:
-    """Multipart frames for ``msg`` on ``topic`` (array frames are the arrays' own buffers)."""
-    name = type(msg).__name__
-    if name not in REGISTRY:
-        raise MessageError(f"{name} is not a registered message type")
-    arrays = [np.ascontiguousarray(getattr(msg, a)) for a in msg.ARRAYS]
-    header = {"t": name, "m": msg.meta(), "a": [[a.dtype.str, list(a.shape)] for a in arrays]}
-    return [
-        topic.encode(),
-        msgpack.packb(header, use_bin_type=True, default=_default),
-        *[memoryview(a) for a in arrays],
-    ]
+# -- encoding ------------------------------------------------------------------------------------
 
 
-def _default(obj):
+def encode_frames(
+    topic: str, msg: Message, *, source: str = "", seq: int = 0, sent_ns: int = 0, incarnation: int = 0
+) -> list[Any]:
+    """Multipart frames for ``msg`` on ``topic``; array frames are the arrays' own buffers."""
+    cls = type(msg)
+    if REGISTRY.get(cls.TYPE_NAME) is not cls:
+        raise MessageError(f"{cls.__name__} is not a registered message type (use @message_type)")
+    arrays = []
+    for a in cls.ARRAYS:
+        value = getattr(msg, a)
+        if not isinstance(value, np.ndarray):
+            raise MessageError(f"{cls.__name__}.{a} must be a numpy array, not {type(value).__name__}")
+        if value.dtype.kind not in _ARRAY_KINDS:
+            raise MessageError(f"{cls.__name__}.{a}: dtype {value.dtype} cannot travel")
+        arrays.append(np.ascontiguousarray(value))
+    blobs = []
+    for b in cls.BLOBS:
+        value = getattr(msg, b)
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise MessageError(f"{cls.__name__}.{b} must be bytes, not {type(value).__name__}")
+        blobs.append(value)
+    header = {
+        "t": cls.TYPE_NAME,
+        "v": WIRE_VERSION,
+        "src": source,
+        "i": incarnation,
+        "n": seq,
+        "s": sent_ns,
+        "m": msg.meta(),
+        "a": [[a.dtype.str, list(a.shape)] for a in arrays],
+        "b": len(blobs),
+    }
+    try:
+        packed = msgpack.packb(header, use_bin_type=True, default=_default)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MessageError(f"{cls.__name__} on {topic}: a header field cannot be encoded: {exc}") from exc
+    return [topic.encode(), packed, *[memoryview(a.reshape(-1).view(np.uint8)) for a in arrays], *blobs]
+
+
+def _default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
-def decode_frames(frames: list, expected: type[Message] | None = None) -> tuple[str, Message]:
-    """(topic, message) from received frames; :class:`MessageError` for anything malformed."""
+# -- decoding ------------------------------------------------------------------------------------
+
+
+def _buffer(frame: Any) -> memoryview:
+    """A memoryview of a received frame (zmq.Frame, bytes or memoryview) without copying."""
+    buf = getattr(frame, "buffer", frame)
+    return buf if isinstance(buf, memoryview) else memoryview(buf)
+
+
+def read_topic(frames: list[Any]) -> str:
+    """The topic of received frames; :class:`MessageError` when it is not a readable topic."""
+    if not frames:
+        raise MessageError("an empty message")
+    try:
+        topic = bytes(_buffer(frames[0])).decode()
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"topic frame is not UTF-8: {exc}") from exc
+    if not topic.startswith("/") or len(topic) > 512:
+        raise MessageError(f"topic {topic[:80]!r} is not a topic name")
+    return topic
+
+
+def read_header(frames: list[Any]) -> tuple[str, dict[str, Any]]:
+    """(topic, header) of received frames, checked; :class:`MessageError` when unreadable."""
+    topic = read_topic(frames)
     if len(frames) < 2:
-        raise MessageError(f"{len(frames)} frame(s): a message needs a topic and a header")
+        raise MessageError(f"{topic}: {len(frames)} frame(s); a message needs a topic and a header")
+    raw = _buffer(frames[1])
+    if raw.nbytes > MAX_HEADER_BYTES:
+        raise MessageError(f"{topic}: header of {raw.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        topic = bytes(frames[0]).decode()
-        header = msgpack.unpackb(bytes(frames[1]), raw=False, strict_map_key=False)
-    except (UnicodeDecodeError, ValueError, msgpack.exceptions.ExtraData, TypeError) as exc:
-        raise MessageError(f"unreadable header: {exc}") from exc
-    if not isinstance(header, dict) or "t" not in header:
-        raise MessageError("header is not a message header")
-    cls = REGISTRY.get(header.get("t"))
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises many types (ExtraData, FormatError, ValueError...)
+        raise MessageError(f"{topic}: unreadable header ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(header, dict) or not isinstance(header.get("t"), str):
+        raise MessageError(f"{topic}: header is not a message header")
+    if header.get("v", WIRE_VERSION) != WIRE_VERSION:
+        raise MessageError(f"{topic}: message wire version {header.get('v')!r}, expected {WIRE_VERSION}")
+    return topic, header
+
+
+def decode_frames(
+    frames: list[Any], expected: type[Message] | None = None, *, with_header: bool = False
+) -> tuple[str, Message] | tuple[str, Message, dict[str, Any]]:
+    """(topic, message) from received frames; :class:`MessageError` for anything malformed and
+    :class:`WrongTypeError` when the message is not ``expected``. With ``with_header`` the
+    header dict is returned too (source node, sequence number, send time)."""
+    topic, header = read_header(frames)
+    cls = REGISTRY.get(header["t"])
     if cls is None:
-        raise MessageError(f"unknown message type {header.get('t')!r}")
+        raise MessageError(f"{topic}: unknown message type {header['t'][:80]!r}")
     if expected is not None and cls is not expected:
-        raise MessageError(f"topic {topic!r} carries {cls.__name__}, expected {expected.__name__}")
-    specs = header.get("a", [])
-    if len(specs) != len(cls.ARRAYS) or len(frames) != 2 + len(specs):
-        raise MessageError(f"{cls.__name__}: {len(frames) - 2} array frame(s), expected {len(cls.ARRAYS)}")
-    kwargs = dict(header.get("m") or {})
-    for name, spec, buf in zip(cls.ARRAYS, specs, frames[2:], strict=True):
-        try:
-            dtype, shape = np.dtype(spec[0]), tuple(int(s) for s in spec[1])
-        except (TypeError, ValueError, IndexError) as exc:
-            raise MessageError(f"{cls.__name__}.{name}: bad array spec {spec!r}") from exc
-        if dtype.str not in _ALLOWED_DTYPES or any(s < 0 for s in shape):
-            raise MessageError(f"{cls.__name__}.{name}: dtype {dtype.str} / shape {shape} not allowed")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        data = memoryview(buf.buffer if hasattr(buf, "buffer") else buf)
-        if nbytes > MAX_ARRAY_BYTES or data.nbytes != nbytes:
-            raise MessageError(f"{cls.__name__}.{name}: {data.nbytes} bytes for shape {shape} {dtype}")
-        kwargs[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+        raise WrongTypeError(f"{topic}: carries {expected.TYPE_NAME}, got {cls.TYPE_NAME}")
+    specs, n_blobs = header.get("a", []), header.get("b", 0)
+    if (
+        not isinstance(specs, list)
+        or len(specs) != len(cls.ARRAYS)
+        or n_blobs != len(cls.BLOBS)
+        or len(frames) != 2 + len(specs) + n_blobs
+    ):
+        raise MessageError(
+            f"{topic}: {cls.TYPE_NAME} needs {len(cls.ARRAYS)} array and {len(cls.BLOBS)} blob frame(s); "
+            f"got {len(frames) - 2} frame(s)"
+        )
+    meta = header.get("m") or {}
+    if not isinstance(meta, dict):
+        raise MessageError(f"{topic}: {cls.TYPE_NAME} fields are not a mapping")
+    kwargs = _checked_meta(topic, cls, meta)
+    for name, spec, frame in zip(cls.ARRAYS, specs, frames[2:], strict=False):
+        kwargs[name] = _array(topic, cls, name, spec, _buffer(frame))
+    for name, frame in zip(cls.BLOBS, frames[2 + len(specs) :], strict=True):
+        kwargs[name] = bytes(_buffer(frame))
     try:
-        return topic, cls(**kwargs)
-    except TypeError as exc:
-        raise MessageError(f"{cls.__name__}: {exc}") from exc
+        msg = cls(**kwargs)
+    except Exception as exc:  # a type's __post_init__ may refuse values
+        raise MessageError(f"{topic}: {cls.TYPE_NAME}: {exc}") from exc
+    return (topic, msg, header) if with_header else (topic, msg)
+
+
+def _checked_meta(topic: str, cls: type[Message], meta: dict) -> dict[str, Any]:
+    """Header fields checked against the types of the dataclass defaults, so a callback never
+    gets a string where its type promises a number."""
+    known = {f.name: f for f in cls._META_FIELDS}
+    unknown = [k for k in meta if k not in known]
+    if unknown:
+        raise MessageError(f"{topic}: {cls.TYPE_NAME} has no field(s) {[str(k)[:40] for k in unknown][:5]}")
+    out = {}
+    for k, v in meta.items():
+        f = known[k]
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
+        if default is not None and not _same_kind(default, v):
+            raise MessageError(
+                f"{topic}: {cls.TYPE_NAME}.{k} should be {type(default).__name__}, got {type(v).__name__}"
+            )
+        out[k] = v
+    return out
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, list)
+    return isinstance(value, type(default))
+
+
+def _array(topic: str, cls: type[Message], name: str, spec: Any, data: memoryview) -> np.ndarray:
+    where = f"{topic}: {cls.TYPE_NAME}.{name}"
+    try:
+        dtype_str, shape_raw = spec
+        dtype = np.dtype(dtype_str)
+        shape = tuple(int(s) for s in shape_raw)
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"{where}: bad array description {str(spec)[:80]}") from exc
+    if dtype.kind not in _ARRAY_KINDS or dtype.hasobject or len(shape) > 32 or any(s < 0 for s in shape):
+        raise MessageError(f"{where}: dtype {dtype.str} / shape {shape} not allowed")
+    count = 1
+    for s in shape:  # python ints: no overflow, and we stop as soon as it is too big
+        count *= s
+        if count * dtype.itemsize > MAX_ARRAY_BYTES:
+            raise MessageError(f"{where}: shape {shape} exceeds {MAX_ARRAY_BYTES} bytes")
+    if data.nbytes != count * dtype.itemsize:
+        raise MessageError(f"{where}: {data.nbytes} bytes for shape {shape} {dtype.str}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
