@@ -36,7 +36,9 @@ __all__ = [
     "Quantized",
     "cells_from_maps",
     "evaluate_codebook",
+    "fit_from_maps",
     "load_codebook",
+    "load_feature_maps",
     "sample_cells",
     "train_codebook",
 ]
@@ -189,13 +191,13 @@ class Codebook(nn.Module):
                 data = sub[:, j].contiguous()
                 centres = _init_centres(data, cfg.k, g)
                 for _ in range(iters):
-                    assign = torch.cdist(data, centres).argmin(dim=1)
+                    assign, dist = _assign(data, centres)
                     sums = torch.zeros_like(centres).index_add_(0, assign, data)
                     counts = torch.bincount(assign, minlength=cfg.k).float()
                     empty = counts == 0
                     centres = torch.where(empty[:, None], centres, sums / counts.clamp(min=1)[:, None])
                     if empty.any():  # restart dead codewords on the worst-served samples
-                        far = torch.cdist(data, centres).min(dim=1).values.topk(int(empty.sum())).indices
+                        far = dist.topk(int(empty.sum())).indices
                         centres[empty] = data[far]
                     if progress:
                         progress()
@@ -234,6 +236,25 @@ class Codebook(nn.Module):
 
     def save(self, path: str | Path, **extra) -> None:
         torch.save({"config": asdict(self.cfg), "codewords": self.codewords.detach().cpu(), **extra}, path)
+
+
+def _assign(
+    data: torch.Tensor, centres: torch.Tensor, chunk: int = 16384
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centre and squared distance per sample, in chunks (bounded memory for big samples)."""
+    x, c = data.numpy(), centres.numpy()
+    cn = (c**2).sum(axis=1)
+    idx = np.empty(len(x), dtype=np.int64)
+    dist = np.empty(len(x), dtype=np.float32)
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk]
+        scores = part @ c.T
+        scores *= -2.0
+        scores += cn
+        best = scores.argmin(axis=1)
+        idx[start : start + chunk] = best
+        dist[start : start + chunk] = scores[np.arange(len(part)), best] + (part**2).sum(axis=1)
+    return torch.from_numpy(idx), torch.from_numpy(dist)
 
 
 def _init_centres(data: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
@@ -284,6 +305,28 @@ def cells_from_maps(
             vecs = vecs[torch.from_numpy(rng.choice(len(vecs), per_map, replace=False))]
         if len(vecs):
             yield vecs
+
+
+def load_feature_maps(path: str | Path) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(C, H, W) maps, with occupancy masks when saved, from a ``.pt`` file or a directory of them.
+
+    Each file holds a tensor (C, H, W) or (B, C, H, W), or a dict with ``features`` and optionally
+    ``occupied`` ((H, W) or (B, H, W) bool): what an encoder run over a log can save.
+    """
+    path = Path(path)
+    files = sorted(path.glob("*.pt")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"no .pt feature files in {path}")
+    for f in files:
+        obj = torch.load(f, map_location="cpu", weights_only=True)
+        feats, occ = (obj.get("features"), obj.get("occupied")) if isinstance(obj, dict) else (obj, None)
+        if not torch.is_tensor(feats) or feats.ndim not in (3, 4):
+            raise ValueError(f"{f}: expected a (C, H, W) or (B, C, H, W) tensor under 'features'")
+        feats = feats[None] if feats.ndim == 3 else feats
+        if occ is not None:
+            occ = occ[None] if occ.ndim == 2 else occ
+        for b in range(len(feats)):
+            yield feats[b].float(), (None if occ is None else occ[b].bool())
 
 
 def train_codebook(
@@ -343,6 +386,48 @@ def train_codebook(
         if progress:
             progress(entry)
     return log
+
+
+def fit_from_maps(
+    cfg: CodebookConfig,
+    maps: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]],
+    *,
+    cells_per_map: int = 1000,
+    holdout_every: int = 10,
+    iters: int = 25,
+    refine_steps: int = 0,
+    lr: float = 1e-3,
+    beta: float = 0.25,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[Codebook, dict]:
+    """k-means (then optional gradient refinement) on cells of streamed maps; every
+    ``holdout_every``-th map is held out and reported separately."""
+    train, held = [], []
+    for i, vecs in enumerate(cells_from_maps(maps, per_map=cells_per_map, seed=seed)):
+        (held if holdout_every and i % holdout_every == holdout_every - 1 else train).append(vecs)
+    if not train:
+        raise ValueError("no non-empty cells to fit a codebook on")
+    data = torch.cat(train)
+    cb = Codebook(cfg)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.r * cfg.m * iters, desc="k-means")
+    info = cb.fit(data, iters=iters, seed=seed, progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    info["kmeans_relative_error_per_stage"] = info.pop("relative_error_per_stage")
+    if refine_steps:
+        g = torch.Generator().manual_seed(seed)
+        batches = data[torch.randperm(len(data), generator=g)].split(4096)
+        log = train_codebook(cb, batches, refine_steps, lr=lr, beta=beta, seed=seed)
+        info["refine_final_relative_error"] = log[-1]["relative_error"]
+    info["train"] = evaluate_codebook(cb, train)
+    info["holdout"] = evaluate_codebook(cb, held) if held else None
+    info["maps"] = {"train": len(train), "holdout": len(held)}
+    return cb, info
 
 
 @torch.no_grad()

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from v2x.codebook import Codebook, CodebookConfig, sample_cells
+from v2x.codebook import Codebook, CodebookConfig, fit_from_maps
 from v2x.cooperative import Perception, evaluation_ground_truth
 from v2x.detection_metrics import DetectionEvaluator
 from v2x.encoder import sanitize_points
 from v2x.messages import MessageCodec, exchange
 
-__all__ = ["CommSetting", "evaluate_comm", "fit_codebook", "plot_comm"]
+__all__ = ["CommSetting", "encoder_maps", "evaluate_comm", "fit_codebook", "plot_comm"]
 
 DEFAULT_BUDGETS = (256, 512, 1024, 2048, 4096, 16384, 65536)
 WHERE2COMM_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
@@ -151,6 +151,19 @@ def plot_comm(rows: list[dict], path: Path, reference: dict | None = None) -> No
     plt.close(fig)
 
 
+def encoder_maps(log, perception: Perception, frames: int, seed: int = 0, progress: bool = True):
+    """(features, occupied) of every agent of ``frames`` randomly chosen frames, from the frozen encoder."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(log), min(frames, len(log)), replace=False)
+    with torch.no_grad():
+        for i in tqdm(sorted(idx), desc="features", disable=not progress):
+            frame = log[int(i)]
+            clouds = [sanitize_points(s.points_in_bev(), perception.cfg) for s in frame.agents.values()]
+            bev = perception.model.encode(clouds)
+            for b in range(len(clouds)):
+                yield bev.features[b], bev.occupied[b]
+
+
 def fit_codebook(
     log,
     perception: Perception,
@@ -159,23 +172,13 @@ def fit_codebook(
     samples: int = 200_000,
     seed: int = 0,
     progress: bool = True,
+    **kwargs,
 ) -> tuple[Codebook, dict]:
-    """Residual product k-means on occupied-cell features of the frozen encoder."""
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(log), min(frames, len(log)), replace=False)
-    per_frame = max(1, samples // len(idx))
-    vecs = []
-    with torch.no_grad():
-        for i in tqdm(sorted(idx), desc="features", disable=not progress):
-            frame = log[int(i)]
-            clouds = [sanitize_points(s.points_in_bev(), perception.cfg) for s in frame.agents.values()]
-            bev = perception.model.encode(clouds)
-            vecs.append(sample_cells(bev.features, bev.occupied, per_frame, rng))
-    data = torch.cat(vecs)
-    cb = Codebook(cfg)
-    info = cb.fit(data, seed=seed)
-    info["samples"] = len(data)
-    return cb, info
+    """Residual product k-means (and optional refinement) on occupied-cell features of the frozen encoder."""
+    per_map = max(1, samples // max(1, min(frames, len(log)) * 2))
+    return fit_from_maps(
+        cfg, encoder_maps(log, perception, frames, seed, progress), cells_per_map=per_map, seed=seed, **kwargs
+    )
 
 
 def write_rows(rows: list[dict], path: Path) -> None:

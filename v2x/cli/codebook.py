@@ -14,9 +14,15 @@ def _split(data: Path, name: str) -> Path:
 @click.command("codebook")
 @click.option(
     "--data",
-    required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Log root (its train/ split is used when present).",
+    help="Log root (its train/ split is used when present); features come from the frozen detector.",
+)
+@click.option(
+    "--features",
+    "features_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Instead of --data: a .pt file or directory of them holding (C, H, W) / (B, C, H, W) maps "
+    "or {'features', 'occupied'} dicts.",
 )
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Codebook file (.pt)."
@@ -24,38 +30,77 @@ def _split(data: Path, name: str) -> Path:
 @click.option(
     "--weights",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Frozen detector (default: shipped).",
+    help="Frozen detector for --data (default: shipped).",
 )
 @click.option("--m", "m", type=int, default=2, show_default=True, help="Product sub-codebooks.")
 @click.option("--r", "r", type=int, default=2, show_default=True, help="Residual stages.")
 @click.option("--k", "k", type=int, default=64, show_default=True, help="Codewords per sub-codebook.")
-@click.option(
-    "--frames", type=int, default=300, show_default=True, help="Training frames sampled for features."
-)
+@click.option("--frames", type=int, default=300, show_default=True, help="Frames sampled from --data.")
+@click.option("--cells-per-map", type=int, default=1000, show_default=True, help="Cells sampled per map.")
+@click.option("--iters", type=int, default=25, show_default=True, help="k-means iterations per sub-codebook.")
+@click.option("--refine-steps", type=int, default=0, show_default=True, help="Gradient steps after k-means.")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--holdout-every", type=int, default=10, show_default=True, help="Every n-th map is held out.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_codebook(data, out, weights, m, r, k, frames, seed) -> None:
-    """Fit a residual product codebook to the frozen encoder's cell features."""
+def train_codebook(
+    data,
+    features_path,
+    out,
+    weights,
+    m,
+    r,
+    k,
+    frames,
+    cells_per_map,
+    iters,
+    refine_steps,
+    lr,
+    holdout_every,
+    seed,
+) -> None:
+    """Fit a residual product codebook to BEV cell features (frozen detector's, or saved tensors)."""
     import json
 
     import torch
 
-    from v2x.codebook import CodebookConfig
-    from v2x.comm_eval import fit_codebook
-    from v2x.cooperative import Perception
-    from v2x.datasets import open_log
-    from v2x.detector import load_detector
+    from v2x.codebook import CodebookConfig, fit_from_maps, load_feature_maps
 
+    if (data is None) == (features_path is None):
+        raise click.UsageError("give exactly one of --data (a log) or --features (saved feature maps)")
     torch.set_num_threads(2)
-    model = load_detector(weights)
-    cfg = CodebookConfig(channels=model.cfg.bev_channels, m=m, r=r, k=k)
-    cb, info = fit_codebook(open_log(_split(data, "train")), Perception(model), cfg, frames=frames, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cb.save(
-        out,
-        detector=model.identity(),
-        info=json.dumps(info),
-        command=f"v2x train codebook --m {m} --r {r} --k {k} --frames {frames} --seed {seed}",
+    fit_args = dict(
+        cells_per_map=cells_per_map,
+        holdout_every=holdout_every,
+        iters=iters,
+        refine_steps=refine_steps,
+        lr=lr,
+        seed=seed,
+        progress=True,
     )
+    extra = {}
+    if features_path is not None:
+        first = next(load_feature_maps(features_path))[0]
+        cfg = CodebookConfig(channels=first.shape[0], m=m, r=r, k=k)
+        cb, info = fit_from_maps(cfg, load_feature_maps(features_path), **fit_args)
+        source = f"--features {features_path}"
+    else:
+        from v2x.comm_eval import encoder_maps
+        from v2x.cooperative import Perception
+        from v2x.datasets import open_log
+        from v2x.detector import load_detector
+
+        model = load_detector(weights)
+        cfg = CodebookConfig(channels=model.cfg.bev_channels, m=m, r=r, k=k)
+        maps = encoder_maps(open_log(_split(data, "train")), Perception(model), frames, seed)
+        cb, info = fit_from_maps(cfg, maps, **fit_args)
+        extra["detector"] = model.identity()
+        source = f"--data {data} --frames {frames}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = (
+        f"v2x train codebook {source} --m {m} --r {r} --k {k} --cells-per-map {cells_per_map} "
+        f"--iters {iters} --refine-steps {refine_steps} --seed {seed}"
+    )
+    cb.save(out, info=json.dumps(info), command=command, **extra)
     click.echo(
         json.dumps(
             {
