@@ -182,9 +182,17 @@ def _str_list(value: Any, where: str) -> list[str] | None:
 
 
 def load_launch(
-    path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_classes: bool = True
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    check_classes: bool = True,
+    keys_required: bool = True,
+    keys: str | Path | None = None,
 ) -> LaunchSpec:
-    """Read and check a launch file; ``overrides`` are ``NODE.PARAM=VALUE`` (YAML values)."""
+    """Read and check a launch file; ``overrides`` are ``NODE.PARAM=VALUE`` (YAML values).
+
+    ``check_classes``: import every node class now (a typo fails here, not in a child);
+    ``keys_required``: the keys folder it names must exist and hold every node's pair;
+    ``keys``: a keys folder (relative to the current directory) that replaces the file's."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -284,9 +292,12 @@ def load_launch(
             target.params = apply_overrides(target.params, [ov[len(node_name) + 1 :]])
         except ParamError as exc:
             raise LaunchError(str(exc)) from exc
-    keys = raw.get("keys")
-    if keys:
+    if keys is not None:
+        keys_path = Path(keys)
+    elif raw.get("keys"):
+        keys = raw["keys"]
         keys_path = Path(keys) if Path(keys).is_absolute() else path.parent / keys
+    if keys and keys_required:
         if not keys_path.is_dir():
             raise LaunchError(
                 f"{path}: keys folder {keys_path} not found (run `v2x keys generate --launch {path} --out {keys_path}`)"
@@ -320,19 +331,32 @@ def _check_node_class(path: Path, n: NodeEntry) -> None:
         raise LaunchError(f"{path}: node {n.name!r}: cannot load {n.node!r}: {exc}") from exc
 
 
-def assign_endpoints(spec: LaunchSpec, run_dir: Path) -> dict[str, tuple[str, str]]:
+def assign_endpoints(
+    spec: LaunchSpec, run_dir: Path, local: set[str] | None = None
+) -> dict[str, tuple[str, str]]:
     """name -> (inbox endpoint, tap endpoint): the launch file's, checked to be free, or new
-    ones (free TCP ports on ``host``, or IPC sockets in ``run_dir``)."""
+    ones (free TCP ports on ``host``, or IPC sockets in ``run_dir``).
+
+    ``local``: the nodes started on this host (default all). The others run elsewhere, so
+    they must have an ``endpoint`` in the launch file, and it is not checked here."""
+    where = spec.source or spec.name
     out: dict[str, tuple[str, str]] = {}
     taken: set[str] = set()
     for n in spec.nodes:
+        if local is not None and n.name not in local:
+            if not n.endpoint:
+                raise LaunchError(
+                    f"{where}: node {n.name!r} runs on another host (not in --only), so it needs an 'endpoint'"
+                )
+            out[n.name] = (n.endpoint, n.tap or "")
+            continue
         pair = []
         for role, given in (("in", n.endpoint), ("tap", n.tap)):
             if given:
                 try:
                     check_available(given)
                 except EndpointError as exc:
-                    raise LaunchError(f"{spec.source or spec.name}: node {n.name!r}: {exc}") from exc
+                    raise LaunchError(f"{where}: node {n.name!r}: {exc}") from exc
                 ep = given
             elif spec.transport == "ipc":
                 ep = check_endpoint(f"ipc://{run_dir}/{n.name}.{role}")
@@ -342,7 +366,7 @@ def assign_endpoints(spec: LaunchSpec, run_dir: Path) -> dict[str, tuple[str, st
                     if ep not in taken:
                         break
             if ep in taken:
-                raise LaunchError(f"{spec.source or spec.name}: endpoint {ep} is named twice")
+                raise LaunchError(f"{where}: endpoint {ep} is named twice")
             taken.add(ep)
             pair.append(ep)
         out[n.name] = (pair[0], pair[1])

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from v2x.comm.graph import write_graph
-from v2x.comm.launch import LaunchSpec, NodeEntry, assign_endpoints, runs_root
+from v2x.comm.launch import LaunchError, LaunchSpec, NodeEntry, assign_endpoints, runs_root
 from v2x.comm.node import EXIT_CONFIG, NodeSpec, Peer
 from v2x.comm.run import PARENT_ENV
 
@@ -63,16 +63,31 @@ class NodeProcess:
 class Supervisor:
     """Starts, watches, restarts and stops the nodes of a :class:`LaunchSpec`."""
 
-    def __init__(self, spec: LaunchSpec, run_dir: Path | None = None, screen: bool = False) -> None:
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        run_dir: Path | None = None,
+        screen: bool = False,
+        only: list[str] | None = None,
+    ) -> None:
+        """``only``: start just these nodes here (the rest run on other hosts); ``screen``:
+        also print the nodes' log lines, prefixed with their names."""
         self.spec = spec
         self.screen = screen
+        names = [n.name for n in spec.nodes]
+        unknown = sorted(set(only or []) - set(names))
+        if unknown:
+            raise LaunchError(f"{spec.source or spec.name}: --only names unknown node(s) {unknown}")
         self.run_dir = Path(
             run_dir or runs_root() / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.endpoints_taps = assign_endpoints(spec, self.run_dir)
+        self.endpoints_taps = assign_endpoints(spec, self.run_dir, set(only) if only else None)
         self.endpoints = {name: pair[0] for name, pair in self.endpoints_taps.items()}
-        self.nodes: dict[str, NodeProcess] = {n.name: NodeProcess(n) for n in spec.nodes}
+        self.nodes: dict[str, NodeProcess] = {
+            n.name: NodeProcess(n) for n in spec.nodes if not only or n.name in only
+        }
+        self._log_offsets: dict[str, int] = {}
         self.exits: list[dict[str, Any]] = []
         self._stopping = False
 
@@ -165,6 +180,22 @@ class Supervisor:
                     "log": str(self.run_dir / f"{name}.log"),
                 }
                 for name, np_ in self.nodes.items()
+            ]
+            + [
+                {
+                    "name": n.name,
+                    "node": n.node,
+                    "endpoint": self.endpoints_taps[n.name][0],
+                    "tap": self.endpoints_taps[n.name][1],
+                    "key": n.key,
+                    "pid": None,
+                    "status": "remote",
+                    "restarts": 0,
+                    "last_exit": None,
+                    "log": None,
+                }
+                for n in self.spec.nodes
+                if n.name not in self.nodes
             ],
         }
         root = runs_root()
@@ -177,6 +208,22 @@ class Supervisor:
         except OSError:
             return ""
         return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def echo_logs(self) -> None:
+        """Print what the nodes logged since the last call, each line prefixed [name]."""
+        for name in self.nodes:
+            path = self.run_dir / f"{name}.log"
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self._log_offsets.get(name, 0))
+                    data = f.read()
+            except OSError:
+                continue
+            end = data.rfind(b"\n") + 1  # whole lines only
+            if end:
+                self._log_offsets[name] = self._log_offsets.get(name, 0) + end
+                for line in data[:end].decode(errors="replace").splitlines():
+                    print(f"[{name}] {line}", flush=True)
 
     # -- watching -------------------------------------------------------------------------------
     def poll(self) -> None:
@@ -261,6 +308,9 @@ class Supervisor:
         for np_ in self.nodes.values():
             if np_.status == "backoff":
                 np_.status = "stopped"
+        if running:
+            codes = ", ".join(f"{np_.entry.name}: {np_.last_exit}" for np_ in running)
+            log.info("stopped %d node(s) (%s)", len(running), codes)
         self._write_graph()
 
     def run(self, duration: float | None = None) -> int:
@@ -280,6 +330,8 @@ class Supervisor:
             self.start()
             while stop["signal"] is None and (end is None or time.monotonic() < end):
                 self.poll()
+                if self.screen:
+                    self.echo_logs()
                 if self.finished():
                     break
                 time.sleep(0.05)
@@ -287,6 +339,8 @@ class Supervisor:
             if stop["signal"] is not None:
                 log.info("%s: stopping %d node(s)", signal.Signals(stop["signal"]).name, len(self.alive()))
             self.stop()
+            if self.screen:
+                self.echo_logs()
             for s, h in old.items():
                 signal.signal(s, h)
         return 1 if self.failed() else 0
