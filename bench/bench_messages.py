@@ -98,6 +98,7 @@ def coding_sizes(occ: np.ndarray, rng: np.random.Generator) -> list[dict]:
             {
                 "pattern": pattern,
                 "cells": len(cells),
+                "rice": sizes[CellCoding.RICE],
                 "bitmap": sizes[CellCoding.BITMAP],
                 "delta_varint": sizes[CellCoding.DELTA_VARINT],
                 "run_length": sizes[CellCoding.RUN_LENGTH],
@@ -338,7 +339,7 @@ def _print(r: dict) -> None:
     print("cell codings (bytes):")
     for c in r["cell_coding_sizes"]:
         print(
-            f"  {c['pattern']:>36} n={c['cells']:>5}: bitmap {c['bitmap']:>5} delta {c['delta_varint']:>5} "
+            f"  {c['pattern']:>36} n={c['cells']:>5}: rice {c['rice']:>5} bitmap {c['bitmap']:>5} delta {c['delta_varint']:>5} "
             f"rle {c['run_length']:>5} -> {c['chosen']} ({c['bytes_per_cell']} B/cell)"
         )
     print("pose precision:", r["pose_precision"])

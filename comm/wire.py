@@ -7,7 +7,7 @@ Layout (little-endian; the full specification with hex examples is ``docs/wire-f
       4  1  version (1)
       5  1  message type (1 codebook features, 2 raw fp32 features, 3 raw fp16 features,
             4 detections, 5 demand, 6 offer)
-      6  1  flags: bits 0-1 cell-set coding (0 none, 1 bitmap, 2 delta+varint, 3 run-length),
+      6  1  flags: bits 0-1 cell-set coding (0 Golomb-Rice, 1 bitmap, 2 delta+varint, 3 run-length),
             bit 2 detections block follows, bit 3 detections carry variances,
             bit 4 2-bit levels follow the cell set, bit 5 the cell set is a complement;
             bits 6-7 reserved (0)
@@ -117,7 +117,7 @@ BLOCK_TYPES = frozenset({MessageType.DEMAND, MessageType.OFFER})
 
 
 class CellCoding(IntEnum):
-    NONE = 0
+    RICE = 0  # Golomb-Rice coded gaps: unary quotients, then k-bit remainders
     BITMAP = 1
     DELTA_VARINT = 2
     RUN_LENGTH = 3
@@ -196,7 +196,7 @@ class Header:
     #: bits per codebook index (codebook messages) or block edge in cells (demand / offer)
     unit: int = 0
     # filled in by the decoder from the flags byte (the encoder derives them from the payload)
-    coding: CellCoding = CellCoding.NONE
+    coding: CellCoding = CellCoding.RICE
     has_detections: bool = False
     has_variances: bool = False
     has_levels: bool = False
@@ -313,6 +313,83 @@ def _deltas(cells: np.ndarray) -> np.ndarray:
     return np.diff(cells, prepend=-1) - 1
 
 
+_RICE_MAX_K = 24
+
+
+def _rice_k(deltas: np.ndarray) -> tuple[int, int]:
+    """The Rice parameter k minimising the coded bits of ``deltas``, and those bits."""
+    n = len(deltas)
+    ks = np.arange(0, 17)
+    bits = (deltas[None, :] >> ks[:, None]).sum(axis=1) + n * (1 + ks)
+    k = int(bits.argmin())
+    return k, int(bits[k])
+
+
+def _cells_rice(cells: np.ndarray) -> bytes:
+    """u8 k, then one bit stream: every gap's quotient ``d >> k`` in unary (that many 1s and a 0),
+    then every gap's k-bit remainder; zero-padded to a byte. Nothing at all for an empty set."""
+    if len(cells) == 0:
+        return b""
+    d = _deltas(cells)
+    k, _ = _rice_k(d)
+    q = d >> k
+    unary = np.ones(int(q.sum()) + len(d), dtype=np.uint8)
+    unary[np.cumsum(q + 1) - 1] = 0
+    if k:
+        shifts = np.arange(k - 1, -1, -1)
+        rem = (((d & ((1 << k) - 1))[:, None] >> shifts[None, :]) & 1).astype(np.uint8).ravel()
+        unary = np.concatenate([unary, rem])
+    return bytes([k]) + np.packbits(unary).tobytes()
+
+
+def _rice_size(cells: np.ndarray) -> int:
+    if len(cells) == 0:
+        return 0
+    return 1 + (_rice_k(_deltas(cells))[1] + 7) // 8
+
+
+def _decode_rice(rest: memoryview, n: int, num_cells: int) -> tuple[np.ndarray, int]:
+    if n == 0:
+        return np.zeros(0, np.int64), 0
+    if len(rest) < 1:
+        raise TruncatedError("Rice-coded cells without their parameter")
+    k = rest[0]
+    if k > _RICE_MAX_K:
+        raise MalformedError(f"Rice parameter {k} (at most {_RICE_MAX_K})")
+    # the gaps add up to less than the grid: a bound on the stream, whatever the bytes say
+    max_bits = (num_cells >> k) + n * (1 + k)
+    data = np.frombuffer(rest[1 : 1 + (max_bits + 7) // 8], dtype=np.uint8)
+    bits = np.unpackbits(data)
+    capped = len(rest) - 1 > len(data)  # more bytes were there than a valid stream can use
+    ends = np.flatnonzero(bits == 0)[:n]
+    if len(ends) < n:
+        if capped:
+            raise CellIndexError(f"Rice-coded gaps run beyond a grid of {num_cells} cells")
+        raise TruncatedError(f"Rice-coded cells: {len(ends)} of {n} unary terminators present")
+    unary_bits = int(ends[-1]) + 1
+    need = unary_bits + n * k
+    if need > len(bits):
+        if capped:
+            raise CellIndexError(f"Rice-coded gaps run beyond a grid of {num_cells} cells")
+        raise TruncatedError(f"Rice-coded cells: need {need} bits, have {len(bits)}")
+    q = np.diff(ends, prepend=-1) - 1
+    if k:
+        weights = (1 << np.arange(k - 1, -1, -1)).astype(np.int64)
+        rem = bits[unary_bits:need].reshape(n, k).astype(np.int64) @ weights
+    else:
+        rem = np.zeros(n, np.int64)
+    d = (q << k) | rem
+    if d.max() >= num_cells:
+        raise CellIndexError(f"a cell gap of {int(d.max())} in a grid of {num_cells}")
+    nbytes = (need + 7) // 8
+    if bits[need : 8 * nbytes].any():
+        raise MalformedError("Rice-coded cells: padding bits are not zero")
+    cells = np.cumsum(d + 1) - 1
+    if cells[-1] >= num_cells:
+        raise CellIndexError(f"cell index {int(cells[-1])} outside the grid of {num_cells}")
+    return cells, 1 + nbytes
+
+
 def _runs(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Starts and lengths of the maximal runs of consecutive indices of a sorted set."""
     if len(cells) == 0:
@@ -337,6 +414,7 @@ def cell_set_sizes(cells: np.ndarray, num_cells: int) -> dict[CellCoding, int]:
     cells = np.asarray(cells, dtype=np.int64)
     head = varint_size(np.array([len(cells)]))
     return {
+        CellCoding.RICE: head + _rice_size(cells),
         CellCoding.BITMAP: head + (num_cells + 7) // 8,
         CellCoding.DELTA_VARINT: head + varint_size(_deltas(cells)),
         CellCoding.RUN_LENGTH: head + varint_size(_rle_values(cells)),
@@ -348,18 +426,20 @@ def encode_cells(
 ) -> tuple[CellCoding, bytes]:
     """A sorted, distinct set of flat cell indices in the smallest coding (or the one asked for).
 
-    Every coding starts with the cell count as a varint; an empty set is just that count with
-    coding ``NONE``.
+    Every coding starts with the cell count as a varint; an empty set is just that count (coding
+    ``RICE``, which writes nothing more for it).
     """
     cells = np.asarray(cells, dtype=np.int64)
     if len(cells) and (np.any(np.diff(cells) <= 0) or cells[0] < 0 or cells[-1] >= num_cells):
         raise ValueError(f"cells must be sorted, distinct and inside the grid of {num_cells} cells")
     count = _varint_encode(np.array([len(cells)]))
     if len(cells) == 0 and coding is None:
-        return CellCoding.NONE, count
+        return CellCoding.RICE, count
     if coding is None:
         sizes = cell_set_sizes(cells, num_cells)
         coding = min(sizes, key=lambda c: (sizes[c], int(c)))
+    if coding == CellCoding.RICE:
+        return coding, count + _cells_rice(cells)
     if coding == CellCoding.BITMAP:
         return coding, count + _cells_bitmap(cells, num_cells)
     if coding == CellCoding.DELTA_VARINT:
@@ -374,10 +454,9 @@ def decode_cells(buf: memoryview, coding: CellCoding, num_cells: int) -> tuple[n
     (n,), used = _varint_decode(buf, 1, "cell count", num_cells + 1)
     n = int(n)
     rest = buf[used:]
-    if coding == CellCoding.NONE:
-        if n:
-            raise MalformedError(f"{n} cells declared without a cell coding")
-        return np.zeros(0, np.int64), used
+    if coding == CellCoding.RICE:
+        cells, k = _decode_rice(rest, n, num_cells)
+        return cells, used + k
     if coding == CellCoding.BITMAP:
         nbytes = (num_cells + 7) // 8
         if len(rest) < nbytes:
@@ -541,7 +620,7 @@ def encode(
     """
     t = MessageType(header.type)
     body = bytearray()
-    coding_used = CellCoding.NONE
+    coding_used = CellCoding.RICE
     flags = 0
     if t in CELL_TYPES:
         block = header.unit if t in BLOCK_TYPES else 1
@@ -688,7 +767,7 @@ def _decode(buf, grid_shape, grid_id, codebook_id, codebook_size, max_channels) 
         raise MalformedError(f"level / complement flags on a {h.type.name} message")
     if h.has_variances and not h.has_detections:
         raise MalformedError("variance flag without detections")
-    if h.type not in CELL_TYPES and h.coding != CellCoding.NONE:
+    if h.type not in CELL_TYPES and h.coding != 0:
         raise MalformedError(f"a cell coding on a {h.type.name} message")
     body = buf[HEADER.size :]
     msg = DecodedMessage(h)

@@ -97,8 +97,8 @@ def examples() -> list[Example]:
             "Codebook features (delta + varint cells)",
             "Sender 2 sends 4 cells (flat indices 1234, 1235, 1236, 9000) with 4 codebook indices each "
             "(r = 2 stages x m = 2 sub-codebooks, k = 256, so 8 bits per index). The encoder sorts the "
-            "cells; the rows of codes follow them. Delta + varint (7 bytes) beats run-length (8) and the "
-            "bitmap (2,201), so flags = 0x02.",
+            "cells; the rows of codes follow them. Delta + varint (7 bytes) beats Golomb-Rice (8), "
+            "run-length (8) and the bitmap (2,201), so flags = 0x02.",
             data,
             f,
         )
@@ -122,6 +122,31 @@ def examples() -> list[Example]:
             "Codebook features (run-length cells, 5-bit indices)",
             "Six consecutive cells 3000..3005, two indices each from a k = 32 codebook (5 bits). "
             "Run-length: 4 bytes; delta + varint would take 8. 12 indices x 5 bits = 60 bits = 8 bytes.",
+            data,
+            f,
+        )
+    )
+
+    # 2b. scattered cells: Golomb-Rice
+    cells = np.array([40, 45, 61, 100, 130, 131, 190, 250])
+    codes = np.arange(8)[:, None] % 4
+    data = encode(_header(MessageType.CODEBOOK, unit=2, seq=21), shape, cells, codes=codes)
+    f = _header_fields(data)[3:5] + [
+        (64, 1, "cell count", "8"),
+        (65, 1, "Rice parameter k", "4"),
+        (66, 7, "bit stream", "unary quotients 2,0,0,2,1,0,3,3 then 4-bit remainders 8,4,15,6,13,0,10,11"),
+        (73, 1, "indices per cell", "1"),
+        (74, 2, "codes, 2 bits each", "0 1 2 3 0 1 2 3"),
+    ]
+    out.append(
+        Example(
+            "rice",
+            "Codebook features (Golomb-Rice cells)",
+            "Eight scattered cells 40, 45, 61, 100, 130, 131, 190, 250 with one 2-bit index each (k = 4). "
+            "Gaps d = 40, 4, 15, 38, 29, 0, 58, 59. With k = 4: quotients d >> 4 in unary "
+            "(110 0 0 110 10 0 1110 1110, 19 bits), then the remainders d & 15 in 4 bits each (32 bits): "
+            "51 bits, padded to 7 bytes. With the count and the k byte the set takes 9 bytes; delta + varint "
+            "also takes 9 and the tie goes to the lower coding number (0, Rice); run-length takes 16.",
             data,
             f,
         )

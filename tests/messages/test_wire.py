@@ -66,7 +66,7 @@ def _codebook_message(rng, n=300, per_cell=4, bits=8, dets=True):
     )
 
 
-@pytest.mark.parametrize("coding", list(CellCoding)[1:])
+@pytest.mark.parametrize("coding", list(CellCoding))
 @pytest.mark.parametrize("n", [0, 1, 57, 2000, N])
 def test_cell_codings_round_trip_and_sizes_are_exact(coding, n):
     cells = np.sort(np.random.default_rng(n).choice(N, n, replace=False))
@@ -83,7 +83,7 @@ def test_the_smallest_coding_is_chosen():
     assert encode_cells(sparse, N)[0] == CellCoding.DELTA_VARINT
     assert encode_cells(dense_run, N)[0] == CellCoding.RUN_LENGTH
     assert encode_cells(checker, N)[0] == CellCoding.BITMAP
-    assert encode_cells(np.zeros(0, np.int64), N) == (CellCoding.NONE, b"\x00")
+    assert encode_cells(np.zeros(0, np.int64), N) == (CellCoding.RICE, b"\x00")
     rng = np.random.default_rng(5)
     for n in (10, 300, 3000, 12000):
         cells = np.sort(rng.choice(N, n, replace=False))
@@ -203,6 +203,30 @@ def test_refusals_are_typed_and_counted():
     assert REJECTED["grid_mismatch"] == after["grid_mismatch"]
 
 
+def test_rice_coding_is_compact_and_its_corruptions_are_refused():
+    rng = np.random.default_rng(8)
+    cells = np.sort(rng.choice(N, 1000, replace=False))
+    sizes = cell_set_sizes(cells, N)
+    # about the entropy of a random 1000-of-17600 set (~5.6 bits a cell), well under a byte a cell
+    assert sizes[CellCoding.RICE] < 0.8 * sizes[CellCoding.DELTA_VARINT]
+    coding, data = encode_cells(cells, N)
+    assert coding == CellCoding.RICE and len(data) == sizes[CellCoding.RICE]
+    count = len(_varint_encode(np.array([1000])))
+    bad_k = bytearray(data)
+    bad_k[count] = 30
+    with pytest.raises(WireError) as err:
+        decode_cells(memoryview(bytes(bad_k)), CellCoding.RICE, N)
+    assert err.value.reason == "malformed"
+    with pytest.raises(WireError) as err:  # the stream cut short
+        decode_cells(memoryview(data[: len(data) // 2]), CellCoding.RICE, N)
+    assert err.value.reason == "truncated"
+    with pytest.raises(WireError) as err:  # a smaller grid: the same gaps overrun it
+        decode_cells(memoryview(data), CellCoding.RICE, N // 4)
+    assert err.value.reason == "cell_outside_grid"
+    one, two = encode_cells(np.array([3]), N, CellCoding.RICE)[1], encode_cells(np.array([17599]), N)[1]
+    assert decode_cells(memoryview(one), CellCoding.RICE, N)[0].tolist() == [3] and len(two) <= 4
+
+
 def test_header_pose_keeps_metre_precision_far_from_the_origin():
     """x, y travel as float64: a pose 4,000 km from the world origin comes back to the nanometre."""
     h = _header(MessageType.DETECTIONS)
@@ -229,6 +253,13 @@ _MESSAGES = {
         coding=CellCoding.RUN_LENGTH,
     ),
     "demand": encode(_header(MessageType.DEMAND, 4), SHAPE, [5, 6, 7, 500], levels=[1, 2, 3, 3]),
+    "rice": encode(
+        _header(MessageType.CODEBOOK, 6),
+        SHAPE,
+        np.random.default_rng(9).choice(N, 40, replace=False),
+        codes=np.full((40, 2), 33),
+        coding=CellCoding.RICE,
+    ),
     "bitmap": encode(
         _header(MessageType.OFFER, 4),
         SHAPE,
