@@ -22,7 +22,7 @@ Budgets are exact: :meth:`MessageCodec.feature_message` sizes candidate cell set
 Agent side (per frame)::
 
     demand = codec.read_demand(demand_bytes)                      # from the ego
-    offer_bytes = codec.offer_message(me, demand)                 # codefilling only: broadcast
+    offer_bytes = codec.offer_message(me, demand)                 # codefilling: broadcast (None: silent)
     plan = codec.assign([codec.read_offer(b) for b in offers], demand)   # same answer everywhere
     out = codec.feature_message("codefilling", me, budget, demand, plan.get(codec.sender_of(me)))
 
@@ -253,10 +253,14 @@ class MessageCodec:
             levels[msg.cells] = 3
         return Demand(levels, _pose_of(msg.header), msg.header.sender, msg.header.stamp_ns)
 
-    def offer_message(self, agent: AgentPerception, demand: Demand) -> bytes:
+    def offer_message(self, agent: AgentPerception, demand: Demand) -> bytes | None:
+        """The agent's offer, or None when it has nothing to offer: it then stays silent (every
+        agent computes the same plan from the offers it did receive)."""
         blocks, levels = offer_blocks(
             agent.confidence, agent.world_from_bev, demand.world_from_ego, demand.levels, self.grid, self.sel
         )
+        if len(blocks) == 0:
+            return None
         h = self._header(MessageType.OFFER, agent, unit=self.sel.block)
         return encode(h, self.shape, blocks, levels=levels)
 
@@ -497,6 +501,8 @@ def exchange(
         offers = []
         for a in collaborators:
             data = codec.offer_message(a, demand)
+            if data is None:
+                continue  # nothing to offer
             if budget is not None and out[a.agent_id].bytes + len(data) + smallest > budget:
                 continue  # no room to offer and then send: this agent stays silent
             out[a.agent_id].messages.append(data)
@@ -512,8 +518,8 @@ def exchange(
         enc = codec.feature_message(
             method, a, allowance, demand, plan.get(codec.sender_of(a)), threshold, boxes
         )
-        if enc.data is None:
-            continue
+        if enc.data is None or (len(enc.cells) == 0 and enc.boxes == 0):
+            continue  # nothing fits, or nothing to say: no message
         out[a.agent_id].messages.append(enc.data)
         out[a.agent_id].cells_sent = len(enc.cells)
         feats, bxs = codec.read_features(enc.data, channels)

@@ -239,9 +239,10 @@ def test_codefilling_does_not_send_what_another_agent_covers(codebook):
     assert filling["2"].cells_sent > 0 and filling["3"].cells_sent == 0
     _, _, plain = exchange(codec, "codebook", ego, [a, b], 10_000)
     assert all(o.cells_sent > 0 for o in plain.values())
-    # where the ego is itself confident nobody sends anything
+    assert len(filling["3"].messages) == 2  # the demand it received and its own offer, no features
+    # where the ego is itself confident nobody sends anything: only the demand is on the links
     _, _, none = exchange(codec, "codefilling", _ego(0.9), [a, b], 10_000)
-    assert all(o.cells_sent == 0 for o in none.values())
+    assert all(len(o.messages) == 1 and o.cells_sent == 0 for o in none.values())
 
 
 def test_baselines_send_what_they_should(codebook):
