@@ -1,1 +1,37 @@
-"""Multi-sensor Kalman tracking with learned measurement noise, baseline and metrics (``v2x.tracking``)."""
+"""Multi-object tracking for the ego node (``v2x.tracking``): a differentiable multi-sensor Kalman
+filter with learned measurement noise, the filterpy AB3DMOT baseline, AB3DMOT/V2V4Real metrics.
+
+The ego node, once per frame::
+
+    from v2x.tracking import AgentDetections, FrameDetections, MultiSensorKF, load_tracker
+
+    cfg, noise = load_tracker("noise.pt")          # fitted prior + learned noise network
+    tracker = MultiSensorKF(cfg, noise=noise)
+    out = tracker.step(FrameDetections(frame, stamp_ns, [ego_dets, *collaborator_dets]))
+    out.boxes                                      # world-frame Boxes with track ids and scores
+"""
+
+from v2x.tracking.ab3dmot import AB3DMOT
+from v2x.tracking.config import TrackerConfig
+from v2x.tracking.dmstrack import MultiSensorKF, StepOutput
+from v2x.tracking.metrics import TrackingSequence, evaluate_tracking
+from v2x.tracking.noise_net import NoiseNet
+from v2x.tracking.records import AgentDetections, FrameDetections, RecordError, load_sequence, save_sequence
+from v2x.tracking.train import load_noise_model, load_tracker
+
+__all__ = [
+    "AB3DMOT",
+    "AgentDetections",
+    "FrameDetections",
+    "MultiSensorKF",
+    "NoiseNet",
+    "RecordError",
+    "StepOutput",
+    "TrackerConfig",
+    "TrackingSequence",
+    "evaluate_tracking",
+    "load_noise_model",
+    "load_sequence",
+    "load_tracker",
+    "save_sequence",
+]

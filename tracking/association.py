@@ -1,8 +1,14 @@
-"""Track-to-detection association: 3D GIoU of upright boxes and Hungarian matching.
+"""Track-to-detection affinity (3D IoU and GIoU of upright boxes) and Hungarian matching.
 
-GIoU = IoU - (C - U) / C, with C the volume of the smallest enclosing shape: the convex hull of
-both boxes' BEV corners times their joint height span. Unlike IoU it still ranks pairs that do
-not overlap (it goes down to -1), which keeps fast or noisy targets associable.
+GIoU = IoU - (C - U) / C, with C the convex hull of both boxes' BEV corners times their joint
+height span (AB3DMOT's definition). Unlike IoU it still ranks pairs that do not overlap (down
+to -1), which keeps fast or noisy targets associable.
+
+Speed: the hull is the costly part, so pairs that provably cannot reach ``floor`` are not
+computed. For boxes whose circumscribed circles are apart, the BEV intersection is empty and
+the hull holds the trapezoid spanned by the two centre chords perpendicular to the centre line
+(each at least the box's shorter side) as well as both boxes, which bounds C from below and
+so GIoU from above. Skipped pairs read -1.
 """
 
 from __future__ import annotations
@@ -12,49 +18,99 @@ import shapely
 from scipy.optimize import linear_sum_assignment
 
 from v2x.boxes import bev_corners
-from v2x.iou import bev_intersection_area
+from v2x.iou import iou3d_matrix, polygon_intersection_area
 
-__all__ = ["giou3d_matrix", "hungarian"]
+__all__ = ["affinity_matrix", "giou3d_matrix", "giou3d_upper_bound", "hungarian"]
+
+_FORBIDDEN = 1e6
 
 
-def giou3d_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(Na, Nb) generalised 3D IoU of upright boxes given as (N, 7) arrays."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 7)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 7)
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    inter_bev = bev_intersection_area(a, b)
+def _as_boxes(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64).reshape(-1, 7)
+
+
+def giou3d_upper_bound(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Na, Nb) upper bound of GIoU and the mask of pairs whose BEV circles overlap (bound = 1)."""
+    a, b = _as_boxes(a), _as_boxes(b)
+    d = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+    ra = np.hypot(a[:, 3], a[:, 4]) / 2
+    rb = np.hypot(b[:, 3], b[:, 4]) / 2
+    near = d <= ra[:, None] + rb[None, :] + 1e-6
     za0, za1 = a[:, 2] - a[:, 5] / 2, a[:, 2] + a[:, 5] / 2
     zb0, zb1 = b[:, 2] - b[:, 5] / 2, b[:, 2] + b[:, 5] / 2
-    overlap_z = np.clip(np.minimum(za1[:, None], zb1[None]) - np.maximum(za0[:, None], zb0[None]), 0, None)
-    span_z = np.maximum(za1[:, None], zb1[None]) - np.minimum(za0[:, None], zb0[None])
-    inter = inter_bev * overlap_z
-    vol_a = np.prod(a[:, 3:6], axis=1)
-    vol_b = np.prod(b[:, 3:6], axis=1)
-    union = vol_a[:, None] + vol_b[None] - inter
-    ca, cb = bev_corners(a), bev_corners(b)
-    pts = np.concatenate(
-        [
-            np.broadcast_to(ca[:, None], (len(a), len(b), 4, 2)),
-            np.broadcast_to(cb[None], (len(a), len(b), 4, 2)),
-        ],
-        axis=2,
-    ).reshape(-1, 8, 2)
-    hull_area = shapely.area(shapely.convex_hull(shapely.multipoints(pts))).reshape(len(a), len(b))
-    enclose = hull_area * span_z
-    return inter / np.maximum(union, 1e-9) - (enclose - union) / np.maximum(enclose, 1e-9)
+    span = np.maximum(za1[:, None], zb1[None]) - np.minimum(za0[:, None], zb0[None])
+    area_a, area_b = a[:, 3] * a[:, 4], b[:, 3] * b[:, 4]
+    ma, mb = np.minimum(a[:, 3], a[:, 4]), np.minimum(b[:, 3], b[:, 4])
+    hull_lb = np.maximum(d * (ma[:, None] + mb[None]) / 2, area_a[:, None] + area_b[None])
+    union = (area_a * a[:, 5])[:, None] + (area_b * b[:, 5])[None]
+    bound = union / np.maximum(hull_lb * span, 1e-12) - 1.0
+    return np.where(near, 1.0, np.minimum(bound, 1.0)), near
 
 
-def hungarian(score: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Maximise total ``score`` (rows x cols); pairs at or below ``threshold`` are not allowed.
+def giou3d_matrix(a: np.ndarray, b: np.ndarray, floor: float | None = None) -> np.ndarray:
+    """(Na, Nb) generalised 3D IoU of upright boxes given as (N, 7) arrays.
 
+    With ``floor``, pairs whose GIoU is provably below it are skipped and read -1.
+    """
+    a, b = _as_boxes(a), _as_boxes(b)
+    out = np.full((len(a), len(b)), -1.0)
+    if len(a) == 0 or len(b) == 0:
+        return out
+    bound, near = giou3d_upper_bound(a, b)
+    todo = np.ones_like(near) if floor is None else bound >= floor
+    ia, ib = np.nonzero(todo)
+    if len(ia) == 0:
+        return out
+    A, B = a[ia], b[ib]
+    ca, cb = bev_corners(A), bev_corners(B)
+    inter_bev = np.zeros(len(ia))
+    ov = near[ia, ib]
+    if ov.any():
+        inter_bev[ov] = polygon_intersection_area(ca[ov], cb[ov])
+    za0, za1 = A[:, 2] - A[:, 5] / 2, A[:, 2] + A[:, 5] / 2
+    zb0, zb1 = B[:, 2] - B[:, 5] / 2, B[:, 2] + B[:, 5] / 2
+    inter = inter_bev * np.clip(np.minimum(za1, zb1) - np.maximum(za0, zb0), 0, None)
+    union = np.prod(A[:, 3:6], axis=1) + np.prod(B[:, 3:6], axis=1) - inter
+    span = np.maximum(za1, zb1) - np.minimum(za0, zb0)
+    hull = shapely.area(shapely.convex_hull(shapely.multipoints(np.concatenate([ca, cb], axis=1))))
+    enclose = hull * span
+    out[ia, ib] = inter / np.maximum(union, 1e-12) - (enclose - union) / np.maximum(enclose, 1e-12)
+    return out
+
+
+def affinity_matrix(
+    kind: str, tracks: np.ndarray, dets: np.ndarray, floor: float | None = None
+) -> np.ndarray:
+    """(tracks, detections) affinity: ``"giou"`` or ``"iou"`` (3D)."""
+    if kind == "giou":
+        return giou3d_matrix(tracks, dets, floor)
+    if kind == "iou":
+        return iou3d_matrix(_as_boxes(tracks), _as_boxes(dets))
+    raise ValueError(f"unknown affinity {kind!r}")
+
+
+def hungarian(
+    score: np.ndarray, threshold: float, gate_first: bool = False, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximise the total ``score`` (rows x cols); a kept pair has score >= ``threshold``.
+
+    ``gate_first=False`` is AB3DMOT's order: assign over every pair, then drop the pairs under
+    the threshold. ``gate_first=True`` forbids them before assigning, which can only keep more
+    pairs. ``allowed`` (bool, same shape) forbids pairs outright, e.g. a Mahalanobis gate.
     Returns matched (K, 2) index pairs, unmatched rows and unmatched columns.
     """
+    score = np.asarray(score, dtype=np.float64)
     n, m = score.shape
     if n == 0 or m == 0:
         return np.zeros((0, 2), dtype=np.int64), np.arange(n), np.arange(m)
-    cost = np.where(score > threshold, -score, 1e6)
+    ok = np.ones((n, m), dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool)
+    if gate_first:
+        ok = ok & (score >= threshold)
+    cost = np.where(ok, -score, _FORBIDDEN)
     rows, cols = linear_sum_assignment(cost)
-    ok = cost[rows, cols] < 1e6
-    pairs = np.stack([rows[ok], cols[ok]], axis=1).astype(np.int64)
-    return pairs, np.setdiff1d(np.arange(n), pairs[:, 0]), np.setdiff1d(np.arange(m), pairs[:, 1])
+    keep = ok[rows, cols] & (score[rows, cols] >= threshold)
+    pairs = np.stack([rows[keep], cols[keep]], axis=1).astype(np.int64)
+    free_rows, free_cols = np.ones(n, dtype=bool), np.ones(m, dtype=bool)
+    free_rows[pairs[:, 0]] = False
+    free_cols[pairs[:, 1]] = False
+    return pairs, np.flatnonzero(free_rows), np.flatnonzero(free_cols)

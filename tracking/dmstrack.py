@@ -1,216 +1,350 @@
 """A differentiable multi-sensor Kalman filter in torch (DMSTrack's design, our code).
 
-Same 10-D constant-velocity state as the baseline. Each frame the tracks are predicted once,
-then every agent's detections update them in turn (ego first): associate (Hungarian on 3D GIoU,
-optionally gated by Mahalanobis distance), Kalman-update the matched tracks with that
-detection's own measurement covariance, start tentative tracks from unmatched detections.
-The covariance comes from :class:`~v2x.tracking.noise_net.NoiseNet` (learned) or is the fixed
-prior. Updates use the Joseph form and symmetrise, so covariances stay positive definite, and
-everything stays differentiable with respect to the noise model (association is a discrete
-choice made on detached values).
+Same 10-D constant-velocity state, heading rules and track management as the AB3DMOT baseline
+(:mod:`v2x.tracking.ab3dmot`), so with one agent and fixed noise the two give the same states
+(a test holds them to 1e-6). What differs: each frame the tracks are predicted once, then every
+agent's detections update them in turn (ego first), each detection with its own measurement
+covariance. The covariance is, in order of preference, what the agent sent, what the noise
+network predicts (a residual on the prior it was trained with), or the fixed prior; it is
+diagonal in the measuring agent's frame and turned into the world frame here, so range and
+bearing errors land where they belong; an agent's own pose uncertainty is added on top.
+
+Numerics: float64 throughout, Joseph-form updates symmetrised afterwards, variances kept within
+[floor, ceiling], and an update that would still produce a non-finite value is refused for that
+track (counted) instead of poisoning it. Association is a discrete choice on detached values;
+gradients flow from the loss through every Kalman gain into the noise network.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from v2x.boxes import Boxes, wrap_angle
-from v2x.tracking.ab3dmot import TrackerConfig, constant_velocity
-from v2x.tracking.association import giou3d_matrix, hungarian
-from v2x.tracking.noise_net import NoiseNet, detection_features
+from v2x.boxes import Boxes
+from v2x.geometry import yaw_of
+from v2x.tracking.association import affinity_matrix, hungarian
+from v2x.tracking.config import STATE_FROM_BOX, TrackerConfig
+from v2x.tracking.motion import (
+    FrameClock,
+    boxes_from_states,
+    constant_velocity,
+    heading_correction,
+    within_pi,
+)
+from v2x.tracking.noise_net import NoiseNet, agent_frame_boxes, detection_features
 from v2x.tracking.records import AgentDetections, FrameDetections
-from v2x.tracking.sanitize import sanitize_covariances
+from v2x.tracking.sanitize import Warnings, sanitize_boxes, sanitize_variances
 
 __all__ = ["MultiSensorKF", "StepOutput"]
 
-_STATE_FROM_BOX = [0, 1, 2, 6, 3, 4, 5]  # box (x y z l w h yaw) -> state order (x y z yaw l w h)
+_F64 = torch.float64
+_TWO_PI = 2 * math.pi
 
 
 @dataclass
 class StepOutput:
-    boxes: Boxes  # confirmed tracks updated this frame, world frame
-    states: torch.Tensor  # (N, 10) of all live tracks after the frame (differentiable)
+    boxes: Boxes  # reported tracks this frame, world frame, with ids and scores
+    states: torch.Tensor  # (N, 10) every live track after the frame (differentiable when training)
+    covariances: torch.Tensor  # (N, 10, 10)
     ids: np.ndarray  # (N,) track ids of ``states``
+    updated: np.ndarray  # (N,) bool: updated by some agent this frame
+    gt_ids: np.ndarray  # (N,) ground-truth id of the track's last detection (-1: unknown)
+    accepted: bool = True  # False: the frame was refused (repeated or out of order)
+
+
+def _joseph_np(X: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched Kalman update, Joseph form, symmetrised: (K, 10), (K, 10, 10), (K, 7), (K, 7, 7)."""
+    innov = z - X[:, :7]
+    S = P[:, :7, :7] + R
+    K = np.linalg.solve(S, P[:, :, :7].transpose(0, 2, 1)).transpose(0, 2, 1)
+    X_new = X + np.einsum("kij,kj->ki", K, innov)
+    I_KH = np.broadcast_to(np.eye(10), P.shape).copy()
+    I_KH[:, :, :7] -= K
+    P_new = I_KH @ P @ I_KH.transpose(0, 2, 1) + K @ R @ K.transpose(0, 2, 1)
+    return X_new, 0.5 * (P_new + P_new.transpose(0, 2, 1))
+
+
+def _wrap_heading(X: torch.Tensor) -> torch.Tensor:
+    """States with the heading moved into [-pi, pi) by whole turns (a constant shift: grad passes)."""
+    yaw = X[:, 3:4]
+    shift = _TWO_PI * ((yaw < -math.pi).to(_F64) - (yaw >= math.pi).to(_F64))
+    return torch.cat([X[:, :3], yaw + shift.detach(), X[:, 4:]], dim=1)
 
 
 class MultiSensorKF:
+    """Multi-agent tracker; ``step`` once per frame with every agent's detections."""
+
     def __init__(
         self,
         cfg: TrackerConfig | None = None,
         noise: NoiseNet | None = None,
         mahalanobis_gate: float | None = None,
+        differentiable: bool = False,
+        use_sent_variances: bool = True,
     ) -> None:
         self.cfg = cfg or TrackerConfig()
+        if mahalanobis_gate is not None:
+            self.cfg = self.cfg.with_(mahalanobis_gate=mahalanobis_gate)
         self.noise = noise
-        self.gate = mahalanobis_gate
-        self.F = torch.tensor(constant_velocity(self.cfg.dt), dtype=torch.float64)
-        self.Q = torch.diag(torch.tensor(self.cfg.process_std, dtype=torch.float64) ** 2)
-        self.P0 = torch.diag(torch.tensor(self.cfg.initial_std, dtype=torch.float64) ** 2)
-        self.R_prior = torch.tensor(self.cfg.measurement_std, dtype=torch.float64) ** 2
-        self.H = torch.eye(7, 10, dtype=torch.float64)
+        self.differentiable = differentiable
+        self.use_sent_variances = use_sent_variances
+        self.H = torch.eye(7, 10, dtype=_F64)
+        self.I = torch.eye(10, dtype=_F64)
+        self.P0 = torch.tensor(self.cfg.P0(), dtype=_F64)
+        self.prior = np.asarray(self.cfg.measurement_var, dtype=np.float64)
         self.reset()
 
     def reset(self) -> None:
-        self.X = torch.zeros(0, 10, dtype=torch.float64)
-        self.P = torch.zeros(0, 10, 10, dtype=torch.float64)
+        """Forget every track (a new sequence)."""
+        self.X = torch.zeros(0, 10, dtype=_F64)
+        self.P = torch.zeros(0, 10, 10, dtype=_F64)
         self.ids = np.zeros(0, dtype=np.int64)
         self.hits = np.zeros(0, dtype=np.int64)
         self.misses = np.zeros(0, dtype=np.int64)
-        self.scores = np.zeros(0)
+        self.scores = np.zeros(0, dtype=np.float32)
         self.labels = np.zeros(0, dtype=np.int16)
-        self.frame = -1
+        self.gt_ids = np.zeros(0, dtype=np.int64)
         self._next_id = 1
-        self.warnings: dict[str, int] = {}
+        self.clock = FrameClock(self.cfg.dt, self.cfg.timing)
+        self.warnings = Warnings()
 
-    def _warn(self, key: str, n: int = 1) -> None:
-        if n:
-            self.warnings[key] = self.warnings.get(key, 0) + n
+    def detach(self) -> None:
+        """Cut the autograd history (truncated back-propagation between training windows)."""
+        self.X, self.P = self.X.detach(), self.P.detach()
 
-    # -- noise ----------------------------------------------------------------------------------
-    def measurement_variances(self, det: AgentDetections, boxes: Boxes) -> torch.Tensor:
-        """(N, 7) variances in state order: sent by the agent, learned, or the fixed prior."""
-        n = len(boxes)
-        if det.variances is not None:
-            fixed, repaired = sanitize_covariances(det.variances)
-            self._warn("repaired_covariance", repaired)
-            return torch.tensor(fixed[:, _STATE_FROM_BOX], dtype=torch.float64)
-        prior = self.R_prior.expand(n, 7)
+    # -- measurement noise --------------------------------------------------------------------------
+    def measurement_variances(self, det: AgentDetections) -> torch.Tensor:
+        """(N, 7) variances, box order, in the agent's frame: sent by it, learned, or the prior."""
+        n = len(det.boxes)
+        cfg = self.cfg
+        if det.variances is not None and self.use_sent_variances:
+            v = sanitize_variances(det.variances, self.prior, cfg.var_floor, cfg.var_ceiling, self.warnings)
+            return torch.from_numpy(v)
         if self.noise is None or n == 0:
-            return prior.clone()
-        geo = torch.from_numpy(
-            detection_features(boxes.xyzlwhy, boxes.scores, det.world_from_agent, det.kind)
+            return torch.from_numpy(self.prior).expand(n, 7).clone()
+        prior = self.noise.prior_var.to(_F64)  # the base the network was trained on
+        geo = detection_features(
+            agent_frame_boxes(det.boxes, det.world_from_agent), det.boxes.scores, det.kind
         )
-        patches = torch.from_numpy(det.features.astype(np.float32)) if det.features is not None else None
-        residual = self.noise(geo, patches).to(torch.float64)
-        return prior * torch.exp(residual[:, _STATE_FROM_BOX])
+        patches = None
+        if det.features is not None and self.noise.feature_channels:
+            f = np.asarray(det.features, dtype=np.float32)
+            if f.shape[1:] != (self.noise.feature_channels, self.noise.patch, self.noise.patch):
+                self.warnings.add("feature_shape_mismatch", n)
+            else:
+                bad = ~np.isfinite(f).all(axis=(1, 2, 3))
+                self.warnings.add("non_finite_feature", int(bad.sum()))
+                patches = torch.from_numpy(np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0))
+        residual = self.noise(torch.from_numpy(geo), patches).to(_F64)
+        return (prior * torch.exp(residual)).clamp(cfg.var_floor, cfg.var_ceiling)
 
-    # -- filter ---------------------------------------------------------------------------------
-    def _predict(self, steps: int) -> None:
-        for _ in range(steps):
-            self.X = self.X @ self.F.T
-            self.P = self.F @ self.P @ self.F.T + self.Q
-
-    def _update(self, idx: torch.Tensor, z: torch.Tensor, R: torch.Tensor) -> None:
-        """Batched Kalman update of tracks ``idx`` with measurements ``z`` (K, 7) in state order."""
-        X, P = self.X[idx], self.P[idx]
-        innov = z - X[:, :7]
-        innov = torch.cat(
-            [innov[:, :3], torch.atan2(torch.sin(innov[:, 3:4]), torch.cos(innov[:, 3:4])), innov[:, 4:]],
+    @staticmethod
+    def world_covariance(
+        var_box: torch.Tensor, world_from_agent: np.ndarray, xy_world: np.ndarray | None = None, pose_var=None
+    ) -> torch.Tensor:
+        """(N, 7, 7) state-order covariance in the world from agent-frame variances (box order):
+        the x-y block is turned by the agent's heading; height, sizes and heading are unchanged.
+        With the agent's pose uncertainty (``pose_var``: x, y, heading variances) the detections
+        at ``xy_world`` also inherit it: a heading error moves a detection across its bearing in
+        proportion to its range."""
+        psi = yaw_of(world_from_agent)
+        c, s = math.cos(psi), math.sin(psi)
+        extra = None
+        if pose_var is not None and xy_world is not None:
+            r = np.asarray(xy_world, dtype=np.float64) - world_from_agent[:2, 3]
+            perp = np.stack([-r[:, 1], r[:, 0]], axis=1)
+            extra = np.zeros((len(r), 7, 7))
+            extra[:, :2, :2] = np.diag(pose_var[:2]) + pose_var[2] * perp[:, :, None] * perp[:, None, :]
+            extra[:, 3, 3] = pose_var[2]
+        if not var_box.requires_grad:
+            v = var_box.numpy()[:, STATE_FROM_BOX]
+            R = np.zeros((len(v), 7, 7))
+            R[:, np.arange(7), np.arange(7)] = v
+            vx, vy = v[:, 0], v[:, 1]
+            R[:, 0, 0] = c * c * vx + s * s * vy
+            R[:, 1, 1] = s * s * vx + c * c * vy
+            R[:, 0, 1] = R[:, 1, 0] = c * s * (vx - vy)
+            return torch.from_numpy(R if extra is None else R + extra)
+        v = var_box[:, STATE_FROM_BOX]
+        vx, vy = v[:, 0], v[:, 1]
+        R = torch.diag_embed(v)
+        xy = torch.stack(
+            [
+                torch.stack([c * c * vx + s * s * vy, c * s * (vx - vy)], dim=1),
+                torch.stack([c * s * (vx - vy), s * s * vx + c * c * vy], dim=1),
+            ],
             dim=1,
         )
-        Pxz = P[:, :, :7]  # P H^T
-        S = P[:, :7, :7] + torch.diag_embed(R)
-        K = torch.linalg.solve(S, Pxz.transpose(1, 2)).transpose(1, 2)  # (K, 10, 7)
-        X_new = X + (K @ innov[:, :, None])[:, :, 0]
-        I_KH = torch.eye(10, dtype=torch.float64) - K @ self.H
-        P_new = I_KH @ P @ I_KH.transpose(1, 2) + K @ torch.diag_embed(R) @ K.transpose(1, 2)
+        R = torch.cat([torch.cat([xy, R[:, :2, 2:]], dim=2), R[:, 2:]], dim=1)
+        return R if extra is None else R + torch.from_numpy(extra)
+
+    # -- filter -------------------------------------------------------------------------------------
+    def _fast(self) -> bool:
+        """Numpy arithmetic when no gradient is wanted: the same maths at a fraction of torch's
+        per-call overhead on small matrices (a test holds the two paths together)."""
+        return not torch.is_grad_enabled()
+
+    def _predict(self, dt: float) -> None:
+        if len(self.X) == 0 or dt <= 0:
+            return
+        F, Q = constant_velocity(dt), self.cfg.Q(dt)
+        if self._fast():
+            X, P = self.X.numpy(), self.P.numpy()
+            X[:] = X @ F.T
+            X[:, 3] = within_pi(X[:, 3])
+            P[:] = F @ P @ F.T + Q
+            return
+        F, Q = torch.from_numpy(F), torch.from_numpy(Q)
+        self.X = _wrap_heading(self.X @ F.T)
+        self.P = F @ self.P @ F.T + Q
+
+    def _update(self, idx: np.ndarray, z: np.ndarray, R: torch.Tensor) -> None:
+        """Joseph-form update of tracks ``idx`` with measurements ``z`` (K, 7, state order)."""
+        z = z.copy()
+        offset, z[:, 3] = heading_correction(self.X[torch.from_numpy(idx), 3].detach().numpy(), z[:, 3])
+        if self._fast():
+            X, P = self.X.numpy(), self.P.numpy()
+            Xk, Pk = X[idx].copy(), P[idx]
+            Xk[:, 3] += offset
+            X_new, P_new = _joseph_np(Xk, Pk, z, R.numpy())
+            X_new[:, 3] = within_pi(X_new[:, 3])
+            ok = np.isfinite(X_new).all(axis=1) & np.isfinite(P_new).all(axis=(1, 2))
+            if not ok.all():
+                self.warnings.add("update_refused", int((~ok).sum()))
+            X[idx[ok]], P[idx[ok]] = X_new[ok], P_new[ok]
+            return
+        ti = torch.from_numpy(idx)
+        X, P = self.X[ti], self.P[ti]
+        X = torch.cat([X[:, :3], X[:, 3:4] + torch.from_numpy(offset)[:, None], X[:, 4:]], dim=1)
+        innov = torch.from_numpy(z) - X[:, :7]
+        S = P[:, :7, :7] + R
+        K = torch.linalg.solve(S, P[:, :, :7].transpose(1, 2)).transpose(1, 2)  # (K, 10, 7)
+        X_new = _wrap_heading(X + (K @ innov[:, :, None])[:, :, 0])
+        I_KH = self.I.expand(len(idx), 10, 10).clone()
+        I_KH[:, :, :7] -= K
+        P_new = I_KH @ P @ I_KH.transpose(1, 2) + K @ R @ K.transpose(1, 2)
         P_new = 0.5 * (P_new + P_new.transpose(1, 2))
-        X_new = torch.cat(
-            [X_new[:, :3], torch.atan2(torch.sin(X_new[:, 3:4]), torch.cos(X_new[:, 3:4])), X_new[:, 4:]],
-            dim=1,
-        )
-        self.X = self.X.index_put((idx,), X_new)  # out of place: gradients flow through
-        self.P = self.P.index_put((idx,), P_new)
+        ok = torch.isfinite(X_new).all(dim=1) & torch.isfinite(P_new).flatten(1).all(dim=1)
+        if not bool(ok.all()):
+            self.warnings.add("update_refused", int((~ok).sum()))
+            X_new = torch.where(ok[:, None], X_new, self.X[ti])
+            P_new = torch.where(ok[:, None, None], P_new, self.P[ti])
+        self.X = self.X.index_put((ti,), X_new)  # out of place: gradients flow through
+        self.P = self.P.index_put((ti,), P_new)
 
-    def _boxes_of(self, X: torch.Tensor) -> np.ndarray:
-        x = X.detach().numpy()
-        return np.stack(
-            [x[:, 0], x[:, 1], x[:, 2], x[:, 4], x[:, 5], x[:, 6], wrap_angle(x[:, 3])], axis=1
-        ).reshape(-1, 7)
-
-    def step(self, frame: FrameDetections) -> StepOutput:
-        """One frame: predict, then fuse each agent's detections in turn."""
-        if frame.frame <= self.frame:
-            self._warn("frame_out_of_order")
-            return StepOutput(Boxes.empty(with_scores=True), self.X, self.ids.copy())
-        steps = frame.frame - self.frame if self.frame >= 0 else 1
-        self.frame = frame.frame
-        self._predict(steps)
-        self.X = torch.cat(
-            [self.X[:, :3], torch.atan2(torch.sin(self.X[:, 3:4]), torch.cos(self.X[:, 3:4])), self.X[:, 4:]],
-            dim=1,
-        )
-        updated = np.zeros(len(self.X), dtype=bool)
-        for det in frame.agents:
-            boxes = det.boxes
-            ok = boxes.finite() & (np.isfinite(boxes.scores) if boxes.scores is not None else True)
-            self._warn("bad_detection", int((~ok).sum()))
-            boxes = boxes[ok]
-            if boxes.scores is None:
-                boxes.scores = np.ones(len(boxes), np.float32)
-            det_ok = AgentDetections(
-                det.agent_id,
-                det.kind,
-                det.world_from_agent,
-                boxes,
-                None if det.features is None else det.features[ok],
-                None if det.variances is None else det.variances[ok],
+    def _gate(self, aff: np.ndarray, z: np.ndarray, R: torch.Tensor) -> np.ndarray:
+        """Pairs allowed by the Mahalanobis gate (only pairs that could match are tested)."""
+        allowed = np.ones(aff.shape, dtype=bool)
+        ia, ib = np.nonzero(aff >= self.cfg.threshold)
+        if len(ia) == 0:
+            return allowed
+        with torch.no_grad():
+            X = self.X[torch.from_numpy(ia)].numpy()
+            offset, obs = heading_correction(X[:, 3], z[ib, 3])
+            innov = z[ib] - X[:, :7]
+            innov[:, 3] = obs - (X[:, 3] + offset)
+            S = self.P[torch.from_numpy(ia), :7, :7] + R.detach()[torch.from_numpy(ib)]
+            d2 = torch.from_numpy(innov)[:, None, :] @ torch.linalg.solve(
+                S, torch.from_numpy(innov)[:, :, None]
             )
-            if len(boxes) == 0:
-                continue
-            R = self.measurement_variances(det_ok, boxes)
-            predicted = self._boxes_of(self.X)
-            score = giou3d_matrix(predicted, boxes.xyzlwhy)
-            if self.gate is not None and len(predicted):
-                score = np.where(self._mahalanobis(boxes, R) <= self.gate, score, -2.0)
-            pairs, _, new = hungarian(score, self.cfg.giou_threshold)
-            if len(pairs):
-                ti = torch.from_numpy(pairs[:, 0])
-                z = torch.from_numpy(boxes.xyzlwhy[pairs[:, 1]][:, _STATE_FROM_BOX]).to(torch.float64)
-                pred_yaw = self.X[ti, 3].detach()
-                d = torch.atan2(torch.sin(z[:, 3] - pred_yaw), torch.cos(z[:, 3] - pred_yaw))
-                flip = d.abs() > np.pi / 2
-                z = torch.cat([z[:, :3], (z[:, 3] + torch.where(flip, np.pi, 0.0))[:, None], z[:, 4:]], dim=1)
-                self._update(ti, z, R[pairs[:, 1]])
-                newly = ~updated[pairs[:, 0]]
-                self.hits[pairs[newly, 0]] += 1
-                updated[pairs[:, 0]] = True
-                self.scores[pairs[:, 0]] = np.maximum(
-                    self.scores[pairs[:, 0]] * ~newly, boxes.scores[pairs[:, 1]]
-                )
-            if len(new):
-                self._birth(boxes[new], R[torch.from_numpy(new)])
-                updated = np.concatenate([updated, np.ones(len(new), dtype=bool)])
-        self.misses = np.where(updated, 0, self.misses + 1)
-        keep = self.misses <= self.cfg.max_misses
-        if not keep.all():
-            k = torch.from_numpy(np.flatnonzero(keep))
-            self.X, self.P = self.X[k], self.P[k]
-            self.ids, self.hits, self.misses = self.ids[keep], self.hits[keep], self.misses[keep]
-            self.scores, self.labels, updated = self.scores[keep], self.labels[keep], updated[keep]
-        shown = updated & ((self.hits >= self.cfg.min_hits) | (self.frame < self.cfg.min_hits))
-        out = Boxes(
-            self._boxes_of(self.X[torch.from_numpy(np.flatnonzero(shown))]),
-            labels=self.labels[shown],
-            track_ids=self.ids[shown],
-            scores=self.scores[shown],
-        )
-        return StepOutput(out, self.X, self.ids.copy())
+        allowed[ia, ib] = d2[:, 0, 0].numpy() <= self.cfg.mahalanobis_gate
+        return allowed
 
-    def _birth(self, boxes: Boxes, R: torch.Tensor) -> None:
-        n = len(boxes)
-        x0 = torch.zeros(n, 10, dtype=torch.float64)
-        x0[:, :7] = torch.from_numpy(boxes.xyzlwhy[:, _STATE_FROM_BOX])
-        P0 = self.P0.expand(n, 10, 10).clone()
-        del R  # a new track starts from the box with the same prior however it was measured
+    def _birth(self, det: AgentDetections, rows: np.ndarray) -> None:
+        n = len(rows)
+        boxes = det.boxes[rows]
+        x0 = torch.zeros(n, 10, dtype=_F64)
+        x0[:, :7] = torch.from_numpy(boxes.xyzlwhy[:, STATE_FROM_BOX])
         self.X = torch.cat([self.X, x0])
-        self.P = torch.cat([self.P, P0])
+        self.P = torch.cat([self.P, self.P0.expand(n, 10, 10)])
         self.ids = np.concatenate([self.ids, np.arange(self._next_id, self._next_id + n)])
         self._next_id += n
         self.hits = np.concatenate([self.hits, np.ones(n, dtype=np.int64)])
         self.misses = np.concatenate([self.misses, np.zeros(n, dtype=np.int64)])
-        self.scores = np.concatenate([self.scores, boxes.scores.astype(np.float64)])
+        self.scores = np.concatenate([self.scores, boxes.scores.astype(np.float32)])
         self.labels = np.concatenate([self.labels, boxes.labels]).astype(np.int16)
+        gt = det.gt_ids[rows] if det.gt_ids is not None else np.full(n, -1)
+        self.gt_ids = np.concatenate([self.gt_ids, gt.astype(np.int64)])
 
-    def _mahalanobis(self, boxes: Boxes, R: torch.Tensor) -> np.ndarray:
-        """(tracks, detections) squared Mahalanobis distance of the measurement innovation."""
-        with torch.no_grad():
-            z = torch.from_numpy(boxes.xyzlwhy[:, _STATE_FROM_BOX]).to(torch.float64)
-            innov = z[None, :, :] - self.X[:, None, :7]
-            innov[..., 3] = torch.atan2(torch.sin(2 * innov[..., 3]), torch.cos(2 * innov[..., 3])) / 2
-            S = self.P[:, None, :7, :7] + torch.diag_embed(R)[None]
-            d2 = (innov[..., None, :] @ torch.linalg.solve(S, innov[..., None]))[..., 0, 0]
-        return d2.numpy()
+    def step(self, frame: FrameDetections) -> StepOutput:
+        """One frame: predict, then fuse each agent's detections in turn."""
+        with torch.set_grad_enabled(self.differentiable):
+            return self._step(frame)
+
+    def _step(self, frame: FrameDetections) -> StepOutput:
+        cfg = self.cfg
+        dt = self.clock.advance(frame.frame, frame.timestamp_ns, self.warnings)
+        if dt is None:
+            n = len(self.X)
+            return StepOutput(
+                Boxes.empty(with_scores=True),
+                self.X,
+                self.P,
+                self.ids.copy(),
+                np.zeros(n, bool),
+                self.gt_ids.copy(),
+                False,
+            )
+        self._predict(dt)
+        self.misses += 1
+        updated = np.zeros(len(self.X), dtype=bool)
+        best_score = np.zeros(len(self.X), dtype=np.float32)
+        floor = cfg.threshold if cfg.prune else None
+        for raw in frame.agents:
+            boxes, keep = sanitize_boxes(raw.boxes, self.warnings)
+            if len(boxes) == 0:
+                continue
+            det = raw.select(keep)
+            det.boxes = boxes
+            pose_var = det.pose_var
+            if pose_var is not None and not (np.isfinite(pose_var).all() and (pose_var >= 0).all()):
+                self.warnings.add("bad_pose_variance")
+                pose_var = None
+            R = self.world_covariance(
+                self.measurement_variances(det), det.world_from_agent, boxes.xyzlwhy[:, :2], pose_var
+            )
+            z = boxes.xyzlwhy[:, STATE_FROM_BOX]
+            if len(self.X):
+                aff = affinity_matrix(
+                    cfg.affinity, boxes_from_states(self.X.detach().numpy()), boxes.xyzlwhy, floor
+                )
+                allowed = self._gate(aff, z, R) if cfg.mahalanobis_gate is not None else None
+                pairs, _, new = hungarian(aff, cfg.threshold, cfg.gate_first, allowed)
+            else:
+                pairs, new = np.zeros((0, 2), dtype=np.int64), np.arange(len(boxes))
+            if len(pairs):
+                ti, di = pairs[:, 0], pairs[:, 1]
+                self._update(ti, z[di], R[torch.from_numpy(di)])
+                first = ~updated[ti]
+                self.hits[ti[first]] += 1
+                updated[ti] = True
+                self.misses[ti] = 0
+                best_score[ti] = np.maximum(best_score[ti], boxes.scores[di])
+                if det.gt_ids is not None:
+                    self.gt_ids[ti] = det.gt_ids[di]
+            if len(new):
+                self._birth(det, new)
+                updated = np.concatenate([updated, np.ones(len(new), dtype=bool)])
+                best_score = np.concatenate([best_score, boxes.scores[new].astype(np.float32)])
+        self.scores = np.where(updated, best_score, self.scores).astype(np.float32)
+        early = self.clock.count <= cfg.min_hits
+        shown = (self.misses < cfg.max_age) & ((self.hits >= cfg.min_hits) | early)
+        out = Boxes(
+            boxes_from_states(self.X.detach().numpy()[shown]).reshape(-1, 7),
+            labels=self.labels[shown],
+            track_ids=self.ids[shown],
+            scores=self.scores[shown],
+        )
+        alive = self.misses < cfg.max_age
+        if not alive.all():
+            k = torch.from_numpy(np.flatnonzero(alive))
+            self.X, self.P = self.X[k], self.P[k]
+            self.ids, self.hits, self.misses = self.ids[alive], self.hits[alive], self.misses[alive]
+            self.scores, self.labels, self.gt_ids = self.scores[alive], self.labels[alive], self.gt_ids[alive]
+            updated = updated[alive]
+        # the fast path edits its arrays in place: hand out copies
+        X, P = (self.X.clone(), self.P.clone()) if self._fast() else (self.X, self.P)
+        return StepOutput(out, X, P, self.ids.copy(), updated, self.gt_ids.copy())

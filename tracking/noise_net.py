@@ -1,10 +1,15 @@
-"""The learned measurement-noise model: per detection, a diagonal covariance.
+"""The learned measurement-noise model: per detection, seven variances in the measuring agent's frame.
 
-Like DMSTrack, the network predicts a residual on the log of a fixed prior variance, so an
-untrained (zero-output) network is exactly the fixed-noise filter. Inputs are what makes one
-detection more trustworthy than another: where it is relative to the agent that saw it
-(distance, bearing), its size and heading relative to the agent, its score, the agent's kind,
-and optionally a small patch of that agent's BEV features around it (how much the LiDAR saw).
+As in DMSTrack, the network predicts a residual on the log of a fixed prior variance, and its
+last layer starts at zero, so an untrained network is exactly the fixed-noise filter. The prior
+travels with the network (buffer ``prior_var``): a residual means nothing without its base. The
+inputs are what makes one detection more trustworthy than another, all in the agent's own BEV
+frame so every agent can run the net on itself before sending: where the object is (offset,
+range, bearing, height), how it is seen (size, heading against the line of sight), the
+detector's score, whether the agent is a roadside unit, and optionally a (C, P, P) patch of the
+agent's BEV feature map around the detection (how much the LiDAR saw there). Without a patch
+the net uses a learned stand-in, so one model serves agents that send features and agents that
+do not.
 """
 
 from __future__ import annotations
@@ -13,66 +18,81 @@ import numpy as np
 import torch
 from torch import nn
 
+from v2x.boxes import Boxes
 from v2x.geometry import inverse
 
-__all__ = ["GEOMETRY_FEATURES", "NoiseNet", "detection_features"]
+__all__ = ["GEOMETRY_FEATURES", "NoiseNet", "agent_frame_boxes", "detection_features"]
 
-GEOMETRY_FEATURES = 12
+GEOMETRY_FEATURES = 14
 
 
-def detection_features(
-    boxes_world: np.ndarray, scores: np.ndarray, world_from_agent: np.ndarray, kind: str
-) -> np.ndarray:
-    """(N, 12) float32: position relative to the agent, range, bearing, size, relative heading,
-    score and agent kind, each roughly unit-scaled."""
-    b = np.asarray(boxes_world, dtype=np.float64).reshape(-1, 7)
-    T = inverse(world_from_agent)
-    rel = b[:, :3] @ T[:3, :3].T + T[:3, 3]
-    yaw_agent = np.arctan2(world_from_agent[1, 0], world_from_agent[0, 0])
-    rel_yaw = b[:, 6] - yaw_agent
-    dist = np.hypot(rel[:, 0], rel[:, 1])
-    bearing = np.arctan2(rel[:, 1], rel[:, 0])
+def agent_frame_boxes(boxes_world: Boxes, world_from_agent: np.ndarray) -> np.ndarray:
+    """(N, 7) boxes in the agent's frame."""
+    return boxes_world.transformed(inverse(world_from_agent)).xyzlwhy
+
+
+def detection_features(boxes_agent: np.ndarray, scores: np.ndarray, kind: str) -> np.ndarray:
+    """(N, 14) float32 from boxes in the agent's frame: offset, range, bearing, height, size,
+    heading against the line of sight, score and agent kind, each roughly unit-scaled."""
+    b = np.asarray(boxes_agent, dtype=np.float64).reshape(-1, 7)
+    dist = np.hypot(b[:, 0], b[:, 1])
+    bearing = np.arctan2(b[:, 1], b[:, 0])
+    aspect = b[:, 6] - bearing  # 0: seen end-on, pi/2: seen side-on
     feats = np.stack(
         [
-            rel[:, 0] / 50.0,
-            rel[:, 1] / 50.0,
+            b[:, 0] / 50.0,
+            b[:, 1] / 50.0,
             dist / 50.0,
             np.cos(bearing),
             np.sin(bearing),
+            b[:, 2] / 2.0,
             b[:, 3] / 5.0,
             b[:, 4] / 2.0,
             b[:, 5] / 2.0,
-            np.cos(2 * rel_yaw),
-            np.sin(2 * rel_yaw),
-            np.asarray(scores, dtype=np.float64),
+            np.cos(2 * aspect),
+            np.sin(2 * aspect),
+            np.sin(2 * b[:, 6]),
+            np.asarray(scores, dtype=np.float64).reshape(-1),
             np.full(len(b), 1.0 if kind == "rsu" else 0.0),
         ],
         axis=1,
     )
-    return feats.astype(np.float32)
+    return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
 class NoiseNet(nn.Module):
-    """Residual log-variances (N, 7) from detection features and optional BEV patches."""
+    """Residual log-variances (N, 7, box order) from detection features and optional BEV patches."""
 
     def __init__(
-        self, feature_channels: int = 0, patch: int = 5, hidden: int = 64, max_residual: float = 3.0
+        self,
+        feature_channels: int = 0,
+        patch: int = 5,
+        hidden: int = 64,
+        patch_hidden: int = 32,
+        max_residual: float = 3.0,
     ) -> None:
         super().__init__()
         self.feature_channels = feature_channels
         self.patch = patch
+        self.hidden = hidden
+        self.patch_hidden = patch_hidden
         self.max_residual = max_residual
+        # the fixed variances (box order) this net's residual applies to; set when it is trained
+        self.register_buffer("prior_var", torch.ones(7, dtype=torch.float64))
         extra = 0
         if feature_channels:
+            self.register_buffer("patch_mean", torch.zeros(feature_channels))
+            self.register_buffer("patch_std", torch.ones(feature_channels))
             self.patch_net = nn.Sequential(
-                nn.Conv2d(feature_channels, 32, 3, padding=1),
+                nn.Conv2d(feature_channels, patch_hidden, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(patch_hidden, patch_hidden, 3, padding=1),
                 nn.ReLU(),
                 nn.AdaptiveAvgPool2d(1),
                 nn.Flatten(),
-                nn.Linear(32, 32),
-                nn.ReLU(),
             )
-            extra = 32
+            self.no_patch = nn.Parameter(torch.zeros(patch_hidden))
+            extra = patch_hidden
         self.mlp = nn.Sequential(
             nn.Linear(GEOMETRY_FEATURES + extra, hidden),
             nn.ReLU(),
@@ -83,11 +103,41 @@ class NoiseNet(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
+    def config(self) -> dict:
+        return {
+            "feature_channels": self.feature_channels,
+            "patch": self.patch,
+            "hidden": self.hidden,
+            "patch_hidden": self.patch_hidden,
+            "max_residual": self.max_residual,
+        }
+
+    def set_prior(self, var_box) -> None:
+        self.prior_var.copy_(torch.as_tensor(var_box, dtype=torch.float64))
+
+    def set_patch_normaliser(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel statistics of the training patches (BEV features have any scale)."""
+        self.patch_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.patch_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+
     def forward(self, geometry: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
-        x = geometry
+        x = geometry.float()
         if self.feature_channels:
             if patches is None:
-                patches = torch.zeros(len(geometry), self.feature_channels, self.patch, self.patch)
-            x = torch.cat([x, self.patch_net(patches.float())], dim=1)
-        # bounded residual: the variance stays within a factor e^3 of the prior either way
+                emb = self.no_patch.expand(len(x), -1)
+            else:
+                p = patches.float()
+                if p.shape[1:] != (self.feature_channels, self.patch, self.patch):
+                    raise ValueError(
+                        f"patches must be (N, {self.feature_channels}, {self.patch}, {self.patch}), "
+                        f"got {tuple(p.shape)}"
+                    )
+                p = (p - self.patch_mean[:, None, None]) / self.patch_std[:, None, None]
+                emb = self.patch_net(torch.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0))
+            x = torch.cat([x, emb], dim=1)
+        # bounded residual: the variance stays within a factor e^max_residual of the prior either way
         return self.max_residual * torch.tanh(self.mlp(x) / self.max_residual)
+
+
+def parameter_count(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

@@ -7,39 +7,82 @@ from pathlib import Path
 
 import click
 
+_ORDER = click.option(
+    "--order",
+    type=click.Choice(["xzy", "xyz"]),
+    default="xzy",
+    show_default=True,
+    help="Column order of the 3D centre in text files (V2V4Real writes x, z, y).",
+)
+
+
+def _tracker_setup(weights: Path | None, config: Path | None, gate: float | None):
+    from v2x.tracking.config import TrackerConfig
+    from v2x.tracking.train import load_tracker
+
+    cfg, noise = load_tracker(weights) if weights else (None, None)
+    if config:
+        cfg = TrackerConfig.load(config)
+    cfg = cfg or TrackerConfig()
+    if gate is not None:
+        cfg = cfg.with_(mahalanobis_gate=gate)
+    return cfg, noise
+
 
 @click.command("track")
 @click.option(
     "--detections",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder of AB3DMOT per-sequence detection files (NNNN.txt).",
+    help="Folder of AB3DMOT detection files (NNNN.txt) or multi-agent records (*.npz).",
 )
-@click.option("--tracker", type=click.Choice(["ab3dmot", "dmstrack"]), default="ab3dmot", show_default=True)
+@click.option(
+    "--tracker",
+    type=click.Choice(["ab3dmot", "ab3dmot-ego", "dmstrack"]),
+    default="ab3dmot",
+    show_default=True,
+    help="ab3dmot: every box as one stream; ab3dmot-ego: the ego's boxes only; dmstrack: agent by agent.",
+)
 @click.option(
     "--weights",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Noise model for dmstrack (from `v2x train tracker`); fixed noise without it.",
+    help="Noise model from `v2x train tracker` (dmstrack; it carries its fitted noise prior).",
 )
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Tracker settings (JSON, TrackerConfig fields); default AB3DMOT's.",
+)
+@click.option("--gate", type=float, help="Mahalanobis gate (squared distance, e.g. 18.48 = 99 %, 7 dof).")
 @click.option(
     "--out",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="KITTI-tracking results folder.",
+    help="Folder for KITTI-tracking results, one file per sequence.",
 )
 @click.option(
-    "--order",
-    type=click.Choice(["xzy", "xyz"]),
-    default="xzy",
-    show_default=True,
-    help="Column order of the 3D centre in the files (V2V4Real writes x, z, y).",
+    "--seqmap",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Sequence lengths (text detections).",
 )
-def track(detections, tracker, weights, out, order) -> None:
-    """Track other people's detections and write KITTI-tracking text."""
+@_ORDER
+def track(detections, tracker, weights, config, gate, out, seqmap, order) -> None:
+    """Track detections (other people's or ours) and write KITTI-tracking text."""
     from v2x.tracking.sequences import track_dir
 
-    written = track_dir(detections, out, tracker, weights, order)
+    cfg, noise = _tracker_setup(weights, config, gate)
+    written = track_dir(
+        detections, out, tracker, cfg, noise if tracker == "dmstrack" else None, order, seqmap
+    )
     click.echo(f"wrote {len(written)} sequence(s) to {out}")
+
+
+def _line(name: str, r: dict) -> str:
+    return (
+        f"{name:>10}: AMOTA {r['amota']:6.2f}  sAMOTA {r['samota']:6.2f}  AMOTP {r['amotp']:6.2f}  "
+        f"MOTA {r['mota']:6.2f}  MOTP {r['motp']:6.2f}  MT {r['mt']:6.2f}  ML {r['ml']:6.2f}  "
+        f"IDS {r['ids']}  FRAG {r['frag']}  FP {r['fp']}  FN {r['fn']}"
+    )
 
 
 @click.command("tracking")
@@ -58,9 +101,9 @@ def track(detections, tracker, weights, out, order) -> None:
 @click.option(
     "--seqmap",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Sequences and frame counts.",
+    help="Sequences and frame counts (`name empty first last`); default: every ground-truth file.",
 )
-@click.option("--order", type=click.Choice(["xzy", "xyz"]), default="xzy", show_default=True)
+@_ORDER
 @click.option(
     "--data",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -83,7 +126,12 @@ def track(detections, tracker, weights, out, order) -> None:
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here."
 )
 def eval_tracking(gt_dir, tracks_dir, seqmap, order, data, detector, noise, cache, json_out) -> None:
-    """AMOTA, AMOTP, sAMOTA, MOTA, MOTP, MT, ML, IDS in percent: comparable (reference) and strict."""
+    """AMOTA, AMOTP, sAMOTA, MOTA, MOTP, MT, ML, IDS, FRAG in percent, comparable and strict.
+
+    comparable: AB3DMOT's evaluator as V2V4Real runs it (unmatched tracks with a 2D box of at
+    most 25 px are ignored, so with all-zero 2D boxes no false positive counts); these sit
+    beside the papers' numbers. strict: every unmatched track is a false positive.
+    """
     if data is not None:
         _compare(data, detector, noise, cache, json_out)
         return
@@ -91,19 +139,12 @@ def eval_tracking(gt_dir, tracks_dir, seqmap, order, data, detector, noise, cach
         raise click.UsageError("give --gt and --tracks (or --data to track a log)")
     from v2x.tracking.sequences import evaluate_dirs
 
-    results = {
-        mode: evaluate_dirs(gt_dir, tracks_dir, seqmap, mode, order) for mode in ("comparable", "strict")
-    }
-    payload = dict(results["comparable"])
-    payload["strict"] = results["strict"]
-    for mode, r in results.items():
-        click.echo(
-            f"{mode:>10}: AMOTA {r['amota']:.2f}  sAMOTA {r['samota']:.2f}  AMOTP {r['amotp']:.2f}  MOTA {r['mota']:.2f}  "
-            f"MOTP {r['motp']:.2f}  MT {r['mt']:.2f}  ML {r['ml']:.2f}  IDS {r['ids']}  FRAG {r['frag']}  FP {r['fp']}"
-        )
+    result = evaluate_dirs(gt_dir, tracks_dir, seqmap, order)
+    click.echo(_line("comparable", result))
+    click.echo(_line("strict", result["strict"]))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(payload, indent=2, default=float))
+        json_out.write_text(json.dumps(result, indent=2, default=float))
 
 
 def _compare(data: Path, detector, noise, cache, json_out) -> None:
@@ -123,57 +164,125 @@ def _compare(data: Path, detector, noise, cache, json_out) -> None:
     click.echo(table)
 
 
+def _npz_split(root: Path, split: str) -> list[Path]:
+    from v2x.tracking.records import record_files
+
+    return record_files(root / split) if (root / split).is_dir() else []
+
+
+def _synthesise(log_root: Path, out: Path, seed: int, patch_channels: int) -> list[Path]:
+    """Synthetic detections from a log's ground truth, one npz per scenario (cached)."""
+    from tqdm import tqdm
+
+    from v2x.datasets import open_log
+    from v2x.tracking.records import save_sequence
+    from v2x.tracking.synth import DetectionSynthesizer, frames_from_log
+
+    log = open_log(log_root)
+    paths = []
+    for k, scenario in enumerate(log.scenarios()):
+        target = out / f"{scenario.replace('/', '__')}.npz"
+        paths.append(target)
+        if target.is_file():
+            continue
+        frames = [log[i] for i in tqdm(log.scenario_indices(scenario), desc=f"read {scenario}", leave=False)]
+        synth = DetectionSynthesizer(seed * 1000 + k, patch_channels=patch_channels)
+        save_sequence(target, frames_from_log(frames, synth))
+    return paths
+
+
 @click.command("tracker")
 @click.option(
     "--data",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Log root with train/ and validate/ splits of 10 Hz sequences (e.g. `v2x sim generate --preset track`).",
+    help="train/ and validate/ folders of detection records (*.npz), or a log root with those splits.",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
+    "--synthetic",
+    is_flag=True,
+    help="The data is a log: synthesise detections from its ground truth (cached under OUT/detections).",
+)
+@click.option(
     "--detector",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Detector weights (default: shipped).",
+    help="The data is a log: run this detector on it (cached under OUT/detections).",
 )
 @click.option("--epochs", type=int, default=8, show_default=True)
+@click.option("--window", type=int, default=10, show_default=True, help="Frames per back-propagation window.")
+@click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--features/--no-features",
     default=True,
     show_default=True,
-    help="Feed BEV feature patches to the noise net.",
+    help="Feed the BEV feature patches (when the records have them) to the noise net.",
 )
-def train_tracker(data, out, detector, epochs, seed, features) -> None:
-    """Train the measurement-noise network through the multi-sensor filter (10-frame windows)."""
+def train_tracker(data, out, synthetic, detector, epochs, window, lr, seed, features) -> None:
+    """Fit the fixed noise prior, then train the measurement-noise network through the
+    multi-sensor filter (10-frame windows, box error after the update)."""
+    import torch
+
+    from v2x.tracking.records import load_sequence
+    from v2x.tracking.train import NoiseTrainConfig, train_noise_model
+
+    torch.set_num_threads(1)
+    splits: dict[str, list[Path]] = {}
+    for split in ("train", "validate"):
+        paths = _npz_split(data, split)
+        if not paths:
+            if not (data / split).is_dir():
+                raise click.ClickException(f"{data} has no {split}/ folder")
+            if synthetic:
+                paths = _synthesise(data / split, out / "detections" / split, seed + (split == "validate"), 0)
+            elif detector is not None:
+                paths = _detect(data / split, out / "detections" / split, detector)
+            else:
+                raise click.ClickException(
+                    f"{data / split} holds no *.npz detection records; give --synthetic or --detector for a log"
+                )
+        splits[split] = paths
+    seqs = {k: [load_sequence(p) for p in v] for k, v in splits.items()}
+    channels = 0
+    if features:
+        shapes = {
+            a.features.shape[1:] for s in seqs["train"] for f in s for a in f.agents if a.features is not None
+        }
+        if len(shapes) > 1:
+            raise click.ClickException(
+                f"feature patches of several shapes in the training data: {sorted(shapes)}"
+            )
+        if shapes:
+            c, p, _ = next(iter(shapes))
+            channels = c
+    else:
+        for s in (*seqs["train"], *seqs["validate"]):
+            for f in s:
+                for a in f.agents:
+                    a.features = None
+    cfg = NoiseTrainConfig(epochs=epochs, window=window, lr=lr, seed=seed, feature_channels=channels)
+    if channels:
+        cfg.patch = int(p)
+    summary = train_noise_model(seqs["train"], seqs["validate"], out, cfg)
+    click.echo(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("best_val_loss", "fixed_val_loss", "sequences", "frames", "parameters", "seconds")
+            },
+            indent=2,
+        )
+    )
+
+
+def _detect(log_root: Path, out: Path, detector: Path) -> list[Path]:
+    """Per-agent detections with feature patches from the project's detector (cached)."""
     from v2x.cooperative import Perception
     from v2x.datasets import open_log
     from v2x.detector import load_detector
-    from v2x.tracking.train import NoiseTrainConfig, train_noise_model
-    from v2x.tracking_experiment import extract_sequences, load_with_extra
+    from v2x.tracking_experiment import extract_sequences
 
-    model = load_detector(detector)
-    perception = Perception(model)
-    splits = {}
-    for split in ("train", "validate"):
-        root = data / split
-        if not root.is_dir():
-            raise click.ClickException(f"{data} has no {split}/ split")
-        paths = extract_sequences(open_log(root), perception, out / "detections" / split)
-        splits[split] = [load_with_extra(p) for p in paths]
-    if not features:
-        for seqs in splits.values():
-            for seq in seqs:
-                for f in seq:
-                    for a in f.agents:
-                        a.features = None
-    cfg = NoiseTrainConfig(
-        epochs=epochs, seed=seed, feature_channels=model.cfg.bev_channels if features else 0
-    )
-    summary = train_noise_model(splits["train"], splits["validate"], out, cfg)
-    click.echo(
-        json.dumps(
-            {k: summary[k] for k in ("best_val_loss", "fixed_val_loss", "windows", "parameters", "seconds")},
-            indent=2,
-        )
+    return extract_sequences(
+        open_log(log_root), Perception(load_detector(detector)), out, with_intermediate=False
     )
