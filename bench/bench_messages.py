@@ -308,7 +308,9 @@ def main() -> dict:
     result = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         },
         "scene": {
             "grid_shape": list(GRID.shape),

@@ -346,6 +346,12 @@ class MessageCodec:
             detections=n_boxes,
         )
 
+    def _payload_bits(self, kind: MessageType, channels: int) -> int:
+        """Bits one cell adds to the payload, index coding aside."""
+        if kind == MessageType.CODEBOOK:
+            return self.codebook.cfg.bits_per_cell
+        return channels * (32 if kind == MessageType.RAW_FP32 else 16)
+
     def feature_message(
         self,
         method: str,
@@ -388,7 +394,10 @@ class MessageCodec:
                 room = budget - self._size(kind, empty, channels, 0)
                 n_boxes = int(np.clip(room // per_box, 0, n_boxes))
             det_arg = n_boxes if n_boxes else None
-            lo, hi = 0, n  # largest prefix k with size(k) <= budget (bisection; sizes are near-monotone)
+            # every cell costs at least its payload bits: an upper bound that keeps the search short
+            base = self._size(kind, empty, channels, det_arg)
+            lo, hi = 0, min(n, (budget - base) * 8 // self._payload_bits(kind, channels))
+            # largest prefix k with size(k) <= budget (bisection; sizes are near-monotone)
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 if self._size(kind, ranked_cells[:mid], channels, det_arg) <= budget:
