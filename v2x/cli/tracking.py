@@ -105,6 +105,16 @@ def _line(name: str, r: dict) -> str:
 )
 @_ORDER
 @click.option(
+    "--records",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Instead of text files: compare the trackers on multi-agent detection records (*.npz).",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Noise model for --records (carries the fitted prior the fixed-noise filter uses).",
+)
+@click.option(
     "--data",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Instead of files: track a log with the detector and compare the four configurations.",
@@ -125,7 +135,9 @@ def _line(name: str, r: dict) -> str:
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here."
 )
-def eval_tracking(gt_dir, tracks_dir, seqmap, order, data, detector, noise, cache, json_out) -> None:
+def eval_tracking(
+    gt_dir, tracks_dir, seqmap, order, records, weights, data, detector, noise, cache, json_out
+) -> None:
     """AMOTA, AMOTP, sAMOTA, MOTA, MOTP, MT, ML, IDS, FRAG in percent, comparable and strict.
 
     comparable: AB3DMOT's evaluator as V2V4Real runs it (unmatched tracks with a 2D box of at
@@ -134,6 +146,9 @@ def eval_tracking(gt_dir, tracks_dir, seqmap, order, data, detector, noise, cach
     """
     if data is not None:
         _compare(data, detector, noise, cache, json_out)
+        return
+    if records is not None:
+        _compare_records(records, weights, json_out)
         return
     if gt_dir is None or tracks_dir is None:
         raise click.UsageError("give --gt and --tracks (or --data to track a log)")
@@ -162,6 +177,34 @@ def _compare(data: Path, detector, noise, cache, json_out) -> None:
     results = compare_trackers(paths, load_noise_model(noise_path) if noise_path else None)
     table = write_table(results, Path(json_out or "tracking.json").with_suffix(".md"))
     click.echo(table)
+
+
+def _message_bytes(n: int, variances: bool) -> int:
+    """Exact size of a detections-only message on the wire (header included)."""
+    import numpy as np
+
+    from v2x.comm.wire import MessageType, encoded_size
+
+    return encoded_size(
+        MessageType.DETECTIONS, (1, 1), np.zeros(0, np.int64), detections=n, variances=variances
+    )
+
+
+def _compare_records(records: Path, weights: Path | None, json_out: Path | None) -> None:
+    from v2x.tracking.compare import compare, markdown_table
+    from v2x.tracking.records import load_sequence, record_files
+    from v2x.tracking.train import load_tracker
+
+    paths = record_files(records)
+    if not paths:
+        raise click.ClickException(f"no detection records (*.npz) in {records}")
+    prior, noise = load_tracker(weights) if weights else (None, None)
+    seqs = [(p.stem, load_sequence(p)) for p in paths]
+    results = compare(seqs, prior, noise, _message_bytes)
+    click.echo(markdown_table(results, json_out.with_suffix(".md") if json_out else None))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=2, default=float))
 
 
 def _npz_split(root: Path, split: str) -> list[Path]:
