@@ -64,6 +64,7 @@ __all__ = [
     "MessageType",
     "OversizedError",
     "TruncatedError",
+    "UnexpectedTypeError",
     "VersionError",
     "WireError",
     "cell_count",
@@ -176,6 +177,12 @@ class CodebookMismatchError(WireError):
 
 class GridMismatchError(WireError):
     reason = "grid_mismatch"
+
+
+class UnexpectedTypeError(WireError):
+    """A valid message of a type the reader did not ask for (a demand where features were expected)."""
+
+    reason = "unexpected_type"
 
 
 def rejections() -> dict[str, int]:

@@ -44,8 +44,12 @@ import torch
 from v2x.boxes import Boxes
 from v2x.codebook import Codebook
 from v2x.comm.wire import (
+    CodebookMismatchError,
+    GridMismatchError,
     Header,
+    MalformedError,
     MessageType,
+    UnexpectedTypeError,
     decode,
     encode,
     encoded_size,
@@ -238,11 +242,7 @@ class MessageCodec:
 
     def read_demand(self, data: bytes) -> Demand:
         msg = decode(data, self.shape, self.grid_id)
-        if msg.header.type != MessageType.DEMAND or msg.header.unit != self.sel.block:
-            raise ValueError(
-                f"expected a demand on {self.sel.block}-cell blocks, got {msg.header.type.name} "
-                f"on {msg.header.unit}-cell blocks"
-            )
+        _expect(msg.header, MessageType.DEMAND, self.sel.block)
         levels = np.zeros(self.num_blocks, dtype=np.uint8)
         if msg.header.complement:
             levels[:] = 3
@@ -266,8 +266,7 @@ class MessageCodec:
 
     def read_offer(self, data: bytes) -> Offer:
         msg = decode(data, self.shape, self.grid_id)
-        if msg.header.type != MessageType.OFFER or msg.header.unit != self.sel.block:
-            raise ValueError(f"expected an offer on {self.sel.block}-cell blocks, got {msg.header.type.name}")
+        _expect(msg.header, MessageType.OFFER, self.sel.block)
         return Offer(msg.header.sender, msg.cells, msg.levels, _pose_of(msg.header))
 
     def assign(self, offers: list[Offer], demand: Demand) -> dict[int, np.ndarray]:
@@ -439,12 +438,12 @@ class MessageCodec:
         )
         h = msg.header
         if h.type not in (MessageType.CODEBOOK, MessageType.RAW_FP32, MessageType.RAW_FP16):
-            raise ValueError(f"expected a feature message, got {h.type.name}")
+            raise UnexpectedTypeError(f"expected a feature message, got {h.type.name}")
         if msg.codes is not None:
             if cb is None:
-                raise ValueError("codebook message but no codebook loaded")
+                raise CodebookMismatchError("a codebook message, but this receiver has no codebook loaded")
             if msg.codes.shape[1] != cb.cfg.indices_per_cell:
-                raise ValueError(
+                raise CodebookMismatchError(
                     f"{msg.codes.shape[1]} indices per cell, the codebook uses {cb.cfg.indices_per_cell}"
                 )
             with torch.no_grad():
@@ -463,7 +462,7 @@ class MessageCodec:
         got = self.read_sparse(data)
         h, w = self.shape
         if got.values.shape[1] not in (channels, 0) and len(got.cells):
-            raise ValueError(f"message carries {got.values.shape[1]} channels, expected {channels}")
+            raise MalformedError(f"message carries {got.values.shape[1]} channels, expected {channels}")
         dense = torch.zeros(channels, h * w)
         valid = torch.zeros(h * w, dtype=torch.bool)
         if len(got.cells):
@@ -479,6 +478,13 @@ class MessageCodec:
         )
         boxes = SharedBoxes(str(got.sender), got.world_from_bev, got.boxes) if got.boxes is not None else None
         return shared, boxes
+
+
+def _expect(h: Header, kind: MessageType, block: int) -> None:
+    if h.type != kind:
+        raise UnexpectedTypeError(f"expected a {kind.name} message, got {h.type.name}")
+    if h.unit != block:
+        raise GridMismatchError(f"{kind.name} on {h.unit}-cell blocks, this agent coordinates on {block}")
 
 
 def exchange(

@@ -159,8 +159,12 @@ def test_demand_message_is_the_smaller_form_and_round_trips():
         2,
         3,
     }
-    with pytest.raises(ValueError, match="blocks"):  # a collaborator on another block size refuses it
+    with pytest.raises(WireError) as err:  # a collaborator on another block size refuses it
         MessageCodec(GRID, selection=SelectionConfig(block=2)).read_demand(data)
+    assert err.value.reason == "grid_mismatch"
+    with pytest.raises(WireError) as err:  # a demand is not an offer
+        codec.read_offer(data)
+    assert err.value.reason == "unexpected_type"
 
 
 # -- budgets -------------------------------------------------------------------------------------
@@ -306,6 +310,12 @@ def test_a_different_codebook_or_grid_is_refused(codebook):
     with pytest.raises(WireError) as err:
         MessageCodec(BEVGrid(voxel=0.2, stride=4), codebook).read_sparse(out["2"].messages[-1])
     assert err.value.reason == "grid_mismatch"
+    with pytest.raises(WireError) as err:  # no codebook at all
+        MessageCodec(GRID).read_sparse(out["2"].messages[-1])
+    assert err.value.reason == "codebook_mismatch"
+    with pytest.raises(WireError) as err:  # a demand where features were expected
+        codec.read_sparse(out["2"].messages[0])
+    assert err.value.reason == "unexpected_type"
 
 
 # -- codebook --------------------------------------------------------------------------------------
