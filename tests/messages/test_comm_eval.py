@@ -1,23 +1,25 @@
-"""The AP-versus-bytes experiment end to end on a small synthetic scene, with an untrained detector:
-every method in one call, real messages, budgets kept, requests counted. (AP values need the
-trained detector; here only the machinery is checked.)"""
+"""The AP-versus-bytes experiment end to end on a small synthetic log written to disk, with an
+untrained detector: codebook training and every method in one ``v2x eval comm`` call, real
+messages, budgets kept, requests counted. (AP values need the trained detector; here only the
+machinery is checked.)"""
 
 import json
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from v2x.boxes import Boxes, ObjectClass
-from v2x.codebook import CodebookConfig
+from v2x.cli.main import cli
+from v2x.codebook import load_codebook
 from v2x.comm.wire import HEADER
-from v2x.comm_eval import evaluate_comm, fit_codebook, plot_comm, settings_for, write_rows
 from v2x.config import load_config
-from v2x.cooperative import Perception
+from v2x.datasets.opv2v import OPV2VWriter
 from v2x.detector import CooperativeDetector
 from v2x.frame import AgentScan, Frame
 from v2x.geometry import inverse, pose_from_xyz_yaw, transform_points
-from v2x.messages import METHODS, MessageCodec
+from v2x.messages import METHODS
 
 pytestmark = pytest.mark.slow
 
@@ -45,25 +47,37 @@ def _frame(seed: int) -> Frame:
     return Frame("synthetic", seed, seed * 100_000_000, agents, "0", Boxes(gt, labels=int(ObjectClass.CAR)))
 
 
-def test_every_method_runs_through_one_evaluation(tmp_path):
+def test_train_codebook_and_eval_comm_through_the_command_line(tmp_path):
+    """A log on disk, a detector checkpoint, then ``v2x train codebook --data`` and ``v2x eval comm``."""
     torch.manual_seed(0)
-    torch.set_num_threads(1)
+    w = OPV2VWriter(tmp_path / "log", split="test")
+    for seed in (0, 1):
+        w.write(_frame(seed))
+    w.close()
     model = CooperativeDetector(load_config()).eval()
-    perception = Perception(model)
-    frames = [_frame(0), _frame(1)]
-    cfg = CodebookConfig(channels=model.cfg.bev_channels, m=2, r=1, k=16)
-    cb, info = fit_codebook(frames, perception, cfg, frames=2, iters=3, progress=False)
-    assert info["train"]["cells"] > 0
-    codec = MessageCodec(model.cfg.grid, cb)
-    budgets = [300, 2000]
-    settings = settings_for(list(METHODS), budgets, hybrid=True)
-    rows = evaluate_comm(frames, perception, codec, settings, progress=False)
+    torch.save(model.checkpoint(), tmp_path / "det.pt")
+    log, det, cb = str(tmp_path / "log" / "test"), str(tmp_path / "det.pt"), str(tmp_path / "cb.pt")
+    r = CliRunner().invoke(
+        cli,
+        ["train", "codebook", "--data", log, "--weights", det, "--out", cb]
+        + ["--k", "16", "--r", "1", "--frames", "1", "--iters", "2", "--holdout-every", "0"],
+    )
+    assert r.exit_code == 0, r.output
+    assert load_codebook(cb).cfg.channels == model.cfg.bev_channels
+    out = tmp_path / "comm.json"
+    r = CliRunner().invoke(
+        cli,
+        ["eval", "comm", "--data", log, "--weights", det, "--codebook", cb, "--methods", ",".join(METHODS)]
+        + ["--budgets", "300,2000", "--hybrid", "--json", str(out), "--plot", str(tmp_path / "comm.png")],
+    )
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())
     assert {r["method"] for r in rows} == {*METHODS, "codebook+boxes", "codefilling+boxes"}
-    for r in rows:
-        assert {"method", "budget_bytes", "bytes_mean", "bytes_max", "ap_bev"} <= set(r)
-        assert {"0.5", "0.7"} <= set(r["ap_bev"]) and r["frames"] == 2
-        if r["budget_bytes"] is not None:
-            assert r["bytes_max"] <= r["budget_bytes"]
+    for row in rows:
+        assert {"method", "budget_bytes", "bytes_mean", "bytes_max", "ap_bev", "log2_bytes"} <= set(row)
+        assert {"0.5", "0.7"} <= set(row["ap_bev"]) and row["frames"] == 2
+        if row["budget_bytes"] is not None:
+            assert row["bytes_max"] <= row["budget_bytes"]
     raw = next(r for r in rows if r["method"] == "raw")
     half = next(r for r in rows if r["method"] == "raw-fp16")
     assert raw["bytes_mean"] > 1.9 * half["bytes_mean"] > 0  # every occupied cell, 4 vs 2 bytes a channel
@@ -72,7 +86,4 @@ def test_every_method_runs_through_one_evaluation(tmp_path):
     assert big["bytes_mean"] > big["paper_formula_bytes"] + 2 * HEADER.size
     w2c = sorted((r["threshold"], r["bytes_mean"]) for r in rows if r["method"] == "where2comm")
     assert [b for _, b in w2c] == sorted((b for _, b in w2c), reverse=True)  # a higher threshold sends less
-    write_rows(rows, tmp_path / "comm.json")
-    plot_comm(rows, tmp_path / "comm.png")
-    assert json.loads((tmp_path / "comm.json").read_text())[0]["method"] == rows[0]["method"]
     assert (tmp_path / "comm.png").stat().st_size > 10_000
