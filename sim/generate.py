@@ -7,6 +7,7 @@ interrupted run leaves whole frames only (and, for DAIR-V2X-C, no index until th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -19,10 +20,20 @@ from typing import Any
 import numpy as np
 
 from v2x.sim.lidar import LidarConfig
+from v2x.sim.realism import occlusion
 from v2x.sim.town import TownConfig
 from v2x.sim.world import SceneConfig, World, planned_cars
 
-__all__ = ["PRESETS", "GenerateConfig", "SimError", "generate", "scene_configs"]
+__all__ = [
+    "PRESETS",
+    "GenerateConfig",
+    "SimError",
+    "generate",
+    "preset_configs",
+    "scene_configs",
+    "validate",
+    "validate_all",
+]
 
 SPLITS = ("train", "validate", "test")
 
@@ -263,22 +274,20 @@ def validate(g: GenerateConfig) -> None:
 
 
 def _output_problems(out: Path) -> list[str]:
-    """Whether ``out`` can be written, without creating anything yet."""
-    if out.exists():
-        if not out.is_dir():
-            return [f"output {out} exists and is not a folder"]
-        try:
-            with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-                pass
-        except OSError as exc:
-            return [f"output folder {out} is not writable: {exc.strerror or exc}"]
-        return []
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        return [f"output folder {out} cannot be created: {parent} is not a writable folder"]
-    return []
+    """Whether ``out`` can be written: created (with its parents) if missing and probed with a
+    temporary file. Folders created here are removed again, so a refused run leaves nothing."""
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+        problems = []
+    except OSError as exc:
+        problems = [f"output folder {out} is not writable: {exc.strerror or exc}"]
+    for p in created:  # deepest first
+        with contextlib.suppress(OSError):
+            p.rmdir()
+    return problems
 
 
 def _run_scene(args: tuple[str, str, SceneConfig, str, str, Any]) -> dict:
@@ -298,17 +307,30 @@ def _run_scene(args: tuple[str, str, SceneConfig, str, str, Any]) -> dict:
     }
     if fmt == "opv2v":
         writer.write_protocol(cfg.name, protocol)
-    stats = {"frames": 0, "points": 0, "scans": 0, "near": 0, "hidden": 0, "helped": 0}
+    stats = dict.fromkeys(
+        (
+            "frames",
+            "points",
+            "scans",
+            "near",
+            "hidden",
+            "helped",
+            "collaborators",
+            "collaborators_within_70m",
+        ),
+        0,
+    )
     for sf in world.frames():
-        extra = {
+        track_ids = [int(t) for t in sf.frame.gt.track_ids]
+        extra = {  # every listed object gets its count, 0 included: what each agent saw
             aid: {
-                "vehicles": {tid: {"num_lidar_points": n} for tid, n in hits.items()},
+                "vehicles": {t: {"num_lidar_points": hits.get(t, 0)} for t in track_ids},
                 "ego_speed": sf.speeds.get(aid, 0.0),
             }
             for aid, hits in sf.hits.items()
         }
         writer.write(sf.frame, extra)
-        _occlusion_stats(sf, stats)
+        _frame_stats(sf.frame, stats)
         stats["frames"] += 1
         for a in sf.frame.agents.values():
             stats["points"] += len(a.points)
@@ -322,21 +344,16 @@ def _run_scene(args: tuple[str, str, SceneConfig, str, str, Any]) -> dict:
     return stats
 
 
-def _occlusion_stats(sf, stats: dict) -> None:
-    """Vehicles within 50 m of the ego; those with no ego point; of those, seen by another agent."""
-    f = sf.frame
-    gt = f.gt
-    ego = f.ego.position
-    vehicle = np.isin(gt.labels, [0, 1, 2, 3]) & (gt.track_ids != int(f.ego_id))
-    near = vehicle & (np.hypot(gt.xyzlwhy[:, 0] - ego[0], gt.xyzlwhy[:, 1] - ego[1]) < 50.0)
-    ego_hits = sf.hits[f.ego_id]
-    others = [h for a, h in sf.hits.items() if a != f.ego_id]
-    for tid in gt.track_ids[near]:
-        stats["near"] += 1
-        if ego_hits.get(int(tid), 0) == 0:
-            stats["hidden"] += 1
-            if any(h.get(int(tid), 0) > 0 for h in others):
-                stats["helped"] += 1
+def _frame_stats(frame, stats: dict) -> None:
+    """Occlusion and how far the collaborators are from the ego (readers drop those beyond 70 m)."""
+    occ = occlusion(frame)
+    stats["near"] += occ.near
+    stats["hidden"] += occ.hidden
+    stats["helped"] += occ.seen_by_others
+    ego = frame.ego.position[:2]
+    for a in frame.collaborators:
+        stats["collaborators"] += 1
+        stats["collaborators_within_70m"] += int(np.hypot(*(a.position[:2] - ego)) <= 70.0)
 
 
 def generate(g: GenerateConfig, progress: bool = True) -> dict:
@@ -396,6 +413,11 @@ def generate(g: GenerateConfig, progress: bool = True) -> dict:
             "no_ego_point_but_seen_by_another_agent": sum(r["helped"] for r in results),
             "share_seen_only_by_others": round(sum(r["helped"] for r in results) / max(near, 1), 4),
         },
+        "collaborators_within_70m_of_ego": round(
+            sum(r["collaborators_within_70m"] for r in results)
+            / max(sum(r["collaborators"] for r in results), 1),
+            4,
+        ),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(g).items()},
     }
     out = Path(g.out)
@@ -414,14 +436,27 @@ def _worker_init() -> None:
 
 
 def preset_configs(name: str, out: str, **overrides) -> list[GenerateConfig]:
+    """The parts of a preset (e.g. train and validate), with overrides applied to every part.
+
+    ``seed`` is an offset added to each part's own seed, so the parts keep distinct seeds
+    (a preset's train and validate scenes never share one).
+    """
     if name not in PRESETS:
         raise SimError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    offset = overrides.pop("seed", 0)
     configs = []
     for part in PRESETS[name]:
-        fields = dict(part)
-        fields.update({k: v for k, v in overrides.items() if v is not None})
+        fields = dict(part) | overrides
+        fields["seed"] = part["seed"] + offset
         configs.append(GenerateConfig(out=out, **fields))
     return configs
+
+
+def validate_all(configs: list[GenerateConfig]) -> None:
+    """Check every part of a run before any of it starts."""
+    for g in configs:
+        validate(g)
 
 
 class _Tick:

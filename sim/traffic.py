@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import shapely
 from shapely import STRtree, polygons
 
 from v2x.boxes import ObjectClass, bev_corners
@@ -20,6 +21,14 @@ from v2x.sim.town import KERB, Lane, Town
 __all__ = ["SIZES", "Actor", "Traffic"]
 
 DT = 0.1
+#: seconds at the end of each signal phase when every approach has red
+ALL_RED = 2.0
+#: metres pedestrians keep to the right of the middle of the sidewalk
+KEEP_RIGHT = 0.5
+#: m/s^2: the hardest braking (an emergency stop)
+MAX_BRAKE = 8.0
+#: metres between stopped vehicles in a queue (IDM's jam distance, with some slack)
+QUEUE_GAP = 3.0
 #: metres: how strongly a goal biases turns (a movement ending this much farther is e times less likely)
 GOAL_SCALE = 25.0
 
@@ -73,18 +82,25 @@ def _loop_at(loop: np.ndarray, s: float) -> tuple[float, float, float]:
 class Traffic:
     """All traffic participants of a scene and their motion."""
 
-    def __init__(self, town: Town, rng: np.random.Generator, light_phase_s: float = 14.0) -> None:
+    def __init__(
+        self, town: Town, rng: np.random.Generator, light_phase_s: tuple[float, float] = (9.0, 14.0)
+    ) -> None:
         self.town = town
         self.rng = rng
         self.actors: list[Actor] = []
         self.t = 0.0
-        self.light_phase_s = light_phase_s
-        self.light_offset = {node: rng.uniform(0, 2 * light_phase_s) for node in self._nodes()}
+        #: per intersection: the length of each of its two phases (s) and where in its cycle it starts
+        self.light_phase = {node: rng.uniform(*light_phase_s) for node in self._nodes()}
+        self.light_offset = {node: rng.uniform(0, 2 * self.light_phase[node]) for node in self._nodes()}
         self._lanes = town.lanes
         self._next_id = 100
         #: actor id -> where it tends to drive: a point (x, y) or another actor's id to stay near
         self.goals: dict[int, tuple[float, float] | int] = {}
         self._by_id: dict[int, Actor] = {}
+        self._conflicts = self._connector_conflicts()
+        self._inside: dict[int, list[int]] = {}  # connector id -> actors on it
+        self._claims: dict[int, int] = {}  # connector id -> actor committed to entering it
+        self._load: dict[int, float] = {}  # road lane id -> metres of it taken (see step)
 
     def _nodes(self):
         return [(i, j) for i in range(len(self.town.xs)) for j in range(len(self.town.ys))]
@@ -98,11 +114,14 @@ class Traffic:
         return np.array([self.rng.uniform(*r) for r in ranges])
 
     # -- spawning -------------------------------------------------------------------------------
-    def _fits(self, box: np.ndarray, margin: float) -> bool:
+    def _fits(self, box: np.ndarray, margin: float, side_margin: float | None = None) -> bool:
+        """Whether a box, grown by ``margin`` ahead and behind (``side_margin`` to the sides),
+        is clear of everyone already placed."""
         if not self.actors:
             return True
         grown = box.copy()
-        grown[3:5] += 2 * margin
+        grown[3] += 2 * margin
+        grown[4] += 2 * (margin if side_margin is None else side_margin)
         others = np.array([a.box() for a in self.actors])
         near = np.hypot(others[:, 0] - box[0], others[:, 1] - box[1]) < 25
         if not near.any():
@@ -137,6 +156,9 @@ class Traffic:
             s = self.rng.uniform(size[0] / 2 + 1, lane.length - size[0] / 2 - 1)
             (x, y), yaw = lane.at(s)
             v0 = self.rng.uniform(4.0, 6.0) if kind == "cyclist" else self.rng.uniform(8.0, 13.5)
+            # no faster than it can stop before the crossing ahead, so nobody starts committed
+            to_stop = lane.length - s - size[0] / 2
+            speed = min(self.rng.uniform(0.3, 0.9) * v0, np.sqrt(2 * 3.0 * max(to_stop - 5.0, 0.0)))
             a = Actor(
                 self.new_id(),
                 kind,
@@ -144,13 +166,13 @@ class Traffic:
                 float(x),
                 float(y),
                 yaw,
-                self.rng.uniform(0.3, 0.9) * v0,
+                float(speed),
                 v0,
                 True,
                 lane.id,
                 s,
             )
-            if self._fits(a.box(), 2.5):
+            if self._fits(a.box(), 2.5, side_margin=0.3):  # the parking lane may be full beside it
                 self.actors.append(a)
                 placed += 1
 
@@ -158,8 +180,13 @@ class Traffic:
         loops = self.town.sidewalk_loops
         for _ in range(count):
             loop = loops[int(self.rng.integers(len(loops)))]
+            # keep right: walking anticlockwise round the block, the right is the kerb side;
+            # clockwise, the building side. Opposite walkers then pass instead of meeting head on.
+            centre = loop[:-1].mean(axis=0)
             if self.rng.random() < 0.5:
-                loop = loop[::-1].copy()
+                loop = loop + np.sign(loop - centre) * KEEP_RIGHT
+            else:
+                loop = (loop - np.sign(loop - centre) * KEEP_RIGHT)[::-1].copy()
             s = self.rng.uniform(0, np.hypot(*np.diff(loop, axis=0).T).sum())
             x, y, yaw = _loop_at(loop, s)
             size = self.random_size("pedestrian")
@@ -189,15 +216,29 @@ class Traffic:
         all-red, so the crossing is clear before the other direction starts. Left turns are
         permissive: they also yield to oncoming traffic (see :meth:`_left_turn_blocked`).
         """
-        cycle = 2 * self.light_phase_s
-        tc = (t + self.light_offset[lane.start_node]) % cycle
-        phase = int(tc // self.light_phase_s)
+        phase_s = self.light_phase[lane.start_node]
+        tc = (t + self.light_offset[lane.start_node]) % (2 * phase_s)
+        phase = int(tc // phase_s)
         wanted = 0 if self._incoming_direction(lane) in ("+y", "-y") else 1
-        remaining = (phase + 1) * self.light_phase_s - tc - 2.0
+        remaining = (phase + 1) * phase_s - tc - ALL_RED
         return phase == wanted and remaining > 0, remaining
 
+    def _turning_left(self, a: Actor) -> bool:
+        """Whether the participant is in, or next enters, a left-turn connector."""
+        if a.lane is None:
+            return False
+        lane = self._lanes[a.lane]
+        if lane.kind == "turn":
+            return lane.movement == "left"
+        return bool(a.route) and self._lanes[a.route[0]].movement == "left"
+
     def _left_turn_blocked(self, conn: Lane, others: np.ndarray, me: np.ndarray) -> bool:
-        """An oncoming vehicle near or in the crossing: a permissive left turn must wait."""
+        """An oncoming vehicle coming through the crossing: a permissive left turn must wait.
+
+        ``others`` rows are box, speed, turning-left flag. Oncoming vehicles that turn left
+        themselves pass in front of us and do not block (two waiting for each other would
+        never move); nor do ones standing still before the crossing (queued at their stop line).
+        """
         incoming = self._incoming_direction(conn)
         opposite = {"+x": "-x", "-x": "+x", "+y": "-y", "-y": "+y"}[incoming]
         heading = DIRECTIONS_RAD[opposite]
@@ -208,7 +249,9 @@ class Traffic:
         lateral = np.abs(-rel[:, 0] * np.sin(heading) + rel[:, 1] * np.cos(heading))
         same_way = np.cos(others[:, 6] - heading) > 0.7
         window = (along > -self.town.half_width) & (along < 40.0) & (lateral < self.town.half_width)
-        return bool((same_way & window & ~me).any())
+        inside = along < self.town.half_width + 2.0
+        coming = (others[:, 7] > 0.5) | inside
+        return bool((same_way & window & coming & (others[:, 8] < 0.5) & ~me).any())
 
     def _incoming_direction(self, conn: Lane) -> str:
         d = conn.points[1] - conn.points[0]
@@ -277,21 +320,31 @@ class Traffic:
         ly = np.abs(-s * dx + c * dy) - boxes[:, 4] / 2
         return np.hypot(np.maximum(lx, 0), np.maximum(ly, 0))
 
-    def _gap(self, a: Actor, others: np.ndarray, other_ids: np.ndarray, tree: STRtree | None) -> float:
-        """Free distance ahead along the route to the nearest participant or a stop line."""
-        gap = 80.0
+    def _gap(
+        self, a: Actor, state: np.ndarray, other_ids: np.ndarray, tree: STRtree | None
+    ) -> tuple[float, float]:
+        """Free distance ahead along the route to the nearest participant or a stop line, and
+        the speed of that obstacle along the route (0 for a stop line or a crossing vehicle).
+
+        ``state`` rows are everyone's box, speed and turning-left flag.
+        """
+        gap, lead_speed = 80.0, 0.0
         look = self._lookahead(a, 50.0)
         me_all = other_ids == a.id
         # only participants within reach of the look-ahead (and of a crossing ahead) matter
-        close = (others[:, 0] - a.x) ** 2 + (others[:, 1] - a.y) ** 2 < 75.0**2
-        others, me = others[close], me_all[close]
+        close = (state[:, 0] - a.x) ** 2 + (state[:, 1] - a.y) ** 2 < 75.0**2
+        others, me = state[close], me_all[close]
         if look and len(others):
             P = np.array([p for p, _, _ in look])
             D = np.array([d for _, d, _ in look])
+            H = np.array([h for _, _, h in look])
             # the path's centre line against everyone's footprint (not their centre: a long bus
             # reaching into the path counts) ...
             hit = (self._near_footprint(P, others) < a.size[1] / 2 + 0.35) & ~me[None, :]
-            first = int(np.flatnonzero(hit.any(axis=1))[0]) if hit.any() else len(P)
+            first, who = len(P), None
+            if hit.any():
+                first = int(np.flatnonzero(hit.any(axis=1))[0])
+                who = others[int(np.flatnonzero(hit[first])[0])]
             # ... and, close ahead, the actor's own footprint swept along a curving path
             near = min(first, int(np.searchsorted(D, 16.0)))
             if tree is not None and near > 0:
@@ -300,10 +353,13 @@ class Traffic:
                 )
                 pairs = tree.query(polygons(bev_corners(mine)), predicate="intersects")
                 pairs = pairs[:, ~me_all[pairs[1]]]
-                if pairs.shape[1]:
-                    first = min(first, int(pairs[0].min()))
+                if pairs.shape[1] and int(pairs[0].min()) < first:
+                    first = int(pairs[0].min())
+                    who = state[int(pairs[1][pairs[0] == first][0])]
             if first < len(P):
-                gap = min(gap, D[first] - a.size[0] / 2)
+                gap = D[first] - a.size[0] / 2
+                # how fast it moves along our path there: a leader drives away, a crosser does not
+                lead_speed = max(0.0, float(who[7] * np.cos(who[6] - H[first])))
         lane = self._lanes[a.lane]
         if lane.kind == "road":
             if not a.route:
@@ -311,51 +367,130 @@ class Traffic:
                 if nxt is not None:
                     a.route.append(nxt)
             if a.route:
-                gap = min(gap, self._stop_line_gap(a, lane, self._lanes[a.route[0]], others, me))
-        return gap
+                stop = self._stop_line_gap(a, lane, self._lanes[a.route[0]], others, me)
+                if stop < gap:
+                    gap, lead_speed = stop, 0.0
+        return gap, lead_speed
 
     def _stop_line_gap(self, a: Actor, lane: Lane, conn: Lane, others: np.ndarray, me: np.ndarray) -> float:
         """Distance to the stop line when the vehicle must not enter the crossing, else no limit.
 
         It may enter on green when the green lasts long enough to clear the crossing from where
-        it is (so nobody is caught inside when the crossing movements start) and its exit lane has
-        room for it (never block the box). On red it stops unless too close to stop comfortably.
+        it is (so nobody is caught inside when the crossing movements start), its exit lane has
+        room for it (never block the box), no one is on (or has claimed) a connector whose path
+        crosses its own, and, turning left, no oncoming traffic is coming through. A vehicle
+        about to enter claims its connector for this step, so two never enter crossing paths
+        at once. It stops unless too close to stop (comfortably for the light, hard for a
+        crossing path).
         """
         to_stop = lane.length - a.s - a.size[0] / 2
         ok, remaining = self.green(conn, self.t)
-        if ok:
-            dist = max(to_stop, 0.0) + conn.length + a.size[0]
+        if ok:  # past the middle of the crossing before the crossing movements get green
+            dist = max(to_stop, 0.0) + (conn.length + a.size[0]) / 2
             acc = 1.6
             t_clear = (-a.speed + np.sqrt(a.speed**2 + 2 * acc * dist)) / acc
-            ok = remaining >= t_clear
+            ok = remaining + ALL_RED >= t_clear
         if ok and conn.movement == "left" and len(others):
             ok = not self._left_turn_blocked(conn, others, me)
+        exit_id = conn.next[0]
+        claimed = self._claims.get(conn.id) == a.id
+        if ok and not claimed:
+            # the exit lane must hold everyone bound for it, us included, even if they all stop:
+            # otherwise a queue spilling back would catch us inside the crossing (gridlock)
+            room = self._lanes[exit_id].length - QUEUE_GAP  # the first one stops short of its line
+            ok = self._load.get(exit_id, 0.0) + a.size[0] + QUEUE_GAP <= room
         if ok and len(others):
-            exit_lane = self._lanes[conn.next[0]]
+            exit_lane = self._lanes[exit_id]
             zone = np.array([exit_lane.at(s)[0] for s in np.arange(0.0, a.size[0] + 4.0, 1.5)])
             ok = not ((self._near_footprint(zone, others) < a.size[1] / 2 + 0.3) & ~me[None, :]).any()
-        can_stop = to_stop > a.speed**2 / (2 * 4.0) - 0.5
+        decel = 4.0
+        if ok and self._path_taken(conn, a.id):
+            ok, decel = False, 8.0
+        can_stop = to_stop > a.speed**2 / (2 * decel) - 0.5
         if not ok and can_stop and to_stop > -0.5:
+            if claimed:
+                del self._claims[conn.id]
+                self._load[exit_id] = self._load.get(exit_id, 0.0) - a.size[0] - QUEUE_GAP
             return max(to_stop, 0.0)
+        if not claimed and to_stop < a.speed**2 / (2 * 3.0) + 4.0:  # committed: hold it until inside
+            self._claims[conn.id] = a.id
+            self._load[exit_id] = self._load.get(exit_id, 0.0) + a.size[0] + QUEUE_GAP
         return 80.0
 
-    def _idm(self, a: Actor, gap: float) -> float:
-        a_max, s0, T = 1.6, 2.0, 1.2  # IDM: max acceleration, jam distance, time headway
+    def _path_taken(self, conn: Lane, me: int) -> bool:
+        """Someone else is on, or has claimed, a connector crossing ``conn``'s path."""
+        for other in self._conflicts.get(conn.id, ()):
+            if any(i != me for i in self._inside.get(other, ())):
+                return True
+            if self._claims.get(other, me) != me:
+                return True
+        return False
+
+    def _connector_conflicts(self) -> dict[int, set[int]]:
+        """For each connector, the connectors of the same crossing whose paths cross or merge
+        with it (footprints of a wide vehicle along both overlap); those from the same lane
+        follow each other instead."""
+        by_node: dict[tuple[int, int], list[Lane]] = {}
+        for lane in self._lanes:
+            if lane.kind == "turn":
+                by_node.setdefault(lane.start_node, []).append(lane)
+        out: dict[int, set[int]] = {}
+        for conns in by_node.values():
+            paths = [shapely.buffer(shapely.linestrings(c.points), 1.3) for c in conns]
+            for i, c in enumerate(conns):
+                out[c.id] = {
+                    d.id
+                    for j, d in enumerate(conns)
+                    if j != i
+                    and not np.allclose(d.points[0], c.points[0])
+                    and shapely.intersects(paths[i], paths[j])
+                }
+        return out
+
+    def _idm(self, a: Actor, gap: float, lead_speed: float) -> float:
+        """The Intelligent Driver Model's acceleration, with its approach term: closing in on a
+        standing obstacle at speed brakes early and smoothly instead of at the last moment."""
+        a_max, b, s0, T = 1.6, 2.0, 2.0, 1.2  # max acceleration, comfortable braking, jam gap, headway
         v = a.speed
         lane = self._lanes[a.lane]
         v0 = a.v0
-        if lane.kind == "turn":
-            v0 = min(v0, 6.5 if lane.movement != "straight" else v0)
-        s_star = s0 + v * T
+        if lane.kind == "turn" and lane.movement != "straight":
+            v0 = min(v0, 6.5)
+        s_star = s0 + max(0.0, v * T + v * (v - lead_speed) / (2 * np.sqrt(a_max * b)))
         acc = a_max * (1 - (v / max(v0, 0.1)) ** 4 - (s_star / max(gap, 0.1)) ** 2)
-        return float(np.clip(acc, -8.0, a_max))
+        return float(np.clip(acc, -MAX_BRAKE, a_max))
 
     def step(self) -> None:
         """Advance every participant by one 0.1 s step."""
         self._by_id = {a.id: a for a in self.actors}
+        self._inside = {}
+        for a in self.actors:
+            if a.lane is not None and self._lanes[a.lane].kind == "turn":
+                self._inside.setdefault(a.lane, []).append(a.id)
+        # a claim lasts from commitment until the claimant is inside (or has given it up)
+        self._claims = {
+            c: i
+            for c, i in self._claims.items()
+            if i in self._by_id and self._by_id[i].route[:1] == [c] and self._by_id[i].lane != c
+        }
+        # room taken on each road lane: by those on it, in a connector into it, or committed to one
+        self._load = {}
+        for a in self.actors:
+            if a.lane is None or not a.moving:
+                continue
+            lane = self._lanes[a.lane]
+            target = lane.id if lane.kind == "road" else lane.next[0]
+            self._load[target] = self._load.get(target, 0.0) + a.size[0] + QUEUE_GAP
+        for c, i in self._claims.items():
+            target = self._lanes[c].next[0]
+            self._load[target] = self._load.get(target, 0.0) + self._by_id[i].size[0] + QUEUE_GAP
         boxes = np.array([a.box() for a in self.actors]) if self.actors else np.zeros((0, 7))
         ids = np.array([a.id for a in self.actors])
         tree = STRtree(polygons(bev_corners(boxes))) if len(boxes) else None
+        # box, speed and whether it is about to turn left: what the others need to know of it
+        state = np.column_stack(
+            [boxes, [a.speed for a in self.actors], [self._turning_left(a) for a in self.actors]]
+        ).reshape(-1, 9)
         proposals = {}
         for a in self.actors:
             if not a.moving:
@@ -365,8 +500,8 @@ class Traffic:
                 x, y, yaw = _loop_at(a.loop, s)
                 proposals[a.id] = (x, y, yaw, a.v0, None, s, a.route)
                 continue
-            gap = self._gap(a, boxes, ids, tree)
-            acc = self._idm(a, gap)
+            gap, lead_speed = self._gap(a, state, ids, tree)
+            acc = self._idm(a, gap, lead_speed)
             v = max(0.0, a.speed + acc * DT)
             s = a.s + v * DT
             lane_id, route = a.lane, list(a.route)

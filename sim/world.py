@@ -239,7 +239,7 @@ class World:
         ego = self.actor(self.cav_ids[0])
         nodes = sorted(self.town.intersections, key=lambda p: np.hypot(p[0] - ego.x, p[1] - ego.y))
         poses, lidars = [], []
-        corner = self.town.half_width + SIDEWALK / 2
+        corner = self.town.half_width + SIDEWALK - 0.5  # on the sidewalk corner, clear of walkers
         for x, y in nodes[: self.cfg.rsus]:
             sx, sy = ((1, 1), (-1, -1), (1, -1), (-1, 1))[int(rng.integers(4))]
             px, py = x + sx * corner, y + sy * corner
