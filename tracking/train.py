@@ -138,26 +138,38 @@ def fit_prior(sequences: list[list[FrameDetections]], base: TrackerConfig | None
     # process noise: departures of the ground truth from constant velocity over one step
     acc, dyaw, dsize, speed = [], [], [], []
     for seq in sequences:
-        tracks: dict[int, list[np.ndarray]] = {}
+        tracks: dict[int, list[tuple[int, np.ndarray]]] = {}
         for f in seq:
             if f.gt is None:
                 continue
             for tid, b in zip(f.gt.track_ids, f.gt.xyzlwhy, strict=True):
-                tracks.setdefault(int(tid), []).append(b)
-        for boxes in tracks.values():
-            b = np.array(boxes)
-            if len(b) >= 3:
-                acc.append(b[2:, :3] - 2 * b[1:-1, :3] + b[:-2, :3])
-                dyaw.append(wrap_angle(2 * np.diff(b[:, 6])) / 2)
-                dsize.append(np.diff(b[:, 3:6], axis=0))
-                speed.append(np.diff(b[:, :3], axis=0) / base.dt)
-    if not acc:
-        raise ValueError("no ground-truth track is three frames long: cannot fit the process noise")
+                tracks.setdefault(int(tid), []).append((f.frame, b))
+        for items in tracks.values():
+            fr = np.array([i[0] for i in items])
+            b = np.array([i[1] for i in items]).reshape(-1, 7)
+            step = np.diff(fr) == 1  # consecutive frames only (objects come and go from view)
+            triple = step[1:] & step[:-1]
+            acc.append((b[2:, :3] - 2 * b[1:-1, :3] + b[:-2, :3])[triple])
+            dyaw.append((wrap_angle(2 * np.diff(b[:, 6])) / 2)[step])
+            dsize.append(np.diff(b[:, 3:6], axis=0)[step])
+            speed.append((np.diff(b[:, :3], axis=0) / base.dt)[step])
     acc, dyaw, dsize, speed = (np.concatenate(x) for x in (acc, dyaw, dsize, speed))
+    if len(acc) < 10:
+        raise ValueError("too few ground-truth tracks three frames long: cannot fit the process noise")
     dt = base.dt
-    pos = [_robust_var(acc[:, i], 1e-4) for i in range(3)]
-    vel = [_robust_var(acc[:, i] / dt, 1e-2) for i in range(3)]
-    process = (*pos, _robust_var(dyaw, 1e-5), *(_robust_var(dsize[:, i], 1e-6) for i in range(3)), *vel)
+    # plain variances: manoeuvres are rare but they are what the process noise is for; only
+    # physically impossible steps (re-used ids, teleports) are left out
+    real = np.linalg.norm(acc, axis=1) / dt**2 < 30.0
+    acc = acc[real]
+    dyaw = dyaw[np.abs(dyaw) < 0.5]
+    pos = [max(float(np.var(acc[:, i])), 1e-4) for i in range(3)]
+    vel = [max(float(np.var(acc[:, i] / dt)), 1e-2) for i in range(3)]
+    process = (
+        *pos,
+        max(float(np.var(dyaw)), 1e-5),
+        *(max(float(np.var(dsize[:, i])), 1e-6) for i in range(3)),
+        *vel,
+    )
     spread = [max(float(np.var(speed[:, i])), 1.0) for i in range(3)]
     initial = tuple(np.asarray(meas)[STATE_FROM_BOX]) + tuple(spread)
     return base.with_(measurement_var=meas, process_var=process, initial_var=initial)
