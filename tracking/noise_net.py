@@ -21,7 +21,7 @@ from torch import nn
 from v2x.boxes import Boxes
 from v2x.geometry import inverse
 
-__all__ = ["GEOMETRY_FEATURES", "NoiseNet", "agent_frame_boxes", "detection_features"]
+__all__ = ["GEOMETRY_FEATURES", "NoiseNet", "agent_frame_boxes", "detection_features", "predict_variances"]
 
 GEOMETRY_FEATURES = 14
 
@@ -141,3 +141,19 @@ class NoiseNet(nn.Module):
 
 def parameter_count(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+def predict_variances(
+    net: NoiseNet, boxes_agent: Boxes, kind: str, patches: np.ndarray | None = None
+) -> np.ndarray:
+    """(N, 7) measurement variances, box order, in the agent's frame: what an agent computes for
+    its own detections before sending them (the wire format carries them as float16)."""
+    if len(boxes_agent) == 0:
+        return np.zeros((0, 7))
+    scores = boxes_agent.scores if boxes_agent.scores is not None else np.ones(len(boxes_agent))
+    geo = torch.from_numpy(detection_features(boxes_agent.xyzlwhy, scores, kind))
+    p = None
+    if patches is not None and net.feature_channels:
+        p = torch.from_numpy(np.nan_to_num(np.asarray(patches, dtype=np.float32)))
+    with torch.no_grad():
+        return (net.prior_var * torch.exp(net(geo, p).double())).numpy()

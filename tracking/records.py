@@ -88,6 +88,30 @@ class AgentDetections:
                     f"agent {self.agent_id}", "pose_var", f"shape {self.pose_var.shape}, expected (3,)"
                 )
 
+    @classmethod
+    def from_agent_frame(
+        cls,
+        agent_id: str,
+        kind: str,
+        world_from_agent: np.ndarray,
+        boxes_agent: Boxes,
+        variances: np.ndarray | None = None,
+        features: np.ndarray | None = None,
+        pose_var: np.ndarray | None = None,
+    ) -> AgentDetections:
+        """From boxes in the agent's own BEV frame, as a detection message carries them (the
+        variances stay in the agent's frame; the tracker turns them)."""
+        return cls(
+            agent_id,
+            kind,
+            world_from_agent,
+            boxes_agent.transformed(world_from_agent),
+            features,
+            variances,
+            None,
+            pose_var,
+        )
+
     def __len__(self) -> int:
         return len(self.boxes)
 

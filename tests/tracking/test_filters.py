@@ -268,3 +268,27 @@ def test_a_track_never_becomes_nan_under_extreme_input():
         assert (
             np.isfinite(out.boxes.xyzlwhy).all() and ((out.boxes.scores >= 0) & (out.boxes.scores <= 1)).all()
         )
+
+
+def test_variances_computed_on_the_agent_and_sent_match_the_net_run_at_the_ego():
+    """The agent runs the noise net on its own boxes (its frame) and sends float16 variances; the
+    ego's filter then gives the same tracks as running the net itself."""
+    from v2x.tracking.noise_net import predict_variances
+
+    torch.manual_seed(3)
+    net = NoiseNet()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, 0, 0.2)
+    pose = pose_from_xyz_yaw(15, -4, 0, 0.7)
+    at_ego, sent = MultiSensorKF(noise=net), MultiSensorKF(noise=net)
+    for i, rows in enumerate(_moving_targets(15, seed=8)):
+        world = _dets(rows)
+        local = world.transformed(np.linalg.inv(pose))
+        var16 = predict_variances(net, local, "vehicle").astype(np.float16)
+        msg = AgentDetections.from_agent_frame("7", "vehicle", pose, local, variances=var16)
+        d = msg.boxes.xyzlwhy - world.xyzlwhy
+        assert np.allclose(d[:, :6], 0) and np.allclose(np.sin(d[:, 6]), 0, atol=1e-9)
+        a = at_ego.step(FrameDetections(i, i, [AgentDetections("7", "vehicle", pose, world)]))
+        b = sent.step(FrameDetections(i, i, [msg]))
+        assert a.boxes.track_ids.tolist() == b.boxes.track_ids.tolist()
+        assert np.allclose(a.states.numpy(), b.states.numpy(), atol=5e-3)
