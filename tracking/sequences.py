@@ -10,6 +10,7 @@ the first agent of every frame, as V2V4Real evaluates in the ego LiDAR frame.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -48,8 +49,31 @@ def make_tracker(name: str, cfg: TrackerConfig | None = None, noise=None):
     raise ValueError(f"unknown tracker {name!r}: use one of {TRACKERS}")
 
 
+def _timing_for(frames: list[FrameDetections], cfg: TrackerConfig) -> TrackerConfig:
+    """The configuration with ``timing="timestamps"`` when the frames' time stamps contradict the
+    nominal frame period (a log recorded at another rate), else unchanged."""
+    if cfg.timing == "timestamps" or len(frames) < 2:
+        return cfg
+    t = np.array([f.timestamp_ns for f in frames], dtype=np.float64)
+    n = np.array([f.frame for f in frames], dtype=np.float64)
+    if (t < 0).any() or (np.diff(t) <= 0).any() or (np.diff(n) <= 0).any():
+        return cfg
+    measured = np.median(np.diff(t) / np.diff(n)) * 1e-9
+    if abs(measured - cfg.dt) > 0.2 * cfg.dt:
+        warnings.warn(
+            f"frames are {measured:.3f} s apart, not {cfg.dt} s: tracking on their time stamps", stacklevel=3
+        )
+        return cfg.with_(timing="timestamps")
+    return cfg
+
+
 def run_tracker(name: str, frames: Iterable[FrameDetections], cfg=None, noise=None) -> dict[int, Boxes]:
-    """World-frame tracks per frame number."""
+    """World-frame tracks per frame number (time steps from the frame numbers at the nominal
+    10 Hz, or from the time stamps when those say otherwise)."""
+    frames = list(frames)
+    if cfg is None and noise is not None and name == "dmstrack":
+        cfg = TrackerConfig()
+    cfg = _timing_for(frames, cfg or TrackerConfig())
     tracker = make_tracker(name, cfg, noise)
     out = {}
     for f in frames:

@@ -115,3 +115,14 @@ def test_frame_detections_fused_keeps_every_box():
     f = synthetic_sequence(4, 2)[1]
     assert len(f.fused()) == sum(len(a) for a in f.agents)
     assert len(FrameDetections(0, 0, []).fused()) == 0
+
+
+def test_time_stamps_that_contradict_the_nominal_rate_are_used():
+    from v2x.tracking.sequences import run_tracker
+
+    seq = synthetic_sequence(6, 12)
+    for f in seq:
+        f.timestamp_ns *= 5  # a 2 Hz log
+    with pytest.warns(UserWarning, match="0.500 s apart"):
+        slow = run_tracker("dmstrack", seq)
+    assert sum(len(b) for b in slow.values()) > 0
