@@ -31,16 +31,16 @@ __all__ = [
 
 #: BGR colours of vehicles' points, in frame order (the ego first: orange)
 AGENT_COLOURS = [
-    (40, 160, 255),
-    (110, 230, 110),
-    (255, 170, 70),
-    (220, 110, 255),
-    (255, 235, 90),
-    (110, 110, 255),
-    (200, 200, 200),
+    (40, 160, 255),  # orange
+    (110, 230, 110),  # green
+    (255, 170, 70),  # blue
+    (255, 235, 90),  # cyan
+    (110, 110, 255),  # red
+    (90, 230, 230),  # yellow
+    (200, 200, 200),  # grey
 ]
 #: BGR colours of roadside units' points
-RSU_COLOURS = [(70, 250, 250), (190, 150, 255), (170, 255, 200), (255, 255, 255)]
+RSU_COLOURS = [(255, 110, 220), (190, 150, 255), (170, 255, 200), (255, 255, 255)]
 BACKGROUND = (22, 22, 22)
 GT_SEEN = (235, 235, 235)
 GT_UNSEEN = (110, 110, 110)
