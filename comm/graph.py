@@ -84,23 +84,27 @@ class Inspector:
 
     def __init__(self, graph: dict[str, Any], topic: str = "/", nodes: list[str] | None = None) -> None:
         self.graph = graph
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 64)
         keys = graph.get("keys")
-        if keys:
+        targets = [n for n in graph.get("nodes", []) if n.get("tap") and (not nodes or n["name"] in nodes)]
+        own, server_keys = None, {}
+        if keys:  # read every key first: a missing one fails here, before any socket exists
             from v2x.comm.security import OPERATOR, SecurityError, load_public_key
 
             secret_file = Path(keys) / f"{OPERATOR}.key_secret"
             if not secret_file.is_file():
                 raise SecurityError(f"{secret_file}: this system uses CurveZMQ; the operator key is missing")
-            self.sock.curve_publickey, self.sock.curve_secretkey = load_certificate(secret_file)
-        for n in graph.get("nodes", []):
-            if (nodes and n["name"] not in nodes) or not n.get("tap"):
-                continue
-            if keys:
-                self.sock.curve_serverkey = load_public_key(Path(keys) / f"{n.get('key') or n['name']}.key")
+            own = load_certificate(secret_file)
+            for n in targets:
+                server_keys[n["name"]] = load_public_key(Path(keys) / f"{n.get('key') or n['name']}.key")
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 64)
+        if own is not None:
+            self.sock.curve_publickey, self.sock.curve_secretkey = own
+        for n in targets:
+            if own is not None:
+                self.sock.curve_serverkey = server_keys[n["name"]]
             self.sock.connect(n["tap"])
         self.sock.setsockopt(zmq.SUBSCRIBE, b"" if topic == "/" else topic.encode())
 
@@ -133,7 +137,7 @@ class Inspector:
 
     def close(self) -> None:
         self.sock.close(0)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
 
     def __enter__(self) -> Inspector:
         return self
