@@ -250,7 +250,7 @@ def encode_frames(
             raise MessageError(f"{cls.__name__}.{a} must be a numpy array, not {type(value).__name__}")
         if value.dtype.kind not in _ARRAY_KINDS:
             raise MessageError(f"{cls.__name__}.{a}: dtype {value.dtype} cannot travel")
-        arrays.append(np.ascontiguousarray(value))
+        arrays.append(value if value.flags.c_contiguous else np.ascontiguousarray(value).reshape(value.shape))
     blobs = []
     for b in cls.BLOBS:
         value = getattr(msg, b)
@@ -416,4 +416,6 @@ def _array(topic: str, cls: type[Message], name: str, spec: Any, data: memoryvie
             raise MessageError(f"{where}: shape {shape} exceeds {MAX_ARRAY_BYTES} bytes")
     if data.nbytes != count * dtype.itemsize:
         raise MessageError(f"{where}: {data.nbytes} bytes for shape {shape} {dtype.str}")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    out = np.frombuffer(data, dtype=dtype).reshape(shape)
+    out.flags.writeable = False  # one decoded message may go to several callbacks
+    return out
