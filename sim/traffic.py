@@ -1,9 +1,10 @@
 """Moving traffic: vehicles and cyclists follow lanes with the Intelligent Driver Model,
 traffic lights keep crossing movements apart, pedestrians walk the sidewalks.
 
-Every step is 0.1 s. Headings follow the lane tangent, so they follow the motion. A final
-overlap check makes collisions impossible: a participant whose move would overlap another
-one's footprint stays where it was and stops.
+Every step is 0.1 s. Headings follow the lane tangent, so they follow the motion. Signals,
+claims on the paths through each crossing and exit-lane capacity keep intersections moving
+(see :meth:`Traffic._stop_line_gap`). A final overlap check makes collisions impossible: a
+participant whose move would overlap another one's footprint stays where it was and stops.
 """
 
 from __future__ import annotations
@@ -375,13 +376,13 @@ class Traffic:
     def _stop_line_gap(self, a: Actor, lane: Lane, conn: Lane, others: np.ndarray, me: np.ndarray) -> float:
         """Distance to the stop line when the vehicle must not enter the crossing, else no limit.
 
-        It may enter on green when the green lasts long enough to clear the crossing from where
-        it is (so nobody is caught inside when the crossing movements start), its exit lane has
-        room for it (never block the box), no one is on (or has claimed) a connector whose path
-        crosses its own, and, turning left, no oncoming traffic is coming through. A vehicle
-        about to enter claims its connector for this step, so two never enter crossing paths
-        at once. It stops unless too close to stop (comfortably for the light, hard for a
-        crossing path).
+        It may enter on green when it can be past the middle of the crossing before the crossing
+        movements get theirs, its exit lane has room for everyone bound for it (a queue spilling
+        back never catches it inside: no gridlock), no one is on (or has claimed) a connector
+        whose path crosses its own, and, turning left, no oncoming traffic is coming through.
+        A vehicle committed to entering claims its connector until it is inside, so two never
+        enter crossing paths at once. It stops unless too close to stop (comfortably for the
+        light, hard for a crossing path).
         """
         to_stop = lane.length - a.s - a.size[0] / 2
         ok, remaining = self.green(conn, self.t)
