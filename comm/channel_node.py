@@ -55,7 +55,7 @@ class ChannelNode(Node):
             self.create_subscription(prefix, Packet, self.on_packet)
         self.create_timer(float(self.param("tick_s", 0.001)), self.flush)
 
-    def _pub(self, topic: str):
+    def _publisher_for(self, topic: str):
         if topic not in self._pubs:
             self._pubs[topic] = self.create_publisher(topic, Packet)
         return self._pubs[topic]
@@ -74,13 +74,33 @@ class ChannelNode(Node):
             out_topic = f"/rx/{rx}{topic}"
             if d.reason is not None:
                 if sim:
-                    self._pub(out_topic).publish(Packet(np.zeros(0, np.uint8), pkt.sender, rx, f"lost:{d.reason}", pkt.frame,
-                                                        pkt.stamp_ns, pkt.sent_ns, 0, pkt.sender_position))
+                    self._publisher_for(out_topic).publish(
+                        Packet(
+                            np.zeros(0, np.uint8),
+                            pkt.sender,
+                            rx,
+                            f"lost:{d.reason}",
+                            pkt.frame,
+                            pkt.stamp_ns,
+                            pkt.sent_ns,
+                            0,
+                            pkt.sender_position,
+                        )
+                    )
                 continue
-            out = Packet.of(d.data, sender=pkt.sender, receiver=rx, kind=pkt.kind, frame=pkt.frame, stamp_ns=pkt.stamp_ns,
-                            sent_ns=pkt.sent_ns, delivered_ns=int(d.delivered_s * 1e9), sender_position=pkt.sender_position)
+            out = Packet.of(
+                d.data,
+                sender=pkt.sender,
+                receiver=rx,
+                kind=pkt.kind,
+                frame=pkt.frame,
+                stamp_ns=pkt.stamp_ns,
+                sent_ns=pkt.sent_ns,
+                delivered_ns=int(d.delivered_s * 1e9),
+                sender_position=pkt.sender_position,
+            )
             if sim:
-                self._pub(out_topic).publish(out)
+                self._publisher_for(out_topic).publish(out)
             else:
                 self._n += 1
                 heapq.heappush(self._pending, (d.delivered_s, self._n, out_topic, out))
@@ -89,7 +109,7 @@ class ChannelNode(Node):
         now = time.time()
         while self._pending and self._pending[0][0] <= now:
             _, _, topic, pkt = heapq.heappop(self._pending)
-            self._pub(topic).publish(pkt)
+            self._publisher_for(topic).publish(pkt)
 
     def diagnostics(self) -> dict:
         """Node diagnostics plus, per link, sent / delivered / dropped counts and latency."""

@@ -90,6 +90,8 @@ class Listener(Node):
     def on_configure(self) -> None:
         self.seen: list[int] = []
         self.senders: list[str] = []
+        #: wall-clock time from the original sender's publish to here (channel delay included)
+        self.end_to_end_ms: list[float] = []
         self.corrupted = 0
         self.digest = hashlib.sha256()
         self.delay_s = self.param("process_s", 0.0)
@@ -111,6 +113,8 @@ class Listener(Node):
             self.corrupted += 1
         self.seen.append(seq)
         self.senders.append(msg.sender)
+        if getattr(msg, "sent_ns", 0):
+            self.end_to_end_ms.append((time.time_ns() - msg.sent_ns) / 1e6)
         self.digest.update(msg.payload.data)
         if self.delay_s:
             time.sleep(self.delay_s)
@@ -120,6 +124,7 @@ class Listener(Node):
             summary = {
                 "seen": self.seen,
                 "senders": self.senders,
+                "end_to_end_ms": self.end_to_end_ms,
                 "corrupted": self.corrupted,
                 "diagnostics": self.diagnostics(),
             }

@@ -87,7 +87,9 @@ class ChannelEmulator:
         if key not in self._links:
             h = zlib.crc32(f"{sender}->{receiver}".encode())
             rng = np.random.default_rng([self.seed, h])
-            budget = LinkBudget(self.budget_bps, self.frame_hz, self.budget_policy) if self.budget_bps else None
+            budget = (
+                LinkBudget(self.budget_bps, self.frame_hz, self.budget_policy) if self.budget_bps else None
+            )
             self._links[key] = (Channel(self.cfg, np.random.default_rng([self.seed, h, 1])), budget, rng)
             self.stats[key] = _LinkStats()
         return self._links[key]
@@ -114,20 +116,34 @@ class ChannelEmulator:
         fate = channel.send(t, len(data), distance)
         if not fate.delivered:
             st.dropped_channel += 1
-            return self._trace(Delivery(sender, receiver, data, now_s, None, fate.reason), distance, fate.fragments)
+            return self._trace(
+                Delivery(sender, receiver, data, now_s, None, fate.reason), distance, fate.fragments
+            )
         st.delivered += 1
         st.bytes_delivered += len(data)
         st.latency_s.append(fate.delivered_s - now_s)
         out = perturb_pose(data, self.cfg, rng)
-        return self._trace(Delivery(sender, receiver, out, now_s, fate.delivered_s, None), distance, fate.fragments)
+        return self._trace(
+            Delivery(sender, receiver, out, now_s, fate.delivered_s, None), distance, fate.fragments
+        )
 
     def _trace(self, d: Delivery, distance: float, fragments: int = 0) -> Delivery:
         if self._trace_fh is not None:
-            self._trace_fh.write(json.dumps({
-                "link": f"{d.sender}->{d.receiver}", "sent_s": round(d.sent_s, 6), "size": len(d.data), "fragments": fragments,
-                "distance": round(distance, 2), "delivered": d.reason is None,
-                "delivered_s": None if d.delivered_s is None else round(d.delivered_s, 6), "reason": d.reason,
-            }) + "\n")
+            self._trace_fh.write(
+                json.dumps(
+                    {
+                        "link": f"{d.sender}->{d.receiver}",
+                        "sent_s": round(d.sent_s, 6),
+                        "size": len(d.data),
+                        "fragments": fragments,
+                        "distance": round(distance, 2),
+                        "delivered": d.reason is None,
+                        "delivered_s": None if d.delivered_s is None else round(d.delivered_s, 6),
+                        "reason": d.reason,
+                    }
+                )
+                + "\n"
+            )
         return d
 
     def summary(self) -> dict:
@@ -135,9 +151,13 @@ class ChannelEmulator:
         for (s, r), st in self.stats.items():
             lat = np.array(st.latency_s) * 1000 if st.latency_s else np.zeros(0)
             out[f"{s}->{r}"] = {
-                "sent": st.sent, "delivered": st.delivered, "dropped_channel": st.dropped_channel,
-                "dropped_budget": st.dropped_budget, "delayed_budget": st.delayed_budget,
-                "bytes_sent": st.bytes_sent, "bytes_delivered": st.bytes_delivered,
+                "sent": st.sent,
+                "delivered": st.delivered,
+                "dropped_channel": st.dropped_channel,
+                "dropped_budget": st.dropped_budget,
+                "delayed_budget": st.delayed_budget,
+                "bytes_sent": st.bytes_sent,
+                "bytes_delivered": st.bytes_delivered,
                 "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "latency_ms_p95": float(np.percentile(lat, 95)) if len(lat) else None,
             }

@@ -20,10 +20,10 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 
-__all__ = ["KernelCapabilities", "NetnsLink", "NetnsUnavailable", "kernel_capabilities"]
+__all__ = ["KernelCapabilities", "NetnsLink", "NetnsUnavailableError", "kernel_capabilities"]
 
 
-class NetnsUnavailable(RuntimeError):
+class NetnsUnavailableError(RuntimeError):
     """Namespaces or qdiscs cannot be used here (not root, no iproute2, kernel without them)."""
 
 
@@ -58,8 +58,11 @@ def kernel_capabilities() -> KernelCapabilities:
             return caps
         caps.netns = True
         _run(["ip", "link", "set", "lo", "up"], ns)
-        for kind, args in (("netem", ["netem", "delay", "10ms"]), ("tbf", ["tbf", "rate", "1mbit", "burst", "32kbit", "latency", "400ms"]),
-                           ("htb", ["htb", "default", "1"])):
+        for kind, args in (
+            ("netem", ["netem", "delay", "10ms"]),
+            ("tbf", ["tbf", "rate", "1mbit", "burst", "32kbit", "latency", "400ms"]),
+            ("htb", ["htb", "default", "1"]),
+        ):
             r = _run(["tc", "qdisc", "add", "dev", "lo", "root", *args], ns, check=False)
             ok = r.returncode == 0
             setattr(caps, kind, ok)
@@ -77,7 +80,7 @@ class NetnsLink:
     def __init__(self, subnet_id: int | None = None) -> None:
         caps = kernel_capabilities()
         if not caps.netns:
-            raise NetnsUnavailable(caps.reasons.get("netns", "network namespaces unavailable"))
+            raise NetnsUnavailableError(caps.reasons.get("netns", "network namespaces unavailable"))
         self.caps = caps
         tag = uuid.uuid4().hex[:6]
         self.ns_a, self.ns_b = f"v2xa{tag}", f"v2xb{tag}"
@@ -111,7 +114,9 @@ class NetnsLink:
                 ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
         self.dev_a, self.dev_b = va, vb
 
-    def shape(self, rate_bps: float | None = None, delay_ms: float = 0.0, jitter_ms: float = 0.0, loss: float = 0.0) -> list[str]:
+    def shape(
+        self, rate_bps: float | None = None, delay_ms: float = 0.0, jitter_ms: float = 0.0, loss: float = 0.0
+    ) -> list[str]:
         """Apply conditions on a -> b. Returns the qdiscs used; refuses what the kernel lacks."""
         used = []
         netem_args = []
@@ -120,15 +125,55 @@ class NetnsLink:
         if loss:
             netem_args += ["loss", f"{100 * loss}%"]
         if netem_args and not self.caps.netem:
-            raise NetnsUnavailable(f"this kernel has no netem qdisc ({self.caps.reasons.get('netem', '')}): delay/loss unavailable")
+            raise NetnsUnavailableError(
+                f"this kernel has no netem qdisc ({self.caps.reasons.get('netem', '')}): delay/loss unavailable"
+            )
         if rate_bps and netem_args:
-            _run(["tc", "qdisc", "add", "dev", self.dev_a, "root", "handle", "1:", "netem", *netem_args], self.ns_a)
-            _run(["tc", "qdisc", "add", "dev", self.dev_a, "parent", "1:1", "handle", "10:", "tbf", "rate", f"{int(rate_bps)}bit",
-                  "burst", "64kbit", "latency", "500ms"], self.ns_a)
+            _run(
+                ["tc", "qdisc", "add", "dev", self.dev_a, "root", "handle", "1:", "netem", *netem_args],
+                self.ns_a,
+            )
+            _run(
+                [
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    self.dev_a,
+                    "parent",
+                    "1:1",
+                    "handle",
+                    "10:",
+                    "tbf",
+                    "rate",
+                    f"{int(rate_bps)}bit",
+                    "burst",
+                    "64kbit",
+                    "latency",
+                    "500ms",
+                ],
+                self.ns_a,
+            )
             used = ["netem", "tbf"]
         elif rate_bps:
-            _run(["tc", "qdisc", "add", "dev", self.dev_a, "root", "tbf", "rate", f"{int(rate_bps)}bit", "burst", "64kbit",
-                  "latency", "500ms"], self.ns_a)
+            _run(
+                [
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    self.dev_a,
+                    "root",
+                    "tbf",
+                    "rate",
+                    f"{int(rate_bps)}bit",
+                    "burst",
+                    "64kbit",
+                    "latency",
+                    "500ms",
+                ],
+                self.ns_a,
+            )
             used = ["tbf"]
         elif netem_args:
             _run(["tc", "qdisc", "add", "dev", self.dev_a, "root", "netem", *netem_args], self.ns_a)

@@ -488,7 +488,7 @@ class Node:
         if due is not None:
             timeout_s = min(timeout_s, max(0.0, (due - time.monotonic_ns()) / 1e9))
         events = dict(self._poller.poll(int(timeout_s * 1000)))
-        if self._wake_r in events:
+        if self._wake_r.fileno() in events:
             with contextlib.suppress(OSError):
                 while self._wake_r.recv(4096):
                     pass
@@ -500,7 +500,7 @@ class Node:
                 self._guarded("posted", fn)
         if self._reader.error is not None:
             raise RuntimeError(f"node {self.name!r}: its inbox reader failed: {self._reader.error!r}")
-        if len(events) > (self._wake_r in events):
+        if len(events) > (self._wake_r.fileno() in events):
             self.transport.service()  # subscription changes and socket events
         self._dispatch_pending()
         self._run_wall_timers()

@@ -121,7 +121,7 @@ class InboxReader(threading.Thread):
         try:
             while not self._halt.is_set():
                 events = dict(poller.poll(200))
-                if self._ctl_r in events:
+                if self._ctl_r.fileno() in events:
                     try:
                         while self._ctl_r.recv(4096):
                             pass

@@ -26,4 +26,6 @@ def summary(path: Path) -> dict:
 
 def run_node_process(spec: dict, path: Path) -> subprocess.Popen:
     path.write_text(json.dumps(spec))
-    return subprocess.Popen([sys.executable, "-m", "v2x.comm.run", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "v2x.comm.run", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )

@@ -309,3 +309,32 @@ def test_an_endpoint_in_use_is_a_clear_configuration_error(node_process, run_dir
         )
     finally:
         holder.close(0)
+
+
+def test_subscribing_later_and_work_from_other_threads_reach_the_node():
+    import threading
+
+    echo, pinger = _pair()
+    try:
+        late = []
+        # a subscription made while the node runs (the inbox belongs to its reader thread then)
+        echo.create_subscription(
+            "/late", Json, lambda t, m: late.append((m.data["k"], threading.get_ident()))
+        )
+        feed = pinger.create_publisher("/late", Json)
+        assert wait_for(lambda: _spin([echo, pinger], 0.02) or feed.subscribers() >= 1, timeout=5)
+        for k in range(3):
+            feed.publish(Json({"k": k}))
+        ran = []
+        worker = threading.Thread(
+            target=lambda: echo.call_soon_threadsafe(lambda: ran.append(threading.get_ident()))
+        )
+        worker.start()
+        worker.join()
+        echo.spin_once(1.0)  # woken by the other thread, not by the timeout
+        _spin([echo, pinger], 0.3)
+        assert [k for k, _ in late] == [0, 1, 2] and {t for _, t in late} == {threading.get_ident()}
+        assert ran == [threading.get_ident()]  # ran on the node's thread
+    finally:
+        echo.shutdown()
+        pinger.shutdown()
