@@ -53,19 +53,30 @@ class TokenBucket:
         self._refill(now)
         return self.tokens
 
+    def _ahead(self, now: float) -> float:
+        # a delayed send spends its tokens at a later time: until then the count belongs to ``last``
+        return max(0.0, self.last - now) if self.last is not None else 0.0
+
     def consume(self, size: int, now: float) -> bool:
         self._refill(now)
-        if size <= self.tokens:
+        if self._ahead(now) == 0.0 and size <= self.tokens:
             self.tokens -= size
             return True
         return False
 
     def wait_time(self, size: int, now: float) -> float:
-        """Seconds until ``size`` bytes of tokens exist (inf if the bucket can never hold them)."""
+        """Seconds until ``size`` bytes of tokens exist (inf if the bucket can never hold them),
+        counting from the last spend when a delayed one lies ahead of ``now``."""
         self._refill(now)
         if size > self.burst_bytes:
             return float("inf")
-        return max(0.0, (size - self.tokens) * 8 / self.rate_bps)
+        return self._ahead(now) + max(0.0, (size - self.tokens) * 8 / self.rate_bps)
+
+    def take(self, size: int, now: float) -> None:
+        """Spend ``size`` bytes at ``now``, a time :meth:`wait_time` gave (rounding may leave the
+        bucket a hair short: it is not allowed below empty)."""
+        self._refill(now)
+        self.tokens = max(0.0, self.tokens - size)
 
 
 @dataclass
@@ -110,7 +121,7 @@ class LinkBudget:
             return True, 0.0
         wait = self.bucket.wait_time(size, now)
         if self.policy == "delay" and wait <= self.max_delay_s:
-            self.bucket.consume(size, now + wait)
+            self.bucket.take(size, now + wait)
             self.counts["delayed"] += 1
             self.counts["admitted"] += 1
             self.counts["bytes"] += size

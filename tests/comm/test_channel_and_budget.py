@@ -153,3 +153,12 @@ def test_channel_node_delays_drops_and_accounts_real_traffic(supervise, run_dir)
     assert all(abs(f["delivered_s"] - f["sent_s"] - 0.08) < 1e-5 for f in delivered)
     e2e = np.array(summary(out)["end_to_end_ms"])
     assert e2e.size == len(seen) and 78 < np.median(e2e) < 130  # held for real, not just stamped
+
+
+def test_delay_policy_keeps_the_rate_under_overload():
+    # a delayed send spends tokens ahead of time: later messages must queue behind it, not reuse them
+    for policy in ("drop", "delay"):
+        budget = LinkBudget(2e6, frame_hz=10, policy=policy)
+        rng = np.random.default_rng(0)
+        sent = sum(s for i in range(3000) if budget.admit(s := int(rng.integers(1000, 25000)), i * 0.01)[0])
+        assert abs(sent * 8 / 30.0 - 2e6) / 2e6 < 0.02, policy
