@@ -18,7 +18,7 @@ from typing import IO
 import numpy as np
 
 from v2x.comm.budget import LinkBudget
-from v2x.comm.wire import HEADER
+from v2x.comm.wire import HEADER, MAGIC
 from v2x.sim.channel import Channel, ChannelConfig, preset
 
 __all__ = ["ChannelEmulator", "Delivery", "perturb_pose"]
@@ -27,8 +27,11 @@ _POSE = struct.Struct("<ddff")  # x, y, z, yaw at byte 24 of a wire header
 
 
 def perturb_pose(data: bytes, cfg: ChannelConfig, rng: np.random.Generator) -> bytes:
-    """The same message with its sender pose as the receiver's error model sees it (CRC redone)."""
+    """The same message with its sender pose as the receiver's error model sees it (CRC redone).
+    Bytes that are not a wire-format message (no ``V2XM`` magic) carry no pose and pass unchanged."""
     if (cfg.pose_sigma_xyz <= 0 and cfg.pose_sigma_yaw_deg <= 0) or len(data) < HEADER.size:
+        return data
+    if data[:4] != MAGIC:
         return data
     buf = bytearray(data)
     x, y, z, yaw = _POSE.unpack_from(buf, 24)

@@ -162,3 +162,8 @@ def test_delay_policy_keeps_the_rate_under_overload():
         rng = np.random.default_rng(0)
         sent = sum(s for i in range(3000) if budget.admit(s := int(rng.integers(1000, 25000)), i * 0.01)[0])
         assert abs(sent * 8 / 30.0 - 2e6) / 2e6 < 0.02, policy
+
+
+def test_pose_noise_leaves_bytes_that_are_not_wire_messages_alone():
+    raw = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    assert perturb_pose(raw, preset("opencood"), np.random.default_rng(0)) == raw
