@@ -77,6 +77,7 @@ class SharedBoxes:
 class EgoResult:
     boxes: Boxes  # in the ego's BEV frame, with scores
     confidence: np.ndarray  # (H, W) fused confidence
+    features: torch.Tensor | None = None  # (C, H, W) the fused map (the tracker's noise model reads it)
 
 
 @dataclass
@@ -164,7 +165,7 @@ class Perception:
         boxes = self.model.decode(out)[0]
         if shared_boxes:
             boxes = self.merge_boxes(ego.world_from_bev, boxes, shared_boxes)
-        return EgoResult(boxes, out.confidence()[0].numpy())
+        return EgoResult(boxes, out.confidence()[0].numpy(), fused)
 
     def merge_boxes(self, world_from_ego_bev: np.ndarray, own: Boxes, shared: list[SharedBoxes]) -> Boxes:
         """Late fusion: received boxes moved into the ego frame, merged with its own by rotated NMS."""

@@ -426,6 +426,29 @@ class MessageCodec:
         return encode(self._header(kind, agent), self.shape, cells, features=feats, detections=det)
 
     # -- ego side -------------------------------------------------------------------------------------
+    # -- late fusion: boxes only -------------------------------------------------------------------
+    def detections_message(self, agent: AgentPerception, budget: int | None = None) -> bytes:
+        """The agent's boxes (its BEV frame, 16 bytes each), most confident first, cut to ``budget``."""
+        boxes = agent.boxes if agent.boxes is not None else Boxes.empty(with_scores=True)
+        order = np.argsort(-boxes.scores, kind="stable") if len(boxes) else np.zeros(0, np.int64)
+        n = len(order)
+        if budget is not None:
+            per_box = encoded_size(MessageType.DETECTIONS, self.shape, np.zeros(0, np.int64), detections=1)
+            empty = encoded_size(MessageType.DETECTIONS, self.shape, np.zeros(0, np.int64), detections=0)
+            n = max(0, min(n, (budget - empty) // max(per_box - empty, 1)))
+        keep = boxes[order[:n]]
+        h = self._header(MessageType.DETECTIONS, agent)
+        return encode(h, self.shape, detections=(keep.xyzlwhy, keep.scores, keep.labels, None))
+
+    def read_detections(self, data: bytes) -> SharedBoxes:
+        """A detections message as the boxes the ego merges (sender's BEV frame and pose)."""
+        msg = decode(data, self.shape, self.grid_id)
+        h = msg.header
+        if h.type != MessageType.DETECTIONS or msg.detections is None:
+            raise UnexpectedTypeError(f"expected a DETECTIONS message, got {h.type.name}")
+        boxes = Boxes(msg.detections, labels=msg.labels, scores=msg.scores)
+        return SharedBoxes(str(h.sender), _pose_of(h), boxes)
+
     def read_sparse(self, data: bytes) -> Received:
         """Decode a feature message: its cells and their features (codes looked up), sender frame."""
         cb = self.codebook

@@ -1,0 +1,717 @@
+"""The whole system in one process: agents -> messages -> channel -> ego fusion -> detection ->
+tracking -> metrics, on a simulated clock.
+
+The agent and ego *stages* here are the code the node processes run too (``v2x replay``), so
+the in-process path and the multi-process path make the same decisions from the same inputs;
+only the transport differs. One frame on the simulated clock (``t`` = frame index / frame rate)::
+
+    t            every agent encodes its scan (and detects, when its method needs confidence)
+    t            the ego broadcasts its demand            (where2comm, codebook, codefilling)
+    t + d1       an agent acts on the newest demand it holds once this frame's has arrived
+                 (or, if it is lost or later than ``coord_wait_s``, on an older one)
+    t + d1 + d2  codefilling: offers are broadcast; each agent assigns blocks from the offers it
+                 received within ``coord_wait_s``, its own included
+    ...          each agent sends its message, sized to its link's per-frame byte allowance
+    t + deadline the ego fuses what has arrived. Later messages are dropped (``late_policy:
+                 drop``) or fused into the next frame, motion-compensated with the ego's track
+                 velocities (``late_policy: compensate``), up to ``max_age_s`` old.
+
+Bytes per agent per frame count every message on a collaborator's link (the demand it received,
+its offer, its message), as :func:`v2x.messages.exchange` and ``v2x eval comm`` count them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from v2x.boxes import Boxes
+from v2x.comm.budget import parse_rate
+from v2x.comm.emulator import ChannelEmulator
+from v2x.comm.wire import WireError
+from v2x.compensation import MotionModel, compensate_boxes, compensate_features, compensate_points
+from v2x.cooperative import AgentPerception, Perception, SharedBoxes, SharedFeatures, evaluation_ground_truth
+from v2x.detection_metrics import DetectionEvaluator
+from v2x.detections import crop_patches, in_ego_range, tracking_ground_truth
+from v2x.detector import load_detector
+from v2x.encoder import sanitize_points
+from v2x.frame import AgentScan, Frame
+from v2x.geometry import inverse, transform_points
+from v2x.messages import CODE_METHODS, DEMAND_METHODS, Demand, MessageCodec, Offer, sender_code
+from v2x.points_message import PointsMessageError, decode_points, encode_points
+from v2x.sim.channel import ChannelConfig, preset
+from v2x.tracking import (
+    AB3DMOT,
+    AgentDetections,
+    FrameDetections,
+    MultiSensorKF,
+    TrackingSequence,
+    evaluate_tracking,
+    load_tracker,
+)
+
+__all__ = [
+    "METHODS",
+    "AgentStage",
+    "Arrival",
+    "EgoStage",
+    "Models",
+    "RunConfig",
+    "run_cell",
+    "run_log",
+]
+
+FEATURE_METHODS = ("raw", "raw-fp16", "where2comm", "codebook", "codefilling")
+METHODS = ("none", "late", "early", *FEATURE_METHODS)
+ALIASES = {"intermediate": "raw", "no-fusion": "none"}
+TRACKERS = ("dmstrack", "ab3dmot", "none")
+LATE_POLICIES = ("drop", "compensate")
+#: where the shipped weights live
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+class PipelineError(ValueError):
+    """A run configuration that cannot be run; names the setting."""
+
+
+@dataclass
+class RunConfig:
+    method: str = "codefilling"
+    #: bits per second per directed link; None: unlimited
+    budget_bps: float | None = 200e3
+    channel: ChannelConfig = field(default_factory=lambda: preset("ideal"))
+    tracker: str = "dmstrack"
+    late_policy: str = "drop"
+    deadline_s: float = 0.1
+    #: how long an agent waits for this frame's demand / the others' offers before going on
+    coord_wait_s: float = 0.05
+    #: oldest message the compensate policy still fuses
+    max_age_s: float = 0.3
+    threshold: float = 0.3
+    seed: int = 0
+    frame_hz: float = 10.0
+    max_agents: int = 5
+    frames: int | None = None
+    weights: str | None = None
+    codebook: str | None = None
+    tracker_weights: str | None = None
+    trace: str | None = None
+
+    def __post_init__(self) -> None:
+        self.method = ALIASES.get(self.method, self.method)
+        if self.method not in METHODS:
+            raise PipelineError(f"method: unknown {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.tracker not in TRACKERS:
+            raise PipelineError(f"tracker: unknown {self.tracker!r}; use one of {', '.join(TRACKERS)}")
+        if self.late_policy not in LATE_POLICIES:
+            raise PipelineError(
+                f"late_policy: use one of {', '.join(LATE_POLICIES)}, not {self.late_policy!r}"
+            )
+        if self.budget_bps is not None and self.budget_bps <= 0:
+            raise PipelineError(f"budget: must be positive, got {self.budget_bps}")
+
+    @classmethod
+    def from_options(
+        cls,
+        method: str = "codefilling",
+        budget: str | float | None = "200kbps",
+        channel: str | ChannelConfig = "ideal",
+        latency_ms: float | None = None,
+        jitter_ms: float | None = None,
+        loss: float | None = None,
+        deadline_ms: float | None = None,
+        **rest: Any,
+    ) -> RunConfig:
+        """From the command line's or a sweep cell's vocabulary (``200kbps``, preset names, ms)."""
+        try:
+            cfg = preset(channel) if isinstance(channel, str) else channel
+        except (KeyError, ValueError) as exc:
+            raise PipelineError(f"channel: {exc}") from exc
+        over = {}
+        if latency_ms is not None:
+            over["latency_s"] = float(latency_ms) / 1000
+        if jitter_ms is not None:
+            over["jitter_s"] = float(jitter_ms) / 1000
+        if loss is not None:
+            over["loss"] = float(loss)
+        if over:
+            cfg = dataclasses.replace(cfg, **over)
+        if budget in (None, "none", "unlimited", 0):
+            bps = None
+        else:
+            try:
+                bps = parse_rate(budget)
+            except ValueError as exc:
+                raise PipelineError(f"budget: {exc}") from exc
+        if deadline_ms is not None:
+            rest["deadline_s"] = float(deadline_ms) / 1000
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(rest) - known)
+        if unknown:
+            raise PipelineError(f"unknown setting(s): {', '.join(unknown)}")
+        return cls(method=method, budget_bps=bps, channel=cfg, **rest)
+
+    @property
+    def frame_bytes(self) -> int | None:
+        """Bytes one link may carry per frame."""
+        return None if self.budget_bps is None else int(self.budget_bps / 8 / self.frame_hz)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["channel"] = self.channel.to_dict()
+        return d
+
+
+@dataclass
+class Models:
+    """What every stage loads once: the detector, the message codec, the tracker's noise model."""
+
+    perception: Perception
+    codec: MessageCodec
+    tracker_cfg: Any = None
+    noise: Any = None
+
+    @classmethod
+    def load(cls, cfg: RunConfig) -> Models:
+        model = load_detector(cfg.weights)
+        codebook = None
+        if cfg.method in CODE_METHODS:
+            from v2x.codebook import load_codebook
+
+            path = Path(cfg.codebook) if cfg.codebook else WEIGHTS / "codebook.pt"
+            if not path.is_file():
+                raise PipelineError(f"codebook: {path} does not exist (train one: v2x train codebook)")
+            codebook = load_codebook(path)
+        tracker_cfg = noise = None
+        if cfg.tracker == "dmstrack":
+            path = Path(cfg.tracker_weights) if cfg.tracker_weights else WEIGHTS / "noise.pt"
+            if path.is_file():
+                tracker_cfg, noise = load_tracker(path)
+        return cls(Perception(model), MessageCodec(model.cfg.grid, codebook), tracker_cfg, noise)
+
+
+def needs_detection(method: str) -> bool:
+    """Whether an agent must run its head: for boxes (late) or for its confidence (selection and
+    the order of cells under a budget)."""
+    return method == "late" or method in FEATURE_METHODS
+
+
+# -- the agent ---------------------------------------------------------------------------------------
+class AgentStage:
+    """One collaborator's per-frame work: perceive, follow the ego's demand, offer, send."""
+
+    def __init__(self, agent_id: str, models: Models, cfg: RunConfig) -> None:
+        self.agent_id = str(agent_id)
+        self.models = models
+        self.cfg = cfg
+        self.demand: Demand | None = None
+        self.malformed = 0
+
+    def perceive(self, scan: AgentScan) -> AgentPerception:
+        return self.models.perception.agent_step(scan, detect=needs_detection(self.cfg.method))
+
+    def take_demand(self, data: bytes) -> None:
+        """Keep the newest demand; a malformed one is counted and the previous one kept."""
+        try:
+            self.demand = self.models.codec.read_demand(data)
+        except WireError:
+            self.malformed += 1
+
+    def offer(self, me: AgentPerception) -> bytes | None:
+        if self.cfg.method != "codefilling" or self.demand is None:
+            return None
+        return self.models.codec.offer_message(me, self.demand)
+
+    def assigned(
+        self, me: AgentPerception, own_offer: bytes | None, offers: Iterable[bytes]
+    ) -> np.ndarray | None:
+        """Blocks information filling gives this agent, from its own and the offers it received."""
+        if self.cfg.method != "codefilling" or self.demand is None or own_offer is None:
+            return None
+        codec = self.models.codec
+        read: list[Offer] = [codec.read_offer(own_offer)]
+        for data in offers:
+            try:
+                read.append(codec.read_offer(data))
+            except WireError:
+                self.malformed += 1
+        plan = codec.assign(read, self.demand)
+        return plan.get(codec.sender_of(me), np.zeros(0, np.int64))
+
+    def message(
+        self,
+        me: AgentPerception,
+        scan: AgentScan,
+        spent: int = 0,
+        assigned: np.ndarray | None = None,
+    ) -> bytes | None:
+        """The frame's message, at most the link's per-frame allowance less ``spent`` bytes."""
+        cfg, codec = self.cfg, self.models.codec
+        allowance = None if cfg.frame_bytes is None else cfg.frame_bytes - spent
+        if cfg.method == "none" or (allowance is not None and allowance <= 0):
+            return None
+        if cfg.method == "late":
+            return codec.detections_message(me, allowance)
+        if cfg.method == "early":
+            data = encode_points(
+                sender_code(scan.agent_id), scan.timestamp_ns, scan.world_from_lidar, scan.points, allowance
+            )
+            return data
+        method = cfg.method
+        if method == "codefilling" and (self.demand is None or assigned is None):
+            method = "codebook"  # no demand yet (or no offer accepted): the most confident cells
+        if method == "codefilling":
+            enc = codec.feature_message(method, me, allowance, self.demand, assigned, cfg.threshold)
+        else:
+            enc = codec.feature_message(method, me, allowance, self.demand, None, cfg.threshold)
+        if enc.data is None or (len(enc.cells) == 0 and enc.boxes == 0):
+            return None
+        return enc.data
+
+
+# -- the ego -----------------------------------------------------------------------------------------
+@dataclass
+class Arrival:
+    """A collaborator's message at the ego: what, from whom, captured and delivered when."""
+
+    data: bytes
+    sender: str
+    captured_s: float
+    delivered_s: float
+    frame: int
+
+
+@dataclass
+class EgoOutput:
+    boxes: Boxes  # ego BEV frame, with scores
+    tracks: Boxes | None  # world frame, with track ids
+    fused: int  # messages fused
+    stale: int  # of which late ones, motion-compensated
+
+
+class EgoStage:
+    """The ego's per-frame work: demand, decode what arrived, fuse, detect, track."""
+
+    def __init__(self, ego_id: str, models: Models, cfg: RunConfig) -> None:
+        self.ego_id = str(ego_id)
+        self.models = models
+        self.cfg = cfg
+        self.malformed = 0
+        self.late_dropped = 0
+        self.expired = 0
+        self.held: dict[str, Arrival] = {}
+        self.reset_tracking()
+
+    def reset_tracking(self) -> None:
+        """A new sequence: fresh tracks, no motion model, no held messages."""
+        self.tracker: MultiSensorKF | AB3DMOT | None = None
+        if self.cfg.tracker == "dmstrack":
+            self.tracker = MultiSensorKF(self.models.tracker_cfg, noise=self.models.noise)
+        elif self.cfg.tracker == "ab3dmot":
+            self.tracker = AB3DMOT(self.models.tracker_cfg)
+        self.motion = MotionModel.empty()
+        self._last_tracks: tuple[Boxes, float] | None = None
+        self.held.clear()
+
+    def perceive(self, scan: AgentScan) -> AgentPerception:
+        # the ego detects on its own map for no fusion, late fusion and its demand map
+        detect = self.cfg.method in ("none", "late", *DEMAND_METHODS)
+        return self.models.perception.agent_step(scan, detect=detect)
+
+    def demand(self, me: AgentPerception) -> bytes | None:
+        return self.models.codec.demand_message(me) if self.cfg.method in DEMAND_METHODS else None
+
+    def usable(self, arrivals: list[Arrival], now_s: float, fuse_s: float) -> list[tuple[Arrival, bool]]:
+        """(message, stale?) to fuse at ``fuse_s``: this frame's on-time ones, else the newest held
+        late one per sender (compensate policy). Late ones are held or counted as dropped."""
+        chosen: dict[str, tuple[Arrival, bool]] = {}
+        for a in arrivals:
+            if a.delivered_s <= fuse_s + 1e-9:
+                chosen[a.sender] = (a, False)
+            elif self.cfg.late_policy == "compensate":
+                prev = self.held.get(a.sender)
+                if prev is not None:
+                    self.expired += 1
+                self.held[a.sender] = a
+            else:
+                self.late_dropped += 1
+        for sender, a in list(self.held.items()):
+            if a.delivered_s > fuse_s + 1e-9:
+                continue
+            del self.held[sender]
+            if sender in chosen or now_s - a.captured_s > self.cfg.max_age_s + 1e-9:
+                self.expired += 1
+                continue
+            chosen[sender] = (a, True)
+        return list(chosen.values())
+
+    def fuse(
+        self, me: AgentPerception, scan: AgentScan, now_s: float, messages: list[tuple[Arrival, bool]]
+    ) -> EgoOutput:
+        cfg, codec, perception = self.cfg, self.models.codec, self.models.perception
+        shared: list[SharedFeatures] = []
+        boxes_in: list[SharedBoxes] = []
+        clouds: list[torch.Tensor] = []
+        stale = used = 0
+        for arrival, is_stale in messages:
+            age = now_s - arrival.captured_s
+            try:
+                if cfg.method == "late":
+                    got = codec.read_detections(arrival.data)
+                    if is_stale:
+                        got = compensate_boxes(got, self.motion, arrival.captured_s, age)
+                    boxes_in.append(got)
+                elif cfg.method == "early":
+                    msg = decode_points(arrival.data)
+                    pts = msg.points
+                    if is_stale:
+                        pts = compensate_points(
+                            pts, msg.world_from_lidar, self.motion, arrival.captured_s, age
+                        )
+                    local = transform_points(inverse(me.world_from_bev) @ msg.world_from_lidar, pts)
+                    clouds.append(sanitize_points(local, perception.cfg))
+                else:
+                    feats, bx = codec.read_features(arrival.data, me.features.shape[0])
+                    if is_stale:
+                        feats = compensate_features(feats, self.motion, arrival.captured_s, age, codec.grid)
+                    shared.append(feats)
+                    if bx is not None:
+                        boxes_in.append(bx)
+            except (WireError, PointsMessageError):
+                self.malformed += 1
+                continue
+            stale += is_stale
+            used += 1
+        fused_map = None
+        with torch.no_grad():
+            if cfg.method == "early":
+                own = sanitize_points(scan.points_in_bev(), perception.cfg)
+                bev = perception.model.encode([torch.cat([own, *clouds])])
+                out = perception.model.detect(bev.features)
+                boxes = perception.model.decode(out)[0]
+                fused_map = bev.features[0]
+            elif cfg.method in ("none", "late"):
+                boxes = (
+                    perception.merge_boxes(me.world_from_bev, me.boxes, boxes_in) if boxes_in else me.boxes
+                )
+            else:
+                res = perception.ego_step(me, shared, boxes_in)
+                boxes, fused_map = res.boxes, res.features
+        tracks = self._track(me, boxes, boxes_in, fused_map, now_s)
+        return EgoOutput(boxes, tracks, used, stale)
+
+    def _track(
+        self, me: AgentPerception, boxes: Boxes, received: list[SharedBoxes], fused_map, now_s: float
+    ) -> Boxes | None:
+        if self.tracker is None:
+            return None
+        world = boxes.transformed(me.world_from_bev)
+        if isinstance(self.tracker, AB3DMOT):
+            tracks = self.tracker.step(world, timestamp_ns=me.timestamp_ns)
+        else:
+            grid = self.models.codec.grid
+            if self.cfg.method == "late":
+                own = me.boxes if me.boxes is not None else Boxes.empty(with_scores=True)
+                agents = [
+                    AgentDetections(
+                        self.ego_id,
+                        me.kind.value,
+                        me.world_from_bev,
+                        own.transformed(me.world_from_bev),
+                        crop_patches(me.features, own.xyzlwhy[:, :2], grid, 5),
+                    )
+                ] + [
+                    AgentDetections(
+                        s.agent_id, "vehicle", s.world_from_bev, s.boxes.transformed(s.world_from_bev)
+                    )
+                    for s in received
+                ]
+            else:
+                patches = (
+                    crop_patches(fused_map, boxes.xyzlwhy[:, :2], grid, 5) if fused_map is not None else None
+                )
+                agents = [AgentDetections(self.ego_id, me.kind.value, me.world_from_bev, world, patches)]
+            tracks = self.tracker.step(FrameDetections(0, me.timestamp_ns, agents)).boxes
+        stamp = me.timestamp_ns / 1e9
+        if self._last_tracks is not None:
+            self.motion = MotionModel.from_tracks(self._last_tracks[0], self._last_tracks[1], tracks, stamp)
+        self._last_tracks = (tracks, stamp)
+        return tracks
+
+
+# -- the in-process run -----------------------------------------------------------------------------
+def _distance(a: AgentScan, b: AgentScan) -> float:
+    return float(np.linalg.norm(a.world_from_lidar[:2, 3] - b.world_from_lidar[:2, 3]))
+
+
+@dataclass
+class _Accounting:
+    link_bytes: list[int] = field(default_factory=list)  # per (collaborator, frame)
+    latency_ms: list[float] = field(default_factory=list)  # capture -> delivery at the ego
+    frame_ms: list[float] = field(default_factory=list)  # compute per frame (wall clock)
+    fused: int = 0
+    fused_stale: int = 0
+
+
+def run_frames(
+    frames: Iterable[Frame],
+    cfg: RunConfig,
+    models: Models | None = None,
+    progress: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Run frames (in order; a new scenario starts new tracks) and score them."""
+    models = models or Models.load(cfg)
+    grid = models.codec.grid
+    em = ChannelEmulator(
+        cfg.channel, seed=cfg.seed, budget_bps=cfg.budget_bps, frame_hz=cfg.frame_hz, trace=cfg.trace
+    )
+    det_eval = DetectionEvaluator(eval_range=grid.xy_range)
+    acc = _Accounting()
+    agents: dict[str, AgentStage] = {}
+    ego: EgoStage | None = None
+    sequences: list[TrackingSequence] = []
+    seq: TrackingSequence | None = None
+    detections: list[dict] = []
+    min_points = models.perception.cfg.min_points_per_box
+    for k, frame in enumerate(frames):
+        t0 = time.perf_counter()
+        t = k / cfg.frame_hz
+        if ego is None or frame.ego_id != ego.ego_id or seq is None or frame.scenario != seq.name:
+            ego = EgoStage(frame.ego_id, models, cfg)  # a new sequence: fresh tracks, nothing held
+            seq = TrackingSequence(frame.scenario, 0)
+            sequences.append(seq)
+        me, arrivals, spent = exchange_frame(frame, k, t, cfg, agents, ego, em)
+        usable = ego.usable(arrivals, t, t + cfg.deadline_s)
+        acc.latency_ms.extend((a.delivered_s - a.captured_s) * 1000 for a, _ in usable)
+        result = ego.fuse(me, frame.ego, t, usable)
+        acc.fused += result.fused
+        acc.fused_stale += result.stale
+        acc.link_bytes.extend(spent.values())
+        det_eval.add(result.boxes, evaluation_ground_truth(frame, min_points))
+        detections.append(
+            {"scenario": frame.scenario, "index": frame.index, "boxes": result.boxes, "tracks": result.tracks}
+        )
+        if result.tracks is not None:
+            n = seq.n_frames
+            seq.gt[n] = in_ego_range(
+                tracking_ground_truth(frame, min_points), me.world_from_bev, grid.xy_range
+            )
+            seq.tracks[n] = in_ego_range(result.tracks, me.world_from_bev, grid.xy_range)
+        seq.n_frames += 1
+        acc.frame_ms.append((time.perf_counter() - t0) * 1000)
+        if progress is not None:
+            progress(k, {"bytes": float(np.mean(list(spent.values()))) if spent else 0.0})
+    em.close()
+    malformed = (ego.malformed if ego else 0) + sum(a.malformed for a in agents.values())
+    out = summarise(
+        cfg,
+        det_eval,
+        sequences,
+        em,
+        acc,
+        malformed,
+        ego.late_dropped if ego else 0,
+        ego.expired if ego else 0,
+    )
+    out["_detections"] = detections
+    return out
+
+
+def exchange_frame(
+    frame: Frame,
+    k: int,
+    t: float,
+    cfg: RunConfig,
+    agents: dict[str, AgentStage],
+    ego: EgoStage,
+    em: ChannelEmulator,
+) -> tuple[AgentPerception, list[Arrival], dict[str, int]]:
+    """One frame of perception and messaging on the simulated clock: the ego's own perception,
+    what reaches it (with delivery times) and the bytes on each collaborator's link."""
+    models = ego.models
+    collab = frame.collaborators[: max(0, cfg.max_agents - 1)]
+    for s in collab:
+        agents.setdefault(s.agent_id, AgentStage(s.agent_id, models, cfg))
+    me = ego.perceive(frame.ego)
+    others = {s.agent_id: agents[s.agent_id].perceive(s) for s in collab}
+    spent = {s.agent_id: 0 for s in collab}
+    act = {s.agent_id: t for s in collab}
+    demand = ego.demand(me)
+    if demand is not None:
+        for s in collab:
+            spent[s.agent_id] += len(demand)
+            d = em.send(ego.ego_id, s.agent_id, demand, t, _distance(frame.ego, s))
+            if d.reason is None and d.delivered_s <= t + cfg.coord_wait_s + 1e-9:
+                agents[s.agent_id].take_demand(d.data)
+                act[s.agent_id] = d.delivered_s
+    offers: dict[str, bytes | None] = {}
+    heard: dict[str, list[tuple[float, bytes]]] = {s.agent_id: [] for s in collab}
+    if cfg.method == "codefilling":
+        for s in collab:
+            offers[s.agent_id] = agents[s.agent_id].offer(others[s.agent_id])
+        for s in collab:
+            data = offers[s.agent_id]
+            if data is None:
+                continue
+            spent[s.agent_id] += len(data)
+            for r in collab:
+                if r.agent_id == s.agent_id:
+                    continue
+                d = em.send(s.agent_id, r.agent_id, data, act[s.agent_id], _distance(s, r))
+                if d.reason is None and d.delivered_s <= act[r.agent_id] + cfg.coord_wait_s + 1e-9:
+                    heard[r.agent_id].append((d.delivered_s, d.data))
+    arrivals = []
+    for s in collab:
+        stage, got = agents[s.agent_id], sorted(heard[s.agent_id], key=lambda x: x[0])
+        assigned = stage.assigned(others[s.agent_id], offers.get(s.agent_id), [b for _, b in got])
+        send_s = max([act[s.agent_id], *[ts for ts, _ in got]])
+        data = stage.message(others[s.agent_id], s, spent[s.agent_id], assigned)
+        if data is None:
+            continue
+        spent[s.agent_id] += len(data)
+        d = em.send(s.agent_id, ego.ego_id, data, send_s, _distance(s, frame.ego))
+        if d.reason is None:
+            arrivals.append(Arrival(d.data, s.agent_id, t, d.delivered_s, k))
+    return me, arrivals, spent
+
+
+def summarise(
+    cfg: RunConfig,
+    det_eval: DetectionEvaluator,
+    sequences: list[TrackingSequence],
+    em: ChannelEmulator,
+    acc: _Accounting,
+    malformed: int,
+    late: int,
+    expired: int,
+) -> dict:
+    det = det_eval.result()
+    totals = em.totals()
+    out: dict[str, Any] = {
+        "method": cfg.method,
+        "config": cfg.to_dict(),
+        "frames": det["frames"],
+        "ap_bev": det["ap_bev"],
+        "ap_3d": det["ap_3d"],
+        "detection": det,
+        "bytes_per_agent_frame": float(np.mean(acc.link_bytes)) if acc.link_bytes else 0.0,
+        "messages": {
+            "sent": totals["sent"],
+            "delivered": totals["delivered"],
+            "dropped": totals["dropped_channel"] + totals["dropped_budget"],
+            "dropped_channel": totals["dropped_channel"],
+            "dropped_budget": totals["dropped_budget"],
+            "late_dropped": late,
+            "expired": expired,
+            "malformed": malformed,
+            "fused": acc.fused,
+            "fused_stale": acc.fused_stale,
+        },
+        "latency_ms": _percentiles(acc.latency_ms),
+        "compute_ms_per_frame": _percentiles(acc.frame_ms),
+        "links": em.summary(),
+    }
+    if cfg.tracker != "none" and sequences and any(s.tracks for s in sequences):
+        tr = evaluate_tracking([s for s in sequences if s.tracks], mode="comparable")
+        tr.pop("curve", None)
+        out["amota"], out["mota"] = tr["amota"], tr["mota"]
+        out["tracking"] = tr
+    else:
+        out["amota"] = out["mota"] = None
+    return out
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p95": None, "mean": None, "n": 0}
+    v = np.asarray(values)
+    return {
+        "p50": round(float(np.percentile(v, 50)), 3),
+        "p95": round(float(np.percentile(v, 95)), 3),
+        "mean": round(float(v.mean()), 3),
+        "n": int(v.size),
+    }
+
+
+def select_frames(log, frames: int | None, scenes: list[str] | None = None) -> list[int]:
+    """Indices of the first ``frames`` frames (of the named scenes, when given), in log order."""
+    if scenes:
+        known = log.scenarios()
+        missing = [s for s in scenes if s not in known]
+        if missing:
+            raise PipelineError(
+                f"scene: {', '.join(missing)} not in the log (it has {', '.join(known[:10])} ...)"
+            )
+        idx = sorted(i for s in scenes for i in log.scenario_indices(s))
+    else:
+        idx = list(range(len(log)))
+    return idx[:frames] if frames else idx
+
+
+def run_log(
+    data: str | Path,
+    cfg: RunConfig,
+    models: Models | None = None,
+    progress: bool = False,
+    scenes: list[str] | None = None,
+) -> dict:
+    """:func:`run_frames` over a log folder (any supported format)."""
+    from tqdm import tqdm
+
+    from v2x.datasets import open_log
+
+    log = open_log(data, max_cav=cfg.max_agents)
+    idx = select_frames(log, cfg.frames, scenes)
+    bar = tqdm(total=len(idx), desc=f"{cfg.method}", disable=not progress, leave=False)
+
+    def tick(_k: int, info: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(bytes_per_agent=f"{info['bytes']:.0f}")
+
+    try:
+        out = run_frames((log[i] for i in idx), cfg, models, tick)
+    finally:
+        bar.close()
+    out["data"] = str(data)
+    return out
+
+
+def run_cell(cell: dict[str, Any]) -> dict:
+    """One sweep cell (a flat dict of settings) run in process; JSON-ready metrics."""
+    cell = dict(cell)
+    data = cell.pop("data")
+    scene = cell.pop("scene", None)
+    agents = cell.pop("agents", None)
+    threads = cell.pop("threads", 1)
+    for k in ("name",):
+        cell.pop(k, None)
+    if agents is not None:
+        cell["max_agents"] = int(agents)
+    torch.set_num_threads(int(threads))
+    cfg = RunConfig.from_options(**cell)
+    t0 = time.perf_counter()
+    out = run_log(data, cfg, scenes=[scene] if scene else None)
+    out.pop("_detections", None)
+    out.pop("links", None)
+    out["wall_s"] = round(time.perf_counter() - t0, 2)
+    return _jsonable(out)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
