@@ -28,7 +28,7 @@ from v2x.comm.budget import parse_rate
 from v2x.comm.emulator import ChannelEmulator
 from v2x.comm.messages import Packet
 from v2x.comm.node import Node
-from v2x.sim.channel import preset
+from v2x.sim.channel import GilbertElliott, preset
 
 __all__ = ["ChannelNode"]
 
@@ -36,6 +36,8 @@ __all__ = ["ChannelNode"]
 class ChannelNode(Node):
     def on_configure(self) -> None:
         overrides = dict(self.param("channel", {}) or {})
+        if isinstance(overrides.get("burst"), dict):  # from YAML: {p, r, loss_bad, loss_good}
+            overrides["burst"] = GilbertElliott(**overrides["burst"])
         cfg = dataclasses.replace(preset(self.param("preset", "ideal")), **overrides)
         budget = self.param("budget")
         self.emulator = ChannelEmulator(
