@@ -493,6 +493,12 @@ class NetnsLink:
         r = _run(["ip", "-j", "-s", "-n", self.ns_a, "link", "show", "dev", self.dev_a])
         return int(json.loads(r.stdout)[0]["stats64"]["tx"]["bytes"])
 
+    def _sample(self) -> tuple[int, float]:
+        # the counter is read somewhere inside a command of some milliseconds: date it at the middle
+        t = time.monotonic()
+        b = self.sent_bytes()
+        return b, (t + time.monotonic()) / 2
+
     def measure_throughput(
         self, seconds: float = 3.0, warmup_s: float = 0.5, transport: str = "tcp", port: int = 5301
     ) -> dict:
@@ -525,9 +531,9 @@ class NetnsLink:
                 raise RuntimeError(f"throughput source did not start: {source.stderr.read()}")
             t0 = time.monotonic()
             time.sleep(warmup_s)
-            b1, t1 = self.sent_bytes(), time.monotonic()
+            b1, t1 = self._sample()
             time.sleep(max(0.1, seconds - warmup_s - 0.1 - (t1 - t0)))
-            b2, t2 = self.sent_bytes(), time.monotonic()
+            b2, t2 = self._sample()
             out, err = sink.communicate(timeout=seconds + 30)
             source.wait(timeout=30)
             if sink.returncode:
