@@ -38,6 +38,7 @@ class TokenBucket:
     burst_bytes: float
     tokens: float = -1.0
     last: float | None = None
+    promised_until: float = float("-inf")  # a delayed send spends its tokens then (see take)
 
     def __post_init__(self) -> None:
         if self.tokens < 0:
@@ -54,8 +55,8 @@ class TokenBucket:
         return self.tokens
 
     def _ahead(self, now: float) -> float:
-        # a delayed send spends its tokens at a later time: until then the count belongs to ``last``
-        return max(0.0, self.last - now) if self.last is not None else 0.0
+        # until a delayed send's time has come, the tokens counted belong to that time
+        return max(0.0, self.promised_until - now)
 
     def consume(self, size: int, now: float) -> bool:
         self._refill(now)
@@ -77,6 +78,7 @@ class TokenBucket:
         bucket a hair short: it is not allowed below empty)."""
         self._refill(now)
         self.tokens = max(0.0, self.tokens - size)
+        self.promised_until = max(self.promised_until, now)
 
 
 @dataclass
