@@ -15,11 +15,14 @@ import numpy as np
 import torch
 
 from v2x.boxes import VEHICLE_CLASSES, Boxes
+from v2x.comm.wire import MessageType, encoded_size
 from v2x.detector import CooperativeDetector
 from v2x.encoder import sanitize_points
 from v2x.frame import AgentKind, AgentScan, Frame
 from v2x.geometry import inverse, transform_points
 from v2x.head import rotated_nms
+from v2x.points_message import HEADER_BYTES as POINTS_HEADER_BYTES
+from v2x.points_message import POINT_BYTES
 
 __all__ = [
     "FUSION_MODES",
@@ -34,9 +37,6 @@ __all__ = [
 ]
 
 FUSION_MODES = ("none", "late", "early", "intermediate")
-
-#: bytes of one point as raw float32 x, y, z, intensity (early fusion's payload)
-POINT_BYTES = 16
 
 
 @dataclass
@@ -195,7 +195,7 @@ class Perception:
             ego, rest = results[0], results[1:]
             shared = [SharedBoxes(r.agent_id, r.world_from_bev, r.boxes) for r in rest]
             boxes = self.merge_boxes(ego.world_from_bev, ego.boxes, shared)
-            sent = {r.agent_id: boxes_message_bytes(len(r.boxes)) for r in rest}
+            sent = {r.agent_id: boxes_message_bytes(len(r.boxes), self.cfg.grid.shape) for r in rest}
             return FrameResult(boxes, ego.world_from_bev, sent)
         # intermediate: every occupied cell of every collaborator, as raw features
         results = self.agent_steps([ego_scan, *others], detect=False)
@@ -205,7 +205,10 @@ class Perception:
         ]
         res = self.ego_step(ego, shared)
         c = self.cfg.bev_channels
-        sent = {r.agent_id: raw_features_bytes(int(r.occupied.sum()), c) for r in rest}
+        sent = {
+            r.agent_id: raw_features_bytes(np.flatnonzero(r.occupied.numpy().ravel()), c, self.cfg.grid.shape)
+            for r in rest
+        }
         return FrameResult(res.boxes, ego.world_from_bev, sent)
 
     def _early(self, frame: Frame) -> FrameResult:
@@ -216,23 +219,18 @@ class Perception:
             kept = sanitize_points(pts, self.cfg)
             clouds.append(kept)
             if scan.agent_id != frame.ego_id:
-                sent[scan.agent_id] = HEADER_BYTES + POINT_BYTES * len(kept)
+                sent[scan.agent_id] = POINTS_HEADER_BYTES + POINT_BYTES * len(kept)
         merged = torch.cat(clouds)
         bev = self.model.encode([merged])
         boxes = self.model.decode(self.model.detect(bev.features))[0]
         return FrameResult(boxes, frame.ego.world_from_bev, sent)
 
 
-#: fixed header of any message (sender, time, pose, grid, sizes); the wire format defines the exact figure
-HEADER_BYTES = 64
-#: one detection: quantised box, score and class
-BOX_BYTES = 16
+def boxes_message_bytes(n_boxes: int, grid_shape: tuple[int, int] = (0, 0)) -> int:
+    """Length of the wire-format detections message carrying ``n_boxes`` boxes."""
+    return encoded_size(MessageType.DETECTIONS, grid_shape, np.zeros(0, np.int64), detections=n_boxes)
 
 
-def boxes_message_bytes(n_boxes: int) -> int:
-    return HEADER_BYTES + BOX_BYTES * n_boxes
-
-
-def raw_features_bytes(n_cells: int, channels: int) -> int:
-    """fp32 features of ``n_cells`` cells plus a 2-byte cell index each."""
-    return HEADER_BYTES + n_cells * (4 * channels + 2)
+def raw_features_bytes(cells: np.ndarray, channels: int, grid_shape: tuple[int, int]) -> int:
+    """Length of the wire-format fp32 feature message carrying these (flat) cells."""
+    return encoded_size(MessageType.RAW_FP32, grid_shape, np.sort(cells), channels=channels)

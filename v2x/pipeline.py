@@ -336,13 +336,7 @@ class EgoStage:
         for a in arrivals:
             if a.delivered_s <= fuse_s + 1e-9:
                 chosen[a.sender] = (a, False)
-            elif self.cfg.late_policy == "compensate":
-                prev = self.held.get(a.sender)
-                if prev is not None:
-                    self.expired += 1
-                self.held[a.sender] = a
-            else:
-                self.late_dropped += 1
+        # held late messages that have arrived by now, unless a fresher one came in time
         for sender, a in list(self.held.items()):
             if a.delivered_s > fuse_s + 1e-9:
                 continue
@@ -351,6 +345,15 @@ class EgoStage:
                 self.expired += 1
                 continue
             chosen[sender] = (a, True)
+        for a in arrivals:
+            if a.delivered_s <= fuse_s + 1e-9:
+                continue
+            if self.cfg.late_policy == "compensate":
+                if a.sender in self.held:
+                    self.expired += 1  # superseded before it could be used
+                self.held[a.sender] = a
+            else:
+                self.late_dropped += 1
         return list(chosen.values())
 
     def fuse(
