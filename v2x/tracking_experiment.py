@@ -104,7 +104,7 @@ def load_with_extra(path: Path) -> list[FrameDetections]:
     return frames
 
 
-def _run_config(config: str, frames: list[FrameDetections], noise) -> dict[int, Boxes]:
+def _run_config(config: str, frames: list[FrameDetections], noise, tracker_cfg=None) -> dict[int, Boxes]:
     tracker_name, source = config.split("/")
     out = {}
     if tracker_name == "ab3dmot":
@@ -112,7 +112,8 @@ def _run_config(config: str, frames: list[FrameDetections], noise) -> dict[int, 
         for k, f in enumerate(frames):
             out[k] = tracker.step(f.extra[source], k)
     else:
-        kf = MultiSensorKF(noise=noise if source == "learned" else None)
+        # fixed and learned share the fitted prior: only the learned noise differs between them
+        kf = MultiSensorKF(tracker_cfg, noise=noise if source == "learned" else None)
         for k, f in enumerate(frames):
             out[k] = kf.step(FrameDetections(k, f.timestamp_ns, f.agents)).boxes
     return out
@@ -122,6 +123,7 @@ def compare_trackers(
     sequences: list[Path],
     noise=None,
     xy_range=(-70.4, -40.0, 70.4, 40.0),
+    tracker_cfg=None,
     configs=CONFIGURATIONS,
     progress: bool = True,
 ) -> dict[str, dict]:
@@ -133,7 +135,7 @@ def compare_trackers(
         seqs, sent = [], []
         for path in tqdm(sequences, desc=config, disable=not progress, leave=False):
             frames = load_with_extra(path)
-            tracks = _run_config(config, frames, noise)
+            tracks = _run_config(config, frames, noise, tracker_cfg)
             gt, trk = {}, {}
             for k, f in enumerate(frames):
                 pose = f.extra["world_from_ego_bev"]

@@ -166,7 +166,7 @@ def _compare(data: Path, detector, noise, cache, json_out) -> None:
     from v2x.cooperative import Perception
     from v2x.datasets import open_log
     from v2x.detector import load_detector
-    from v2x.tracking.train import load_noise_model
+    from v2x.tracking.train import load_tracker
     from v2x.tracking_experiment import DEFAULT_NOISE, compare_trackers, extract_sequences, write_table
 
     root = data / "test" if (data / "test").is_dir() else data
@@ -174,7 +174,8 @@ def _compare(data: Path, detector, noise, cache, json_out) -> None:
     cache = cache or Path(json_out or "tracking").with_suffix("") / "detections"
     paths = extract_sequences(log, Perception(load_detector(detector)), cache)
     noise_path = noise or (DEFAULT_NOISE if DEFAULT_NOISE.is_file() else None)
-    results = compare_trackers(paths, load_noise_model(noise_path) if noise_path else None)
+    tracker_cfg, noise_net = load_tracker(noise_path) if noise_path else (None, None)
+    results = compare_trackers(paths, noise_net, tracker_cfg=tracker_cfg)
     table = write_table(results, Path(json_out or "tracking.json").with_suffix(".md"))
     click.echo(table)
 
