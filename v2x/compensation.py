@@ -134,7 +134,9 @@ def compensate_boxes(shared: SharedBoxes, model: MotionModel, seen_s: float, age
     hit = inside.any(axis=1)
     xyz[hit, :2] += shift[inside[hit].argmax(axis=1)]
     b = shared.boxes
-    return SharedBoxes(shared.agent_id, shared.world_from_bev, Boxes(xyz, b.labels, b.track_ids, b.scores))
+    return SharedBoxes(
+        shared.agent_id, shared.world_from_bev, Boxes(xyz, b.labels, b.track_ids, b.scores), shared.variances
+    )
 
 
 def compensate_points(

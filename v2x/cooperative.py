@@ -71,6 +71,8 @@ class SharedBoxes:
     agent_id: str
     world_from_bev: np.ndarray
     boxes: Boxes
+    #: (N, 7) measurement variances the sender predicted for its boxes (its frame), if it sent them
+    variances: np.ndarray | None = None
 
 
 @dataclass

@@ -427,18 +427,25 @@ class MessageCodec:
 
     # -- ego side -------------------------------------------------------------------------------------
     # -- late fusion: boxes only -------------------------------------------------------------------
-    def detections_message(self, agent: AgentPerception, budget: int | None = None) -> bytes:
-        """The agent's boxes (its BEV frame, 16 bytes each), most confident first, cut to ``budget``."""
+    def detections_message(
+        self, agent: AgentPerception, budget: int | None = None, variances: np.ndarray | None = None
+    ) -> bytes:
+        """The agent's boxes (its BEV frame, 16 bytes each, 30 with their predicted (N, 7) variances),
+        most confident first, cut to ``budget``."""
         boxes = agent.boxes if agent.boxes is not None else Boxes.empty(with_scores=True)
         order = np.argsort(-boxes.scores, kind="stable") if len(boxes) else np.zeros(0, np.int64)
         n = len(order)
+        with_var = variances is not None
         if budget is not None:
-            per_box = encoded_size(MessageType.DETECTIONS, self.shape, np.zeros(0, np.int64), detections=1)
-            empty = encoded_size(MessageType.DETECTIONS, self.shape, np.zeros(0, np.int64), detections=0)
+            none = np.zeros(0, np.int64)
+            per_box = encoded_size(MessageType.DETECTIONS, self.shape, none, detections=1, variances=with_var)
+            empty = encoded_size(MessageType.DETECTIONS, self.shape, none, detections=0, variances=with_var)
             n = max(0, min(n, (budget - empty) // max(per_box - empty, 1)))
-        keep = boxes[order[:n]]
+        keep = order[:n]
+        sent = boxes[keep]
+        var = np.asarray(variances, dtype=np.float64)[keep] if with_var else None
         h = self._header(MessageType.DETECTIONS, agent)
-        return encode(h, self.shape, detections=(keep.xyzlwhy, keep.scores, keep.labels, None))
+        return encode(h, self.shape, detections=(sent.xyzlwhy, sent.scores, sent.labels, var))
 
     def read_detections(self, data: bytes) -> SharedBoxes:
         """A detections message as the boxes the ego merges (sender's BEV frame and pose)."""
@@ -447,7 +454,7 @@ class MessageCodec:
         if h.type != MessageType.DETECTIONS or msg.detections is None:
             raise UnexpectedTypeError(f"expected a DETECTIONS message, got {h.type.name}")
         boxes = Boxes(msg.detections, labels=msg.labels, scores=msg.scores)
-        return SharedBoxes(str(h.sender), _pose_of(h), boxes)
+        return SharedBoxes(str(h.sender), _pose_of(h), boxes, msg.variances)
 
     def read_sparse(self, data: bytes) -> Received:
         """Decode a feature message: its cells and their features (codes looked up), sender frame."""

@@ -214,9 +214,28 @@ class AgentStage:
         self.cfg = cfg
         self.demand: Demand | None = None
         self.malformed = 0
+        self._noise_filter: MultiSensorKF | None = None
 
     def perceive(self, scan: AgentScan) -> AgentPerception:
         return self.models.perception.agent_step(scan, detect=needs_detection(self.cfg.method))
+
+    def variances(self, me: AgentPerception) -> np.ndarray | None:
+        """(N, 7) measurement variances of the agent's boxes from the learned noise model, sent
+        with them so the ego's multi-sensor filter weighs each detection (DMSTrack); None
+        without a noise model."""
+        if self.models.noise is None or self.cfg.tracker != "dmstrack" or me.boxes is None:
+            return None
+        if self._noise_filter is None:
+            self._noise_filter = MultiSensorKF(self.models.tracker_cfg, noise=self.models.noise)
+        det = AgentDetections(
+            self.agent_id,
+            me.kind.value,
+            me.world_from_bev,
+            me.boxes.transformed(me.world_from_bev),
+            crop_patches(me.features, me.boxes.xyzlwhy[:, :2], self.models.codec.grid, 5),
+        )
+        with torch.no_grad():
+            return self._noise_filter.measurement_variances(det).numpy()
 
     def take_demand(self, data: bytes) -> None:
         """Keep the newest demand; a malformed one is counted and the previous one kept."""
@@ -259,7 +278,7 @@ class AgentStage:
         if cfg.method == "none" or (allowance is not None and allowance <= 0):
             return None
         if cfg.method == "late":
-            return codec.detections_message(me, allowance)
+            return codec.detections_message(me, allowance, self.variances(me))
         if cfg.method == "early":
             data = encode_points(
                 sender_code(scan.agent_id), scan.timestamp_ns, scan.world_from_lidar, scan.points, allowance
@@ -433,7 +452,11 @@ class EgoStage:
                     )
                 ] + [
                     AgentDetections(
-                        s.agent_id, "vehicle", s.world_from_bev, s.boxes.transformed(s.world_from_bev)
+                        s.agent_id,
+                        "vehicle",
+                        s.world_from_bev,
+                        s.boxes.transformed(s.world_from_bev),
+                        variances=s.variances,
                     )
                     for s in received
                 ]

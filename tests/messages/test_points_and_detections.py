@@ -97,3 +97,15 @@ def test_detections_message_keeps_the_most_confident_boxes_that_fit():
     assert cut.boxes.scores.min() >= np.sort(me.boxes.scores)[-5] - 0.01
     with pytest.raises(WireError):
         codec.read_detections(data[:-3])
+
+
+def test_detections_travel_with_their_predicted_variances_and_cost_30_bytes_each():
+    codec = MessageCodec(BEVGrid())
+    me = _agent(12)
+    var = np.random.default_rng(2).uniform(0.01, 2.0, (12, 7))
+    plain, rich = codec.detections_message(me), codec.detections_message(me, variances=var)
+    assert len(rich) - len(plain) == 12 * 14
+    got = codec.read_detections(rich)
+    order = np.argsort(-me.boxes.scores, kind="stable")
+    assert np.allclose(got.variances, var[order], rtol=2e-3)  # float16 on the wire
+    assert codec.read_detections(plain).variances is None
