@@ -264,7 +264,7 @@ def write_report(rows: list[dict], out: Path, cfg: Any, plots: list[str]) -> Non
         "",
     ]
     scenes_vary = len({r["scene"] for r in ok}) > 1
-    axes = varying(ok, [c for c in AXIS_COLUMNS if c != "scene"]) or ["method"]
+    axes = ["method", *varying(ok, [c for c in AXIS_COLUMNS if c not in ("method", "scene")])]
     table = aggregate(ok, axes)
     note = (
         f" (mean over {len({r['scene'] for r in ok})} scenes; frames and messages summed)"

@@ -1,0 +1,276 @@
+"""``v2x sweep``: config errors, grid expansion, outputs, and real tiny sweeps on a generated log
+(local process pool, resuming, failed cells, Ray)."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from v2x.cli.main import cli
+from v2x.sweep import (
+    AXIS_DEFAULTS,
+    SweepError,
+    cell_id,
+    expand_cells,
+    load_sweep_config,
+    log_spaced_budgets,
+    run_sweep,
+)
+from v2x.sweep_report import write_outputs
+
+
+@pytest.fixture(scope="session")
+def tiny_log(tmp_path_factory) -> Path:
+    """One simulated scene of 3 frames, 2 CAVs, a 16-channel LiDAR (a few seconds)."""
+    root = tmp_path_factory.mktemp("tiny_log")
+    args = ["sim", "generate", "--out", str(root), "--scenes", "1", "--frames", "3", "--cavs", "2"]
+    res = CliRunner().invoke(cli, [*args, "--rsus", "0", "--channels", "16", "--seed", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    return root / "train"  # a single scene lands in the train split; its scene is scene_3_0000
+
+
+def write_config(tmp_path: Path, data: Path | str, **keys) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "data": str(data), **keys}))
+    return path
+
+
+# -- config errors ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("keys", "bad"),
+    [
+        ({"budgts": ["1kbps"]}, "'budgts'"),
+        ({"grid": {"methd": ["late"]}}, "grid.'methd'"),
+        ({"also": [{"losss": [0.1]}]}, "also[0].'losss'"),
+    ],
+)
+def test_an_unknown_key_names_the_file_and_the_key(tmp_path, keys, bad):
+    path = write_config(tmp_path, tmp_path, **keys)
+    with pytest.raises(SweepError) as err:
+        load_sweep_config(path)
+    assert str(path) in str(err.value) and bad in str(err.value)
+
+
+def test_an_unknown_key_suggests_the_close_one(tmp_path):
+    with pytest.raises(SweepError, match="did you mean 'frames'"):
+        load_sweep_config(write_config(tmp_path, tmp_path, frame=3))
+
+
+@pytest.mark.parametrize(
+    ("budget", "match"),
+    [
+        (["fast"], r"grid\.budget: not a rate: 'fast'"),
+        (["0kbps"], "must be positive"),
+        ({"log_from": "1kbps", "to": "1Mbps"}, "missing points"),
+        ({"log_from": "1kbps", "to": "1Mbps", "points": 3, "step": 2}, "unknown step"),
+        ({"log_from": "1kbps", "to": "nope", "points": 3}, "not a rate"),
+    ],
+)
+def test_a_bad_budget_is_refused_naming_file_and_value(tmp_path, budget, match):
+    path = write_config(tmp_path, tmp_path, grid={"budget": budget})
+    with pytest.raises(SweepError, match=match) as err:
+        load_sweep_config(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("keys", "match"),
+    [
+        ({"grid": {"loss": [0.1, 1.5]}}, r"grid\.loss: a loss probability is in \[0, 1\]"),
+        ({"grid": {"agents": [0]}}, "agents counts the ego"),
+        ({"grid": {"method": ["fusion"]}}, "method: unknown 'fusion'"),
+        ({"grid": {"channel": ["wifi"]}}, "unknown channel preset 'wifi'"),
+        ({"grid": {"method": []}}, "empty list"),
+        ({"frames": 0}, "frames: expected an integer >= 1"),
+        ({"tracker": "sort"}, "tracker: unknown 'sort'"),
+        ({"codebook": "missing.pt"}, "codebook: no file 'missing.pt'"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_runs(tmp_path, keys, match):
+    with pytest.raises(SweepError, match=match):
+        load_sweep_config(write_config(tmp_path, tmp_path, **keys))
+
+
+def test_a_missing_log_folder_and_a_missing_config_are_clear(tmp_path):
+    path = write_config(tmp_path, tmp_path / "nowhere")
+    with pytest.raises(SweepError, match=r"data: no folder .*nowhere.*v2x sim generate"):
+        load_sweep_config(path)
+    with pytest.raises(SweepError, match=r"no such sweep config .*quick"):
+        load_sweep_config(tmp_path / "absent.yaml")
+
+
+# -- grid ---------------------------------------------------------------------------------------------
+def test_log_spaced_budgets():
+    assert log_spaced_budgets("1kbps", "100Mbps", 6) == [
+        "1kbps",
+        "10kbps",
+        "100kbps",
+        "1Mbps",
+        "10Mbps",
+        "100Mbps",
+    ]
+    five = log_spaced_budgets("1kbps", "100Mbps", 5)
+    assert five == ["1kbps", "17.8kbps", "316kbps", "5.62Mbps", "100Mbps"]
+    assert log_spaced_budgets(1000, 1000, 1) == ["1kbps"]
+
+
+def test_grid_expansion_aliases_also_grids_and_duplicates(tmp_path):
+    grid = {
+        "methods": ["late", "raw"],
+        "budgets": [{"log_from": "1kbps", "to": "100Mbps", "points": 6}, "unlimited", "0.001Mbps"],
+        "scene": ["a", "b"],
+    }
+    also = [
+        {"method": "none", "budget": "unlimited"},
+        {"method": "raw", "budget": "1Mbps", "loss": [0.1, 0.2]},
+    ]
+    cfg = load_sweep_config(write_config(tmp_path, tmp_path, frames=4, seed=1, grid=grid, also=also))
+    cells = expand_cells(cfg)
+    main = 2 * 7 * 2  # 0.001Mbps is 1kbps: one cell
+    assert len(cells) == main + 2 + 2 * 2
+    assert len({cell_id(c) for c in cells}) == len(cells)
+    assert {c["budget"] for c in cells} >= {"1kbps", "100Mbps", "unlimited"}
+    lossy = [c for c in cells if "loss" in c]
+    assert {(c["method"], c["budget"], c["scene"], c["loss"]) for c in lossy} == {
+        ("raw", "1Mbps", s, p) for s in "ab" for p in (0.1, 0.2)
+    }
+    assert all(c["frames"] == 4 and c["seed"] == 1 and c["data"] == str(tmp_path.resolve()) for c in cells)
+
+
+def test_cells_speak_run_cells_language():
+    """Every cell key is one run_cell accepts; the defaults the sweep writes are the pipeline's."""
+    from v2x.pipeline import RunConfig
+
+    params = inspect.signature(RunConfig.from_options).parameters
+    fields = set(RunConfig.__dataclass_fields__)
+    accepted = {"data", "scene", "agents", "threads"} | set(params) | fields
+    cfg = load_sweep_config("example", overrides={"data": "."}, validate=False)
+    cells = expand_cells(cfg)
+    assert len(cells) == 96
+    assert set().union(*cells) <= accepted
+    assert {k: params[k].default for k in AXIS_DEFAULTS} == AXIS_DEFAULTS
+
+
+def test_the_shipped_configs_validate(tmp_path):
+    for name in ("quick", "example"):
+        cfg = load_sweep_config(name, overrides={"data": str(tmp_path)})
+        assert cfg.data == str(tmp_path.resolve()) and expand_cells(cfg)
+
+
+def test_the_hash_ignores_threads_but_not_settings():
+    cell = {"data": "/x", "method": "late", "budget": "1kbps", "channel": "ideal"}
+    assert cell_id(cell) == cell_id({**cell, "threads": 4}) != cell_id({**cell, "frames": 3})
+
+
+# -- outputs (synthetic records) ----------------------------------------------------------------------
+def _record(method: str, budget: str, loss: float, ap: float, nbytes: float, ok: bool = True) -> dict:
+    cell = {"data": "/x", "method": method, "budget": budget, "channel": "ideal", "loss": loss}
+    result = {
+        "method": method,
+        "config": {"channel": {"latency_s": 0.0, "jitter_s": 0.0, "loss": loss}, "max_agents": 5},
+        "frames": 10,
+        "ap_bev": {"0.3": ap, "0.5": ap / 2, "0.7": ap / 4},
+        "amota": 10 * ap,
+        "bytes_per_agent_frame": nbytes,
+        "messages": {"sent": 4, "delivered": 4, "dropped": 0},
+        "latency_ms": {"p50": 1.0, "p95": 2.0},
+        "wall_s": 1.0,
+    }
+    return {
+        "id": cell_id(cell),
+        "cell": cell,
+        "status": "ok" if ok else "failed",
+        "error": None if ok else "PipelineError: boom",
+        "result": result if ok else None,
+    }
+
+
+def test_plots_only_for_axes_that_vary(tmp_path):
+    cfg = type("Cfg", (), {"name": "synthetic", "source": "s.yaml", "data": "/x"})()
+    recs = [_record("raw", "1Mbps", p, 0.5 - p, 900) for p in (0.0, 0.1, 0.3)]
+    recs.append(_record("late", "1Mbps", 0.2, 0.4, 100, ok=False))
+    written = write_outputs(recs, tmp_path, cfg)
+    assert written == ["results.csv", "report.md", "ap_vs_loss.png"]
+    assert not (tmp_path / "ap_vs_bytes.png").exists()
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed"]
+    assert rows[1]["loss"] == "0.1" and rows[3]["error"] == "PipelineError: boom"
+    report = (tmp_path / "report.md").read_text()
+    assert "| raw | 0.1 |" in report and "PipelineError: boom" in report and "![ap_vs_loss.png]" in report
+
+
+# -- real sweeps --------------------------------------------------------------------------------------
+def _sweep(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(cli, ["sweep", *args, "--quiet"])
+    return res.exit_code, res.output
+
+
+@pytest.mark.slow
+def test_a_tiny_sweep_writes_csv_report_plots_and_resumes(tiny_log, tmp_path):
+    out = tmp_path / "out"
+    code, output = _sweep(
+        "quick", "--data", str(tiny_log), "--frames", "2", "--workers", "2", "--out", str(out)
+    )
+    assert code == 0, output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    assert {(r["method"], r["budget"]) for r in rows} == {
+        (m, b) for m in ("late", "where2comm") for b in ("20kbps", "2Mbps")
+    }
+    for r in rows:
+        assert r["frames"] == "2" and 0 <= float(r["ap_bev_0.5"]) <= 1 and r["amota"] != ""
+        assert float(r["bytes_per_agent_frame"]) <= float(r["budget_bps"]) / 8 / 10
+    assert {p.name for p in out.glob("*.png")} == {"ap_vs_bytes.png", "amota_vs_bytes.png"}
+    assert "| late | 20kbps |" in (out / "report.md").read_text()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert len(stamps) == 4
+
+    code, output = _sweep("quick", "--data", str(tiny_log), "--frames", "2", "--out", str(out))
+    assert code == 0 and "0 run, 4 already done" in output, output
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamps
+
+
+@pytest.mark.slow
+def test_a_failed_cell_is_recorded_and_rerun_only_when_asked(tiny_log, tmp_path):
+    grid = {"method": "none", "budget": "unlimited", "scene": ["scene_3_0000", "no_such_scene"]}
+    path = write_config(tmp_path, tiny_log, frames=2, tracker="none", grid=grid)
+    out = tmp_path / "out"
+    code, output = _sweep(str(path), "--out", str(out), "--workers", "1")
+    assert code == 1 and "1 cell(s) failed" in output, output
+    records = {
+        r["cell"]["scene"]: r for r in map(json.loads, map(Path.read_text, (out / "cells").glob("*.json")))
+    }
+    assert records["scene_3_0000"]["status"] == "ok"
+    bad = records["no_such_scene"]
+    assert bad["status"] == "failed" and "no_such_scene" in bad["error"] and bad["attempts"] == 1
+    assert "PipelineError" in bad["traceback"] or "PipelineError" in bad["error"]
+    assert "no_such_scene" in (out / "report.md").read_text()
+
+    code, output = _sweep(str(path), "--out", str(out))
+    assert code == 1 and "0 run, 1 already done" in output
+    code, output = _sweep(str(path), "--out", str(out), "--retry-failed")
+    assert code == 1 and "1 run, 1 already done" in output
+    again = {
+        r["cell"]["scene"]: r for r in map(json.loads, map(Path.read_text, (out / "cells").glob("*.json")))
+    }
+    assert again["no_such_scene"]["attempts"] == 2 and again["scene_3_0000"]["attempts"] == 1
+
+
+@pytest.mark.slow
+def test_the_ray_executor_runs_cells_on_two_local_workers(tiny_log, tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'v2x-coop[ray]')")
+    grid = {"method": ["none", "late"], "budget": "unlimited"}
+    cfg = load_sweep_config(write_config(tmp_path, tiny_log, frames=2, tracker="none", grid=grid))
+    outcome = run_sweep(cfg, tmp_path / "out", executor="ray", workers=2, progress=False)
+    assert [r["status"] for r in outcome.records] == ["ok", "ok"] and outcome.ran == 2
+    late = outcome.records[1]["result"]
+    assert late["frames"] == 2 and late["messages"]["delivered"] > 0
+    assert (tmp_path / "out" / "results.csv").is_file()
+    again = run_sweep(cfg, tmp_path / "out", executor="ray", workers=2, progress=False)
+    assert again.ran == 0 and again.skipped_ok == 2
