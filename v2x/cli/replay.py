@@ -1,0 +1,230 @@
+"""``v2x replay``: play a log through the system as separate processes (docs/replay.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from v2x.pipeline import LATE_POLICIES, METHODS, TRACKERS
+
+
+def _fmt(v, spec: str = ".3f", scale: float = 1.0) -> str:
+    return "-" if v is None else format(v * scale, spec)
+
+
+def _status(p: dict, live: bool) -> None:
+    """One status line, rewritten in place on a terminal."""
+    ap = p.get("ap_bev") or {}
+    parts = [f"frame {p.get('frames', 0)}/{p.get('total') or '?'}"]
+    if ap:
+        parts.append(f"AP@0.5 {_fmt(ap.get('0.5'))}")
+    parts.append(f"{p.get('bytes_per_agent_frame', 0):.0f} B/agent/frame")
+    if "delivered_to_ego" in p:
+        parts.append(f"delivered {p['delivered_to_ego']} lost {p.get('lost_to_ego', 0)}")
+    if p.get("missing_agent_frames"):
+        parts.append(f"missing agents {p['missing_agent_frames']}")
+    line = "  ".join(parts)
+    if live:
+        click.echo("\r" + line.ljust(100), nl=False)
+    else:
+        click.echo(line)
+
+
+def _table(r: dict) -> str:
+    ap = r.get("ap_bev") or {}
+    m = r.get("messages") or {}
+    realtime = r.get("clock") == "realtime"
+    lat = (r.get("output_latency_ms") if realtime else r.get("latency_ms")) or {}
+    basis = "wall clock, capture -> ego output" if realtime else "capture -> delivery at the ego"
+    rows = [
+        ("clock", r.get("clock", "-")),
+        ("frames", f"{r.get('frames', 0)} of {r.get('frames_requested', '?')}"),
+        ("AP@0.3 / 0.5 / 0.7", " / ".join(_fmt(ap.get(t)) for t in ("0.3", "0.5", "0.7"))),
+        ("AMOTA / MOTA", f"{_fmt(r.get('amota'), '.2f')} / {_fmt(r.get('mota'), '.2f')}"),
+        ("bytes per agent per frame", _fmt(r.get("bytes_per_agent_frame"), ".0f")),
+        (
+            "messages sent / delivered / dropped",
+            f"{m.get('sent', '-')} / {m.get('delivered', '-')} / {m.get('dropped', '-')}",
+        ),
+        (
+            "late dropped / fused late",
+            f"{m.get('late_dropped', '-')} / {m.get('fused_stale', '-')}",
+        ),
+        (
+            f"end-to-end latency p50 / p95 ms ({basis})",
+            f"{_fmt(lat.get('p50'), '.1f')} / {_fmt(lat.get('p95'), '.1f')}",
+        ),
+    ]
+    if realtime:
+        rows.append(
+            ("deadline misses / frames skipped", f"{r.get('deadline_misses')} / {r.get('frames_skipped')}")
+        )
+    nodes = r.get("nodes") or {}
+    if nodes.get("lost") or nodes.get("restarts") or r.get("missing_agent_frames"):
+        rows.append(
+            (
+                "agent nodes lost / restarted / agent-frames missing",
+                f"{','.join(nodes.get('lost', [])) or '-'} / {sum((nodes.get('restarts') or {}).values())} / "
+                f"{r.get('missing_agent_frames', 0)}",
+            )
+        )
+    if r.get("wall_s") is not None:
+        rows.append(("wall time s", f"{r['wall_s']:.1f}"))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    if r.get("partial"):
+        lines.append(f"PARTIAL: {r.get('reason') or 'cut short'}")
+    return "\n".join(lines)
+
+
+@click.command("replay")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option(
+    "--launch",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A launch YAML merged over the replay's own (node params, env, restart, transport, extra nodes).",
+)
+@click.option(
+    "--channel",
+    default="ideal",
+    show_default=True,
+    help="Channel preset: ideal, dsrc, cv2x, opencood, congested, lossy-burst.",
+)
+@click.option(
+    "--budget",
+    default="200kbps",
+    show_default=True,
+    help="Bits per second per link (e.g. 200kbps, 2Mbps) or 'none'.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(METHODS + ("intermediate", "no-fusion")),
+    default="codefilling",
+    show_default=True,
+    help="What collaborators send.",
+)
+@click.option("--tracker", type=click.Choice(TRACKERS), default="dmstrack", show_default=True)
+@click.option(
+    "--late-policy",
+    type=click.Choice(LATE_POLICIES),
+    default="drop",
+    show_default=True,
+    help="Messages that miss the deadline: drop them, or fuse them into the next frame, motion-compensated.",
+)
+@click.option("--deadline-ms", type=float, help="When the ego fuses, after capture [default: 100].")
+@click.option("--frames", type=click.IntRange(min=1), help="Play only the first N frames.")
+@click.option("--scene", "scenes", multiple=True, help="Only these scenes (repeatable).")
+@click.option(
+    "--agents",
+    "max_agents",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Agents per frame, the ego included.",
+)
+@click.option(
+    "--realtime", is_flag=True, help="Frames at 10 Hz on the wall clock (default: lock-step simulated clock)."
+)
+@click.option(
+    "--record", type=click.Path(dir_okay=False, path_type=Path), help="Also write an MCAP recording here."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("replay-out"),
+    show_default=True,
+    help="Where results.json, detections.jsonl and the node logs go.",
+)
+@click.option(
+    "--in-process", is_flag=True, help="Run the same frames in this process (run_frames), no nodes."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Channel seed.")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads per node."
+)
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Detector weights.")
+@click.option("--codebook", type=click.Path(exists=True, dir_okay=False), help="Codebook weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the table.")
+def replay(
+    data,
+    launch,
+    channel,
+    budget,
+    method,
+    tracker,
+    late_policy,
+    deadline_ms,
+    frames,
+    scenes,
+    max_agents,
+    realtime,
+    record,
+    out,
+    in_process,
+    seed,
+    threads,
+    weights,
+    codebook,
+    as_json,
+) -> None:
+    """Play the log DATA through agent, channel and ego nodes, each its own process, and score it.
+
+    Prints a status line while it runs and a table at the end; writes OUT/results.json and
+    OUT/detections.jsonl (`v2x viz --run OUT` draws them). Ctrl-C stops it and keeps partial results.
+    """
+    import json
+
+    from v2x.comm.launch import LaunchError
+    from v2x.datasets import DatasetError
+    from v2x.pipeline import PipelineError, RunConfig
+    from v2x.replay.run import ReplayOptions, run_in_process, run_replay
+
+    try:
+        from v2x.datasets import detect_format
+
+        detect_format(data)  # a folder of unknown format: one clear line, before any work
+        cfg = RunConfig.from_options(
+            method=method,
+            budget=budget,
+            channel=channel,
+            deadline_ms=deadline_ms,
+            tracker=tracker,
+            late_policy=late_policy,
+            frames=frames,
+            seed=seed,
+            max_agents=max_agents,
+            weights=weights,
+            codebook=codebook,
+        )
+        if cfg.method in ("codebook", "codefilling"):
+            from v2x.pipeline import WEIGHTS
+
+            book = Path(codebook) if codebook else WEIGHTS / "codebook.pt"
+            if not book.is_file():
+                raise PipelineError(f"codebook: {book} does not exist (train one: v2x train codebook)")
+        opts = ReplayOptions(
+            Path(data),
+            cfg,
+            Path(out),
+            realtime=realtime,
+            record=record,
+            launch=launch,
+            scenes=list(scenes) or None,
+            threads=threads,
+        )
+        live = sys.stdout.isatty() and not as_json
+        progress = None if as_json else (lambda p: _status(p, live))
+        results = run_in_process(opts, progress) if in_process else run_replay(opts, progress)
+    except (DatasetError, PipelineError, LaunchError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc).splitlines()[0]) from exc
+    if not as_json and sys.stdout.isatty():
+        click.echo()
+    if as_json:
+        click.echo(json.dumps(results, indent=1))
+    else:
+        click.echo(_table(results))
+        click.echo(f"results: {Path(out) / 'results.json'}")
+    if results.get("partial"):
+        sys.exit(3)
