@@ -302,12 +302,24 @@ def write_report(rows: list[dict], out: Path, cfg: Any, plots: list[str]) -> Non
         ]
         lines += [*_table(head, body), ""]
     if failed or missing:
-        lines += ["## Cells without results", ""]
-        for r in failed + missing:
-            what = ", ".join(f"{c}={r[c]}" for c in AXIS_COLUMNS if r[c] not in (None, ""))
-            why = r["error"] or "not run (interrupted)"
-            lines.append(f"- `{r['id']}` ({what}): {r['status']}: {why}")
+        lines += ["## Cells without results", "", *_without_results(failed + missing)]
         lines += ["", "Failed cells are not rerun unless asked: `v2x sweep ... --retry-failed`.", ""]
     if plots:
         lines += ["## Plots", "", *(f"![{p}]({p})" for p in plots), ""]
     (out / "report.md").write_text("\n".join(lines))
+
+
+def _without_results(rows: list[dict], shown: int = 6) -> list[str]:
+    """One entry per distinct error (a missing codebook fails dozens of cells alike)."""
+    by_error: dict[str, list[dict]] = {}
+    for r in rows:
+        by_error.setdefault(r["error"] or "not run (interrupted)", []).append(r)
+    lines = []
+    for why, members in by_error.items():
+        lines.append(f"- {len(members)} cell(s): {why}")
+        for r in members[:shown]:
+            what = ", ".join(f"{c}={r[c]}" for c in AXIS_COLUMNS if r[c] not in (None, ""))
+            lines.append(f"  - `{r['id']}` {what}")
+        if len(members) > shown:
+            lines.append(f"  - and {len(members) - shown} more (results.csv lists every cell)")
+    return lines
