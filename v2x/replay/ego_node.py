@@ -396,6 +396,7 @@ class EgoNode(ReplayNode):
                 result.boxes,
                 result.tracks,
                 w.me.world_from_bev,
+                log_index=info.get("log_index"),
                 timestamp_ns=stamp,
                 ego_id=info["ego_id"],
                 agents=[a for a, _ in w.collab],

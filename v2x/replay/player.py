@@ -101,7 +101,7 @@ class PlayerNode(ReplayNode):
                 frame = self.log_[i]
                 gt = evaluation_ground_truth(frame, self.min_points)
                 track = tracking_ground_truth(frame, self.min_points) if self.cfg.tracker != "none" else None
-                self.frames.put((frame, gt, track))
+                self.frames.put((i, frame, gt, track))
         except Exception as exc:  # a broken file: end the run, say why
             self.frames.put(exc)
             return
@@ -201,7 +201,7 @@ class PlayerNode(ReplayNode):
         self.end_sent = time.monotonic()
         self.phase = "ending"
 
-    def _publish(self, k: int, frame, gt, gt_track) -> None:
+    def _publish(self, k: int, log_index: int, frame, gt, gt_track) -> None:
         hz = self.cfg.frame_hz
         t = k / hz  # the simulated clock, as run_frames has it
         wall = time.time()
@@ -213,7 +213,7 @@ class PlayerNode(ReplayNode):
         nxt = self._peek(0.5 if not self.realtime else 0.0)
         upcoming: dict[int, str] = {}
         if nxt is not None and not isinstance(nxt, Exception) and nxt is not _DONE:
-            later = [c.agent_id for c in nxt[0].collaborators[: max(0, self.cfg.max_agents - 1)]]
+            later = [c.agent_id for c in nxt[1].collaborators[: max(0, self.cfg.max_agents - 1)]]
             upcoming = {s: a for a, s in self.slot_map.preview(later).items()}
         self.clock.publish(Clock(t_ns, k))
         self.positions.publish(
@@ -252,6 +252,7 @@ class PlayerNode(ReplayNode):
                     "wall": wall,
                     "scenario": frame.scenario,
                     "index": int(frame.index),
+                    "log_index": int(log_index),
                     "timestamp_ns": int(frame.timestamp_ns),
                     "ego_id": frame.ego_id,
                     "collaborators": [[a, slots[a]] for a in ids],

@@ -286,8 +286,17 @@ def _gone(sup, name: str) -> bool:
 
 
 def _wind_down(sup, reason: str | None) -> None:
-    """The ego and the recorder first (SIGTERM: they write what they have), then the rest."""
-    if reason:
+    """The ego and the recorder first (SIGTERM: they write what they have), then the rest. At a
+    normal end they and the player stop by themselves: a moment for that, so no signal lands
+    in the middle of their shutdown."""
+    if not reason:
+        end = time.monotonic() + 15
+        for name in ("ego", "recorder", "player"):
+            np_ = sup.nodes.get(name)
+            if np_ is not None and np_.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    np_.proc.wait(max(0.1, end - time.monotonic()))
+    else:
         for name in ("ego", "recorder"):
             np_ = sup.nodes.get(name)
             if np_ is not None and np_.proc is not None and np_.proc.poll() is None:
@@ -359,7 +368,8 @@ def run_in_process(opts: ReplayOptions, progress: Progress | None = None) -> dic
     dets = out.pop("_detections")
     with open(opts.out / DETECTIONS, "w") as fh:
         for k, d in enumerate(dets):
-            write_detection(fh, detection_record(k, d["scenario"], d["index"], d["boxes"], d["tracks"]))
+            rec = detection_record(k, d["scenario"], d["index"], d["boxes"], d["tracks"], log_index=idx[k])
+            write_detection(fh, rec)
     if opts.record:
         from v2x.replay.recorder import record_frames
 
