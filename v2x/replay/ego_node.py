@@ -382,9 +382,9 @@ class EgoNode(ReplayNode):
         self.counts["frames_fused"] += 1
         out_wall = time.time()
         self.output_ms.append((out_wall - float(w.info["wall"])) * 1000)
-        self._emit(w, result, links)
+        self._emit(w, result, links, [a.sender for a, _ in usable])
 
-    def _emit(self, w: _Work, result, links: dict) -> None:
+    def _emit(self, w: _Work, result, links: dict, fused: list[str]) -> None:
         info = w.info
         stamp = int(info["timestamp_ns"])
         write_detection(
@@ -400,6 +400,7 @@ class EgoNode(ReplayNode):
                 timestamp_ns=stamp,
                 ego_id=info["ego_id"],
                 agents=[a for a, _ in w.collab],
+                fused=fused,
             ),
         )
         self.det_pub.publish(boxes_message(result.boxes.transformed(w.me.world_from_bev), w.k, stamp))

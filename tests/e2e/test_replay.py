@@ -1,0 +1,178 @@
+"""``v2x replay``: the multi-process replay against the in-process pipeline on a tiny simulated
+log, its results, an agent node killed mid-run, and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from v2x.boxes import Boxes
+from v2x.cli.main import cli
+from v2x.replay.run import merge_launch
+from v2x.replay.slots import SlotMap
+from v2x.replay_results import boxes_from_json, boxes_to_json, load_run
+
+FRAMES = 4
+OPTIONS = dict(method="where2comm", budget="400kbps", channel="ideal", tracker="ab3dmot")
+
+
+@pytest.fixture(scope="module")
+def tiny_log(tmp_path_factory) -> Path:
+    """One scene, 4 frames, 3 CAVs and an RSU, 32-channel LiDAR (about 5 s to make)."""
+    out = tmp_path_factory.mktemp("replay") / "log"
+    res = CliRunner().invoke(
+        cli,
+        ["sim", "generate", "--scenes", "1", "--frames", str(FRAMES), "--cavs", "3", "--rsus", "1"]
+        + ["--channels", "32", "--seed", "5", "--out", str(out), "--quiet"],
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def replayed(tiny_log, tmp_path_factory):
+    """The log through the node processes (simulated clock), and the same in one process."""
+    from v2x.pipeline import RunConfig, run_log
+    from v2x.replay.run import ReplayOptions, run_replay
+
+    cfg = RunConfig.from_options(**OPTIONS)
+    out = tmp_path_factory.mktemp("replay") / "run"
+    results = run_replay(ReplayOptions(tiny_log, cfg, out))
+    reference = run_log(tiny_log, RunConfig.from_options(**OPTIONS))
+    return results, load_run(out), reference
+
+
+def _same(a: Boxes | None, b: Boxes | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return (
+        len(a) == len(b)
+        and np.allclose(a.xyzlwhy, b.xyzlwhy, rtol=0, atol=1e-9)
+        and np.array_equal(a.labels, b.labels)
+        and (a.scores is None) == (b.scores is None)
+        and (a.scores is None or np.allclose(a.scores, b.scores, rtol=0, atol=1e-9))
+    )
+
+
+@pytest.mark.slow
+def test_processes_and_one_process_give_the_same_detections(replayed):
+    results, run, reference = replayed
+    ref = reference["_detections"]
+    assert len(run.frames) == len(ref) == FRAMES
+    for got, want in zip(run.frames, ref, strict=True):
+        assert (got["scenario"], got["index"]) == (want["scenario"], want["index"])
+        assert _same(got["boxes"], want["boxes"]), f"frame {got['index']}: boxes differ"
+        assert _same(got["tracks"], want["tracks"]), f"frame {got['index']}: tracks differ"
+    # the same books: detection and tracking scores, bytes, the channel's counts
+    assert results["ap_bev"] == reference["ap_bev"]
+    assert results["amota"] == pytest.approx(reference["amota"])
+    assert results["bytes_per_agent_frame"] == pytest.approx(reference["bytes_per_agent_frame"])
+    for key in ("sent", "delivered", "dropped", "fused", "late_dropped"):
+        assert results["messages"][key] == reference["messages"][key], key
+
+
+@pytest.mark.slow
+def test_results_json_has_the_fields_and_they_are_sane(replayed):
+    results, run, _ = replayed
+    on_disk = json.loads((run.path / "results.json").read_text())
+    assert on_disk["ap_bev"] == results["ap_bev"]
+    assert set(results["ap_bev"]) == {"0.3", "0.5", "0.7"}
+    assert all(v is None or 0 <= v <= 1 for v in results["ap_bev"].values())
+    assert results["amota"] is not None and results["mota"] is not None
+    m = results["messages"]
+    assert m["sent"] == m["delivered"] + m["dropped"] > 0
+    # 3 collaborators x 4 frames: a demand and a message each, all delivered on an ideal channel
+    assert m["delivered"] == 2 * 3 * FRAMES and m["fused"] == 3 * FRAMES
+    assert 0 < results["bytes_per_agent_frame"] <= 400_000 / 8 / 10
+    assert set(results["latency_ms"]) >= {"p50", "p95"} and results["latency_ms"]["p50"] == 0.0
+    assert results["output_latency_ms"]["n"] == FRAMES and results["output_latency_ms"]["p50"] > 0
+    assert results["partial"] is False and results["reason"] is None and results["clock"] == "sim"
+    assert results["frames"] == results["frames_requested"] == FRAMES
+    assert results["nodes"]["lost"] == [] and results["missing_agent_frames"] == 0
+    assert results["slots"] == 3 and results["deadline_misses"] == 0
+    assert [r["k"] for r in run.frames] == list(range(FRAMES))
+    assert all(len(r["agents"]) == 3 for r in run.frames)
+
+
+@pytest.mark.slow
+def test_a_killed_agent_node_leaves_the_run_finishing_with_fewer_agents(tiny_log, tmp_path):
+    launch = tmp_path / "launch.yaml"  # no restart, so the agent stays gone
+    launch.write_text("nodes:\n  - name: agent0\n    restart: never\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "v2x.cli.main", "replay", str(tiny_log), "--out", str(out)]
+    cmd += ["--method", "raw", "--budget", "none", "--tracker", "ab3dmot", "--launch", str(launch)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 120
+        while not (out / "progress.json").is_file():  # the first frame is done
+            assert proc.poll() is None and time.monotonic() < end, "no frame done"
+            time.sleep(0.05)
+        graph = json.loads((out / "nodes" / "graph.json").read_text())
+        pid = next(n["pid"] for n in graph["nodes"] if n["name"] == "agent0")
+        os.kill(pid, signal.SIGKILL)
+        text, _ = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, text
+    results = json.loads((out / "results.json").read_text())
+    assert results["partial"] is False and results["frames"] == FRAMES
+    assert results["nodes"]["lost"] == ["agent0"] and results["missing_agent_frames"] >= 1
+    frames = load_run(out).frames
+    assert [len(r["agents"]) for r in frames] == [3] * FRAMES  # the log still has them all...
+    fused = [len(r["fused"]) for r in frames]
+    assert fused[0] == 3 and fused[-1] == 2  # ...but one fewer is fused: agent0's
+    assert set(frames[0]["fused"]) - set(frames[-1]["fused"]) == {frames[0]["agents"][0]}
+    assert "agent nodes lost" in text
+
+
+def test_a_folder_of_unknown_format_is_one_clear_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a log")
+    res = CliRunner().invoke(cli, ["replay", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert res.exit_code != 0
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "not a known log" in lines[0] and str(tmp_path) in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_slots_are_sticky_and_previews_change_nothing():
+    slots = SlotMap(3)
+    assert slots.assign(["a", "b", "c"]) == {"a": 0, "b": 1, "c": 2}
+    assert slots.preview(["c", "d"]) == {"c": 2, "d": 0}
+    assert slots.assign(["b", "c"]) == {"b": 1, "c": 2}  # kept their slots
+    assert slots.assign(["a", "b", "c"]) == {"a": 0, "b": 1, "c": 2}  # a back in its old one
+    assert slots.assign(["x", "y", "z", "w"]) == {"x": 0, "y": 1, "z": 2}  # at most 3
+
+
+def test_a_launch_file_merges_over_the_replays_own(tmp_path):
+    base = {
+        "name": "replay",
+        "nodes": [{"name": "ego", "node": "m:E", "params": {"a": 1, "b": {"c": 2}}, "restart": "never"}],
+    }
+    user = tmp_path / "l.yaml"
+    user.write_text(
+        "log_level: DEBUG\nnodes:\n  - {name: ego, params: {b: {d: 3}}, env: {X: '1'}}\n"
+        "  - {name: extra, node: 'v2x.comm.demo_nodes:Listener'}\n"
+    )
+    out = merge_launch(base, user)
+    ego = out["nodes"][0]
+    assert ego["params"] == {"a": 1, "b": {"c": 2, "d": 3}} and ego["env"] == {"X": "1"}
+    assert ego["node"] == "m:E" and out["log_level"] == "DEBUG" and out["nodes"][1]["name"] == "extra"
+
+
+def test_boxes_survive_the_detections_file_bit_for_bit():
+    rng = np.random.default_rng(0)
+    b = Boxes(rng.normal(size=(5, 7)), labels=0, track_ids=np.arange(5), scores=rng.random(5))
+    back = boxes_from_json(json.loads(json.dumps(boxes_to_json(b))))
+    assert np.array_equal(back.xyzlwhy, b.xyzlwhy) and np.array_equal(back.scores, b.scores)
+    assert np.array_equal(back.track_ids, b.track_ids) and boxes_from_json(None) is None
