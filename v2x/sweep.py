@@ -417,7 +417,7 @@ def run_local(cells: list[dict], workers: int) -> Iterator[dict]:
         initializer=_init_worker,
         initargs=(threads,),
     )
-    lost = 0
+    lost, finished = 0, False
     try:
         pending = {pool.submit(run_one, c): c for c in cells}
         while pending:
@@ -425,13 +425,19 @@ def run_local(cells: list[dict], workers: int) -> Iterator[dict]:
             for fut in done:
                 cell = pending.pop(fut)
                 try:
-                    yield fut.result()
+                    rec = fut.result()
                 except BrokenProcessPool:
                     lost += 1
+                    continue
                 except Exception as exc:  # e.g. a result that cannot be pickled
-                    yield _failed(cell, exc)
+                    rec = _failed(cell, exc)
+                yield rec
+        finished = True
     finally:
-        pool.shutdown(wait=lost == 0, cancel_futures=True)
+        if not finished:  # interrupted: stop the running cells now rather than finish them unseen
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=finished, cancel_futures=True)
     if lost:
         raise LostCellsError(f"{lost} cell(s) not run: a worker process died (out of memory?)")
 
@@ -461,10 +467,13 @@ def run_ray(cells: list[dict], workers: int, address: str | None = None) -> Iter
             for ref in done:
                 cell = pending.pop(ref)
                 try:
-                    yield ray.get(ref)
+                    rec = ray.get(ref)
                 except Exception as exc:  # the task's worker died, or Ray lost it
-                    yield _failed(cell, exc)
+                    rec = _failed(cell, exc)
+                yield rec
     finally:
+        for ref in pending:  # interrupted: a cluster would otherwise run them for nobody
+            ray.cancel(ref, force=True)
         if started:
             ray.shutdown()
 
@@ -505,8 +514,9 @@ def run_sweep(
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(todo), desc=cfg.name, unit="cell", disable=not progress or not todo)
     failures, lost = 0, None
+    stream = runner(todo, workers) if todo else iter(())
     try:
-        for rec in runner(todo, workers) if todo else ():
+        for rec in stream:
             prev = read_record(out, rec["id"]) or {}
             rec["attempts"] = int(prev.get("attempts", 0)) + 1
             _write_json(out / "cells" / f"{rec['id']}.json", rec)
@@ -519,6 +529,7 @@ def run_sweep(
         lost = exc
     finally:
         bar.close()
+        getattr(stream, "close", lambda: None)()  # on Ctrl-C: stop the workers now
     records = [read_record(out, cell_id(c)) or _missing(c) for c in cells]
     outputs = write_outputs(records, out, cfg)
     if lost is not None:
