@@ -131,7 +131,8 @@ def load_sweep_config(
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: a sweep config is a mapping of keys, got {type(raw).__name__}")
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    _check_keys(path, raw, TOP_KEYS, "key")
+    axes_here = dict.fromkeys([*AXES, *ALIASES], "a grid axis: put it under grid:")
+    _check_keys(path, raw, TOP_KEYS, "key", elsewhere=axes_here)
     if raw.get("data") in (None, ""):
         raise SweepError(f"{path}: missing key 'data' (the log folder every cell replays)")
     settings = {k: raw[k] for k in SETTINGS if raw.get(k) is not None}
@@ -153,13 +154,25 @@ def load_sweep_config(
     return cfg
 
 
-def _check_keys(path: Path, got: dict, allowed: Iterable[str], what: str, where: str = "") -> None:
-    allowed = list(allowed)
+def _check_keys(
+    path: Path, got: dict, allowed: Iterable[str], what: str, where: str = "", elsewhere: dict | None = None
+) -> None:
+    """Refuse unknown keys, naming the nearest allowed one; ``elsewhere`` maps keys that belong
+    in another part of the config to a hint saying where."""
+    allowed, elsewhere = list(allowed), elsewhere or {}
     for key in got:
-        if key not in allowed:
-            near = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise SweepError(f"{path}: unknown {what} {where}{key!r}{hint} (allowed: {', '.join(allowed)})")
+        if key in allowed:
+            continue
+        near = difflib.get_close_matches(str(key), [*allowed, *elsewhere], n=1)
+        if key in elsewhere:
+            hint = f"; {elsewhere[key]}"
+        elif near:
+            hint = f"; did you mean {near[0]!r}?" + (
+                f" ({elsewhere[near[0]]})" if near[0] in elsewhere else ""
+            )
+        else:
+            hint = ""
+        raise SweepError(f"{path}: unknown {what} {where}{key!r}{hint} (allowed: {', '.join(allowed)})")
 
 
 def _resolve_path(path: Path, key: str, value: Any, want_dir: bool = False) -> Path:
@@ -199,7 +212,8 @@ def _parse_grid(path: Path, grid: Any, where: str) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for key, values in grid.items():
         axis = ALIASES.get(key, key)
-        _check_keys(path, {axis: None}, AXES, "grid axis", f"{where}.")
+        settings_here = dict.fromkeys(SETTINGS, "a setting of every cell: put it at the top level")
+        _check_keys(path, {key: None}, [*AXES, *ALIASES], "grid axis", f"{where}.", settings_here)
         if axis in out:
             raise SweepError(f"{path}: {where}: axis {axis!r} given twice (as {key!r} and its alias)")
         if axis == "budget" and isinstance(values, dict):

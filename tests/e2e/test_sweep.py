@@ -57,9 +57,17 @@ def test_an_unknown_key_names_the_file_and_the_key(tmp_path, keys, bad):
     assert str(path) in str(err.value) and bad in str(err.value)
 
 
-def test_an_unknown_key_suggests_the_close_one(tmp_path):
-    with pytest.raises(SweepError, match="did you mean 'frames'"):
-        load_sweep_config(write_config(tmp_path, tmp_path, frame=3))
+@pytest.mark.parametrize(
+    ("keys", "hint"),
+    [
+        ({"frame": 3}, "did you mean 'frames'"),
+        ({"budgets": ["1kbps"]}, "a grid axis: put it under grid:"),
+        ({"grid": {"frames": 3}}, "a setting of every cell: put it at the top level"),
+    ],
+)
+def test_an_unknown_key_gets_a_hint(tmp_path, keys, hint):
+    with pytest.raises(SweepError, match=hint):
+        load_sweep_config(write_config(tmp_path, tmp_path, **keys))
 
 
 @pytest.mark.parametrize(
