@@ -710,6 +710,24 @@ def run_log(
     return out
 
 
+_MODELS: dict[tuple, Models] = {}
+
+
+def _cached_models(cfg: RunConfig) -> Models:
+    """A sweep worker runs many cells: load each set of weights once per process."""
+    needs_codebook = cfg.method in CODE_METHODS
+    key = (
+        cfg.weights,
+        needs_codebook,
+        cfg.codebook if needs_codebook else None,
+        cfg.tracker,
+        cfg.tracker_weights,
+    )
+    if key not in _MODELS:
+        _MODELS[key] = Models.load(cfg)
+    return _MODELS[key]
+
+
 def run_cell(cell: dict[str, Any]) -> dict:
     """One sweep cell (a flat dict of settings) run in process; JSON-ready metrics."""
     cell = dict(cell)
@@ -724,7 +742,7 @@ def run_cell(cell: dict[str, Any]) -> dict:
     torch.set_num_threads(int(threads))
     cfg = RunConfig.from_options(**cell)
     t0 = time.perf_counter()
-    out = run_log(data, cfg, scenes=[scene] if scene else None)
+    out = run_log(data, cfg, models=_cached_models(cfg), scenes=[scene] if scene else None)
     out.pop("_detections", None)
     out.pop("links", None)
     out["wall_s"] = round(time.perf_counter() - t0, 2)
