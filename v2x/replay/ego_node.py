@@ -137,12 +137,14 @@ class EgoNode(ReplayNode):
             "agents_skipped_joining": 0,
             "deadline_misses": 0,
             "frames_skipped": 0,
+            "player_late_frames": 0,
             "after_give_up": 0,
             "delivered_to_ego": 0,
             "lost_to_ego": 0,
         }
         self.output_ms: list[float] = []
         self.last_fused = -1
+        self.last_started = -1
         self.total = None
         self.work: _Work | None = None
         self.results_written = False
@@ -240,8 +242,8 @@ class EgoNode(ReplayNode):
         if not ready:
             return False
         k = ready[-1] if self.realtime else ready[0]
-        if self.realtime:
-            self.counts["frames_skipped"] += sum(1 for x in self.infos if x < k)
+        self.counts["frames_skipped"] += max(0, k - self.last_started - 1)  # real time only
+        self.last_started = k
         for store in (self.infos, self.scans, self.gts, self.gt_tracks):
             for old in [x for x in store if x < k]:
                 del store[old]
@@ -411,6 +413,13 @@ class EgoNode(ReplayNode):
         self.done_pub.publish(Json(progress))
         (self.out / "progress.json").write_text(json.dumps(progress))
 
+    def _link_bytes(self) -> list[int]:
+        """Bytes per (collaborator, frame); in real time agents report after the ego has fused,
+        so the figures are gathered as they come."""
+        if self.realtime:
+            return [self.status_spent.get((k, a), d) for k, a, d in self.rt_links]
+        return self.scorer.acc.link_bytes
+
     def _progress(self, k: int) -> dict:
         acc = self.scorer.acc
         n = self.counts["frames_fused"]
@@ -418,7 +427,7 @@ class EgoNode(ReplayNode):
             "k": k,
             "frames": n,
             "total": self.total,
-            "bytes_per_agent_frame": float(np.mean(acc.link_bytes)) if acc.link_bytes else 0.0,
+            "bytes_per_agent_frame": float(np.mean(spent)) if (spent := self._link_bytes()) else 0.0,
             "fused": acc.fused,
             **{c: self.counts[c] for c in ("delivered_to_ego", "lost_to_ego", "missing_agent_frames")},
             "late_dropped": self.ego.late_dropped if self.ego else 0,
@@ -430,6 +439,10 @@ class EgoNode(ReplayNode):
     # -- the end ------------------------------------------------------------------------------------
     def on_end(self, data: dict) -> None:
         self.end_reason = data.get("reason") or None
+        self.counts["player_late_frames"] = int(data.get("late_frames", 0))
+        played = int(data.get("frames", 0))
+        if self.realtime:  # frames played after the newest one it started
+            self.counts["frames_skipped"] += max(0, played - 1 - self.last_started)
         self.stats_request.publish(Json({"k": self.last_fused}))
         self.end_asked = time.monotonic()
         self.advance()
@@ -453,7 +466,7 @@ class EgoNode(ReplayNode):
         if self.results_written:
             return
         if self.realtime:
-            self.scorer.acc.link_bytes = [self.status_spent.get((k, a), d) for k, a, d in self.rt_links]
+            self.scorer.acc.link_bytes = self._link_bytes()
         book = LinkBook()
         if self.channel_stats is not None:
             book = LinkBook(dict(self.channel_stats["totals"]), dict(self.channel_stats["links"]))

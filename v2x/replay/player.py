@@ -85,7 +85,12 @@ class PlayerNode(ReplayNode):
 
         self.log_ = open_log(self.param("data", "", required=True), max_cav=self.cfg.max_agents)
         self.indices = select_frames(self.log_, self.cfg.frames, self.param("scenes", None))
-        self.frames: queue.Queue = queue.Queue(maxsize=8)  # read ahead, off the node's thread
+        # read ahead, off the node's thread; in real time far enough that reading never holds
+        # back the 10 Hz (a scan takes a good fraction of a frame period to read)
+        self.preload = min(len(self.indices) + 1, self.param("preload", 200)) if self.realtime else 8
+        self.loaded = 0
+        self.late_frames = 0
+        self.frames: queue.Queue = queue.Queue(maxsize=self.preload)
         self._frame_reader = threading.Thread(target=self._read_frames, daemon=True)
         self._frame_reader.start()
         self._next = None
@@ -102,10 +107,12 @@ class PlayerNode(ReplayNode):
                 gt = evaluation_ground_truth(frame, self.min_points)
                 track = tracking_ground_truth(frame, self.min_points) if self.cfg.tracker != "none" else None
                 self.frames.put((i, frame, gt, track))
+                self.loaded += 1
         except Exception as exc:  # a broken file: end the run, say why
             self.frames.put(exc)
             return
         self.frames.put(_DONE)
+        self.loaded += 1
 
     def _take(self):
         """The next (frame, gt, gt_track), ``_DONE`` or an exception; blocks on the reader."""
@@ -117,7 +124,7 @@ class PlayerNode(ReplayNode):
     def _peek(self, timeout_s: float = 5.0):
         if self._next is None:
             try:
-                self._next = self.frames.get(timeout=timeout_s)
+                self._next = self.frames.get(timeout=timeout_s) if timeout_s > 0 else self.frames.get_nowait()
             except queue.Empty:
                 return None
         return self._next
@@ -156,6 +163,8 @@ class PlayerNode(ReplayNode):
             return
         if (not self.optional <= self.ready or not self._listening()) and waited < self.start_s:
             return
+        if self.realtime and self.loaded < self.preload and self._frame_reader.is_alive():
+            return  # the read-ahead first
         missing = sorted(self.optional - self.ready)
         if missing:
             self.log.warning("starting without agent node(s) %s (not ready after %.0f s)", missing, waited)
@@ -167,11 +176,19 @@ class PlayerNode(ReplayNode):
     def _play(self) -> None:
         hz = self.cfg.frame_hz
         if self.realtime:
-            if time.time() < self.t0_wall + self.k / hz:
+            due = self.t0_wall + self.k / hz
+            if time.time() < due:
                 return
+            item = self._peek(0.0)
+            if item is None:
+                return  # not read yet: this frame leaves late
+            self._next = None
+            if item is not _DONE and time.time() - due > 0.5 / hz:
+                self.late_frames += 1
         elif self.k > 0 and (self.k - 1) not in self.done:
             return
-        item = self._take()
+        else:
+            item = self._take()
         if item is _DONE:
             self._finish_playing()
             return
@@ -182,13 +199,14 @@ class PlayerNode(ReplayNode):
         self.k += 1
 
     def _finish_playing(self) -> None:
-        """After the last frame: in real time, give the ego a moment to finish the newest one."""
+        """After the last frame: in real time, wait (``wait_s`` at most) for the ego to finish it
+        (it always moves on to the newest frame, so that is soon)."""
         if self.realtime:
             last = self.k - 1
             if (
                 last >= 0
                 and last not in self.done
-                and time.time() < self.t0_wall + self.k / self.cfg.frame_hz + 10
+                and time.time() < self.t0_wall + self.k / self.cfg.frame_hz + self.wait_s
             ):
                 self._next = _DONE
                 return
@@ -197,7 +215,7 @@ class PlayerNode(ReplayNode):
     def _end(self, reason: str) -> None:
         if reason:
             self.log.error("ending the replay: %s", reason)
-        self.end_pub.publish(Json({"frames": self.k, "reason": reason}))
+        self.end_pub.publish(Json({"frames": self.k, "reason": reason, "late_frames": self.late_frames}))
         self.end_sent = time.monotonic()
         self.phase = "ending"
 
