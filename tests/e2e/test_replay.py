@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from v2x.boxes import Boxes
@@ -78,6 +79,34 @@ def test_processes_and_one_process_give_the_same_detections(replayed):
     assert results["bytes_per_agent_frame"] == pytest.approx(reference["bytes_per_agent_frame"])
     for key in ("sent", "delivered", "dropped", "fused", "late_dropped"):
         assert results["messages"][key] == reference["messages"][key], key
+
+
+@pytest.mark.slow
+def test_codefilling_over_a_lossy_channel_matches_too(tiny_log, tmp_path):
+    """Offers between agents, losses, range-dependent reception and queueing: the replay's
+    processes still make run_frames' decisions (a codebook trained on the log in seconds)."""
+    from v2x.pipeline import RunConfig, run_log
+    from v2x.replay.run import ReplayOptions, run_replay
+
+    book = tmp_path / "codebook.pt"
+    res = CliRunner().invoke(
+        cli,
+        ["train", "codebook", "--data", str(tiny_log), "--out", str(book)]
+        + ["--frames", str(FRAMES), "--iters", "5", "--k", "16"],
+    )
+    assert res.exit_code == 0, res.output
+    torch.set_num_threads(1)  # training took two; the nodes compute on one (same sums, same boxes)
+    options = dict(OPTIONS, method="codefilling", budget="200kbps", channel="congested", codebook=str(book))
+    results = run_replay(ReplayOptions(tiny_log, RunConfig.from_options(**options), tmp_path / "run"))
+    reference = run_log(tiny_log, RunConfig.from_options(**options))
+    for got, want in zip(load_run(tmp_path / "run").frames, reference["_detections"], strict=True):
+        assert _same(got["boxes"], want["boxes"]) and _same(got["tracks"], want["tracks"])
+    assert (
+        results["messages"] == reference["messages"] and results["links"].keys() == reference["links"].keys()
+    )
+    for link, want in reference["links"].items():  # latencies agree to the nanosecond the times travel in
+        assert results["links"][link] == pytest.approx(want, abs=1e-5), link
+    assert results["bytes_per_agent_frame"] == pytest.approx(reference["bytes_per_agent_frame"])
 
 
 @pytest.mark.slow
