@@ -123,7 +123,7 @@ class EgoNode(ReplayNode):
         self.gt_tracks: dict[int, object] = {}
         self.infos: dict[int, dict] = {}
         self.statuses: dict[tuple[int, str], dict] = {}
-        self.packets: dict[tuple[int, str], tuple[Packet, float]] = {}
+        self.packets: dict[tuple[int, str, str], tuple[Packet, float]] = {}
         self.frame_t: dict[int, float] = {}  # capture time of fused frames (late messages)
         self.alive = {name: True for name in self.agent_nodes}
         self.seen: dict[str, float] = {}
@@ -180,8 +180,8 @@ class EgoNode(ReplayNode):
             self.status_spent[key] = int(d["spent"])
         self.advance()
 
-    def on_packet(self, _topic: str, pkt: Packet) -> None:
-        if self.ego is None or pkt.receiver != self.ego.ego_id:
+    def on_packet(self, topic: str, pkt: Packet) -> None:
+        if topic.endswith("/offer"):  # the agents' offers to each other pass here too
             return
         k, sender = int(pkt.frame), pkt.sender
         received = (self.current.received_ns if self.current else time.time_ns()) / 1e9
@@ -190,10 +190,14 @@ class EgoNode(ReplayNode):
         else:
             self.counts["delivered_to_ego"] += 1
         if k > self.last_fused:
-            self.packets[(k, sender)] = (pkt, received)
+            # kept by receiver too: it may come before this node has started the frame (or a
+            # new scene's ego), and it is looked up with the frame's ego id
+            self.packets[(k, sender, pkt.receiver)] = (pkt, received)
             self.advance()
             return
         # its frame is fused already
+        if self.ego is None or pkt.receiver != self.ego.ego_id:
+            return
         if not self.realtime:
             self.counts["after_give_up"] += 1
         elif not pkt.kind.startswith("lost:") and k in self.frame_t:
@@ -316,7 +320,7 @@ class EgoNode(ReplayNode):
         st = self.statuses.get((w.k, agent_id))
         if st is None:
             return False
-        return not st.get("sent") or (w.k, agent_id) in self.packets
+        return not st.get("sent") or (w.k, agent_id, w.info["ego_id"]) in self.packets
 
     def _collected(self, w: _Work) -> bool:
         pending = [a for a in w.expected if a not in w.given_up and not self._resolved(w, a)]
@@ -345,7 +349,7 @@ class EgoNode(ReplayNode):
         links = {}
         for a, _slot in w.collab:
             st = self.statuses.pop((w.k, a), None)
-            got = self.packets.pop((w.k, a), None)
+            got = self.packets.pop((w.k, a, w.info["ego_id"]), None)
             if st is not None and st.get("skipped"):
                 self.counts["agents_skipped_joining"] += 1
             if st is not None and "spent" in st and not self.realtime:
