@@ -641,7 +641,8 @@ class Node:
         return {
             "topics": {
                 f"{d}:{t}": s.summary(reset_window=False)
-                for (d, t), s in self._topic_stats.items()
+                # a copy: the inbox reader thread may add a topic while the timer reads them
+                for (d, t), s in list(self._topic_stats.items())
                 if t not in (HEARTBEAT_TOPIC, DIAGNOSTICS_TOPIC)
             },
             "counters": dict(self.counters + self._reader.counters) | self.transport.security_counters(),
@@ -649,7 +650,7 @@ class Node:
 
     def _diagnostics(self) -> None:
         d = self.diagnostics()
-        for s in self._topic_stats.values():
+        for s in list(self._topic_stats.values()):
             s.summary(reset_window=True)
         self._diag.publish(Diagnostics(self.name, time.time_ns(), d["topics"], d["counters"]))
 
