@@ -55,23 +55,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.lazy:
             module_name, attr = self.lazy[name].split(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name and module_name.startswith(exc.name):
-                    return _unavailable(name, f"{module_name} is not implemented yet")
-                raise
-            return getattr(module, attr)
+            return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, name)
-
-
-def _unavailable(name: str, why: str) -> click.Command:
-    @click.command(name=name, help=f"(unavailable: {why})", context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def cmd(args):
-        raise click.ClickException(why)
-
-    return cmd
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
