@@ -1,0 +1,220 @@
+"""``v2x replay`` end to end: the node processes on the simulated and the wall clock, against the
+same settings run in one process.
+
+The demo log (``data/demo``, generated here when missing), ego + 3 collaborators (``--agents 4``),
+one torch thread per node, ideal channel:
+
+* Simulated clock (lock-step): ``where2comm`` at 200 kbit/s and ``raw`` unlimited through the
+  node processes; start-up (``run_replay`` called -> the player starts playing, read from its
+  log), then wall seconds per frame and frames/s while playing (from the ego's progress
+  reports), and the ego's compute per frame.
+* Real time (``--realtime``, 10 Hz): capture -> ego output latency p50 / p95 (the issue's target:
+  p95 <= 100 ms), deadline misses, frames skipped, and the fraction of played frames whose
+  collaborators' messages were fused; at the default 100 ms deadline and at ``--deadline-ms 300``.
+* In process (``run_log``): compute per frame (every agent and the ego, one after another).
+
+Real-time figures depend on the machine and its load (recorded): measurements, not a
+reproducible figure. Writes bench/results/replay.json. Run: ``python -m bench.bench_replay``
+(``--quick``: fewer frames).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA = ROOT / "data" / "demo"
+AGENTS = 4  # ego + 3 collaborators
+SETTINGS = {"where2comm": "200kbps", "raw": "none"}  # method: budget per link
+TARGET_P95_MS = 100.0
+
+
+def _ensure_data(data: Path) -> None:
+    if (data / "generation.json").is_file():
+        return
+    print(f"   generating {data} (demo preset, about a minute)", flush=True)
+    cmd = [sys.executable, "-m", "v2x.cli.main", "sim", "generate", "--preset", "demo"]
+    subprocess.run([*cmd, "--out", str(data), "--quiet"], cwd=ROOT, check=True)
+
+
+def _load() -> dict:
+    one, five, fifteen = os.getloadavg()
+    return {"1min": round(one, 2), "5min": round(five, 2), "15min": round(fifteen, 2)}
+
+
+def _playing_at(nodes: Path) -> float | None:
+    """Wall time (epoch s) of the player's 'playing N frame(s)' log line, or None."""
+    with contextlib.suppress(OSError):
+        for line in (nodes / "player.log").read_text(errors="replace").splitlines():
+            if "playing " in line and "frame(s)" in line:
+                with contextlib.suppress(ValueError):
+                    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
+
+
+def _fused_frames(out: Path) -> tuple[int, int]:
+    """(frames with any collaborator's message fused, frames with every collaborator's)."""
+    some = every = 0
+    with contextlib.suppress(OSError), open(out / "detections.jsonl") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            fused, agents = rec.get("fused") or [], rec.get("agents") or []
+            some += bool(fused)
+            every += bool(agents) and set(agents) <= set(fused)
+    return some, every
+
+
+def _ms(d: dict | None) -> dict:
+    d = d or {}
+    return {k: d.get(k) for k in ("p50", "p95", "mean", "n")}
+
+
+def _replay(run: Path, name: str, method: str, budget: str, frames: int, realtime: bool, deadline_ms=None):
+    from v2x.pipeline import RunConfig
+    from v2x.replay.run import ReplayOptions, run_replay
+
+    cfg = RunConfig.from_options(
+        method=method, budget=budget, deadline_ms=deadline_ms, frames=frames, max_agents=AGENTS
+    )
+    out = run / name
+    opts = ReplayOptions(DATA, cfg, out, realtime=realtime, threads=1, log_level="INFO")
+    seen: list[tuple[float, int]] = []
+    load = _load()
+    t0 = time.time()
+    res = run_replay(opts, lambda p: seen.append((time.time(), int(p.get("frames", 0)))))
+    wall = time.time() - t0
+    playing = _playing_at(out / "nodes")
+    row = {
+        "method": method,
+        "budget": budget,
+        "clock": res.get("clock"),
+        "frames_requested": res.get("frames_requested"),
+        "frames_fused": res.get("frames"),
+        "partial": res.get("partial"),
+        "reason": res.get("reason"),
+        "wall_s": round(wall, 2),
+        "startup_s": round(playing - t0, 2) if playing else None,
+        "ego_compute_ms_per_frame": _ms(res.get("compute_ms_per_frame")),
+        "ap_bev_0.5": (res.get("ap_bev") or {}).get("0.5"),
+        "bytes_per_agent_frame": round(float(res.get("bytes_per_agent_frame") or 0.0), 1),
+        "load_before": load,
+    }
+    if not realtime:
+        if playing and seen:  # playing -> the ego's report of its last frame
+            span = seen[-1][0] - playing
+            n = seen[-1][1]
+            row["playing_s"] = round(span, 2)
+            row["wall_s_per_frame"] = round(span / max(n, 1), 3)
+            row["frames_per_s"] = round(n / span, 3) if span > 0 else None
+        print(
+            f"   sim   {method:>10}: start-up {row['startup_s']} s, {row.get('wall_s_per_frame')} s/frame "
+            f"({row.get('frames_per_s')} frames/s), ego compute p50 {row['ego_compute_ms_per_frame']['p50']} ms",
+            flush=True,
+        )
+        return row
+    played = int(res.get("frames_total") or res.get("frames_requested") or 0)
+    some, every = _fused_frames(out)
+    lat = _ms(res.get("output_latency_ms"))
+    msgs = res.get("messages") or {}
+    row |= {
+        "deadline_ms": round(cfg.deadline_s * 1000),
+        "frames_played": played,
+        "frames_skipped": res.get("frames_skipped"),
+        "deadline_misses": res.get("deadline_misses"),
+        "player_late_frames": res.get("player_late_frames"),
+        "output_latency_ms": lat,
+        "fused_fraction_any": round(some / played, 3) if played else None,
+        "fused_fraction_all": round(every / played, 3) if played else None,
+        "messages": {k: msgs.get(k) for k in ("sent", "delivered", "fused", "late_dropped", "expired")},
+        "p95_target_ms": TARGET_P95_MS,
+        "p95_target_met": lat["p95"] is not None and lat["p95"] <= TARGET_P95_MS and not res.get("partial"),
+    }
+    print(
+        f"   rt    {method:>10} deadline {row['deadline_ms']} ms: latency p50 {lat['p50']} / p95 {lat['p95']} ms "
+        f"(target met: {row['p95_target_met']}), {row['frames_fused']}/{played} fused, "
+        f"{row['deadline_misses']} misses, collaborators fused in {some}/{played} frames",
+        flush=True,
+    )
+    return row
+
+
+def _in_process(method: str, budget: str, frames: int) -> dict:
+    import torch
+
+    from v2x.pipeline import Models, RunConfig, run_log
+
+    torch.set_num_threads(1)  # as the nodes run
+    cfg = RunConfig.from_options(method=method, budget=budget, frames=frames, max_agents=AGENTS)
+    load = _load()
+    t0 = time.perf_counter()
+    models = Models.load(cfg)
+    t1 = time.perf_counter()
+    res = run_log(DATA, cfg, models=models)
+    wall = time.perf_counter() - t1
+    row = {
+        "method": method,
+        "budget": budget,
+        "frames": res.get("frames"),
+        "load_models_s": round(t1 - t0, 2),
+        "wall_s": round(wall, 2),
+        "frames_per_s": round(res["frames"] / wall, 3) if res.get("frames") else None,
+        "compute_ms_per_frame": _ms(res.get("compute_ms_per_frame")),
+        "ap_bev_0.5": (res.get("ap_bev") or {}).get("0.5"),
+        "load_before": load,
+    }
+    c = row["compute_ms_per_frame"]
+    print(f"   in-process {method:>10}: compute p50 {c['p50']} / p95 {c['p95']} ms per frame", flush=True)
+    return row
+
+
+def main(quick: bool = False) -> dict:
+    import torch
+
+    _ensure_data(DATA)
+    frames = 10 if quick else 30
+    rt_frames = 30  # 3 s on the wall clock either way; fewer would leave no p95
+    result: dict = {
+        "what": "v2x replay, demo log, ego + 3 collaborators, ideal channel, 1 torch thread per node",
+        "quick": quick,
+        "frames": frames,
+        "realtime_frames": rt_frames,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_start": _load(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
+        run = Path(tmp)
+        result["sim_clock"] = [
+            _replay(run, f"sim-{m}", m, b, frames, realtime=False) for m, b in SETTINGS.items()
+        ]
+        result["realtime"] = [
+            _replay(run, f"rt-{m}-{d}", m, b, rt_frames, realtime=True, deadline_ms=d)
+            for m, b in SETTINGS.items()
+            for d in (None, 300)
+        ]
+    result["in_process"] = [_in_process(m, b, frames) for m, b in SETTINGS.items()]
+    result["machine"]["load_end"] = _load()
+    rt = [r for r in result["realtime"] if r["deadline_ms"] == 100]
+    result["realtime_p95_target_met"] = bool(rt) and all(r["p95_target_met"] for r in rt)
+    out = HERE / "results" / "replay.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"   wrote {out} (real-time p95 <= {TARGET_P95_MS:.0f} ms: {result['realtime_p95_target_met']})")
+    return result
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)
