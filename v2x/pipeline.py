@@ -337,6 +337,7 @@ class EgoStage:
         elif self.cfg.tracker == "ab3dmot":
             self.tracker = AB3DMOT(self.models.tracker_cfg)
         self.motion = MotionModel.empty()
+        self._tracked = 0
         self._last_tracks: tuple[Boxes, float] | None = None
         self.held.clear()
 
@@ -437,7 +438,7 @@ class EgoStage:
             return None
         world = boxes.transformed(me.world_from_bev)
         if isinstance(self.tracker, AB3DMOT):
-            tracks = self.tracker.step(world, timestamp_ns=me.timestamp_ns)
+            tracks = self.tracker.step(world, self._tracked, me.timestamp_ns)
         else:
             grid = self.models.codec.grid
             if self.cfg.method == "late":
@@ -465,7 +466,8 @@ class EgoStage:
                     crop_patches(fused_map, boxes.xyzlwhy[:, :2], grid, 5) if fused_map is not None else None
                 )
                 agents = [AgentDetections(self.ego_id, me.kind.value, me.world_from_bev, world, patches)]
-            tracks = self.tracker.step(FrameDetections(0, me.timestamp_ns, agents)).boxes
+            tracks = self.tracker.step(FrameDetections(self._tracked, me.timestamp_ns, agents)).boxes
+        self._tracked += 1  # frame numbers must rise: the trackers refuse a repeated frame
         stamp = me.timestamp_ns / 1e9
         if self._last_tracks is not None:
             self.motion = MotionModel.from_tracks(self._last_tracks[0], self._last_tracks[1], tracks, stamp)
