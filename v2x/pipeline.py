@@ -673,12 +673,19 @@ def select_frames(log, frames: int | None, scenes: list[str] | None = None) -> l
     """Indices of the first ``frames`` frames (of the named scenes, when given), in log order."""
     if scenes:
         known = log.scenarios()
-        missing = [s for s in scenes if s not in known]
+        resolved, missing = [], []
+        for name in scenes:
+            # "scene_x" also names "test/scene_x" (a preset root holds its split folders)
+            hits = [name] if name in known else [k for k in known if k.endswith("/" + name)]
+            if len(hits) == 1:
+                resolved.append(hits[0])
+            else:
+                missing.append(name)
         if missing:
             raise PipelineError(
                 f"scene: {', '.join(missing)} not in the log (it has {', '.join(known[:10])} ...)"
             )
-        idx = sorted(i for s in scenes for i in log.scenario_indices(s))
+        idx = sorted(i for s in resolved for i in log.scenario_indices(s))
     else:
         idx = list(range(len(log)))
     return idx[:frames] if frames else idx
