@@ -468,7 +468,7 @@ class EgoStage:
                 agents = [AgentDetections(self.ego_id, me.kind.value, me.world_from_bev, world, patches)]
             tracks = self.tracker.step(FrameDetections(self._tracked, me.timestamp_ns, agents)).boxes
         self._tracked += 1  # frame numbers must rise: the trackers refuse a repeated frame
-        stamp = me.timestamp_ns / 1e9
+        stamp = now_s  # the clock message ages are measured on, so compensation is consistent
         if self._last_tracks is not None:
             self.motion = MotionModel.from_tracks(self._last_tracks[0], self._last_tracks[1], tracks, stamp)
         self._last_tracks = (tracks, stamp)

@@ -86,3 +86,13 @@ def test_malformed_messages_are_counted_and_dropped_not_fatal(frames, models):
     ]
     out = ego.fuse(me, frames[0].ego, 0.0, garbage)
     assert ego.malformed == 2 and out.fused == 0 and out.tracks is not None
+
+
+def test_track_velocities_run_on_the_clock_message_ages_use(frames, models):
+    """Log time stamps are epoch nanoseconds; message ages are on the run's clock. The motion
+    model that compensates late messages must be stamped on the run's clock too."""
+    ego = EgoStage(frames[0].ego_id, models, RunConfig(method="raw", budget_bps=None, tracker="ab3dmot"))
+    for k, frame in enumerate(frames[:3]):
+        ego.fuse(ego.perceive(frame.ego), frame.ego, k * 0.1, [])
+    assert ego.motion.stamp_s == 0.2
+    assert np.abs(ego.motion.velocity).max() < 30  # m/s: real motion, not a clock mismatch
