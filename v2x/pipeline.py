@@ -23,7 +23,6 @@ its offer, its message), as :func:`v2x.messages.exchange` and ``v2x eval comm`` 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from v2x.frame import AgentScan, Frame
 from v2x.geometry import inverse, transform_points
 from v2x.messages import CODE_METHODS, DEMAND_METHODS, Demand, MessageCodec, Offer, sender_code
 from v2x.points_message import PointsMessageError, decode_points, encode_points
+from v2x.replay_results import jsonable
 from v2x.sim.channel import ChannelConfig, preset
 from v2x.tracking import (
     AB3DMOT,
@@ -755,16 +755,4 @@ def run_cell(cell: dict[str, Any]) -> dict:
     out.pop("_detections", None)
     out.pop("links", None)
     out["wall_s"] = round(time.perf_counter() - t0, 2)
-    return _jsonable(out)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+    return jsonable(out)

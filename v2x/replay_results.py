@@ -88,11 +88,12 @@ def detection_record(
     }
 
 
-def _clean(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+    """Plain JSON types: numpy scalars as Python numbers, NaN and infinities as null."""
     if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
-        return [_clean(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -105,13 +106,13 @@ def write_results(out_dir: str | Path, results: dict) -> Path:
     path = Path(out_dir) / RESULTS
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_clean(results), indent=1))
+    tmp.write_text(json.dumps(jsonable(results), indent=1))
     tmp.replace(path)
     return path
 
 
 def write_detection(fh: IO[str], record: dict) -> None:
-    fh.write(json.dumps(_clean(record)) + "\n")
+    fh.write(json.dumps(jsonable(record)) + "\n")
     fh.flush()
 
 
