@@ -145,6 +145,12 @@ def demo(
                 str(out / "bev.mp4"),
             ]
         )
+    written = [
+        out / "demo.png",
+        *([] if no_video else [out / "bev.mp4"]),
+        out / "demo.mcap",
+        run_dir / "results.json",
+    ]
     gain = 100 * ((coop["ap_bev"].get("0.5") or 0) - (alone["ap_bev"].get("0.5") or 0))
     click.echo("")
     click.echo(
@@ -152,10 +158,7 @@ def demo(
         f"{100 * (coop['ap_bev']['0.5'] or 0):.1f} ({gain:+.1f} points) for "
         f"{coop['bytes_per_agent_frame']:.0f} bytes per agent per frame"
     )
-    click.echo(
-        f"wrote {out / 'demo.png'}, {out / 'bev.mp4'}, {out / 'demo.mcap'}, {run_dir / 'results.json'} "
-        f"in {time.perf_counter() - t0:.0f} s"
-    )
+    click.echo(f"wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":
