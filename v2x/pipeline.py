@@ -277,13 +277,16 @@ class AgentStage:
         allowance = None if cfg.frame_bytes is None else cfg.frame_bytes - spent
         if cfg.method == "none" or (allowance is not None and allowance <= 0):
             return None
-        if cfg.method == "late":
-            return codec.detections_message(me, allowance, self.variances(me))
-        if cfg.method == "early":
-            data = encode_points(
-                sender_code(scan.agent_id), scan.timestamp_ns, scan.world_from_lidar, scan.points, allowance
-            )
-            return data
+        if cfg.method in ("late", "early"):
+            if cfg.method == "late":
+                data = codec.detections_message(me, allowance, self.variances(me))
+            else:
+                pts = scan.points
+                data = encode_points(
+                    sender_code(scan.agent_id), scan.timestamp_ns, scan.world_from_lidar, pts, allowance
+                )
+            # even an empty message has a header: when that alone exceeds the allowance, say nothing
+            return None if allowance is not None and len(data) > allowance else data
         method = cfg.method
         if method == "codefilling" and (self.demand is None or assigned is None):
             method = "codebook"  # no demand yet (or no offer accepted): the most confident cells

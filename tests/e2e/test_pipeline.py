@@ -96,3 +96,9 @@ def test_track_velocities_run_on_the_clock_message_ages_use(frames, models):
         ego.fuse(ego.perceive(frame.ego), frame.ego, k * 0.1, [])
     assert ego.motion.stamp_s == 0.2
     assert np.abs(ego.motion.velocity).max() < 30  # m/s: real motion, not a clock mismatch
+
+
+def test_a_budget_smaller_than_a_header_sends_nothing_rather_than_too_much(frames, models):
+    for method in ("late", "early"):
+        out = _run(frames, models, method=method, budget="1kbps")  # 12 bytes per frame
+        assert out["messages"]["sent"] == 0 and out["bytes_per_agent_frame"] == 0, method
