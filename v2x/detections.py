@@ -13,7 +13,7 @@ from v2x.geometry import inverse
 from v2x.grid import BEVGrid
 from v2x.tracking.records import AgentDetections, FrameDetections
 
-__all__ = ["crop_patches", "frame_detections", "tracking_ground_truth"]
+__all__ = ["agent_detections", "crop_patches", "frame_detections", "tracking_ground_truth"]
 
 
 def crop_patches(features: torch.Tensor, xy: np.ndarray, grid: BEVGrid, patch: int) -> np.ndarray:
@@ -40,6 +40,18 @@ def tracking_ground_truth(frame: Frame, min_points: int = 1) -> Boxes:
     return gt
 
 
+def agent_detections(
+    agent: AgentPerception, grid: BEVGrid, patch: int = 5, with_features: bool = True
+) -> AgentDetections:
+    """One agent's own detections moved into the world frame, with the BEV patch around each
+    (what the tracker's noise model reads)."""
+    boxes = agent.boxes if agent.boxes is not None else Boxes.empty(with_scores=True)
+    feats = crop_patches(agent.features, boxes.xyzlwhy[:, :2], grid, patch) if with_features else None
+    return AgentDetections(
+        agent.agent_id, agent.kind.value, agent.world_from_bev, boxes.transformed(agent.world_from_bev), feats
+    )
+
+
 def frame_detections(
     perception: Perception,
     frame: Frame,
@@ -49,18 +61,8 @@ def frame_detections(
 ) -> FrameDetections:
     """Every agent's own detections of one frame, moved into the world frame."""
     results = results or perception.agent_steps(list(frame.agents.values()), detect=True)
-    agents = []
-    for r in results:
-        feats = (
-            crop_patches(r.features, r.boxes.xyzlwhy[:, :2], perception.cfg.grid, patch)
-            if with_features
-            else None
-        )
-        agents.append(
-            AgentDetections(
-                r.agent_id, r.kind.value, r.world_from_bev, r.boxes.transformed(r.world_from_bev), feats
-            )
-        )
+    grid = perception.cfg.grid
+    agents = [agent_detections(r, grid, patch, with_features) for r in results]
     gt = tracking_ground_truth(frame, perception.cfg.min_points_per_box)
     return FrameDetections(
         frame.index, frame.timestamp_ns, agents, gt, extra={"world_from_ego_bev": frame.ego.world_from_bev}

@@ -39,7 +39,7 @@ from v2x.comm.wire import WireError
 from v2x.compensation import MotionModel, compensate_boxes, compensate_features, compensate_points
 from v2x.cooperative import AgentPerception, Perception, SharedBoxes, SharedFeatures, evaluation_ground_truth
 from v2x.detection_metrics import DetectionEvaluator
-from v2x.detections import crop_patches, in_ego_range, tracking_ground_truth
+from v2x.detections import agent_detections, crop_patches, in_ego_range, tracking_ground_truth
 from v2x.detector import load_detector
 from v2x.encoder import sanitize_points
 from v2x.frame import AgentScan, Frame
@@ -65,6 +65,7 @@ __all__ = [
     "EgoStage",
     "Models",
     "RunConfig",
+    "Scorer",
     "run_cell",
     "run_log",
 ]
@@ -227,13 +228,7 @@ class AgentStage:
             return None
         if self._noise_filter is None:
             self._noise_filter = MultiSensorKF(self.models.tracker_cfg, noise=self.models.noise)
-        det = AgentDetections(
-            self.agent_id,
-            me.kind.value,
-            me.world_from_bev,
-            me.boxes.transformed(me.world_from_bev),
-            crop_patches(me.features, me.boxes.xyzlwhy[:, :2], self.models.codec.grid, 5),
-        )
+        det = agent_detections(me, self.models.codec.grid)
         with torch.no_grad():
             return self._noise_filter.measurement_variances(det).numpy()
 
@@ -278,22 +273,24 @@ class AgentStage:
         if cfg.method == "none" or (allowance is not None and allowance <= 0):
             return None
         if cfg.method in ("late", "early"):
-            if cfg.method == "late":
-                data = codec.detections_message(me, allowance, self.variances(me))
-            else:
-                pts = scan.points
-                data = encode_points(
-                    sender_code(scan.agent_id), scan.timestamp_ns, scan.world_from_lidar, pts, allowance
+            data = (
+                codec.detections_message(me, allowance, self.variances(me))
+                if cfg.method == "late"
+                else encode_points(
+                    sender_code(scan.agent_id),
+                    scan.timestamp_ns,
+                    scan.world_from_lidar,
+                    scan.points,
+                    allowance,
                 )
+            )
             # even an empty message has a header: when that alone exceeds the allowance, say nothing
             return None if allowance is not None and len(data) > allowance else data
         method = cfg.method
         if method == "codefilling" and (self.demand is None or assigned is None):
             method = "codebook"  # no demand yet (or no offer accepted): the most confident cells
-        if method == "codefilling":
-            enc = codec.feature_message(method, me, allowance, self.demand, assigned, cfg.threshold)
-        else:
-            enc = codec.feature_message(method, me, allowance, self.demand, None, cfg.threshold)
+        blocks = assigned if method == "codefilling" else None
+        enc = codec.feature_message(method, me, allowance, self.demand, blocks, cfg.threshold)
         if enc.data is None or (len(enc.cells) == 0 and enc.boxes == 0):
             return None
         return enc.data
@@ -445,16 +442,7 @@ class EgoStage:
         else:
             grid = self.models.codec.grid
             if self.cfg.method == "late":
-                own = me.boxes if me.boxes is not None else Boxes.empty(with_scores=True)
-                agents = [
-                    AgentDetections(
-                        self.ego_id,
-                        me.kind.value,
-                        me.world_from_bev,
-                        own.transformed(me.world_from_bev),
-                        crop_patches(me.features, own.xyzlwhy[:, :2], grid, 5),
-                    )
-                ] + [
+                agents = [agent_detections(me, grid)] + [
                     AgentDetections(
                         s.agent_id,
                         "vehicle",
@@ -504,54 +492,33 @@ def run_frames(
     em = ChannelEmulator(
         cfg.channel, seed=cfg.seed, budget_bps=cfg.budget_bps, frame_hz=cfg.frame_hz, trace=cfg.trace
     )
-    det_eval = DetectionEvaluator(eval_range=grid.xy_range)
-    acc = _Accounting()
+    scorer = Scorer(cfg, grid.xy_range)
     agents: dict[str, AgentStage] = {}
     ego: EgoStage | None = None
-    sequences: list[TrackingSequence] = []
-    seq: TrackingSequence | None = None
     detections: list[dict] = []
     min_points = models.perception.cfg.min_points_per_box
     for k, frame in enumerate(frames):
         t0 = time.perf_counter()
         t = k / cfg.frame_hz
-        if ego is None or frame.ego_id != ego.ego_id or seq is None or frame.scenario != seq.name:
+        if scorer.needs_new_sequence(frame.scenario, frame.ego_id, ego.ego_id if ego else None):
             ego = EgoStage(frame.ego_id, models, cfg)  # a new sequence: fresh tracks, nothing held
-            seq = TrackingSequence(frame.scenario, 0)
-            sequences.append(seq)
+            scorer.new_sequence(frame.scenario)
         me, arrivals, spent = exchange_frame(frame, k, t, cfg, agents, ego, em)
         usable = ego.usable(arrivals, t, t + cfg.deadline_s)
-        acc.latency_ms.extend((a.delivered_s - a.captured_s) * 1000 for a, _ in usable)
         result = ego.fuse(me, frame.ego, t, usable)
-        acc.fused += result.fused
-        acc.fused_stale += result.stale
-        acc.link_bytes.extend(spent.values())
-        det_eval.add(result.boxes, evaluation_ground_truth(frame, min_points))
+        gt_track = tracking_ground_truth(frame, min_points) if result.tracks is not None else None
+        scorer.add(
+            result, usable, spent, evaluation_ground_truth(frame, min_points), gt_track, me.world_from_bev
+        )
         detections.append(
             {"scenario": frame.scenario, "index": frame.index, "boxes": result.boxes, "tracks": result.tracks}
         )
-        if result.tracks is not None:
-            n = seq.n_frames
-            seq.gt[n] = in_ego_range(
-                tracking_ground_truth(frame, min_points), me.world_from_bev, grid.xy_range
-            )
-            seq.tracks[n] = in_ego_range(result.tracks, me.world_from_bev, grid.xy_range)
-        seq.n_frames += 1
-        acc.frame_ms.append((time.perf_counter() - t0) * 1000)
+        scorer.acc.frame_ms.append((time.perf_counter() - t0) * 1000)
         if progress is not None:
             progress(k, {"bytes": float(np.mean(list(spent.values()))) if spent else 0.0})
     em.close()
     malformed = (ego.malformed if ego else 0) + sum(a.malformed for a in agents.values())
-    out = summarise(
-        cfg,
-        det_eval,
-        sequences,
-        em,
-        acc,
-        malformed,
-        ego.late_dropped if ego else 0,
-        ego.expired if ego else 0,
-    )
+    out = scorer.summary(em, malformed, ego.late_dropped if ego else 0, ego.expired if ego else 0)
     out["_detections"] = detections
     return out
 
@@ -658,6 +625,57 @@ def summarise(
     else:
         out["amota"] = out["mota"] = None
     return out
+
+
+class Scorer:
+    """The books of one run, frame by frame: detection AP, tracking sequences, bytes per link per
+    frame, capture-to-delivery latencies. The in-process run and the replay's ego node both keep
+    them here, so both report the same figures for the same detections."""
+
+    def __init__(self, cfg: RunConfig, xy_range) -> None:
+        self.cfg = cfg
+        self.xy_range = xy_range
+        self.det_eval = DetectionEvaluator(eval_range=xy_range)
+        self.acc = _Accounting()
+        self.sequences: list[TrackingSequence] = []
+        self.seq: TrackingSequence | None = None
+
+    def needs_new_sequence(self, scenario: str, ego_id: str, current_ego: str | None) -> bool:
+        """A new scenario or another ego starts fresh tracks."""
+        return current_ego is None or ego_id != current_ego or self.seq is None or scenario != self.seq.name
+
+    def new_sequence(self, scenario: str) -> None:
+        self.seq = TrackingSequence(scenario, 0)
+        self.sequences.append(self.seq)
+
+    def add(
+        self,
+        result: EgoOutput,
+        usable: list[tuple[Arrival, bool]],
+        spent: dict[str, int],
+        gt_eval: Boxes,
+        gt_track: Boxes | None,
+        world_from_ego_bev: np.ndarray,
+    ) -> None:
+        acc, seq = self.acc, self.seq
+        acc.latency_ms.extend((a.delivered_s - a.captured_s) * 1000 for a, _ in usable)
+        acc.fused += result.fused
+        acc.fused_stale += result.stale
+        acc.link_bytes.extend(spent.values())
+        self.det_eval.add(result.boxes, gt_eval)
+        if result.tracks is not None and gt_track is not None:
+            n = seq.n_frames
+            seq.gt[n] = in_ego_range(gt_track, world_from_ego_bev, self.xy_range)
+            seq.tracks[n] = in_ego_range(result.tracks, world_from_ego_bev, self.xy_range)
+        seq.n_frames += 1
+
+    def ap_so_far(self) -> dict:
+        return self.det_eval.result()["ap_bev"]
+
+    def summary(self, links, malformed: int, late: int, expired: int) -> dict:
+        """``links``: the channel's counts (a :class:`ChannelEmulator`, or anything with its
+        ``totals()`` and ``summary()``)."""
+        return summarise(self.cfg, self.det_eval, self.sequences, links, self.acc, malformed, late, expired)
 
 
 def _percentiles(values: list[float]) -> dict:
