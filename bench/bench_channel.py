@@ -15,7 +15,6 @@ Writes bench/results/channel.json. Run: ``python -m bench.bench_channel``.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import write_result
 from v2x.comm.budget import LinkBudget
 from v2x.comm.emulator import ChannelEmulator
 from v2x.comm.netem import NetnsLink, NetnsUnavailableError, cleanup_stale, kernel_capabilities
@@ -180,11 +180,8 @@ def main(quick: bool = False) -> dict:
         result["kernel"] = kernel(1.5 if quick else 3.0)
     except NetnsUnavailableError as exc:
         result["kernel"] = {"skipped": str(exc)}
-    out = HERE / "results" / "channel.json"
     if not quick:
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"   wrote {out}")
+        write_result("channel", result)
     return result
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from bench.common import write_result
 from v2x.comm.messages import Json, Packet
 from v2x.comm.node import Node, NodeSpec, Peer
 from v2x.comm.security import generate_keys
@@ -313,11 +314,8 @@ def main(quick: bool = False) -> dict:
             ),
         }
     result["added_latency_target_met"] = all(v["added_us_p50"] < 1000 for v in result["latency"].values())
-    out = HERE / "results" / "comm.json"
     if not quick:
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"   wrote {out}")
+        write_result("comm", result)
     return result
 
 

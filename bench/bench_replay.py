@@ -31,6 +31,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from bench.common import write_result
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = ROOT / "data" / "demo"
@@ -209,10 +211,9 @@ def main(quick: bool = False) -> dict:
     result["machine"]["load_end"] = _load()
     rt = [r for r in result["realtime"] if r["deadline_ms"] == 100]
     result["realtime_p95_target_met"] = bool(rt) and all(r["p95_target_met"] for r in rt)
-    out = HERE / "results" / "replay.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"   wrote {out} (real-time p95 <= {TARGET_P95_MS:.0f} ms: {result['realtime_p95_target_met']})")
+    write_result(
+        "replay", result, f" (real-time p95 <= {TARGET_P95_MS:.0f} ms: {result['realtime_p95_target_met']})"
+    )
     return result
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from bench.common import write_result
 from v2x.cli.main import cli
 from v2x.sweep import SweepConfig, expand_cells, run_sweep
 
@@ -103,9 +104,7 @@ def main(frames: int = 3) -> dict:
         "log": "1 simulated scene, 3 CAVs + 1 RSU, 64-channel LiDAR",
         "runs": runs,
     }
-    out = HERE / "results" / "sweep.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("sweep", result)
     print(json.dumps(result, indent=2))
     return result
 
