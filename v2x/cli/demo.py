@@ -32,12 +32,12 @@ def _ensure_demo_data(data: Path) -> None:
         generate(cfg, progress=True)
 
 
-def _method(requested: str | None, codebook: Path | None) -> str:
+def _method(requested: str | None) -> str:
     from v2x.pipeline import WEIGHTS
 
     if requested:
         return requested
-    if (codebook or WEIGHTS / "codebook.pt").is_file():
+    if (WEIGHTS / "codebook.pt").is_file():
         return "codefilling"
     click.echo("   (no codebook weights: using where2comm; train one with `v2x train codebook`)")
     return "where2comm"
@@ -92,7 +92,7 @@ def demo(
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     _ensure_demo_data(data)
-    method = _method(method, None)
+    method = _method(method)
     run_dir = out / "replay"
     cmd = [
         sys.executable,
