@@ -9,11 +9,11 @@ JOBS ?= 2
 
 .PHONY: install demo test test-fast bench lint format clean
 
-$(STAMP): pyproject.toml constraints.txt scripts/install-system-deps.sh
+$(STAMP): Makefile pyproject.toml constraints.txt scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,ray]"
 	$(BIN)/python -c "import v2x, v2x.comm, v2x.tracking, v2x.datasets, v2x.sim"
 	touch $(STAMP)
 
