@@ -314,6 +314,8 @@ class EgoOutput:
     tracks: Boxes | None  # world frame, with track ids
     fused: int  # messages fused
     stale: int  # of which late ones, motion-compensated
+    #: per sender whose features were fused: (its world_from_bev as received, flat cells it sent)
+    sent_cells: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 class EgoStage:
@@ -383,6 +385,7 @@ class EgoStage:
         shared: list[SharedFeatures] = []
         boxes_in: list[SharedBoxes] = []
         clouds: list[torch.Tensor] = []
+        sent_cells: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         stale = used = 0
         for arrival, is_stale in messages:
             age = now_s - arrival.captured_s
@@ -406,6 +409,7 @@ class EgoStage:
                     if is_stale:
                         feats = compensate_features(feats, self.motion, arrival.captured_s, age, codec.grid)
                     shared.append(feats)
+                    sent_cells[arrival.sender] = (feats.world_from_bev, np.flatnonzero(feats.valid.numpy()))
                     if bx is not None:
                         boxes_in.append(bx)
             except (WireError, PointsMessageError):
@@ -429,7 +433,7 @@ class EgoStage:
                 res = perception.ego_step(me, shared, boxes_in)
                 boxes, fused_map = res.boxes, res.features
         tracks = self._track(me, boxes, boxes_in, fused_map, now_s)
-        return EgoOutput(boxes, tracks, used, stale)
+        return EgoOutput(boxes, tracks, used, stale, sent_cells)
 
     def _track(
         self, me: AgentPerception, boxes: Boxes, received: list[SharedBoxes], fused_map, now_s: float
@@ -511,7 +515,13 @@ def run_frames(
             result, usable, spent, evaluation_ground_truth(frame, min_points), gt_track, me.world_from_bev
         )
         detections.append(
-            {"scenario": frame.scenario, "index": frame.index, "boxes": result.boxes, "tracks": result.tracks}
+            {
+                "scenario": frame.scenario,
+                "index": frame.index,
+                "boxes": result.boxes,
+                "tracks": result.tracks,
+                "sent_cells": result.sent_cells,
+            }
         )
         scorer.acc.frame_ms.append((time.perf_counter() - t0) * 1000)
         if progress is not None:

@@ -5,16 +5,20 @@
     {"k": 0, "scenario": "test/scene_12_0000", "index": 0, "timestamp_ns": ..., "ego_id": "308",
      "world_from_ego_bev": [[4x4]], "boxes": {"xyzlwhy": [[7 floats]...], "scores": [...],
      "labels": [...]}, "tracks": {"xyzlwhy": ..., "track_ids": ..., "labels": ..., "scores": ...}
-     or null, "agents": ["358", "449"]}
+     or null, "agents": ["358", "449"], "sent_cells": {"grid": {...}, "agents": {"358":
+     {"world_from_bev": [[4x4]], "mask": "<base64>"}}}}
 
 ``boxes`` are the ego's detections in its BEV frame, ``tracks`` are in the world frame (as
-``run_frames`` returns them). Floats are written with Python's shortest round-trip repr, so the
+``run_frames`` returns them). ``sent_cells`` (feature methods only) says which BEV cells each
+fused collaborator sent: a bit per cell of the grid (row-major, ``numpy.packbits``, base64)
+and the sender's pose as received. Floats are written with Python's shortest round-trip repr, so the
 numbers read back are the numbers computed. :func:`load_run` reads both files back
 (``v2x viz --run DIR`` draws from it).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from dataclasses import dataclass, field
@@ -24,6 +28,7 @@ from typing import IO, Any
 import numpy as np
 
 from v2x.boxes import Boxes
+from v2x.grid import BEVGrid
 
 __all__ = [
     "DETECTIONS",
@@ -34,6 +39,8 @@ __all__ = [
     "boxes_to_json",
     "detection_record",
     "load_run",
+    "sent_cells_from_json",
+    "sent_cells_to_json",
     "write_results",
 ]
 
@@ -65,6 +72,39 @@ def boxes_from_json(d: dict | None) -> Boxes | None:
         np.asarray(d.get("track_ids", []), dtype=np.int64),
         None if d.get("scores") is None else np.asarray(d["scores"], dtype=np.float32),
     )
+
+
+def sent_cells_to_json(sent: dict[str, tuple[np.ndarray, np.ndarray]], grid: BEVGrid) -> dict | None:
+    """Each sender's cells as a packed bit mask over ``grid`` (a fixed 2.2 kB per agent on the
+    default grid, whatever was sent), with the pose that places them."""
+    if not sent:
+        return None
+    agents = {}
+    for aid, (pose, cells) in sent.items():
+        mask = np.zeros(grid.num_cells, dtype=bool)
+        mask[np.asarray(cells, dtype=np.int64)] = True
+        agents[str(aid)] = {
+            "world_from_bev": np.asarray(pose).tolist(),
+            "mask": base64.b64encode(np.packbits(mask).tobytes()).decode("ascii"),
+        }
+    return {"grid": grid.to_dict(), "agents": agents}
+
+
+def sent_cells_from_json(d: dict | None) -> dict[str, np.ndarray]:
+    """``{agent: (N, 2) world x, y}`` of the centres of the cells each agent sent."""
+    if not d:
+        return {}
+    grid = BEVGrid.from_dict(d["grid"])
+    centres = grid.cell_centers().reshape(-1, 2)
+    out = {}
+    for aid, a in d["agents"].items():
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(a["mask"]), dtype=np.uint8))
+        if len(bits) < grid.num_cells:
+            raise ValueError(f"agent {aid}: a mask of {len(bits)} bits for {grid.num_cells} cells")
+        local = centres[bits[: grid.num_cells].astype(bool)]
+        pose = np.asarray(a["world_from_bev"], dtype=np.float64)
+        out[str(aid)] = local @ pose[:2, :2].T + pose[:2, 3]
+    return out
 
 
 def detection_record(
@@ -148,6 +188,9 @@ def load_run(run_dir: str | Path) -> Run:
                 rec = json.loads(line)
                 rec["boxes"] = boxes_from_json(rec.get("boxes"))
                 rec["tracks"] = boxes_from_json(rec.get("tracks"))
+                raw = rec.get("sent_cells")
+                rec["sent_cells"] = sent_cells_from_json(raw)
+                rec["sent_cell_m"] = BEVGrid.from_dict(raw["grid"]).cell if raw else None
                 if rec.get("world_from_ego_bev") is not None:
                     rec["world_from_ego_bev"] = np.asarray(rec["world_from_ego_bev"], dtype=np.float64)
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

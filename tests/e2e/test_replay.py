@@ -18,12 +18,20 @@ from click.testing import CliRunner
 
 from v2x.boxes import Boxes
 from v2x.cli.main import cli
+from v2x.grid import BEVGrid
 from v2x.replay.run import merge_launch
 from v2x.replay.slots import SlotMap
-from v2x.replay_results import boxes_from_json, boxes_to_json, load_run
+from v2x.replay_results import (
+    boxes_from_json,
+    boxes_to_json,
+    load_run,
+    sent_cells_from_json,
+    sent_cells_to_json,
+)
 
 FRAMES = 4
 OPTIONS = dict(method="where2comm", budget="400kbps", channel="ideal", tracker="ab3dmot")
+GRID = BEVGrid()  # the shipped detector's BEV cells (its z range does not matter here)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +81,11 @@ def test_processes_and_one_process_give_the_same_detections(replayed):
         assert (got["scenario"], got["index"]) == (want["scenario"], want["index"])
         assert _same(got["boxes"], want["boxes"]), f"frame {got['index']}: boxes differ"
         assert _same(got["tracks"], want["tracks"]), f"frame {got['index']}: tracks differ"
+        # the same cells from the same senders (what `v2x viz --run` draws)
+        sent = sent_cells_from_json(sent_cells_to_json(want["sent_cells"], GRID))
+        assert got["sent_cells"].keys() == sent.keys() and len(sent) == len(got["fused"]) == 3
+        for aid, xy in sent.items():
+            assert len(xy) > 0 and np.allclose(got["sent_cells"][aid], xy, rtol=0, atol=1e-9), aid
     # the same books: detection and tracking scores, bytes, the channel's counts
     assert results["ap_bev"] == reference["ap_bev"]
     assert results["amota"] == pytest.approx(reference["amota"])
@@ -130,6 +143,36 @@ def test_results_json_has_the_fields_and_they_are_sane(replayed):
     assert results["slots"] == 3 and results["deadline_misses"] == 0
     assert [r["k"] for r in run.frames] == list(range(FRAMES))
     assert all(len(r["agents"]) == 3 for r in run.frames)
+
+
+@pytest.mark.slow
+def test_viz_of_a_run_draws_each_collaborators_sent_cells(replayed, tiny_log, tmp_path):
+    import cv2
+
+    from v2x.viz import BEVCanvas
+
+    _, run, _ = replayed
+    bare = tmp_path / "bare"  # the same run without its sent cells
+    bare.mkdir()
+    (bare / "results.json").write_text((run.path / "results.json").read_text())
+    lines = [json.loads(x) for x in (run.path / "detections.jsonl").read_text().splitlines()]
+    (bare / "detections.jsonl").write_text("".join(json.dumps({**r, "sent_cells": None}) + "\n" for r in lines))
+    images = {}
+    for name, folder in (("run", run.path), ("bare", bare)):
+        png = tmp_path / f"{name}.png"
+        res = CliRunner().invoke(cli, ["viz", str(tiny_log), "--run", str(folder), "--out", str(png)])
+        assert res.exit_code == 0, res.output
+        images[name] = cv2.imread(str(png)).astype(int)
+    changed = np.abs(images["run"] - images["bare"]).sum(axis=2) > 0
+    # the changed pixels lie in the sent cells, and most sent cells show
+    pose = run.frames[0]["world_from_ego_bev"]
+    canvas = BEVCanvas((-70.4, 70.4), (-40.0, 40.0), 8.0)
+    inside = np.zeros_like(changed)
+    for xy in run.frames[0]["sent_cells"].values():
+        local = (xy - pose[:2, 3]) @ pose[:2, :2]
+        for u, v in np.round(canvas.to_px(local)).astype(int):
+            inside[max(v - 4, 0) : v + 4, max(u - 4, 0) : u + 4] = True
+    assert changed.sum() > 0 and (changed & ~inside).sum() <= 0.02 * changed.sum()
 
 
 @pytest.mark.slow

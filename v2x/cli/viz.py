@@ -14,8 +14,9 @@ import click
     "--run",
     "run_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A `v2x replay --out` folder: draw its detections (red) and tracks over the log's frames "
-    "(SOURCE defaults to the log the run read).",
+    help="A `v2x replay --out` folder: draw its detections (red), tracks and the BEV cells each "
+    "collaborator sent (squares in its colour) over the log's frames (SOURCE defaults to the log "
+    "the run read).",
 )
 @click.option(
     "--out",
@@ -51,8 +52,8 @@ def viz(source, run_dir, out, frame_index, scenario, view, half_range, scale, fp
     boxes (white: hit by some agent's LiDAR, grey: by none) with heading marks, agents, scale.
 
     SOURCE is a log root, a split folder or a scenario folder (any format `v2x data` reads).
-    With --run, the frames of a replay with its detections and tracks (--frame counts the
-    run's frames).
+    With --run, the frames of a replay with its detections, tracks and each collaborator's sent
+    cells (--frame counts the run's frames).
     """
     import cv2
     import numpy as np
@@ -88,9 +89,13 @@ def viz(source, run_dir, out, frame_index, scenario, view, half_range, scale, fp
         if view == "world":  # world axes, centred on the ego
             p = pose[:3, 3]
             pose = pose_from_xyz_yaw(p[0], p[1], p[2], 0.0)
-        dets = tracks = title = None
+        dets = tracks = title = sent = None
         if rec is not None:
             view_from_world = np.linalg.inv(pose)
+            sent = {
+                aid: xy @ view_from_world[:2, :2].T + view_from_world[:2, 3]
+                for aid, xy in (rec.get("sent_cells") or {}).items()
+            }
             if rec["boxes"] is not None:
                 dets = rec["boxes"].transformed(view_from_world @ frame.ego.world_from_bev)
             if rec["tracks"] is not None:
@@ -102,6 +107,8 @@ def viz(source, run_dir, out, frame_index, scenario, view, half_range, scale, fp
             frame,
             detections=dets,
             tracks=tracks,
+            sent_cells=sent,
+            cell=(rec or {}).get("sent_cell_m") or 0.8,
             view=pose,
             x_range=(-half_range[0], half_range[0]),
             y_range=(-half_range[1], half_range[1]),

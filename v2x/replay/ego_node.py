@@ -50,7 +50,13 @@ from v2x.replay.protocol import (
     scan_from_message,
     slot_status,
 )
-from v2x.replay_results import DETECTIONS, detection_record, write_detection, write_results
+from v2x.replay_results import (
+    DETECTIONS,
+    detection_record,
+    sent_cells_to_json,
+    write_detection,
+    write_results,
+)
 
 __all__ = ["EgoNode"]
 
@@ -407,6 +413,7 @@ class EgoNode(ReplayNode):
                 ego_id=info["ego_id"],
                 agents=[a for a, _ in w.collab],
                 fused=fused,
+                sent_cells=sent_cells_to_json(result.sent_cells, self.models.codec.grid),
             ),
         )
         self.det_pub.publish(boxes_message(result.boxes.transformed(w.me.world_from_bev), w.k, stamp))

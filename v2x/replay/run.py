@@ -25,7 +25,14 @@ import yaml
 
 from v2x.pipeline import RunConfig, select_frames
 from v2x.replay.slots import SlotMap, count_slots
-from v2x.replay_results import DETECTIONS, RESULTS, detection_record, write_detection, write_results
+from v2x.replay_results import (
+    DETECTIONS,
+    RESULTS,
+    detection_record,
+    sent_cells_to_json,
+    write_detection,
+    write_results,
+)
 
 __all__ = ["ESSENTIAL", "ReplayOptions", "build_launch", "run_in_process", "run_replay"]
 
@@ -368,7 +375,15 @@ def run_in_process(opts: ReplayOptions, progress: Progress | None = None) -> dic
     dets = out.pop("_detections")
     with open(opts.out / DETECTIONS, "w") as fh:
         for k, d in enumerate(dets):
-            rec = detection_record(k, d["scenario"], d["index"], d["boxes"], d["tracks"], log_index=idx[k])
+            rec = detection_record(
+                k,
+                d["scenario"],
+                d["index"],
+                d["boxes"],
+                d["tracks"],
+                log_index=idx[k],
+                sent_cells=sent_cells_to_json(d["sent_cells"], models.codec.grid),
+            )
             write_detection(fh, rec)
     if opts.record:
         from v2x.replay.recorder import record_frames
