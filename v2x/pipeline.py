@@ -214,6 +214,7 @@ class AgentStage:
         self.models = models
         self.cfg = cfg
         self.demand: Demand | None = None
+        self._late_demand: tuple[float, bytes] | None = None
         self.malformed = 0
         self._noise_filter: MultiSensorKF | None = None
 
@@ -233,11 +234,24 @@ class AgentStage:
             return self._noise_filter.measurement_variances(det).numpy()
 
     def take_demand(self, data: bytes) -> None:
-        """Keep the newest demand; a malformed one is counted and the previous one kept."""
+        """Keep the newest demand (a held late one is older: dropped); a malformed one is counted
+        and the previous one kept."""
+        self._late_demand = None
         try:
             self.demand = self.models.codec.read_demand(data)
         except WireError:
             self.malformed += 1
+
+    def hold_demand(self, data: bytes, delivered_s: float) -> None:
+        """A demand that came too late to act on this frame: keep it for the next one (it is
+        still the newest word of what the ego lacks)."""
+        self._late_demand = (delivered_s, data)
+
+    def refresh_demand(self, now_s: float) -> None:
+        """At a frame's start: take the held late demand if it has arrived by ``now_s``."""
+        held = self._late_demand
+        if held is not None and held[0] <= now_s + 1e-9:
+            self.take_demand(held[1])
 
     def offer(self, me: AgentPerception) -> bytes | None:
         if self.cfg.method != "codefilling" or self.demand is None:
@@ -555,11 +569,17 @@ def exchange_frame(
     demand = ego.demand(me)
     if demand is not None:
         for s in collab:
+            stage = agents[s.agent_id]
+            stage.refresh_demand(t)
             spent[s.agent_id] += len(demand)
             d = em.send(ego.ego_id, s.agent_id, demand, t, _distance(frame.ego, s))
-            if d.reason is None and d.delivered_s <= t + cfg.coord_wait_s + 1e-9:
-                agents[s.agent_id].take_demand(d.data)
+            if d.reason is not None:
+                continue
+            if d.delivered_s <= t + cfg.coord_wait_s + 1e-9:
+                stage.take_demand(d.data)
                 act[s.agent_id] = d.delivered_s
+            else:
+                stage.hold_demand(d.data, d.delivered_s)
     offers: dict[str, bytes | None] = {}
     heard: dict[str, list[tuple[float, bytes]]] = {s.agent_id: [] for s in collab}
     if cfg.method == "codefilling":

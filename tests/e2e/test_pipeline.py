@@ -102,3 +102,35 @@ def test_a_budget_smaller_than_a_header_sends_nothing_rather_than_too_much(frame
     for method in ("late", "early"):
         out = _run(frames, models, method=method, budget="1kbps")  # 12 bytes per frame
         assert out["messages"]["sent"] == 0 and out["bytes_per_agent_frame"] == 0, method
+
+
+def test_a_demand_too_late_for_its_frame_is_used_on_the_next(frames, models):
+    """On a 70 ms link the demand misses the 50 ms coordination window of its own frame but is
+    there by the next frame's start: from frame 1 on the agents follow the ego's demand."""
+    from v2x.comm.emulator import ChannelEmulator
+    from v2x.pipeline import AgentStage, exchange_frame
+
+    cfg = RunConfig.from_options(
+        method="where2comm", budget=None, channel="ideal", latency_ms=70, tracker="none"
+    )
+    em = ChannelEmulator(cfg.channel, seed=0, budget_bps=None, frame_hz=cfg.frame_hz)
+    agents: dict[str, AgentStage] = {}
+    ego = EgoStage(frames[0].ego_id, models, cfg)
+    exchange_frame(frames[0], 0, 0.0, cfg, agents, ego, em)
+    assert agents and all(a.demand is None and a._late_demand is not None for a in agents.values())
+    exchange_frame(frames[1], 1, 0.1, cfg, agents, ego, em)
+    assert all(a.demand is not None for a in agents.values())
+    em.close()
+
+
+def test_a_held_late_demand_never_replaces_a_newer_one(models):
+    from v2x.pipeline import AgentStage
+
+    stage = AgentStage("1", models, RunConfig(method="codefilling", budget_bps=None, tracker="none"))
+    stage.hold_demand(b"an older demand", delivered_s=0.17)
+    stage.refresh_demand(0.1)  # not arrived yet: nothing changes
+    assert stage.demand is None and stage._late_demand is not None
+    stage.take_demand(b"V2XM" + bytes(40))  # a newer one, on time (malformed here: counted)
+    assert stage._late_demand is None and stage.malformed == 1
+    stage.refresh_demand(0.2)
+    assert stage.malformed == 1  # the older one was not taken

@@ -123,6 +123,23 @@ def test_codefilling_over_a_lossy_channel_matches_too(tiny_log, tmp_path):
 
 
 @pytest.mark.slow
+def test_demands_too_late_for_their_frame_are_used_on_the_next_in_both_paths(tiny_log, tmp_path):
+    """70 ms links: each demand misses its frame's 50 ms window and is held for the next."""
+    from v2x.pipeline import RunConfig, run_log
+    from v2x.replay.run import ReplayOptions, run_replay
+
+    options = dict(OPTIONS, latency_ms=70)
+    torch.set_num_threads(1)
+    results = run_replay(ReplayOptions(tiny_log, RunConfig.from_options(**options), tmp_path / "run"))
+    reference = run_log(tiny_log, RunConfig.from_options(**options))
+    for got, want in zip(load_run(tmp_path / "run").frames, reference["_detections"], strict=True):
+        assert _same(got["boxes"], want["boxes"]) and _same(got["tracks"], want["tracks"])
+        assert got["sent_cells"].keys() == want["sent_cells"].keys()
+    assert results["messages"] == reference["messages"]
+    assert results["bytes_per_agent_frame"] == pytest.approx(reference["bytes_per_agent_frame"])
+
+
+@pytest.mark.slow
 def test_results_json_has_the_fields_and_they_are_sane(replayed):
     results, run, _ = replayed
     on_disk = json.loads((run.path / "results.json").read_text())
@@ -156,7 +173,9 @@ def test_viz_of_a_run_draws_each_collaborators_sent_cells(replayed, tiny_log, tm
     bare.mkdir()
     (bare / "results.json").write_text((run.path / "results.json").read_text())
     lines = [json.loads(x) for x in (run.path / "detections.jsonl").read_text().splitlines()]
-    (bare / "detections.jsonl").write_text("".join(json.dumps({**r, "sent_cells": None}) + "\n" for r in lines))
+    (bare / "detections.jsonl").write_text(
+        "".join(json.dumps({**r, "sent_cells": None}) + "\n" for r in lines)
+    )
     images = {}
     for name, folder in (("run", run.path), ("bare", bare)):
         png = tmp_path / f"{name}.png"

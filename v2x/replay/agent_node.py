@@ -4,7 +4,8 @@ Per frame (what ``exchange_frame`` does for one agent, with real messages):
 
 1. perceive its scan;
 2. demand methods: wait for the ego's demand (delivered, or announced lost by the channel) and
-   act on it if it came within ``coord_wait_s``;
+   act on it if it came within ``coord_wait_s``; one that came later is held and taken at the
+   start of the next frame (the newest demand the agent has);
 3. codefilling: offer, then wait for the other collaborators' offers (each says on
    ``/replay/note/offer`` whether it has one, so nobody waits for an offer never sent);
 4. send its message, sized to what is left of its link's per-frame allowance, at the time the
@@ -204,6 +205,8 @@ class AgentNode(ReplayNode):
         return "offer" if self.cfg.method == "codefilling" else "send"
 
     def _demand(self, w: _Work) -> bool:
+        stage = self.stages[w.agent_id]
+        stage.refresh_demand(w.t)  # a late demand of an earlier frame that has arrived by now
         pkt = self.demands.get((w.k, w.agent_id))
         note = self.demand_bytes.get(w.k)
         if self.realtime:
@@ -218,8 +221,10 @@ class AgentNode(ReplayNode):
         if pkt is not None and not pkt.kind.startswith("lost:"):
             delivered = pkt.delivered_ns / 1e9
             if within(delivered, w.t, self.cfg.coord_wait_s):
-                self.stages[w.agent_id].take_demand(pkt.data)
+                stage.take_demand(pkt.data)
                 w.act = delivered
+            else:
+                stage.hold_demand(pkt.data, delivered)
         w.phase = self._after_demand()
         return True
 
