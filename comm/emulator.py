@@ -19,7 +19,10 @@ import numpy as np
 
 from v2x.comm.budget import LinkBudget
 from v2x.comm.wire import HEADER, MAGIC
-from v2x.sim.channel import Channel, ChannelConfig, preset
+from v2x.points_message import HEADER_BYTES as POINTS_HEADER_BYTES
+from v2x.points_message import MAGIC as POINTS_MAGIC
+from v2x.points_message import pose_of, with_pose
+from v2x.sim.channel import Channel, ChannelConfig, noisy_pose, preset
 
 __all__ = ["ChannelEmulator", "Delivery", "perturb_pose"]
 
@@ -27,11 +30,14 @@ _POSE = struct.Struct("<ddff")  # x, y, z, yaw at byte 24 of a wire header
 
 
 def perturb_pose(data: bytes, cfg: ChannelConfig, rng: np.random.Generator) -> bytes:
-    """The same message with its sender pose as the receiver's error model sees it (CRC redone).
-    Bytes that are not a wire-format message (no ``V2XM`` magic) carry no pose and pass unchanged."""
-    if (cfg.pose_sigma_xyz <= 0 and cfg.pose_sigma_yaw_deg <= 0) or len(data) < HEADER.size:
+    """The same message with its sender pose as the receiver's error model sees it (CRC redone):
+    wire-format messages (``V2XM``) and points messages (``V2XP``, early fusion). Other bytes
+    carry no pose and pass unchanged."""
+    if cfg.pose_sigma_xyz <= 0 and cfg.pose_sigma_yaw_deg <= 0:
         return data
-    if data[:4] != MAGIC:
+    if data[:4] == POINTS_MAGIC and len(data) >= POINTS_HEADER_BYTES:
+        return with_pose(data, noisy_pose(pose_of(data), cfg, rng))
+    if data[:4] != MAGIC or len(data) < HEADER.size:
         return data
     buf = bytearray(data)
     x, y, z, yaw = _POSE.unpack_from(buf, 24)

@@ -30,7 +30,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["POINT_BYTES", "PointsMessage", "PointsMessageError", "decode_points", "encode_points"]
+__all__ = [
+    "MAGIC",
+    "POINT_BYTES",
+    "PointsMessage",
+    "PointsMessageError",
+    "decode_points",
+    "encode_points",
+    "pose_of",
+    "with_pose",
+]
 
 MAGIC = b"V2XP"
 VERSION = 1
@@ -110,3 +119,22 @@ def decode_points(data: bytes | memoryview) -> PointsMessage:
         pts[:, k] = rec[axis].astype(np.float32) / 100.0
     pts[:, 3] = rec["i"].astype(np.float32) / 255.0
     return PointsMessage(int(sender), int(stamp), world_from_lidar, pts)
+
+
+def pose_of(data: bytes) -> np.ndarray:
+    """The sender's 4x4 ``world_from_lidar`` from a points message's header (not checked)."""
+    if len(data) < HEADER_BYTES or data[:4] != MAGIC:
+        raise PointsMessageError("not a points message")
+    pose = np.eye(4)
+    pose[:3, :] = np.asarray(_HEAD.unpack_from(data, 0)[6:18], dtype=np.float64).reshape(3, 4)
+    return pose
+
+
+def with_pose(data: bytes, world_from_lidar: np.ndarray) -> bytes:
+    """The same message with another sender pose (the channel's localisation error), checksum
+    redone."""
+    head = list(_HEAD.unpack_from(data, 0))
+    head[6:18] = np.asarray(world_from_lidar, dtype=np.float64)[:3, :].ravel().tolist()
+    packed = _HEAD.pack(*head)
+    body = data[HEADER_BYTES:]
+    return packed + _CRC.pack(zlib.crc32(packed + body) & 0xFFFFFFFF) + body

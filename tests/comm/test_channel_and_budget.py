@@ -164,6 +164,23 @@ def test_delay_policy_keeps_the_rate_under_overload():
         assert abs(sent * 8 / 30.0 - 2e6) / 2e6 < 0.02, policy
 
 
+def test_pose_noise_reaches_early_fusions_points_messages_too():
+    from v2x.geometry import pose_from_xyz_yaw
+    from v2x.points_message import decode_points, encode_points
+
+    pts = np.random.default_rng(1).uniform(-30, 30, (500, 4)).astype(np.float32)
+    pts[:, 3] = 0.5
+    data = encode_points(7, 123, pose_from_xyz_yaw(100.0, 50.0, 1.8, 0.5), pts)
+    cfg, rng = preset("opencood"), np.random.default_rng(0)
+    got = [decode_points(perturb_pose(data, cfg, rng)) for _ in range(1000)]  # checksums hold
+    xy = np.array([g.world_from_lidar[:2, 3] for g in got])
+    yaw = np.array([np.arctan2(g.world_from_lidar[1, 0], g.world_from_lidar[0, 0]) for g in got])
+    assert np.allclose(xy.mean(axis=0), [100, 50], atol=0.03) and abs(xy[:, 0].std() - 0.2) < 0.02
+    assert abs(np.degrees(yaw).std() - 0.2) < 0.02
+    assert all(np.array_equal(g.points, got[0].points) and g.sender == 7 for g in got)
+    assert perturb_pose(data, preset("ideal"), rng) == data
+
+
 def test_pose_noise_leaves_bytes_that_are_not_wire_messages_alone():
     raw = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
     assert perturb_pose(raw, preset("opencood"), np.random.default_rng(0)) == raw
