@@ -50,6 +50,12 @@ class TrainConfig:
     val_frames: int = 60
     early_probability: float = 0.25
     max_agents: int = 5
+    #: fine-tuning: start from these weights (keys the model lacks are refused; keys the
+    #: checkpoint lacks must be trainable) ...
+    init_weights: str | None = None
+    #: ... and train only the parameters whose names start with one of these (e.g. ``fusion.``);
+    #: the rest is frozen, batch-norm statistics included
+    train_only: list[str] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -182,11 +188,14 @@ def train_detector(
     torch.manual_seed(tcfg.seed)
     np.random.seed(tcfg.seed)
     model = CooperativeDetector(cfg)
+    if tcfg.init_weights:
+        _load_initial(model, Path(tcfg.init_weights), tcfg.train_only)
+    trainable = _trainable(model, tcfg.train_only)
     dataset = CooperativeTrainingSet(
         train_log, cfg, tcfg.seed, True, tcfg.early_probability, tcfg.max_agents, frame_indices=indices
     )
     steps_per_epoch = math.ceil(len(dataset) / tcfg.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=tcfg.lr, total_steps=tcfg.epochs * steps_per_epoch, pct_start=0.1
     )
@@ -198,8 +207,17 @@ def train_detector(
         state = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         history, step_losses, start_epoch = state["history"], state["step_losses"], state["epoch"]
+        if state["scheduler"]["total_steps"] == tcfg.epochs * steps_per_epoch:
+            scheduler.load_state_dict(state["scheduler"])
+        elif start_epoch < tcfg.epochs:  # more epochs than planned: the one-cycle schedule stretched
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=tcfg.lr,
+                total_steps=tcfg.epochs * steps_per_epoch,
+                pct_start=0.1,
+                last_epoch=start_epoch * steps_per_epoch - 1,
+            )
         log.info("resumed from %s at epoch %d", last, start_epoch)
         if progress:
             print(f"resuming from {last} after epoch {start_epoch}")
@@ -209,7 +227,7 @@ def train_detector(
     )
     t_start = time.time()
     for epoch in range(start_epoch, tcfg.epochs):
-        model.train()
+        _train_mode(model, tcfg.train_only)
         dataset.set_epoch(epoch)
         order = np.random.default_rng([tcfg.seed, epoch, 7]).permutation(len(dataset)).tolist()
         loader = DataLoader(
@@ -228,7 +246,7 @@ def train_detector(
             losses = forward_losses(model, samples)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, tcfg.grad_clip)
             optimizer.step()
             scheduler.step()
             for k, v in losses.items():
@@ -289,6 +307,41 @@ def train_detector(
     torch.save(model.checkpoint(provenance=json.dumps(provenance)), final)
     (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2))
     return {"weights": str(final), "history": history, "provenance": provenance, "identity": model.identity()}
+
+
+def _load_initial(model: CooperativeDetector, path: Path, train_only: list[str] | None) -> None:
+    """Weights to fine-tune from: everything the checkpoint has must fit the model; what it
+    lacks (a new fusion module, say) must be among the parameters being trained."""
+    if not path.is_file():
+        raise FileNotFoundError(f"init_weights: {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"init_weights {path}: keys this model does not have: {sorted(unexpected)[:5]}")
+    untrained = [k for k in missing if not any(k.startswith(p) for p in (train_only or [""]))]
+    if untrained:
+        raise ValueError(f"init_weights {path} lacks {sorted(untrained)[:5]}, which train_only freezes")
+
+
+def _trainable(model: CooperativeDetector, train_only: list[str] | None) -> list[torch.nn.Parameter]:
+    """The parameters to optimise; the others stop taking gradients."""
+    out = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(not train_only or any(name.startswith(x) for x in train_only))
+        if p.requires_grad:
+            out.append(p)
+    if not out:
+        raise ValueError(f"train_only {train_only} names no parameter of the model")
+    return out
+
+
+def _train_mode(model: CooperativeDetector, train_only: list[str] | None) -> None:
+    """Training mode for the trained modules only: frozen ones keep their batch-norm statistics."""
+    model.train()
+    if train_only:
+        for name, m in model.named_modules():
+            if name and not any(name.startswith(x.rstrip(".")) for x in train_only):
+                m.eval()
 
 
 def _worker_init(worker_id: int) -> None:
