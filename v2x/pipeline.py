@@ -423,7 +423,10 @@ class EgoStage:
                     if is_stale:
                         feats = compensate_features(feats, self.motion, arrival.captured_s, age, codec.grid)
                     shared.append(feats)
-                    sent_cells[arrival.sender] = (feats.world_from_bev, np.flatnonzero(feats.valid.numpy()))
+                    sent_cells[arrival.sender] = (
+                        feats.world_from_bev,
+                        np.flatnonzero(feats.valid.numpy()).astype(np.int32),
+                    )
                     if bx is not None:
                         boxes_in.append(bx)
             except (WireError, PointsMessageError):
