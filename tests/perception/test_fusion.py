@@ -62,3 +62,29 @@ def test_attention_fusion_weights_only_valid_agents_and_has_finite_gradients():
     fused.sum().backward()
     assert torch.isfinite(feats.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in att.parameters())
+
+
+def test_the_egos_inference_path_fuses_like_the_training_path(cfg):
+    """Without gradients the ego warps and fuses only the cells collaborators cover: the same
+    maximum bit for bit, the same interpolation to float rounding, and the same detections."""
+    torch.manual_seed(0)
+    h, w = cfg.grid.shape
+    feats = torch.relu(torch.randn(3, 8, h, w))
+    valid = torch.rand(3, h, w) < 0.2
+    poses = [pose_from_xyz_yaw(12.0 * i, -5.0 * i, 0.0, 0.4 * i) for i in range(1, 4)]
+    with torch.enable_grad():
+        dense, dense_valid = warp_to_ego(feats, valid, poses, cfg.grid)
+    with torch.no_grad():
+        sparse, sparse_valid = warp_to_ego(feats, valid, poses, cfg.grid)
+    assert torch.equal(dense_valid, sparse_valid) and sparse_valid.any()
+    inside = sparse_valid[:, None].expand_as(dense)
+    assert torch.allclose(sparse[inside], dense[inside], rtol=1e-5, atol=1e-5)
+    assert torch.count_nonzero(sparse[~inside]) == 0
+
+    all_feats = torch.relu(torch.randn(4, 8, h, w)) - 0.3  # negative values too
+    all_valid = torch.rand(4, h, w) < 0.3
+    with torch.enable_grad():
+        want = MaxFusion()(all_feats, all_valid)
+    with torch.no_grad():
+        got = MaxFusion()(all_feats, all_valid)
+    assert torch.equal(got, want)
