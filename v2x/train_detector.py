@@ -169,6 +169,7 @@ def train_detector(
 
     data, out_dir = Path(data), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    commit = _git_commit()  # the code that trains, not whatever is checked out when it ends
     torch.set_num_threads(tcfg.threads)
     train_root = _split(data, "train") or data
     val_root = _split(data, "validate")
@@ -296,7 +297,7 @@ def train_detector(
         "train_frames": len(indices),
         "seed": tcfg.seed,
         "train_config": asdict(tcfg),
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "torch": torch.__version__,
         "machine": platform.machine(),
         "threads": tcfg.threads,
