@@ -60,7 +60,7 @@ def test_a_car_seen_only_by_a_collaborator_is_found_by_intermediate_fusion_only(
         boxes = boxes[boxes.scores >= 0.3]
         return float(bev_iou_matrix(target_ego, boxes.xyzlwhy).max()) if len(boxes) else 0.0
 
-    # detected at the loosest of the benchmark's IoU thresholds (0.3): the shipped detector is
-    # under-trained and places this box at IoU 0.36; the ego alone has nothing there at all
-    assert best_iou("intermediate") >= 0.3
+    # detected at the benchmark's IoU 0.5 (the shipped detector places it at 0.74); the ego
+    # alone has nothing there at all
+    assert best_iou("intermediate") >= 0.5
     assert best_iou("none") < 0.1
