@@ -19,7 +19,7 @@ from torch import nn
 from v2x.boxes import Boxes
 from v2x.config import DetectorConfig
 from v2x.encoder import BEVFeatures, PillarEncoder
-from v2x.fusion import make_fusion, warp_to_ego
+from v2x.fusion import MaxFusion, make_fusion, warp_to_ego
 from v2x.head import CenterHead, HeadOutput, Neck, decode_boxes
 
 __all__ = ["DEFAULT_WEIGHTS", "CooperativeDetector", "load_detector"]
@@ -58,6 +58,8 @@ class CooperativeDetector(nn.Module):
         feats = torch.stack([o[0] for o in others])
         valid = torch.stack([o[1] for o in others])
         warped, wvalid = warp_to_ego(feats, valid, [o[2] for o in others], self.cfg.grid)
+        if isinstance(self.fusion, MaxFusion) and not torch.is_grad_enabled():
+            return self.fusion.sparse(ego_features, ego_valid, warped, wvalid)  # no stacking copy
         all_feats = torch.cat([ego_features[None], warped])
         all_valid = torch.cat([ego_valid[None], wvalid])
         return self.fusion(all_feats, all_valid)

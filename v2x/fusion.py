@@ -96,23 +96,26 @@ class MaxFusion(nn.Module):
     def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         # features (A, C, H, W) aligned in the ego frame, valid (A, H, W); agent 0 is the ego
         if not torch.is_grad_enabled():
-            return self.sparse(features, valid)
+            return self.sparse(features[0], valid[0], features[1:], valid[1:])
         masked = features.masked_fill(~valid[:, None], float("-inf"))
         fused = masked.max(dim=0).values
         return torch.where(torch.isfinite(fused), fused, torch.zeros_like(fused))
 
     @staticmethod
-    def sparse(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def sparse(
+        ego: torch.Tensor, ego_valid: torch.Tensor, others: torch.Tensor, others_valid: torch.Tensor
+    ) -> torch.Tensor:
         """The same maximum (bit for bit), visiting only the cells each collaborator has data
-        in: what the ego runs every frame, where collaborators cover a small part of the grid."""
-        c = features.shape[1]
-        fused = features[0].masked_fill(~valid[0], float("-inf")).reshape(c, -1)
-        for feats, mask in zip(features[1:], valid[1:], strict=True):
+        in: what the ego runs every frame, where collaborators cover a small part of the grid.
+        The ego's (C, H, W) map and the others' (A-1, C, H, W) come apart, so nothing is stacked."""
+        c = ego.shape[0]
+        fused = ego.masked_fill(~ego_valid, float("-inf")).reshape(c, -1)
+        for feats, mask in zip(others, others_valid, strict=True):
             idx = torch.nonzero(mask.reshape(-1)).squeeze(1)
             if len(idx):
                 theirs = feats.reshape(c, -1).index_select(1, idx)
                 fused.index_copy_(1, idx, torch.maximum(fused.index_select(1, idx), theirs))
-        fused = fused.reshape(features.shape[1:])
+        fused = fused.reshape(ego.shape)
         return torch.where(torch.isfinite(fused), fused, torch.zeros_like(fused))
 
 
