@@ -103,7 +103,7 @@ class BEVCanvas:
                 _text(img, str(int(boxes.track_ids[i])), tuple(pts[0]), col, 0.38)
 
     def draw_cells(
-        self, img: np.ndarray, centres_xy: np.ndarray, cell: float, colour, alpha: float = 0.35
+        self, img: np.ndarray, centres_xy: np.ndarray, cell: float, colour, alpha: float = 0.6
     ) -> None:
         """Translucent squares of side ``cell`` metres at the given centres (sent BEV cells)."""
         if len(centres_xy) == 0:
