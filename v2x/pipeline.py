@@ -206,6 +206,10 @@ def needs_detection(method: str) -> bool:
 
 
 # -- the agent ---------------------------------------------------------------------------------------
+#: late demands an agent keeps at most (a link this many frames slow gets none used)
+MAX_HELD_DEMANDS = 16
+
+
 class AgentStage:
     """One collaborator's per-frame work: perceive, follow the ego's demand, offer, send."""
 
@@ -214,7 +218,7 @@ class AgentStage:
         self.models = models
         self.cfg = cfg
         self.demand: Demand | None = None
-        self._late_demand: tuple[float, bytes] | None = None
+        self._late_demands: list[tuple[float, bytes]] = []  # (delivered_s, demand), frame order
         self.malformed = 0
         self._noise_filter: MultiSensorKF | None = None
 
@@ -234,24 +238,33 @@ class AgentStage:
             return self._noise_filter.measurement_variances(det).numpy()
 
     def take_demand(self, data: bytes) -> None:
-        """Keep the newest demand (a held late one is older: dropped); a malformed one is counted
+        """Keep the newest demand (held late ones are older: dropped); a malformed one is counted
         and the previous one kept."""
-        self._late_demand = None
+        self._late_demands.clear()
+        self._read_demand(data)
+
+    def _read_demand(self, data: bytes) -> None:
         try:
             self.demand = self.models.codec.read_demand(data)
         except WireError:
             self.malformed += 1
 
     def hold_demand(self, data: bytes, delivered_s: float) -> None:
-        """A demand that came too late to act on this frame: keep it for the next one (it is
-        still the newest word of what the ego lacks)."""
-        self._late_demand = (delivered_s, data)
+        """A demand that came too late to act on this frame: keep it for a later one (it is
+        still word of what the ego lacks). Held in frame order; on a link slower than a frame
+        several are on their way at once."""
+        self._late_demands.append((delivered_s, data))
+        del self._late_demands[:-MAX_HELD_DEMANDS]
 
     def refresh_demand(self, now_s: float) -> None:
-        """At a frame's start: take the held late demand if it has arrived by ``now_s``."""
-        held = self._late_demand
-        if held is not None and held[0] <= now_s + 1e-9:
-            self.take_demand(held[1])
+        """At a frame's start: take the newest held demand that has arrived by ``now_s``, and
+        forget the older ones."""
+        arrived = [k for k, (t, _) in enumerate(self._late_demands) if t <= now_s + 1e-9]
+        if arrived:
+            newest = arrived[-1]
+            data = self._late_demands[newest][1]
+            del self._late_demands[: newest + 1]
+            self._read_demand(data)
 
     def offer(self, me: AgentPerception) -> bytes | None:
         if self.cfg.method != "codefilling" or self.demand is None:

@@ -117,7 +117,7 @@ def test_a_demand_too_late_for_its_frame_is_used_on_the_next(frames, models):
     agents: dict[str, AgentStage] = {}
     ego = EgoStage(frames[0].ego_id, models, cfg)
     exchange_frame(frames[0], 0, 0.0, cfg, agents, ego, em)
-    assert agents and all(a.demand is None and a._late_demand is not None for a in agents.values())
+    assert agents and all(a.demand is None and len(a._late_demands) == 1 for a in agents.values())
     exchange_frame(frames[1], 1, 0.1, cfg, agents, ego, em)
     assert all(a.demand is not None for a in agents.values())
     em.close()
@@ -129,8 +129,29 @@ def test_a_held_late_demand_never_replaces_a_newer_one(models):
     stage = AgentStage("1", models, RunConfig(method="codefilling", budget_bps=None, tracker="none"))
     stage.hold_demand(b"an older demand", delivered_s=0.17)
     stage.refresh_demand(0.1)  # not arrived yet: nothing changes
-    assert stage.demand is None and stage._late_demand is not None
+    assert stage.demand is None and len(stage._late_demands) == 1
     stage.take_demand(b"V2XM" + bytes(40))  # a newer one, on time (malformed here: counted)
-    assert stage._late_demand is None and stage.malformed == 1
+    assert stage._late_demands == [] and stage.malformed == 1
     stage.refresh_demand(0.2)
     assert stage.malformed == 1  # the older one was not taken
+
+
+def test_on_a_link_slower_than_a_frame_the_newest_arrived_demand_is_taken(frames, models):
+    """150 ms links at 10 Hz: each frame's demand arrives after the next frame has started. A
+    single held slot would be overwritten every frame before its demand arrived; the agents
+    must still follow the newest demand that has arrived (from two frames back)."""
+    from v2x.comm.emulator import ChannelEmulator
+    from v2x.pipeline import AgentStage, exchange_frame
+
+    cfg = RunConfig.from_options(
+        method="where2comm", budget=None, channel="ideal", latency_ms=150, tracker="none"
+    )
+    em = ChannelEmulator(cfg.channel, seed=0, budget_bps=None, frame_hz=cfg.frame_hz)
+    agents: dict[str, AgentStage] = {}
+    ego = EgoStage(frames[0].ego_id, models, cfg)
+    for k in range(3):
+        exchange_frame(frames[k], k, k / 10, cfg, agents, ego, em)
+        taken = [a.demand is not None for a in agents.values()]
+        assert all(taken) if k == 2 else not any(taken), k
+    assert all(len(a._late_demands) == 2 for a in agents.values())  # frames 1 and 2: on their way
+    em.close()

@@ -123,12 +123,14 @@ def test_codefilling_over_a_lossy_channel_matches_too(tiny_log, tmp_path):
 
 
 @pytest.mark.slow
-def test_demands_too_late_for_their_frame_are_used_on_the_next_in_both_paths(tiny_log, tmp_path):
-    """70 ms links: each demand misses its frame's 50 ms window and is held for the next."""
+@pytest.mark.parametrize("latency_ms", [70, 150])
+def test_demands_too_late_for_their_frame_are_used_later_in_both_paths(tiny_log, tmp_path, latency_ms):
+    """Each demand misses its frame's 50 ms window and is held: on 70 ms links it is used on the
+    next frame, on 150 ms links (slower than a frame) two frames later."""
     from v2x.pipeline import RunConfig, run_log
     from v2x.replay.run import ReplayOptions, run_replay
 
-    options = dict(OPTIONS, latency_ms=70)
+    options = dict(OPTIONS, latency_ms=latency_ms)
     torch.set_num_threads(1)
     results = run_replay(ReplayOptions(tiny_log, RunConfig.from_options(**options), tmp_path / "run"))
     reference = run_log(tiny_log, RunConfig.from_options(**options))
