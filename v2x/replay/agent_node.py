@@ -4,8 +4,8 @@ Per frame (what ``exchange_frame`` does for one agent, with real messages):
 
 1. perceive its scan;
 2. demand methods: wait for the ego's demand (delivered, or announced lost by the channel) and
-   act on it if it came within ``coord_wait_s``; one that came later is held and taken at the
-   start of the next frame (the newest demand the agent has);
+   act on it if it came within ``coord_wait_s``; later ones are held, and at each frame's start
+   the newest held demand that has arrived by then is taken (``AgentStage.refresh_demand``);
 3. codefilling: offer, then wait for the other collaborators' offers (each says on
    ``/replay/note/offer`` whether it has one, so nobody waits for an offer never sent);
 4. send its message, sized to what is left of its link's per-frame allowance, at the time the
@@ -206,7 +206,7 @@ class AgentNode(ReplayNode):
 
     def _demand(self, w: _Work) -> bool:
         stage = self.stages[w.agent_id]
-        stage.refresh_demand(w.t)  # a late demand of an earlier frame that has arrived by now
+        stage.refresh_demand(w.t)  # the newest late demand of an earlier frame that has arrived
         pkt = self.demands.get((w.k, w.agent_id))
         note = self.demand_bytes.get(w.k)
         if self.realtime:
