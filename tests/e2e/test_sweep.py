@@ -166,7 +166,7 @@ def test_cells_speak_run_cells_language():
 
 
 def test_the_shipped_configs_validate(tmp_path):
-    for name in ("quick", "example"):
+    for name in ("quick", "example", "pose_noise"):
         cfg = load_sweep_config(name, overrides={"data": str(tmp_path)})
         assert cfg.data == str(tmp_path.resolve()) and expand_cells(cfg)
 
