@@ -31,3 +31,24 @@ def realdata() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def generate_log():
+    """``generate_log(out, frames=.., cavs=.., rsus=.., channels=.., seed=.., scenes=1)``: a small
+    simulated log written by the ``v2x sim generate`` command itself; returns ``out``."""
+    from click.testing import CliRunner
+
+    from v2x.cli.main import cli
+
+    def generate(out: Path, *, frames: int, cavs: int, rsus: int, channels: int, seed: int, scenes: int = 1):
+        res = CliRunner().invoke(
+            cli,
+            ["sim", "generate", "--scenes", str(scenes), "--frames", str(frames), "--cavs", str(cavs)]
+            + ["--rsus", str(rsus), "--channels", str(channels), "--seed", str(seed)]
+            + ["--out", str(out), "--quiet"],
+        )
+        assert res.exit_code == 0, res.output
+        return out
+
+    return generate

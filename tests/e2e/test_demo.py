@@ -7,21 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
-
-from v2x.cli.main import cli
 
 pytestmark = pytest.mark.slow
 
 
-def test_demo_replays_and_writes_the_table_plot_video_and_recording(tmp_path):
-    data = tmp_path / "demo"
-    res = CliRunner().invoke(
-        cli,
-        ["sim", "generate", "--scenes", "1", "--frames", "3", "--cavs", "2", "--rsus", "1"]
-        + ["--channels", "32", "--seed", "4", "--out", str(data), "--quiet"],
-    )
-    assert res.exit_code == 0, res.output
+def test_demo_replays_and_writes_the_table_plot_video_and_recording(tmp_path, generate_log):
+    data = generate_log(tmp_path / "demo", frames=3, cavs=2, rsus=1, channels=32, seed=4)
     out = tmp_path / "out"
     proc = subprocess.run(
         [

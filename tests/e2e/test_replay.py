@@ -35,16 +35,10 @@ GRID = BEVGrid()  # the shipped detector's BEV cells (its z range does not matte
 
 
 @pytest.fixture(scope="module")
-def tiny_log(tmp_path_factory) -> Path:
+def tiny_log(tmp_path_factory, generate_log) -> Path:
     """One scene, 4 frames, 3 CAVs and an RSU, 32-channel LiDAR (about 5 s to make)."""
     out = tmp_path_factory.mktemp("replay") / "log"
-    res = CliRunner().invoke(
-        cli,
-        ["sim", "generate", "--scenes", "1", "--frames", str(FRAMES), "--cavs", "3", "--rsus", "1"]
-        + ["--channels", "32", "--seed", "5", "--out", str(out), "--quiet"],
-    )
-    assert res.exit_code == 0, res.output
-    return out
+    return generate_log(out, frames=FRAMES, cavs=3, rsus=1, channels=32, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,9 @@ from v2x.sweep_report import write_outputs
 
 
 @pytest.fixture(scope="session")
-def tiny_log(tmp_path_factory) -> Path:
+def tiny_log(tmp_path_factory, generate_log) -> Path:
     """One simulated scene of 3 frames, 2 CAVs, a 16-channel LiDAR (a few seconds)."""
-    root = tmp_path_factory.mktemp("tiny_log")
-    args = ["sim", "generate", "--out", str(root), "--scenes", "1", "--frames", "3", "--cavs", "2"]
-    res = CliRunner().invoke(cli, [*args, "--rsus", "0", "--channels", "16", "--seed", "3", "--quiet"])
-    assert res.exit_code == 0, res.output
+    root = generate_log(tmp_path_factory.mktemp("tiny_log"), frames=3, cavs=2, rsus=0, channels=16, seed=3)
     return root / "train"  # a single scene lands in the train split; its scene is scene_3_0000
 
 

@@ -20,15 +20,10 @@ SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "v2x" / "configs" / "trai
 
 
 @pytest.fixture(scope="module")
-def log(tmp_path_factory) -> Path:
+def log(tmp_path_factory, generate_log) -> Path:
     """Two scenes of two frames: one to train on, one to validate on."""
     root = tmp_path_factory.mktemp("train") / "log"
-    res = CliRunner().invoke(
-        cli,
-        ["sim", "generate", "--scenes", "2", "--frames", "2", "--cavs", "2", "--rsus", "0"]
-        + ["--channels", "16", "--seed", "1", "--out", str(root), "--quiet"],
-    )
-    assert res.exit_code == 0, res.output
+    generate_log(root, scenes=2, frames=2, cavs=2, rsus=0, channels=16, seed=1)
     (root / "validate").mkdir()
     shutil.move(str(root / "train" / "scene_1_0001"), root / "validate" / "scene_1_0001")
     return root

@@ -12,14 +12,8 @@ from v2x.tracking_experiment import CONFIGURATIONS, GAINS
 pytestmark = pytest.mark.slow
 
 
-def test_eval_tracking_on_a_log_compares_the_four_configurations(tmp_path):
-    log = tmp_path / "log"
-    res = CliRunner().invoke(
-        cli,
-        ["sim", "generate", "--scenes", "1", "--frames", "6", "--cavs", "2", "--rsus", "1"]
-        + ["--channels", "32", "--seed", "3", "--out", str(log), "--quiet"],
-    )
-    assert res.exit_code == 0, res.output
+def test_eval_tracking_on_a_log_compares_the_four_configurations(tmp_path, generate_log):
+    log = generate_log(tmp_path / "log", frames=6, cavs=2, rsus=1, channels=32, seed=3)
     out = tmp_path / "tracking.json"
     res = CliRunner().invoke(cli, ["eval", "tracking", "--data", str(log), "--json", str(out)])
     assert res.exit_code == 0, res.output
