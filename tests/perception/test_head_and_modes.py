@@ -98,3 +98,32 @@ def test_targets_are_the_vehicles_the_agent_sees_in_its_frame(cfg, synthetic_fra
     assert s.mode == "intermediate" and len(s.clouds) == 1
     assert len(s.boxes) == len(gt) > 0
     assert bev_iou_matrix(s.boxes, gt.xyzlwhy).max(axis=1).min() > 0.999
+
+
+def test_inference_folds_batch_norm_into_the_convolutions_without_changing_the_output(cfg):
+    """The ego and agents run neck and head with batch norm folded in; the result must equal the
+    training-time modules, and a weight change must not leave a stale folded copy behind."""
+    from v2x.detector import CooperativeDetector
+
+    torch.manual_seed(3)
+    model = CooperativeDetector(cfg)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)  # statistics a trained model has, not the identity
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    bev = torch.relu(torch.randn(1, cfg.bev_channels, *cfg.grid.shape))
+    with torch.enable_grad():
+        want = model.detect(bev)
+    with torch.no_grad():
+        got = model.detect(bev)
+    assert model._folded, "the no-gradient eval path should use the folded copies"
+    assert torch.allclose(got.heatmap, want.heatmap, atol=1e-4)
+    assert torch.allclose(got.regression, want.regression, atol=1e-4)
+
+    other = CooperativeDetector(cfg).eval()
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(model.detect(bev).heatmap, other.detect(bev).heatmap, atol=1e-4)
+    model.train()
+    assert not model._folded
