@@ -37,6 +37,7 @@ import numpy as np
 
 from v2x.boxes import Boxes, ObjectClass, class_from_name, wrap_angle
 from v2x.datasets.errors import DatasetError
+from v2x.datasets.meta_cache import MetaDiskCache
 from v2x.datasets.pcd import read_pcd_counted, write_pcd
 from v2x.datasets.yamlio import dump_yaml, load_yaml
 from v2x.frame import AgentKind, AgentScan, Frame, estimate_mount_height
@@ -164,6 +165,44 @@ class _AgentMeta:
     boxes: dict[str, tuple[np.ndarray, int, int]]
     hits: dict[int, int] | None
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Numbers only, for :class:`~v2x.datasets.meta_cache.MetaDiskCache`."""
+        vals = list(self.boxes.values())
+        return {
+            "pose": np.asarray(self.world_from_lidar, dtype=np.float64),
+            "mirrored": np.array(self.mirrored),
+            "mount": np.array(np.nan if self.mount_height is None else self.mount_height, dtype=np.float64),
+            "ts": np.array(self.timestamp_ns, dtype=np.int64),
+            "box_keys": np.array(list(self.boxes), dtype=str),
+            "boxes": np.array([v[0] for v in vals], dtype=np.float64).reshape(-1, 7),
+            "cls": np.array([v[1] for v in vals], dtype=np.int64),
+            "track": np.array([v[2] for v in vals], dtype=np.int64),
+            "has_hits": np.array(self.hits is not None),
+            "hit_ids": np.array(list((self.hits or {}).keys()), dtype=np.int64),
+            "hit_counts": np.array(list((self.hits or {}).values()), dtype=np.int64),
+        }
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> _AgentMeta:
+        mount = float(a["mount"])
+        boxes = {
+            str(k): (a["boxes"][i].copy(), int(a["cls"][i]), int(a["track"][i]))
+            for i, k in enumerate(a["box_keys"])
+        }
+        hits = (
+            {int(k): int(v) for k, v in zip(a["hit_ids"], a["hit_counts"], strict=True)}
+            if bool(a["has_hits"])
+            else None
+        )
+        return cls(
+            a["pose"].copy(),
+            bool(a["mirrored"]),
+            None if np.isnan(mount) else mount,
+            int(a["ts"]),
+            boxes,
+            hits,
+        )
+
 
 @dataclass
 class _FrameKey:
@@ -184,12 +223,14 @@ class OPV2VLog:
         comm_range: float | None = None,
         skip_bad: bool = False,
         meta_cache_size: int = 10_000,
+        disk_cache: bool = True,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(self.root, "folder", "missing or not a folder")
         self.meta_cache_size = int(meta_cache_size)
         self._meta_cache: OrderedDict[tuple[str, int, int], _AgentMeta] = OrderedDict()
+        self.disk_cache = MetaDiskCache("opv2v-agent-meta", enabled=disk_cache)
         self.max_cav = int(max_cav)
         self.skip_bad = skip_bad
         self.skipped: list[tuple[str, str]] = []
@@ -315,7 +356,8 @@ class OPV2VLog:
     def _agent_meta(self, ypath: Path, cav: str, key: _FrameKey) -> _AgentMeta:
         """What an agent's YAML says, parsed once: YAML parsing costs more than reading a binary
         point cloud, and training reads the same frames every epoch. Cached per file (path,
-        modification time, size) in a bounded LRU."""
+        modification time, size) in a bounded LRU, and on disk for other processes and runs
+        (:mod:`v2x.datasets.meta_cache`)."""
         try:
             st = ypath.stat()
         except FileNotFoundError as exc:
@@ -325,7 +367,17 @@ class OPV2VLog:
         if hit is not None:
             self._meta_cache.move_to_end(stamp)
             return hit
-        meta = self._parse_agent_yaml(ypath, cav, key)
+        disk_key = self.disk_cache.key(ypath, st, f"{key.number}|{key.period_ns}")
+        cached = self.disk_cache.get(disk_key)
+        meta = None
+        if cached is not None:
+            try:
+                meta = _AgentMeta.from_arrays(cached)
+            except (KeyError, ValueError, IndexError, TypeError):
+                self.disk_cache.failures += 1  # an entry of another layout: parse again
+        if meta is None:
+            meta = self._parse_agent_yaml(ypath, cav, key)
+            self.disk_cache.put(disk_key, meta.to_arrays())
         if self.meta_cache_size > 0:
             self._meta_cache[stamp] = meta
             if len(self._meta_cache) > self.meta_cache_size:

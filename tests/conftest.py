@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("V2X_REALDATA", REPO.parent / "shared" / "realdata"))
+
+# Parsed log metadata is cached on disk (v2x.datasets.meta_cache): in a folder of the test run's
+# own, never the user's cache, removed when the process that made it exits.
+if "V2X_CACHE_DIR" not in os.environ:
+    os.environ["V2X_CACHE_DIR"] = tempfile.mkdtemp(prefix="v2x-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["V2X_CACHE_DIR"], True)
 
 # Tests share two cores with each other (pytest -n 2): keep torch to one thread per worker.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
