@@ -191,6 +191,31 @@ def test_viz_of_a_run_draws_each_collaborators_sent_cells(replayed, tiny_log, tm
 
 
 @pytest.mark.slow
+def test_real_time_replay_reports_its_latency_and_where_it_goes(tiny_log, tmp_path):
+    """``--realtime``: the wall clock at 10 Hz. How fast this machine is decides how many frames
+    are fused in time, so only the books are checked: every frame played is fused or skipped,
+    and each fused frame's steps come in order after its capture."""
+    from v2x.pipeline import RunConfig
+    from v2x.replay.run import ReplayOptions, run_replay
+
+    cfg = RunConfig.from_options(**OPTIONS)
+    results = run_replay(ReplayOptions(tiny_log, cfg, tmp_path / "run", realtime=True, threads=1))
+    assert results["clock"] == "realtime" and results["partial"] is False
+    fused, skipped = results["frames_fused"], results["frames_skipped"]
+    assert fused >= 1 and fused + skipped <= FRAMES
+    assert 0 <= results["deadline_misses"] <= fused
+    assert results["output_latency_ms"]["n"] == fused and results["output_latency_ms"]["p50"] > 0
+    stages = results["stage_ms"]
+    order = ["ego_started", "ego_perceived", "fuse_started", "output"]
+    assert all(stages[s]["n"] == fused for s in order)
+    p50 = [stages[s]["p50"] for s in order]
+    assert p50 == sorted(p50) and p50[-1] == pytest.approx(results["output_latency_ms"]["p50"])
+    assert stages["agents_sent"]["n"] <= 3 * fused
+    lines = (tmp_path / "run" / "detections.jsonl").read_text().splitlines()
+    assert len(lines) == fused
+
+
+@pytest.mark.slow
 def test_a_killed_agent_node_leaves_the_run_finishing_with_fewer_agents(tiny_log, tmp_path):
     launch = tmp_path / "launch.yaml"  # no restart, so the agent stays gone
     launch.write_text("nodes:\n  - name: agent0\n    restart: never\n")

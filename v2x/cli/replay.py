@@ -61,6 +61,15 @@ def _table(r: dict) -> str:
         rows.append(
             ("deadline misses / frames skipped", f"{r.get('deadline_misses')} / {r.get('frames_skipped')}")
         )
+        stages = r.get("stage_ms") or {}
+        if stages:
+            names = ("ego_started", "ego_perceived", "agents_sent", "fuse_started", "output")
+            rows.append(
+                (
+                    "p50 ms after capture: ego starts / perceived / agents sent / fuses / outputs",
+                    " / ".join(_fmt((stages.get(n) or {}).get("p50"), ".0f") for n in names),
+                )
+            )
     nodes = r.get("nodes") or {}
     if nodes.get("lost") or nodes.get("restarts") or r.get("missing_agent_frames"):
         rows.append(

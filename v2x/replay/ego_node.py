@@ -77,6 +77,7 @@ class _Work:
     spent: dict[str, int] = field(default_factory=dict)
     since: float = field(default_factory=time.monotonic)
     wall_start: float = field(default_factory=time.time)
+    perceived_wall: float | None = None
 
 
 def _percentiles(values: list[float]) -> dict:
@@ -149,6 +150,14 @@ class EgoNode(ReplayNode):
             "lost_to_ego": 0,
         }
         self.output_ms: list[float] = []
+        # real time: wall ms after capture at which each step of a frame was done
+        self.stage_ms: dict[str, list[float]] = {
+            "ego_started": [],
+            "ego_perceived": [],
+            "agents_sent": [],
+            "fuse_started": [],
+            "output": [],
+        }
         self.last_fused = -1
         self.last_started = -1
         self.total = None
@@ -318,6 +327,7 @@ class EgoNode(ReplayNode):
             else:
                 self.counts["missing_agent_frames"] += 1
         w.phase, w.since = "collect", time.monotonic()
+        w.perceived_wall = time.time()
 
     def _node_of(self, slot: int) -> str:
         return self.agent_nodes[slot] if slot < len(self.agent_nodes) else f"agent{slot}"
@@ -353,8 +363,12 @@ class EgoNode(ReplayNode):
         w.phase = "done"
         arrivals = []
         links = {}
+        captured = float(w.info["wall"])
+        fuse_wall = time.time()
         for a, _slot in w.collab:
             st = self.statuses.pop((w.k, a), None)
+            if self.realtime and st is not None and st.get("done_wall") is not None:
+                self.stage_ms["agents_sent"].append((float(st["done_wall"]) - captured) * 1000)
             got = self.packets.pop((w.k, a, w.info["ego_id"]), None)
             if st is not None and st.get("skipped"):
                 self.counts["agents_skipped_joining"] += 1
@@ -393,7 +407,16 @@ class EgoNode(ReplayNode):
         self.last_fused = w.k
         self.counts["frames_fused"] += 1
         out_wall = time.time()
-        self.output_ms.append((out_wall - float(w.info["wall"])) * 1000)
+        self.output_ms.append((out_wall - captured) * 1000)
+        if self.realtime:
+            for name, wall in (
+                ("ego_started", w.wall_start),
+                ("ego_perceived", w.perceived_wall),
+                ("fuse_started", fuse_wall),
+                ("output", out_wall),
+            ):
+                if wall is not None:
+                    self.stage_ms[name].append((wall - captured) * 1000)
         self._emit(w, result, links, [a.sender for a, _ in usable])
 
     def _emit(self, w: _Work, result, links: dict, fused: list[str]) -> None:
@@ -492,6 +515,7 @@ class EgoNode(ReplayNode):
                 "reason": reason or None,
                 "frames_total": self.total,
                 "output_latency_ms": _percentiles(self.output_ms),
+                "stage_ms": {k: _percentiles(v) for k, v in self.stage_ms.items()} if self.realtime else None,
                 "channel_stats": self.channel_stats is not None,
                 **self.counts,
             }
