@@ -47,6 +47,10 @@ class CooperativeDetector(nn.Module):
         self._folded.clear()
         return super().load_state_dict(*args, **kwargs)
 
+    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), ...: the copies would not follow
+        self._folded.clear()
+        return super()._apply(fn, *args, **kwargs)
+
     def encode(self, clouds: list[torch.Tensor]) -> BEVFeatures:
         """BEV maps of sanitised clouds, each in its own agent's BEV frame."""
         return self.encoder(clouds)
