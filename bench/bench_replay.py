@@ -10,7 +10,8 @@ one torch thread per node, ideal channel:
   reports), and the ego's compute per frame.
 * Real time (``--realtime``, 10 Hz): capture -> ego output latency p50 / p95 (the issue's target:
   p95 <= 100 ms), deadline misses, frames skipped, and the fraction of played frames whose
-  collaborators' messages were fused; at the default 100 ms deadline and at ``--deadline-ms 300``.
+  collaborators' messages were fused, and the median of each step's time after capture
+  (``stage_ms``); at the default 100 ms deadline and at ``--deadline-ms 300``.
 * In process (``run_log``): compute per frame (every agent and the ego, one after another).
 
 Real-time figures depend on the machine and its load (recorded): measurements, not a
@@ -154,6 +155,7 @@ def _replay(
         "fused_fraction_any": round(some / played, 3) if played else None,
         "fused_fraction_all": round(every / played, 3) if played else None,
         "messages": {k: msgs.get(k) for k in ("sent", "delivered", "fused", "late_dropped", "expired")},
+        "stage_ms_p50": {k: (v or {}).get("p50") for k, v in (res.get("stage_ms") or {}).items()},
         "p95_target_ms": TARGET_P95_MS,
         "p95_target_met": lat["p95"] is not None and lat["p95"] <= TARGET_P95_MS and not res.get("partial"),
     }
@@ -163,6 +165,11 @@ def _replay(
         f"{row['deadline_misses']} misses, collaborators fused in {some}/{played} frames",
         flush=True,
     )
+    stages = row["stage_ms_p50"]
+    if stages:
+        print(
+            "         p50 ms after capture: " + ", ".join(f"{k} {v}" for k, v in stages.items()), flush=True
+        )
     return row
 
 
