@@ -157,3 +157,20 @@ def test_on_a_link_slower_than_a_frame_the_newest_arrived_demand_is_taken(frames
         assert all(taken) if k == 2 else not any(taken), k
     assert all(len(a._late_demands) == 2 for a in agents.values())  # frames 1 and 2: on their way
     em.close()
+
+
+def test_an_ego_that_receives_nothing_reuses_its_own_detections(frames, models, monkeypatch):
+    """Every message lost: the ego's own boxes from its perception step are the result, the
+    same ones fusing its map alone gives, without running the detector a second time."""
+    cfg = RunConfig.from_options(method="codefilling", tracker="ab3dmot")
+    ego = EgoStage(frames[0].ego_id, models, cfg)
+    me = ego.perceive(frames[0].ego)
+    assert me.boxes is not None and len(me.boxes) > 0
+    alone = models.perception.ego_step(me, [], [])
+    calls = []
+    detect = models.perception.model.detect
+    monkeypatch.setattr(models.perception.model, "detect", lambda *a: calls.append(1) or detect(*a))
+    out = ego.fuse(me, frames[0].ego, 0.0, [])
+    assert calls == [] and out.fused == 0
+    assert np.array_equal(out.boxes.xyzlwhy, alone.boxes.xyzlwhy)
+    assert np.array_equal(out.boxes.scores, alone.boxes.scores)
