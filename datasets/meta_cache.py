@@ -82,7 +82,7 @@ class MetaDiskCache:
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    np.savez(fh, **arrays)
+                    np.savez_compressed(fh, **arrays)
                 os.replace(tmp, path)  # readers see a whole entry or none
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
