@@ -63,6 +63,8 @@ ALIASES = {
 #: every cell names these explicitly (run_cell's own defaults), so a changed default in the
 #: pipeline cannot silently make old results look like new ones
 AXIS_DEFAULTS = {"method": "codefilling", "budget": "200kbps", "channel": "ideal"}
+#: axes a cell may leave out, with the value the pipeline then uses (RunConfig's defaults)
+IMPLIED = {"late_policy": "drop"}
 #: settings shared by every cell (run_cell keys); paths are checked and made absolute
 SETTINGS = (
     "frames",
@@ -301,7 +303,10 @@ def log_spaced_budgets(start: str | float, stop: str | float, points: int) -> li
 
 # -- grid ---------------------------------------------------------------------------------------------
 def expand_cells(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """Every combination of every grid's axes, as run_cell dicts; a cell in two grids once."""
+    """Every combination of every grid's axes, as run_cell dicts; a cell in two grids once, and
+    so is a cell that only restates its channel preset's own latency, jitter or loss or the
+    pipeline's default late policy (the first spelling met is kept, so its id, and a resumed
+    sweep's record of it, stay the same)."""
     cells: dict[str, dict[str, Any]] = {}
     for grid in cfg.grids:
         axes = {**{k: [v] for k, v in AXIS_DEFAULTS.items()}, **grid}
@@ -310,8 +315,34 @@ def expand_cells(cfg: SweepConfig) -> list[dict[str, Any]]:
             cell: dict[str, Any] = {"data": cfg.data}
             cell.update((k, v) for k, v in zip(keys, combo, strict=True) if v is not None)
             cell.update(cfg.settings)
-            cells.setdefault(cell_id(cell), cell)
+            cells.setdefault(_effective_key(cell), cell)
     return list(cells.values())
+
+
+def _effective_key(cell: dict[str, Any]) -> str:
+    """What decides a cell's result: its hashed keys, less channel axes equal to the preset's
+    and axes set to the value the pipeline takes when they are left out."""
+    from v2x.sim.channel import preset
+
+    key = {k: v for k, v in cell.items() if k not in NOT_HASHED and not (k in IMPLIED and v == IMPLIED[k])}
+    try:
+        channel = preset(str(key.get("channel", AXIS_DEFAULTS["channel"])))
+    except ValueError:  # an unknown preset: validation names it
+        channel = None
+    for axis, field_name, scale in (
+        ("latency_ms", "latency_s", 1000),
+        ("jitter_ms", "jitter_s", 1000),
+        ("loss", "loss", 1),
+    ):
+        if channel is None or key.get(axis) is None:
+            continue
+        try:
+            same = math.isclose(float(key[axis]), getattr(channel, field_name) * scale, abs_tol=1e-9)
+        except (TypeError, ValueError):  # not a number: validation names it
+            same = False
+        if same:
+            del key[axis]
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def cell_id(cell: dict[str, Any]) -> str:

@@ -157,7 +157,7 @@ def test_cells_speak_run_cells_language():
     accepted = {"data", "scene", "agents", "threads"} | set(params) | fields
     cfg = load_sweep_config("example", overrides={"data": "."}, validate=False)
     cells = expand_cells(cfg)
-    assert len(cells) == 96
+    assert len(cells) == 94  # 96 combinations; latency 0 / drop restates the main grid, per scene
     assert set().union(*cells) <= accepted
     assert {k: params[k].default for k in AXIS_DEFAULTS} == AXIS_DEFAULTS
 
@@ -279,3 +279,23 @@ def test_the_ray_executor_runs_cells_on_two_local_workers(tiny_log, tmp_path):
     assert (tmp_path / "out" / "results.csv").is_file()
     again = run_sweep(cfg, tmp_path / "out", executor="ray", workers=2, progress=False)
     assert again.ran == 0 and again.skipped_ok == 2
+
+
+def test_a_cell_that_restates_a_default_runs_once(tmp_path):
+    """latency 0 on the ideal channel and late_policy drop are what the main grid's cells
+    already run: one cell each, keeping the main grid's spelling (and id)."""
+    grid = {"method": "codefilling", "budget": "1Mbps", "scene": ["a", "b"]}
+    also = [
+        {"latency_ms": [0, 50], "late_policy": ["drop", "compensate"]},
+        {"loss": [0.0, 0.1]},
+        {"channel": "opencood", "latency_ms": [100]},  # the opencood preset's own latency
+    ]
+    cfg = load_sweep_config(write_config(tmp_path, tmp_path, frames=4, grid=grid, also=also))
+    cells = expand_cells(cfg)
+    main = [c for c in cells if set(c) & {"latency_ms", "loss", "late_policy", "channel"} == {"channel"}]
+    assert len(main) == 2 and all(c["channel"] == "ideal" for c in main)
+    # per scene: main, 0/compensate, 50/drop, 50/compensate, loss 0.1, opencood
+    assert len(cells) == 2 * 6
+    assert not any(c.get("latency_ms") == 0 and c.get("late_policy") == "drop" for c in cells)
+    assert not any(c.get("loss") == 0.0 for c in cells)
+    assert sum(c["channel"] == "opencood" for c in cells) == 2
