@@ -113,7 +113,10 @@ def test_unauthenticated_senders_get_nothing_through_and_are_counted(supervise, 
                 pkt = Packet(payload_for(k, 2000), sender=who)
                 pub.send_multipart(encode_frames(f"/agents/{who}/features", pkt, source=who, seq=k))
             time.sleep(0.025)
-        time.sleep(0.5)
+        # the ego sees the keyless sender's failed handshake when its loop next reads the socket
+        # monitors; on a loaded machine that can come after a fixed wait, so wait for its log line
+        ego_log = sup.run_dir / "ego.log"
+        assert wait_for(lambda: "(protocol)" in ego_log.read_text(errors="replace"), timeout=20.0)
     finally:
         for pub in intruders:
             pub.close(0)
