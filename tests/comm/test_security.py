@@ -114,9 +114,15 @@ def test_unauthenticated_senders_get_nothing_through_and_are_counted(supervise, 
                 pub.send_multipart(encode_frames(f"/agents/{who}/features", pkt, source=who, seq=k))
             time.sleep(0.025)
         # the ego sees the keyless sender's failed handshake when its loop next reads the socket
-        # monitors; on a loaded machine that can come after a fixed wait, so wait for its log line
+        # monitors; on a loaded machine that can come after a fixed wait, so wait for its log
+        # line. libzmq reports it as a protocol failure or, depending on timing, without detail.
         ego_log = sup.run_dir / "ego.log"
-        assert wait_for(lambda: "(protocol)" in ego_log.read_text(errors="replace"), timeout=20.0)
+
+        def keyless_seen() -> bool:
+            text = ego_log.read_text(errors="replace")
+            return "(protocol)" in text or "(other)" in text
+
+        assert wait_for(keyless_seen, timeout=20.0)
     finally:
         for pub in intruders:
             pub.close(0)
@@ -129,7 +135,8 @@ def test_unauthenticated_senders_get_nothing_through_and_are_counted(supervise, 
     c = s["diagnostics"]["counters"]
     assert c["auth_refused_inbox"] >= 2  # eve and agent2, refused by the ego's ZAP handler
     assert c["handshake_failed_auth"] >= 2
-    assert c.get("handshake_failed_protocol", 0) >= 1, c  # the sender with no key could not even start
+    # the sender with no key could not even start its handshake
+    assert c.get("handshake_failed_protocol", 0) + c.get("handshake_failed_other", 0) >= 1, c
     log = (sup.run_dir / "ego.log").read_text()
     eve_key = zmq.auth.load_certificate(stranger / "eve.key")[0].decode()
     assert f"unknown key {eve_key}" in log
