@@ -22,6 +22,7 @@ import zmq
 from zmq.auth import load_certificate
 
 from v2x.comm.messages import Message, MessageError, decode_frames
+from v2x.comm.procs import pid_alive
 
 __all__ = ["GraphError", "Inspector", "pid_alive", "read_graph", "write_graph"]
 
@@ -60,23 +61,6 @@ def read_graph(where: str | Path | None = None) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise GraphError(f"{path}: unreadable graph: {exc}") from exc
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie still answers kill(0); read its state where /proc exists
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 class Inspector:

@@ -37,6 +37,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from v2x.comm.procs import pid_alive
+
 __all__ = [
     "KernelCapabilities",
     "NetnsCommandError",
@@ -108,16 +110,6 @@ def _delete_live() -> None:
             _delete_ns(name)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_stale() -> list[str]:
     """Delete ``v2x-<pid>-...`` namespaces whose creating process no longer exists (left behind by a
     killed run). Namespaces of live processes, and any not named by this module, are left alone."""
@@ -128,7 +120,7 @@ def cleanup_stale() -> list[str]:
         if not name.startswith(NS_PREFIX):
             continue
         pid = name[len(NS_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             _delete_ns(name)
             gone.append(name)
     return gone
