@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import write_result
+
 HERE = Path(__file__).resolve().parent
 REAL = HERE.parent.parent / "shared" / "realdata"
 
@@ -125,10 +127,8 @@ def main(frames: int = 6) -> dict:
             os.environ.pop("V2X_CACHE_DIR", None)
         else:
             os.environ["V2X_CACHE_DIR"] = previous_cache
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    (results / "datasets.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
+    write_result("datasets", out)
     return out
 
 

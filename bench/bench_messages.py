@@ -12,7 +12,6 @@ Run: ``.venv/bin/python -m bench.bench_messages`` (about a minute).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import write_result
 from v2x.codebook import Codebook, CodebookConfig
 from v2x.comm.wire import CellCoding, cell_set_sizes, encode_cells
 from v2x.cooperative import AgentPerception
@@ -31,7 +31,6 @@ from v2x.messages import MessageCodec, exchange, warp_cells
 from v2x.selection import SelectionConfig
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "results" / "messages.json"
 REALDATA = Path(os.environ.get("V2X_REALDATA", HERE.parent.parent / "shared" / "realdata"))
 GRID = BEVGrid()
 C = 64
@@ -328,9 +327,8 @@ def main() -> dict:
         "wire_vs_paper_formula": paper_formula(timing, cb),
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2))
     _print(result)
+    write_result("messages", result)
     return result
 
 
@@ -353,7 +351,7 @@ def _print(r: dict) -> None:
             f"rle {c['run_length']:>5} -> {c['chosen']} ({c['bytes_per_cell']} B/cell)"
         )
     print("pose precision:", r["pose_precision"])
-    print(f"wrote {OUT} in {r['seconds']} s")
+    print(f"took {r['seconds']} s")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import write_result
 from v2x.config import load_config
 from v2x.cooperative import Perception, SharedFeatures
 from v2x.detector import DEFAULT_WEIGHTS, CooperativeDetector, load_detector
@@ -86,9 +87,8 @@ def main(repeats: int = 30) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "targets_ms": {"agent_encode": 50, "ego_fuse_detect": 50},
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "perception.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
+    write_result("perception", out)
     return out
 
 

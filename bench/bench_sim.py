@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import write_result
 from v2x.frame import AgentKind
 from v2x.sim.generate import VEHICLE_MIXES, GenerateConfig, generate
 from v2x.sim.lidar import Scene, cast_scan
@@ -164,9 +165,8 @@ def main(frames: int = 40) -> dict:
             float(np.max(np.abs(np.subtract(out["real_range_histogram"], out["sim_range_histogram"])))), 4
         )
         _plot(out, [len(p) for p in vehicle_scans], PLOT)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "sim.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
+    write_result("sim", out)
     return out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import write_result
 from v2x.boxes import Boxes
 from v2x.geometry import pose_from_xyz_yaw
 from v2x.tracking.ab3dmot import AB3DMOT
@@ -147,10 +148,8 @@ def main(frames: int = 70) -> dict:
     results["ab3dmot_live_tracks"] = len(base.tracks)
     results["target_filter_only_ms"] = 5.0
     results["target_met"] = results["filter_only"]["median_ms"] < 5.0
-    out = HERE / "results" / "tracking.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+    write_result("tracking", results)
     return results
 
 
