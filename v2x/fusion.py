@@ -118,14 +118,8 @@ class MaxFusion(nn.Module):
     """Element-wise maximum over the agents that have data at a cell."""
 
     def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        # features (A, C, H, W) aligned in the ego frame, valid (A, H, W); agent 0 is the ego
-        if not torch.is_grad_enabled():
-            c = features.shape[1]
-            cells = []
-            for feats, mask in zip(features[1:], valid[1:], strict=True):
-                idx = torch.nonzero(mask.reshape(-1)).squeeze(1)
-                cells.append((idx, feats.reshape(c, -1).index_select(1, idx)))
-            return self.sparse(features[0], valid[0], cells)
+        # features (A, C, H, W) aligned in the ego frame, valid (A, H, W); agent 0 is the ego.
+        # The ego's inference path calls `sparse` on cell lists instead (CooperativeDetector.fuse).
         masked = features.masked_fill(~valid[:, None], float("-inf"))
         fused = masked.max(dim=0).values
         return torch.where(torch.isfinite(fused), fused, torch.zeros_like(fused))

@@ -85,8 +85,12 @@ def test_the_egos_inference_path_fuses_like_the_training_path(cfg):
     all_valid = torch.rand(4, h, w) < 0.3
     with torch.enable_grad():
         want = MaxFusion()(all_feats, all_valid)
+    cells = []
+    for f, m in zip(all_feats[1:], all_valid[1:], strict=True):
+        idx = torch.nonzero(m.reshape(-1)).squeeze(1)
+        cells.append((idx, f.reshape(8, -1).index_select(1, idx)))
     with torch.no_grad():
-        got = MaxFusion()(all_feats, all_valid)
+        got = MaxFusion.sparse(all_feats[0], all_valid[0], cells)
     assert torch.equal(got, want)
 
 
