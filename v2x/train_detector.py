@@ -253,10 +253,9 @@ def train_detector(
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             global_step = epoch * steps_per_epoch + step
-            step_losses.append((global_step, float(losses["total"].detach())))
-            bar.set_postfix(
-                loss=f"{float(losses['total'].detach()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}"
-            )
+            total = float(losses["total"].detach())
+            step_losses.append((global_step, total))
+            bar.set_postfix(loss=f"{total:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": {k: v / steps_per_epoch for k, v in sums.items()},
