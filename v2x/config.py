@@ -29,6 +29,8 @@ class DetectorConfig:
     neck_channels_down: int = 96
     #: fusion of warped feature maps on the ego: "max" or "attention"
     fusion: str = "max"
+    #: correct collaborators' warped features with a small learned per-cell network (v2x.alignment)
+    warp_alignment: bool = False
     #: detection decoding
     score_threshold: float = 0.1
     max_detections: int = 100

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from v2x.alignment import WarpAlignment
 from v2x.boxes import Boxes
 from v2x.config import DetectorConfig
 from v2x.encoder import BEVFeatures, PillarEncoder
@@ -33,6 +34,8 @@ class CooperativeDetector(nn.Module):
         self.cfg = cfg
         self.encoder = PillarEncoder(cfg)
         self.fusion = make_fusion(cfg.fusion, cfg.bev_channels)
+        # correction of collaborators' warped features (trained after the rest; see alignment.py)
+        self.align = WarpAlignment(cfg.bev_channels) if cfg.warp_alignment else None
         self.neck = Neck(cfg)
         self.head = CenterHead(cfg)
         # inference copies of neck and head with batch norm folded in: a plain list, so they
@@ -77,10 +80,12 @@ class CooperativeDetector(nn.Module):
             return self.fusion(ego_features[None], ego_valid[None])
         if isinstance(self.fusion, MaxFusion) and not torch.is_grad_enabled():
             # inference: only the cells each collaborator covers, no dense map per collaborator
-            return self.fusion.sparse(ego_features, ego_valid, warp_cells_to_ego(others, self.cfg.grid))
+            return self.fusion.sparse(
+                ego_features, ego_valid, warp_cells_to_ego(others, self.cfg.grid, self.align)
+            )
         feats = torch.stack([o[0] for o in others])
         valid = torch.stack([o[1] for o in others])
-        warped, wvalid = warp_to_ego(feats, valid, [o[2] for o in others], self.cfg.grid)
+        warped, wvalid = warp_to_ego(feats, valid, [o[2] for o in others], self.cfg.grid, self.align)
         all_feats = torch.cat([ego_features[None], warped])
         all_valid = torch.cat([ego_valid[None], wvalid])
         return self.fusion(all_feats, all_valid)

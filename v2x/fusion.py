@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from v2x.alignment import WarpAlignment, relative_yaw, sampling_geometry
 from v2x.grid import BEVGrid
 
 __all__ = ["AttentionFusion", "MaxFusion", "make_fusion", "warp_affine", "warp_cells_to_ego", "warp_to_ego"]
@@ -28,7 +29,7 @@ def warp_affine(ego_from_sender: np.ndarray, grid: BEVGrid) -> torch.Tensor:
     in the ego frame is R^T (p - t) in the sender's frame, so the sender-normalised location
     is S^-1 R^T S (u, v) + S^-1 (R^T (c - t) - c).
     """
-    yaw = np.arctan2(ego_from_sender[1, 0], ego_from_sender[0, 0])
+    yaw = relative_yaw(ego_from_sender)
     rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
     t = ego_from_sender[:2, 3]
     s = np.diag([(grid.x_max - grid.x_min) / 2, (grid.y_max - grid.y_min) / 2])
@@ -51,12 +52,17 @@ def _sampling(valid: torch.Tensor, ego_from_sender: list[np.ndarray], grid: BEVG
 
 
 def warp_to_ego(
-    features: torch.Tensor, valid: torch.Tensor, ego_from_sender: list[np.ndarray], grid: BEVGrid
+    features: torch.Tensor,
+    valid: torch.Tensor,
+    ego_from_sender: list[np.ndarray],
+    grid: BEVGrid,
+    align: WarpAlignment | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample maps (N, C, H, W) and validity masks (N, H, W) into the ego frame.
 
-    Features are bilinearly interpolated; a cell is valid in the ego frame when the sampled
-    validity reaches one half. Outside a sender's map everything is zero and invalid.
+    Features are bilinearly interpolated (then corrected by ``align``, if given); a cell is
+    valid in the ego frame when the sampled validity reaches one half. Outside a sender's map
+    everything is zero and invalid (``align`` may leave values there; fusions ignore them).
     """
     n, c, h, w = features.shape
     if n == 0:
@@ -66,14 +72,29 @@ def warp_to_ego(
         out = features.new_zeros(n, c, h * w)
         for i in range(n):
             idx, values = _sample_valid_cells(features[i], sampling[i], wvalid[i])
+            if align is not None and len(idx):
+                uv = sampling[i].reshape(-1, 2).index_select(0, idx)
+                values = align(values, sampling_geometry(uv, relative_yaw(ego_from_sender[i]), grid))
             out[i].index_copy_(1, idx, values)
         return out.reshape(n, c, h, w), wvalid
     warped = F.grid_sample(features, sampling, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if align is not None:
+        warped = torch.stack(
+            [
+                align(
+                    warped[i].reshape(c, -1),
+                    sampling_geometry(sampling[i].reshape(-1, 2), relative_yaw(ego_from_sender[i]), grid),
+                ).reshape(c, h, w)
+                for i in range(n)
+            ]
+        )
     return warped, wvalid
 
 
 def warp_cells_to_ego(
-    senders: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]], grid: BEVGrid
+    senders: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]],
+    grid: BEVGrid,
+    align: WarpAlignment | None = None,
 ) -> list[Cells]:
     """The ego's inference path: each sender's ``(features (C, H, W), valid (H, W),
     ego_from_sender)`` as the ego cells it makes valid and its features there, the same values
@@ -82,7 +103,14 @@ def warp_cells_to_ego(
         return []
     valid = torch.stack([s[1] for s in senders])
     sampling, wvalid = _sampling(valid, [s[2] for s in senders], grid, senders[0][0].shape[0])
-    return [_sample_valid_cells(s[0], sampling[i], wvalid[i]) for i, s in enumerate(senders)]
+    out = []
+    for i, (features, _, ego_from_sender) in enumerate(senders):
+        idx, values = _sample_valid_cells(features, sampling[i], wvalid[i])
+        if align is not None and len(idx):
+            uv = sampling[i].reshape(-1, 2).index_select(0, idx)
+            values = align(values, sampling_geometry(uv, relative_yaw(ego_from_sender), grid))
+        out.append((idx, values))
+    return out
 
 
 def _sample_valid_cells(features: torch.Tensor, sampling: torch.Tensor, wvalid: torch.Tensor) -> Cells:

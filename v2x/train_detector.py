@@ -243,12 +243,18 @@ def train_detector(
             loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress
         )
         sums: dict[str, float] = {}
+        skipped = 0
         for step, samples in enumerate(bar):
             losses = forward_losses(model, samples)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            torch.nn.utils.clip_grad_norm_(trainable, tcfg.grad_clip)
-            optimizer.step()
+            if losses["total"].requires_grad:
+                optimizer.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                torch.nn.utils.clip_grad_norm_(trainable, tcfg.grad_clip)
+                optimizer.step()
+            else:
+                # nothing trainable took part: only the warp alignment trains and no sample of
+                # this batch has a collaborator
+                skipped += 1
             scheduler.step()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -260,6 +266,7 @@ def train_detector(
             "epoch": epoch + 1,
             "train_loss": {k: v / steps_per_epoch for k, v in sums.items()},
             "elapsed_s": round(time.time() - t_start, 1),
+            "steps_without_gradient": skipped,
         }
         if val_indices:
             model.eval()

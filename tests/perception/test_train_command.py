@@ -102,3 +102,32 @@ def test_fine_tuning_trains_only_the_named_module_from_given_weights(log, tmp_pa
     )
     res = _train(log, frozen, tmp_path / "frozen")
     assert res.exit_code != 0 and "lacks" in str(res.exception or res.output)
+
+
+def test_fine_tuning_the_warp_alignment_alone(log, tmp_path):
+    """Only ``align.`` learns; batches without a collaborator give it nothing to learn from and
+    are counted, not crashed on."""
+    base = tmp_path / "base"
+    assert _train(log, _config(tmp_path, "base"), base).exit_code == 0
+    start = _weights(base / "detector.pt")
+    config = _config(
+        tmp_path,
+        "alignment",
+        {"warp_alignment": True},
+        init_weights=str(base / "detector.pt"),
+        train_only=["align."],
+        early_probability=0.0,
+        max_agents=2,
+        seed=1,
+    )
+    out = tmp_path / "alignment"
+    res = _train(log, config, out)
+    assert res.exit_code == 0, res.output
+    tuned = _weights(out / "detector.pt")
+    assert set(tuned) - set(start) and all(k.startswith("align.") for k in set(tuned) - set(start))
+    for k, v in start.items():
+        assert torch.equal(tuned[k], v), k
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    # with seed 1 one of the two samples has its collaborator and one has none
+    assert history[0]["steps_without_gradient"] == 1
+    assert tuned["align.out.weight"].abs().sum() > 0  # the zero-initialised output layer learned
