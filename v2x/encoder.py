@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from v2x.config import DetectorConfig
-from v2x.spconv_compat import sparse_conv_kwargs, spconv_module
+from v2x.spconv_compat import one_thread, one_thread_backward, sparse_conv_kwargs, spconv_module
 
 __all__ = ["BEVFeatures", "PillarEncoder", "sanitize_points"]
 
@@ -130,8 +130,9 @@ class PillarEncoder(nn.Module):
             0, inverse[:, None].expand_as(per_point), per_point, reduce="amax", include_self=False
         )
         sparse = self._spconv.SparseConvTensor(pillar, coords, list(g.voxel_shape), batch)
-        out = self.backbone(sparse)
-        dense = out.dense()
+        with one_thread():  # reproducible across processes (v2x.spconv_compat)
+            dense = self.backbone(sparse).dense()
+        dense = one_thread_backward(dense, pillar)
         occupied = torch.zeros(batch, h, w, dtype=torch.bool)
         # a feature cell is occupied when one of the pillars it covers holds points
         occupied[coords[:, 0].long(), coords[:, 1].long() // g.stride, coords[:, 2].long() // g.stride] = True

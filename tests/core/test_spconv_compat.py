@@ -61,3 +61,49 @@ def test_our_sparse_layers_run_in_cpu_inference():
     x, _ = _sparse_input(spconv)
     with torch.no_grad():
         assert conv(x).features.shape == (3, 8)
+
+
+_ENCODE_AND_BACKWARD = textwrap.dedent(
+    """
+    import hashlib, sys
+    import numpy as np, torch
+    torch.set_num_threads(2)
+    if sys.argv[1] == "unguarded":
+        import contextlib, v2x.encoder as encoder
+        encoder.one_thread = contextlib.nullcontext
+        encoder.one_thread_backward = lambda out, inp: out
+    from v2x.config import DetectorConfig
+    from v2x.encoder import PillarEncoder, sanitize_points
+    torch.manual_seed(0)
+    cfg = DetectorConfig()
+    enc = PillarEncoder(cfg)
+    rng = np.random.default_rng(0)
+    n = 60000
+    r, a = rng.uniform(2, 70, n), rng.uniform(-np.pi, np.pi, n)
+    pts = np.c_[r * np.cos(a), r * np.sin(a), rng.uniform(-0.5, 2.5, n), rng.uniform(0, 1, n)]
+    bev = enc([sanitize_points(pts.astype(np.float32), cfg)])
+    (bev.features ** 2).sum().backward()
+    digest = hashlib.sha1(bev.features.detach().numpy().tobytes())
+    for p in enc.parameters():
+        digest.update(p.grad.numpy().tobytes())
+    print(digest.hexdigest())
+    """
+)
+
+
+def _digests(mode: str, runs: int) -> set[str]:
+    out = set()
+    for _ in range(runs):
+        proc = subprocess.run(
+            [sys.executable, "-c", _ENCODE_AND_BACKWARD, mode], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out.add(proc.stdout.split()[-1])
+    return out
+
+
+@pytest.mark.slow
+def test_the_encoder_is_reproducible_across_processes_with_two_threads():
+    """Forward maps and backward gradients agree bit for bit from one process to the next, with
+    torch on two threads: spconv's kernels run on one (``one_thread``, ``one_thread_backward``)."""
+    assert len(_digests("guarded", 3)) == 1
