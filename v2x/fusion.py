@@ -71,10 +71,7 @@ def warp_to_ego(
     if not torch.is_grad_enabled():
         out = features.new_zeros(n, c, h * w)
         for i in range(n):
-            idx, values = _sample_valid_cells(features[i], sampling[i], wvalid[i])
-            if align is not None and len(idx):
-                uv = sampling[i].reshape(-1, 2).index_select(0, idx)
-                values = align(values, sampling_geometry(uv, relative_yaw(ego_from_sender[i]), grid))
+            idx, values = _warped_cells(features[i], sampling[i], wvalid[i], ego_from_sender[i], grid, align)
             out[i].index_copy_(1, idx, values)
         return out.reshape(n, c, h, w), wvalid
     warped = F.grid_sample(features, sampling, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -103,14 +100,26 @@ def warp_cells_to_ego(
         return []
     valid = torch.stack([s[1] for s in senders])
     sampling, wvalid = _sampling(valid, [s[2] for s in senders], grid, senders[0][0].shape[0])
-    out = []
-    for i, (features, _, ego_from_sender) in enumerate(senders):
-        idx, values = _sample_valid_cells(features, sampling[i], wvalid[i])
-        if align is not None and len(idx):
-            uv = sampling[i].reshape(-1, 2).index_select(0, idx)
-            values = align(values, sampling_geometry(uv, relative_yaw(ego_from_sender), grid))
-        out.append((idx, values))
-    return out
+    return [
+        _warped_cells(features, sampling[i], wvalid[i], ego_from_sender, grid, align)
+        for i, (features, _, ego_from_sender) in enumerate(senders)
+    ]
+
+
+def _warped_cells(
+    features: torch.Tensor,
+    sampling: torch.Tensor,
+    wvalid: torch.Tensor,
+    ego_from_sender: np.ndarray,
+    grid: BEVGrid,
+    align: WarpAlignment | None,
+) -> Cells:
+    """One sender's valid ego cells, interpolated and (with ``align``) corrected."""
+    idx, values = _sample_valid_cells(features, sampling, wvalid)
+    if align is not None and len(idx):
+        uv = sampling.reshape(-1, 2).index_select(0, idx)
+        values = align(values, sampling_geometry(uv, relative_yaw(ego_from_sender), grid))
+    return idx, values
 
 
 def _sample_valid_cells(features: torch.Tensor, sampling: torch.Tensor, wvalid: torch.Tensor) -> Cells:
