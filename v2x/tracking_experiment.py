@@ -54,7 +54,10 @@ def extract_sequences(
     progress: bool = True,
 ) -> list[Path]:
     """Per scenario, every frame's per-agent detections (with feature patches), the ego-only and
-    intermediate-fusion detections; cached as ``.npz`` in ``cache``."""
+    intermediate-fusion detections; cached as ``.npz`` under ``cache``, in a folder named by the
+    detector's identity and these settings, so another detector never reads stale detections."""
+    flavour = f"patch{patch}" + ("-intermediate" if with_intermediate else "")
+    cache = cache / f"detector-{perception.model.identity()}-{flavour}"
     cache.mkdir(parents=True, exist_ok=True)
     paths = []
     for scenario in log.scenarios():
