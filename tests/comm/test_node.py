@@ -1,7 +1,6 @@
 """The Node framework with real processes and sockets (loopback only)."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -168,7 +167,8 @@ def test_garbage_and_wrong_types_are_counted_and_survived(node_process, run_dir)
         # bytes that are not ZeroMQ at all straight onto the TCP port, and a ZeroMQ greeting
         # that asks for a security mechanism nobody speaks
         bogus = b"\xff" + bytes(8) + b"\x7f\x03\x00" + b"BOGUS".ljust(20, b"\x00") + bytes(32)
-        for garbage in (b"GET / HTTP/1.1\r\nHost: v2x\r\n\r\n" + os.urandom(512), bogus):
+        noise = bytes((i * 151 + 7) % 256 for i in range(512))  # fixed, so each run sends the same
+        for garbage in (b"GET / HTTP/1.1\r\nHost: v2x\r\n\r\n" + noise, bogus):
             with socket.create_connection(("127.0.0.1", port)) as s:
                 s.sendall(garbage)
                 time.sleep(0.2)
@@ -183,7 +183,10 @@ def test_garbage_and_wrong_types_are_counted_and_survived(node_process, run_dir)
     assert s["seen"] == [0, 1, 2, 3, 4] and s["corrupted"] == 0
     c = s["diagnostics"]["counters"]
     assert c["malformed"] == 5 * 4 and c["wrong_type"] == 5 * 3 and c.get("duplicates", 0) == 0
-    assert c["handshake_failed_other"] >= 1 and c["handshake_failed_protocol"] >= 1
+    # the bogus greeting always fails as a protocol error; what libzmq makes of the HTTP bytes
+    # (a failed handshake of either kind, or a legacy peer that just disconnects) varies with
+    # timing, so that connection is held only to leaving the node running with its data intact
+    assert c.get("handshake_failed_protocol", 0) >= 1
     log = (run_dir / "listener.log").read_text()
     assert "dropped" in log and log.count("dropped") < 60  # logged, but not one line per message
 
