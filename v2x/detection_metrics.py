@@ -57,11 +57,14 @@ class _Accumulator:
     scores: list[np.ndarray] = field(default_factory=list)
     tp: list[np.ndarray] = field(default_factory=list)
     num_gt: int = 0
+    #: ground-truth count of each frame, in the order added (for resampling frames)
+    frame_gt: list[int] = field(default_factory=list)
 
     def add(self, scores: np.ndarray, tp: np.ndarray, num_gt: int) -> None:
         self.scores.append(scores)
         self.tp.append(tp)
         self.num_gt += num_gt
+        self.frame_gt.append(num_gt)
 
     def ap(self) -> float:
         if self.num_gt == 0:
@@ -130,6 +133,16 @@ class DetectionEvaluator:
     def ap(self, kind: str = "bev", threshold: float = 0.5, subset: str = "all") -> float:
         acc = self._acc.get((kind, subset, threshold))
         return float("nan") if acc is None else acc.ap()
+
+    def per_frame(
+        self, kind: str = "bev", threshold: float = 0.5, subset: str = "all"
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+        """Each frame's prediction scores, TP flags and ground-truth count, in the order added:
+        what resampling frames (``v2x.ap_bootstrap``) needs."""
+        acc = self._acc.get((kind, subset, threshold))
+        if acc is None:
+            return [], [], []
+        return acc.scores, acc.tp, acc.frame_gt
 
     def result(self) -> dict:
         """JSON-ready summary: ``ap_bev`` / ``ap_3d`` as {"0.3": .., "0.5": .., "0.7": ..} (fractions)."""

@@ -45,22 +45,50 @@ def _parse_modes(value: str) -> list[str]:
     "--max-cav", type=int, default=5, show_default=True, help="Most agents per frame, ego included."
 )
 @click.option(
+    "--bootstrap",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="With two or more modes: paired bootstrap over frames, this many resamples (e.g. 1000).",
+)
+@click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results here."
 )
-def eval_detection(data, split, weights, fusion, frames, max_cav, json_out) -> None:
+def eval_detection(data, split, weights, fusion, frames, max_cav, bootstrap, json_out) -> None:
     """BEV and 3D AP at IoU 0.3/0.5/0.7 and bytes per agent per frame for each fusion mode."""
     from v2x.evaluate import evaluate_fusion_modes
 
     modes = _parse_modes(fusion)
     root = data / split if (data / split).is_dir() else data
     results = evaluate_fusion_modes(
-        root, modes, weights=weights, frames=frames, max_cav=max_cav, progress=True
+        root, modes, weights=weights, frames=frames, max_cav=max_cav, progress=True, bootstrap=bootstrap
     )
-    for res in results.values():
+    for mode in modes:
+        res = results[mode]
         click.echo(res.pop("_table"))
         click.echo(f"bytes per agent per frame: {res['bytes_per_agent_frame']:.0f}\n")
+    if "paired_bootstrap" in results:
+        click.echo(_bootstrap_table(results["paired_bootstrap"], bootstrap))
     payload = results[modes[0]] if len(modes) == 1 else results
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(payload, indent=2))
         click.echo(f"wrote {json_out}")
+
+
+def _bootstrap_table(pairs: dict[str, dict], resamples: int) -> str:
+    lines = [
+        f"BEV AP difference in points, with its 95 % interval over {resamples} paired resamples of"
+        " the frames, and how often the first mode came out ahead",
+        f"{'pair':>26}  " + "  ".join(f"{'AP@' + t:>28}" for t in ("0.3", "0.5", "0.7")),
+    ]
+    for name, by_thr in pairs.items():
+        cells = []
+        for t in ("0.3", "0.5", "0.7"):
+            d = by_thr[t]
+            cells.append(
+                f"{100 * d['difference']:+5.1f} [{100 * d['low']:+5.1f}, {100 * d['high']:+5.1f}] {100 * d['share_ahead']:3.0f}%"
+            )
+        a, b = name.split("-", 1)
+        lines.append(f"{a + ' - ' + b:>26}  " + "  ".join(f"{c:>28}" for c in cells))
+    return "\n".join(lines) + "\n"

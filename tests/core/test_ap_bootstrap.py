@@ -1,0 +1,88 @@
+"""The paired bootstrap of AP differences (v2x.ap_bootstrap)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from v2x.ap_bootstrap import bootstrap_ap, paired_ap_difference
+from v2x.boxes import Boxes, ObjectClass
+from v2x.detection_metrics import DetectionEvaluator
+
+
+def _scene(rng: np.random.Generator, n_gt: int, jitter: float, n_false: int):
+    """Ground-truth cars and predictions: a jittered copy of each (some missed) plus false ones."""
+    gt = np.c_[
+        rng.uniform(-60, 60, (n_gt, 2)),
+        np.zeros(n_gt),
+        np.tile([4.5, 1.9, 1.6], (n_gt, 1)),
+        rng.uniform(-3, 3, n_gt),
+    ]
+    keep = rng.random(n_gt) < 0.85
+    pred = gt[keep].copy()
+    pred[:, :2] += rng.normal(0, jitter, (len(pred), 2))
+    false = np.c_[
+        rng.uniform(-60, 60, (n_false, 2)),
+        np.zeros(n_false),
+        np.tile([4.5, 1.9, 1.6], (n_false, 1)),
+        np.zeros(n_false),
+    ]
+    rows = np.vstack([pred, false])
+    scores = np.r_[rng.uniform(0.3, 1.0, len(pred)), rng.uniform(0.1, 0.8, n_false)]
+    car = int(ObjectClass.CAR)
+    return Boxes(rows, labels=car, scores=scores), Boxes(gt, labels=car)
+
+
+def _evaluators(jitters: tuple[float, ...], frames: int = 30, seed: int = 0) -> list[DetectionEvaluator]:
+    rng = np.random.default_rng(seed)
+    scenes = [
+        (int(rng.integers(0, 12)), int(rng.integers(0, 4)), int(rng.integers(1 << 30))) for _ in range(frames)
+    ]
+    out = []
+    for jitter in jitters:
+        ev = DetectionEvaluator()
+        for n_gt, n_false, s in scenes:  # the same scenes for every "mode"
+            pred, gt = _scene(np.random.default_rng(s), n_gt, jitter, n_false)
+            ev.add(pred, gt)
+        out.append(ev)
+    return out
+
+
+def test_one_draw_of_every_frame_is_the_evaluators_own_ap():
+    (ev,) = _evaluators((0.4,))
+    ones = np.ones((1, ev.frames), dtype=int)
+    for thr in (0.3, 0.5, 0.7):
+        assert bootstrap_ap(ev, ones, "bev", thr)[0] == pytest.approx(ev.ap("bev", thr), abs=1e-12)
+
+
+def test_a_frame_drawn_twice_counts_like_the_frame_added_twice():
+    rng = np.random.default_rng(5)
+    scenes = [_scene(np.random.default_rng(s), 6, 0.5, 2) for s in range(8)]
+    counts = rng.integers(0, 3, 8)
+    once, repeated = DetectionEvaluator(), DetectionEvaluator()
+    for (pred, gt), k in zip(scenes, counts, strict=True):
+        once.add(pred, gt)
+        for _ in range(k):
+            repeated.add(pred, gt)
+    for thr in (0.3, 0.5, 0.7):
+        assert bootstrap_ap(once, counts[None], "bev", thr)[0] == pytest.approx(
+            repeated.ap("bev", thr), abs=1e-12
+        )
+
+
+def test_paired_differences_separate_a_better_mode_and_not_an_equal_one():
+    tight, loose, same = _evaluators((0.1, 0.9, 0.1))
+    better = paired_ap_difference(loose, tight, resamples=300)
+    assert (
+        better["0.7"]["difference"] > 0 and better["0.7"]["low"] > 0 and better["0.7"]["share_ahead"] > 0.97
+    )
+    equal = paired_ap_difference(tight, same, resamples=300)
+    for thr in ("0.3", "0.5", "0.7"):
+        assert equal[thr]["difference"] == 0 and equal[thr]["low"] == 0 and equal[thr]["high"] == 0
+
+
+def test_the_two_evaluations_must_cover_the_same_frames():
+    a, b = _evaluators((0.2, 0.2))
+    b.add(*_scene(np.random.default_rng(1), 3, 0.2, 0))
+    with pytest.raises(ValueError, match="same frames"):
+        paired_ap_difference(a, b)

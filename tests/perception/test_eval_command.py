@@ -1,0 +1,43 @@
+"""``v2x eval detection`` end to end on a small generated log, with the shipped weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from v2x.cli.main import cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_eval_detection_writes_ap_bytes_and_paired_intervals(tmp_path, generate_log):
+    log = generate_log(tmp_path / "log", frames=4, cavs=2, rsus=1, channels=32, seed=6)
+    out = tmp_path / "detection.json"
+    args = ["eval", "detection", "--data", str(log), "--split", "train", "--fusion", "none,late,intermediate"]
+    res = CliRunner().invoke(cli, [*args, "--bootstrap", "200", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    results = json.loads(out.read_text())
+    for mode in ("none", "late", "intermediate"):
+        r = results[mode]
+        assert r["frames"] == 4 and set(r["ap_bev"]) == set(r["ap_3d"]) == {"0.3", "0.5", "0.7"}
+        assert all(0 <= v <= 1 for v in r["ap_bev"].values())
+    assert results["none"]["bytes_per_agent_frame"] == 0
+    assert results["intermediate"]["bytes_per_agent_frame"] > results["late"]["bytes_per_agent_frame"] > 0
+    pairs = results["paired_bootstrap"]
+    assert set(pairs) == {"late-none", "intermediate-none", "intermediate-late"}
+    for name, by_thr in pairs.items():
+        a, b = name.split("-")
+        for thr, d in by_thr.items():
+            assert d["difference"] == pytest.approx(
+                results[a]["ap_bev"][thr] - results[b]["ap_bev"][thr], abs=1e-5
+            )
+            assert d["low"] <= d["high"] and 0 <= d["share_ahead"] <= 1
+    assert "paired resamples" in res.output and "intermediate - late" in res.output
+
+    # without --bootstrap there is no interval, and one mode is written as itself
+    res = CliRunner().invoke(cli, [*args[:-1], "intermediate", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    single = json.loads(out.read_text())
+    assert "paired_bootstrap" not in single and single["fusion"] == "intermediate"
