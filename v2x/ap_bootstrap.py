@@ -16,6 +16,9 @@ from v2x.detection_metrics import DetectionEvaluator
 
 __all__ = ["bootstrap_ap", "paired_ap_difference"]
 
+#: resamples x predictions handled at once (about 40 MB per intermediate array)
+_CHUNK_ELEMENTS = 5_000_000
+
 
 def _weighted_ap(tp_sorted: np.ndarray, weights: np.ndarray, num_gt: np.ndarray) -> np.ndarray:
     """VOC all-point AP for each row of ``weights`` (R, P): predictions already in score order."""
@@ -41,9 +44,18 @@ def bootstrap_ap(
     all_scores = np.concatenate(scores) if scores else np.zeros(0)
     all_tp = np.concatenate(tps).astype(bool) if tps else np.zeros(0, bool)
     order = np.argsort(-all_scores, kind="stable")
-    weights = counts[:, frame_of[order]].astype(np.float64)
+    frame_sorted, tp_sorted = frame_of[order], all_tp[order]
     num_gt = counts @ np.asarray(gts, dtype=np.float64)
-    return _weighted_ap(all_tp[order], weights, num_gt)
+    # a few resamples at a time: each is a row as long as the prediction list
+    rows = max(1, _CHUNK_ELEMENTS // max(len(order), 1))
+    return np.concatenate(
+        [
+            _weighted_ap(
+                tp_sorted, counts[i : i + rows, frame_sorted].astype(np.float64), num_gt[i : i + rows]
+            )
+            for i in range(0, len(counts), rows)
+        ]
+    )
 
 
 def paired_ap_difference(

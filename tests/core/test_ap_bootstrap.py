@@ -86,3 +86,13 @@ def test_the_two_evaluations_must_cover_the_same_frames():
     b.add(*_scene(np.random.default_rng(1), 3, 0.2, 0))
     with pytest.raises(ValueError, match="same frames"):
         paired_ap_difference(a, b)
+
+
+def test_resamples_computed_a_few_at_a_time_give_the_same_aps(monkeypatch):
+    import v2x.ap_bootstrap as boot
+
+    (ev,) = _evaluators((0.5,))
+    counts = np.random.default_rng(2).multinomial(ev.frames, np.full(ev.frames, 1 / ev.frames), size=50)
+    whole = bootstrap_ap(ev, counts)
+    monkeypatch.setattr(boot, "_CHUNK_ELEMENTS", 7)  # one resample per chunk
+    assert np.allclose(bootstrap_ap(ev, counts), whole, rtol=0, atol=1e-12)  # summation order only
