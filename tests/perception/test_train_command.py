@@ -72,61 +72,54 @@ def test_training_writes_its_outputs_is_deterministic_and_resumes(log, tmp_path)
     assert any(not torch.equal(wa[k], v) for k, v in _weights(a / "detector.pt").items())
 
 
-def test_fine_tuning_trains_only_the_named_module_from_given_weights(log, tmp_path):
-    base = tmp_path / "base"
-    assert _train(log, _config(tmp_path, "base"), base).exit_code == 0
-    start = _weights(base / "detector.pt")
-    config = _config(
-        tmp_path,
-        "attention",
-        {"fusion": "attention"},
-        init_weights=str(base / "detector.pt"),
-        train_only=["fusion."],
-        early_probability=0.0,
-    )
-    out = tmp_path / "attention"
+@pytest.fixture(scope="module")
+def base_weights(log, tmp_path_factory) -> Path:
+    """A tiny trained detector that the fine-tuning tests start from."""
+    tmp = tmp_path_factory.mktemp("base")
+    assert _train(log, _config(tmp, "base"), tmp / "base").exit_code == 0
+    return tmp / "base" / "detector.pt"
+
+
+def _fine_tune(log, tmp_path, base: Path, prefix: str, detector: dict, **train) -> tuple[dict, Path]:
+    """Fine-tune only ``prefix`` from ``base``; check that only ``prefix`` weights are new and
+    that every weight and batch-norm statistic of the base stays. Returns the weights and run."""
+    start = _weights(base)
+    name = prefix.rstrip(".")
+    config = _config(tmp_path, name, detector, init_weights=str(base), train_only=[prefix], **train)
+    out = tmp_path / name
     res = _train(log, config, out)
     assert res.exit_code == 0, res.output
     tuned = _weights(out / "detector.pt")
-    assert set(tuned) - set(start) and all(k.startswith("fusion.") for k in set(tuned) - set(start))
-    for k, v in start.items():  # every weight and batch-norm statistic of the base stays
+    assert set(tuned) - set(start) and all(k.startswith(prefix) for k in set(tuned) - set(start))
+    for k, v in start.items():
         assert torch.equal(tuned[k], v), k
+    return tuned, out
+
+
+def test_fine_tuning_trains_only_the_named_module_from_given_weights(log, tmp_path, base_weights):
+    _fine_tune(log, tmp_path, base_weights, "fusion.", {"fusion": "attention"}, early_probability=0.0)
 
     # a checkpoint without the attention module cannot fine-tune a model that freezes it
     frozen = _config(
-        tmp_path,
-        "frozen",
-        {"fusion": "attention"},
-        init_weights=str(base / "detector.pt"),
-        train_only=["head."],
+        tmp_path, "frozen", {"fusion": "attention"}, init_weights=str(base_weights), train_only=["head."]
     )
     res = _train(log, frozen, tmp_path / "frozen")
     assert res.exit_code != 0 and "lacks" in str(res.exception or res.output)
 
 
-def test_fine_tuning_the_warp_alignment_alone(log, tmp_path):
+def test_fine_tuning_the_warp_alignment_alone(log, tmp_path, base_weights):
     """Only ``align.`` learns; batches without a collaborator give it nothing to learn from and
     are counted, not crashed on."""
-    base = tmp_path / "base"
-    assert _train(log, _config(tmp_path, "base"), base).exit_code == 0
-    start = _weights(base / "detector.pt")
-    config = _config(
+    tuned, out = _fine_tune(
+        log,
         tmp_path,
-        "alignment",
+        base_weights,
+        "align.",
         {"warp_alignment": True},
-        init_weights=str(base / "detector.pt"),
-        train_only=["align."],
         early_probability=0.0,
         max_agents=2,
         seed=1,
     )
-    out = tmp_path / "alignment"
-    res = _train(log, config, out)
-    assert res.exit_code == 0, res.output
-    tuned = _weights(out / "detector.pt")
-    assert set(tuned) - set(start) and all(k.startswith("align.") for k in set(tuned) - set(start))
-    for k, v in start.items():
-        assert torch.equal(tuned[k], v), k
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     # with seed 1 one of the two samples has its collaborator and one has none
     assert history[0]["steps_without_gradient"] == 1
