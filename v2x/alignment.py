@@ -17,7 +17,7 @@ from torch import nn
 
 from v2x.grid import BEVGrid
 
-__all__ = ["GEOMETRY_CHANNELS", "WarpAlignment", "sampling_geometry"]
+__all__ = ["GEOMETRY_CHANNELS", "WarpAlignment", "sampling_geometry", "sender_pixels"]
 
 #: cos and sin of the relative yaw, of the sub-cell position in x and of that in y (periodic, so
 #: sampling exactly on a sender's cell centre reads the same from either side), and the range
@@ -25,8 +25,12 @@ __all__ = ["GEOMETRY_CHANNELS", "WarpAlignment", "sampling_geometry"]
 GEOMETRY_CHANNELS = 7
 
 
-def relative_yaw(ego_from_sender: np.ndarray) -> float:
-    return float(np.arctan2(ego_from_sender[1, 0], ego_from_sender[0, 0]))
+def sender_pixels(uv: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column and row positions (x, y in pixels, cell centres at integers) of normalised sampling
+    positions ``uv`` (n, 2) in an (H, W) map, as ``F.grid_sample`` reads them with
+    ``align_corners=False``."""
+    h, w = shape
+    return ((uv[:, 0] + 1) * w - 1) / 2, ((uv[:, 1] + 1) * h - 1) / 2
 
 
 def sampling_geometry(uv: torch.Tensor, yaw: float, grid: BEVGrid) -> torch.Tensor:
@@ -35,9 +39,7 @@ def sampling_geometry(uv: torch.Tensor, yaw: float, grid: BEVGrid) -> torch.Tens
     ``uv`` (n, 2) are the sampling positions in the sender map's normalised coordinates
     (``F.grid_sample``'s, ``align_corners=False``).
     """
-    h, w = grid.shape
-    ix = ((uv[:, 0] + 1) * w - 1) / 2
-    iy = ((uv[:, 1] + 1) * h - 1) / 2
+    ix, iy = sender_pixels(uv, grid.shape)
     x = (grid.x_max + grid.x_min) / 2 + uv[:, 0] * (grid.x_max - grid.x_min) / 2
     y = (grid.y_max + grid.y_min) / 2 + uv[:, 1] * (grid.y_max - grid.y_min) / 2
     n = uv.shape[0]

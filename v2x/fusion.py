@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from v2x.alignment import WarpAlignment, relative_yaw, sampling_geometry
+from v2x.alignment import WarpAlignment, sampling_geometry, sender_pixels
+from v2x.geometry import yaw_of
 from v2x.grid import BEVGrid
 
 __all__ = ["AttentionFusion", "MaxFusion", "make_fusion", "warp_affine", "warp_cells_to_ego", "warp_to_ego"]
@@ -29,7 +30,7 @@ def warp_affine(ego_from_sender: np.ndarray, grid: BEVGrid) -> torch.Tensor:
     in the ego frame is R^T (p - t) in the sender's frame, so the sender-normalised location
     is S^-1 R^T S (u, v) + S^-1 (R^T (c - t) - c).
     """
-    yaw = relative_yaw(ego_from_sender)
+    yaw = yaw_of(ego_from_sender)
     rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
     t = ego_from_sender[:2, 3]
     s = np.diag([(grid.x_max - grid.x_min) / 2, (grid.y_max - grid.y_min) / 2])
@@ -80,7 +81,7 @@ def warp_to_ego(
             [
                 align(
                     warped[i].reshape(c, -1),
-                    sampling_geometry(sampling[i].reshape(-1, 2), relative_yaw(ego_from_sender[i]), grid),
+                    sampling_geometry(sampling[i].reshape(-1, 2), yaw_of(ego_from_sender[i]), grid),
                 ).reshape(c, h, w)
                 for i in range(n)
             ]
@@ -114,26 +115,25 @@ def _warped_cells(
     grid: BEVGrid,
     align: WarpAlignment | None,
 ) -> Cells:
-    """One sender's valid ego cells, interpolated and (with ``align``) corrected."""
-    idx, values = _sample_valid_cells(features, sampling, wvalid)
-    if align is not None and len(idx):
-        uv = sampling.reshape(-1, 2).index_select(0, idx)
-        values = align(values, sampling_geometry(uv, relative_yaw(ego_from_sender), grid))
+    """One sender's ego cells that come out valid only (the fusions never look at invalid cells,
+    and a collaborator's map covers a small part of the ego's grid), interpolated and (with
+    ``align``) corrected."""
+    idx = torch.nonzero(wvalid.reshape(-1)).squeeze(1)
+    if not len(idx):
+        return idx, features.new_zeros(features.shape[0], 0)
+    uv = sampling.reshape(-1, 2).index_select(0, idx)
+    values = _bilinear(features, uv)
+    if align is not None:
+        values = align(values, sampling_geometry(uv, yaw_of(ego_from_sender), grid))
     return idx, values
 
 
-def _sample_valid_cells(features: torch.Tensor, sampling: torch.Tensor, wvalid: torch.Tensor) -> Cells:
+def _bilinear(features: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """``grid_sample``'s bilinear interpolation (zero padding, ``align_corners=False``) of one
-    (C, H, W) map at the ego cells that come out valid only: the fusions never look at invalid
-    cells, and a collaborator's map covers a small part of the ego's grid."""
+    (C, H, W) map at n normalised positions ``uv`` (n, 2): (C, n)."""
     c, h, w = features.shape
-    idx = torch.nonzero(wvalid.reshape(-1)).squeeze(1)
-    acc = torch.zeros(c, len(idx), dtype=features.dtype)
-    if not len(idx):
-        return idx, acc
-    uv = sampling.reshape(-1, 2).index_select(0, idx)
-    ix = ((uv[:, 0] + 1) * w - 1) / 2
-    iy = ((uv[:, 1] + 1) * h - 1) / 2
+    acc = torch.zeros(c, len(uv), dtype=features.dtype)
+    ix, iy = sender_pixels(uv, (h, w))
     x0, y0 = torch.floor(ix), torch.floor(iy)
     fx, fy = ix - x0, iy - y0
     x0, y0 = x0.long(), y0.long()
@@ -148,7 +148,7 @@ def _sample_valid_cells(features: torch.Tensor, sampling: torch.Tensor, wvalid: 
         inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
         flat = ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)
         acc += src.index_select(1, flat) * (weight * inside)
-    return idx, acc
+    return acc
 
 
 class MaxFusion(nn.Module):
