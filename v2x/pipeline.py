@@ -222,7 +222,11 @@ class AgentStage:
         self.malformed = 0
         self._noise_filter: MultiSensorKF | None = None
 
-    def perceive(self, scan: AgentScan) -> AgentPerception:
+    def perceive(self, scan: AgentScan) -> AgentPerception | None:
+        """None where the method sends nothing or raw points: encoding would be wasted work, and
+        in real time it would take the cores the ego needs."""
+        if self.cfg.method in ("none", "early"):
+            return None
         return self.models.perception.agent_step(scan, detect=needs_detection(self.cfg.method))
 
     def variances(self, me: AgentPerception) -> np.ndarray | None:
@@ -289,7 +293,7 @@ class AgentStage:
 
     def message(
         self,
-        me: AgentPerception,
+        me: AgentPerception | None,
         scan: AgentScan,
         spent: int = 0,
         assigned: np.ndarray | None = None,
@@ -348,15 +352,25 @@ class EgoOutput:
 class EgoStage:
     """The ego's per-frame work: demand, decode what arrived, fuse, detect, track."""
 
-    def __init__(self, ego_id: str, models: Models, cfg: RunConfig) -> None:
+    def __init__(self, ego_id: str, models: Models, cfg: RunConfig, previous: EgoStage | None = None) -> None:
+        """``previous``: the ego of the run's sequence before this one. Its message counts go on
+        here (a new sequence starts fresh tracks, not fresh totals), and what it still held
+        expires, so every message handed to an ego is fused, dropped, malformed or expired."""
         self.ego_id = str(ego_id)
         self.models = models
         self.cfg = cfg
-        self.malformed = 0
-        self.late_dropped = 0
-        self.expired = 0
+        self.malformed = self.late_dropped = self.expired = 0
+        if previous is not None:
+            previous.close_books()
+            self.malformed, self.late_dropped = previous.malformed, previous.late_dropped
+            self.expired = previous.expired
         self.held: dict[str, Arrival] = {}
         self.reset_tracking()
+
+    def close_books(self) -> None:
+        """The run or sequence is over: held late messages will never be fused."""
+        self.expired += len(self.held)
+        self.held.clear()
 
     def reset_tracking(self) -> None:
         """A new sequence: fresh tracks, no motion model, no held messages."""
@@ -368,7 +382,7 @@ class EgoStage:
         self.motion = MotionModel.empty()
         self._tracked = 0
         self._last_tracks: tuple[Boxes, float] | None = None
-        self.held.clear()
+        self.close_books()
 
     def perceive(self, scan: AgentScan) -> AgentPerception:
         # the ego detects on its own map for no fusion, late fusion and its demand map
@@ -539,7 +553,7 @@ def run_frames(
         t0 = time.perf_counter()
         t = k / cfg.frame_hz
         if scorer.needs_new_sequence(frame.scenario, frame.ego_id, ego.ego_id if ego else None):
-            ego = EgoStage(frame.ego_id, models, cfg)  # a new sequence: fresh tracks, nothing held
+            ego = EgoStage(frame.ego_id, models, cfg, ego)  # a new sequence: fresh tracks, nothing held
             scorer.new_sequence(frame.scenario)
         me, arrivals, spent = exchange_frame(frame, k, t, cfg, agents, ego, em)
         usable = ego.usable(arrivals, t, t + cfg.deadline_s)
@@ -561,6 +575,8 @@ def run_frames(
         if progress is not None:
             progress(k, {"bytes": float(np.mean(list(spent.values()))) if spent else 0.0})
     em.close()
+    if ego is not None:
+        ego.close_books()
     malformed = (ego.malformed if ego else 0) + sum(a.malformed for a in agents.values())
     out = scorer.summary(em, malformed, ego.late_dropped if ego else 0, ego.expired if ego else 0)
     out["_detections"] = detections

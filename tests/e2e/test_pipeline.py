@@ -3,6 +3,7 @@ budgets, the late-message policies and bad messages."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 
@@ -65,8 +66,22 @@ def test_late_messages_are_dropped_or_fused_later_with_compensation(frames, mode
     kept = _run(frames, models, **slow, late_policy="compensate")
     assert (
         kept["messages"]["fused"] == kept["messages"]["fused_stale"] == n_msgs - 2
-    )  # all but the last frame's
+    )  # all but the last frame's, which are still held when the run ends
+    assert kept["messages"]["expired"] == 2 and kept["messages"]["late_dropped"] == 0
     assert on_time["messages"]["fused"] == n_msgs and on_time["messages"]["fused_stale"] == 0
+
+
+def test_the_late_message_books_run_on_across_sequences(frames, models):
+    """Each sequence gets a fresh ego; its counts must not start again from zero, and what the
+    last ego of a sequence still held expires: every late message is fused, dropped or expired."""
+    two = frames[:2] + [dataclasses.replace(f, scenario="second") for f in frames[2:]]
+    slow = dict(method="raw", budget=None, channel="ideal", latency_ms=150, deadline_ms=100)
+    n_msgs = 2 * len(two)
+    dropped = _run(two, models, **slow, late_policy="drop")["messages"]
+    assert dropped["late_dropped"] == n_msgs and dropped["fused"] == dropped["expired"] == 0
+    kept = _run(two, models, **slow, late_policy="compensate")["messages"]
+    # in each sequence the first frame's messages are fused into the second; the second's expire
+    assert kept["fused"] == kept["expired"] == n_msgs // 2 and kept["late_dropped"] == 0
 
 
 def test_a_lossy_channel_degrades_to_fewer_agents_and_counts_every_loss(frames, models):
@@ -74,6 +89,21 @@ def test_a_lossy_channel_degrades_to_fewer_agents_and_counts_every_loss(frames, 
     m = out["messages"]
     assert m["sent"] == m["delivered"] + m["dropped_channel"] and m["dropped_channel"] > 0
     assert m["fused"] == m["delivered"]
+
+
+@pytest.mark.parametrize("method", ["none", "early"])
+def test_collaborators_that_send_nothing_or_points_do_not_encode(frames, models, monkeypatch, method):
+    """Their encoding would be thrown away; in real time it would take the ego's cores."""
+    calls = []
+    step = type(models.perception).agent_step
+    monkeypatch.setattr(
+        type(models.perception),
+        "agent_step",
+        lambda self, scan, **kw: calls.append(1) or step(self, scan, **kw),
+    )
+    out = _run(frames[:2], models, method=method, budget=None)
+    assert len(calls) == 2  # the ego's own scan, each frame
+    assert out["messages"]["fused"] == (0 if method == "none" else 2 * 2)
 
 
 def test_malformed_messages_are_counted_and_dropped_not_fatal(frames, models):

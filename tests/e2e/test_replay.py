@@ -194,16 +194,21 @@ def test_viz_of_a_run_draws_each_collaborators_sent_cells(replayed, tiny_log, tm
 def test_real_time_replay_reports_its_latency_and_where_it_goes(tiny_log, tmp_path):
     """``--realtime``: the wall clock at 10 Hz. How fast this machine is decides how many frames
     are fused in time, so only the books are checked: every frame played is fused or skipped,
-    and each fused frame's steps come in order after its capture."""
+    every message that reached the ego is fused, dropped as late, or expired (held for a later
+    frame that came too late or never came; messages of frames the ego skipped included), and
+    each fused frame's steps come in order after its capture."""
     from v2x.pipeline import RunConfig
     from v2x.replay.run import ReplayOptions, run_replay
 
-    cfg = RunConfig.from_options(**OPTIONS)
+    cfg = RunConfig.from_options(**OPTIONS, late_policy="compensate")
     results = run_replay(ReplayOptions(tiny_log, cfg, tmp_path / "run", realtime=True, threads=1))
     assert results["clock"] == "realtime" and results["partial"] is False
     fused, skipped = results["frames_fused"], results["frames_skipped"]
     assert fused >= 1 and fused + skipped <= FRAMES
     assert 0 <= results["deadline_misses"] <= fused
+    m = results["messages"]
+    assert results["delivered_to_ego"] >= 1 and m["malformed"] == 0
+    assert results["delivered_to_ego"] == m["fused"] + m["late_dropped"] + m["expired"]
     assert results["output_latency_ms"]["n"] == fused and results["output_latency_ms"]["p50"] > 0
     stages = results["stage_ms"]
     order = ["ego_started", "ego_perceived", "fuse_started", "output"]
@@ -255,6 +260,17 @@ def test_a_folder_of_unknown_format_is_one_clear_line(tmp_path):
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and "not a known log" in lines[0] and str(tmp_path) in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_late_policy_options_reach_the_run(tiny_log, tmp_path):
+    out = tmp_path / "out"
+    args = ["replay", str(tiny_log), "--in-process", "--out", str(out), "--frames", "2", "--tracker", "none"]
+    args += ["--method", "late", "--late-policy", "compensate", "--max-age-ms", "750", "--deadline-ms", "80"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert (config["late_policy"], config["max_age_s"], config["deadline_s"]) == ("compensate", 0.75, 0.08)
 
 
 def test_slots_are_sticky_and_previews_change_nothing():

@@ -123,6 +123,11 @@ def _table(r: dict) -> str:
     help="Messages that miss the deadline: drop them, or fuse them into the next frame, motion-compensated.",
 )
 @click.option("--deadline-ms", type=float, help="When the ego fuses, after capture [default: 100].")
+@click.option(
+    "--max-age-ms",
+    type=click.FloatRange(min=0),
+    help="Oldest late message the compensate policy still fuses [default: 300].",
+)
 @click.option("--frames", type=click.IntRange(min=1), help="Play only the first N frames.")
 @click.option("--scene", "scenes", multiple=True, help="Only these scenes (repeatable).")
 @click.option(
@@ -165,6 +170,7 @@ def replay(
     tracker,
     late_policy,
     deadline_ms,
+    max_age_ms,
     frames,
     scenes,
     max_agents,
@@ -201,6 +207,7 @@ def replay(
             deadline_ms=deadline_ms,
             tracker=tracker,
             late_policy=late_policy,
+            **({} if max_age_ms is None else {"max_age_s": max_age_ms / 1000}),
             frames=frames,
             seed=seed,
             max_agents=max_agents,

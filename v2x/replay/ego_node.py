@@ -131,7 +131,6 @@ class EgoNode(ReplayNode):
         self.infos: dict[int, dict] = {}
         self.statuses: dict[tuple[int, str], dict] = {}
         self.packets: dict[tuple[int, str, str], tuple[Packet, float]] = {}
-        self.frame_t: dict[int, float] = {}  # capture time of fused frames (late messages)
         self.alive = {name: True for name in self.agent_nodes}
         self.seen: dict[str, float] = {}
         self.agent_malformed: dict[str, int] = {}
@@ -215,10 +214,20 @@ class EgoNode(ReplayNode):
             return
         if not self.realtime:
             self.counts["after_give_up"] += 1
-        elif not pkt.kind.startswith("lost:") and k in self.frame_t:
-            from v2x.pipeline import Arrival
+        else:
+            self._late(pkt, received)
 
-            self.ego.usable([Arrival(pkt.data, sender, self.frame_t[k], received, k)], received, -math.inf)
+    def _late(self, pkt: Packet, received: float) -> None:
+        """Real time: a collaborator's message for a frame fused already, or skipped, goes to the
+        late policy (held for the next frame and motion-compensated, or dropped and counted)."""
+        from v2x.pipeline import Arrival
+
+        if self.ego is None or pkt.receiver != self.ego.ego_id or pkt.kind.startswith("lost:"):
+            return
+        captured = pkt.stamp_ns / 1e9  # in real time a frame's stamp is its capture on the wall clock
+        self.ego.usable(
+            [Arrival(pkt.data, pkt.sender, captured, received, int(pkt.frame))], received, -math.inf
+        )
 
     def on_nodes(self, _t: str, msg: Json) -> None:
         for name in msg.data.get("dead", []):
@@ -266,9 +275,10 @@ class EgoNode(ReplayNode):
         for store in (self.infos, self.scans, self.gts, self.gt_tracks):
             for old in [x for x in store if x < k]:
                 del store[old]
-        for store in (self.statuses, self.packets):  # frames skipped in real time
-            for old in [x for x in store if x[0] < k]:
-                del store[old]
+        for old in [x for x in self.statuses if x[0] < k]:  # frames skipped in real time
+            del self.statuses[old]
+        for old in sorted((x for x in self.packets if x[0] < k), key=lambda x: x[0]):
+            self._late(*self.packets.pop(old))  # the newest per sender is held (compensate policy)
         info = self.infos.pop(k)
         self.work = _Work(
             k, float(info["t"]), info, self.scans.pop(k), self.gts.pop(k), self.gt_tracks.pop(k, None)
@@ -294,9 +304,8 @@ class EgoNode(ReplayNode):
         info = w.info
         ego_id = info["ego_id"]
         if self.scorer.needs_new_sequence(info["scenario"], ego_id, self.ego.ego_id if self.ego else None):
-            self.ego = EgoStage(ego_id, self.models, self.cfg)
+            self.ego = EgoStage(ego_id, self.models, self.cfg, self.ego)
             self.scorer.new_sequence(info["scenario"])
-            self.frame_t.clear()
         w.collab = [(str(a), int(s)) for a, s in info["collaborators"]]
         w.me = self.ego.perceive(w.scan)
         demand = self.ego.demand(w.me)
@@ -401,9 +410,6 @@ class EgoNode(ReplayNode):
             result, usable, {} if self.realtime else w.spent, w.gt, w.gt_track, w.me.world_from_bev
         )
         self.scorer.acc.frame_ms.append((time.time() - w.wall_start) * 1000)
-        self.frame_t[w.k] = w.t
-        for old in [x for x in self.frame_t if x < w.k - 10]:
-            del self.frame_t[old]
         self.last_fused = w.k
         self.counts["frames_fused"] += 1
         out_wall = time.time()
@@ -505,6 +511,11 @@ class EgoNode(ReplayNode):
         if self.channel_stats is not None:
             book = LinkBook(dict(self.channel_stats["totals"]), dict(self.channel_stats["links"]))
         ego = self.ego
+        if self.realtime:  # messages for frames after the last one fused
+            for key in sorted(self.packets, key=lambda x: x[0]):
+                self._late(*self.packets.pop(key))
+        if ego is not None:
+            ego.close_books()
         malformed = (ego.malformed if ego else 0) + sum(self.agent_malformed.values())
         out = self.scorer.summary(book, malformed, ego.late_dropped if ego else 0, ego.expired if ego else 0)
         out.update(
