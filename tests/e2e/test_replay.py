@@ -273,6 +273,18 @@ def test_the_late_policy_options_reach_the_run(tiny_log, tmp_path):
     assert (config["late_policy"], config["max_age_s"], config["deadline_s"]) == ("compensate", 0.75, 0.08)
 
 
+def test_the_table_says_when_real_time_fused_nothing():
+    from v2x.cli.replay import _table
+
+    late = {"clock": "realtime", "messages": {"fused": 0, "late_dropped": 5, "expired": 2}}
+    text = _table(late)
+    assert "late: dropped / expired / fused" in text and "5 / 2 / -" in text
+    assert "NOTE: no collaborator's message was fused (7 came too late)" in text
+    assert "NOTE" not in _table({**late, "messages": {"fused": 3, "late_dropped": 5, "expired": 2}})
+    assert "NOTE" not in _table({**late, "clock": "sim"})
+    assert "NOTE" not in _table({**late, "messages": {"fused": 0}})  # nothing came at all: --method none
+
+
 def test_slots_are_sticky_and_previews_change_nothing():
     slots = SlotMap(3)
     assert slots.assign(["a", "b", "c"]) == {"a": 0, "b": 1, "c": 2}

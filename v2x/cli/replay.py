@@ -49,8 +49,8 @@ def _table(r: dict) -> str:
             f"{m.get('sent', '-')} / {m.get('delivered', '-')} / {m.get('dropped', '-')}",
         ),
         (
-            "late dropped / fused late",
-            f"{m.get('late_dropped', '-')} / {m.get('fused_stale', '-')}",
+            "late: dropped / expired / fused",
+            f"{m.get('late_dropped', '-')} / {m.get('expired', '-')} / {m.get('fused_stale', '-')}",
         ),
         (
             f"end-to-end latency p50 / p95 ms ({basis})",
@@ -85,7 +85,24 @@ def _table(r: dict) -> str:
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     if r.get("partial"):
         lines.append(f"PARTIAL: {r.get('reason') or 'cut short'}")
+    hint = _nothing_fused_hint(r)
+    if hint:
+        lines.append(hint)
     return "\n".join(lines)
+
+
+def _nothing_fused_hint(r: dict) -> str | None:
+    """Real time on a machine too slow for it: messages came, none in time. Without this line
+    the run reads like cooperation and is the ego alone."""
+    m = r.get("messages") or {}
+    late = (m.get("late_dropped") or 0) + (m.get("expired") or 0)
+    if r.get("clock") != "realtime" or m.get("fused") or not late:
+        return None
+    return (
+        f"NOTE: no collaborator's message was fused ({late} came too late), so these figures are "
+        "the ego alone's. This machine does not keep up with this many agents at 10 Hz; try "
+        "--late-policy compensate --max-age-ms 1000, fewer --agents, or a longer --deadline-ms."
+    )
 
 
 @click.command("replay")
