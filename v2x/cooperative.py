@@ -21,6 +21,7 @@ from v2x.encoder import sanitize_points
 from v2x.frame import AgentKind, AgentScan, Frame
 from v2x.geometry import inverse, transform_points
 from v2x.head import rotated_nms
+from v2x.perception_cache import PerceptionCache, scan_key
 from v2x.points_message import HEADER_BYTES as POINTS_HEADER_BYTES
 from v2x.points_message import POINT_BYTES
 
@@ -119,9 +120,13 @@ def evaluation_ground_truth(frame: Frame, min_points: int = 1, agent_ids: list[s
 class Perception:
     """The detector wrapped with the per-frame logic of agents and ego (inference only)."""
 
-    def __init__(self, model: CooperativeDetector) -> None:
+    def __init__(self, model: CooperativeDetector, cache: PerceptionCache | None = None) -> None:
         self.model = model.eval()
         self.cfg = model.cfg
+        #: an agent's own perception of a scan seen before is reused (sweeps; see perception_cache).
+        #: One cache may serve several detectors: entries are keyed by the model's identity too.
+        self.cache = cache
+        self._model_tag: bytes | None = None
 
     # -- agent side -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -149,7 +154,16 @@ class Perception:
         ]
 
     def agent_step(self, scan: AgentScan, detect: bool = True) -> AgentPerception:
-        return self.agent_steps([scan], detect)[0]
+        if self.cache is None:
+            return self.agent_steps([scan], detect)[0]
+        if self._model_tag is None:
+            self._model_tag = self.model.identity().encode()
+        key = self._model_tag + scan_key(scan, detect)
+        got = self.cache.get(key)
+        if got is None:
+            got = self.agent_steps([scan], detect)[0]
+            self.cache.put(key, got)
+        return got
 
     # -- ego side -------------------------------------------------------------------------------
     @torch.no_grad()

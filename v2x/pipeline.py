@@ -45,6 +45,7 @@ from v2x.encoder import sanitize_points
 from v2x.frame import AgentScan, Frame
 from v2x.geometry import inverse, transform_points
 from v2x.messages import CODE_METHODS, DEMAND_METHODS, Demand, MessageCodec, Offer, sender_code
+from v2x.perception_cache import PerceptionCache
 from v2x.points_message import PointsMessageError, decode_points, encode_points
 from v2x.replay_results import jsonable
 from v2x.sim.channel import ChannelConfig, preset
@@ -807,10 +808,16 @@ def run_log(
 
 
 _MODELS: dict[tuple, Models] = {}
+#: a sweep worker's agents' perceptions, shared by every cell it runs (see perception_cache)
+_PERCEPTION_CACHE: PerceptionCache | None = None
+#: its default size per worker process (a frame of five agents takes about 23 MB)
+PERCEPTION_CACHE_MB = 2048
 
 
-def _cached_models(cfg: RunConfig) -> Models:
-    """A sweep worker runs many cells: load each set of weights once per process."""
+def _cached_models(cfg: RunConfig, cache_mb: int = PERCEPTION_CACHE_MB) -> Models:
+    """A sweep worker runs many cells: load each set of weights once per process, and reuse
+    each agent's perception of a scan across cells (``cache_mb`` of it; 0: none)."""
+    global _PERCEPTION_CACHE
     needs_codebook = cfg.method in CODE_METHODS
     key = (
         cfg.weights,
@@ -821,7 +828,11 @@ def _cached_models(cfg: RunConfig) -> Models:
     )
     if key not in _MODELS:
         _MODELS[key] = Models.load(cfg)
-    return _MODELS[key]
+    models = _MODELS[key]
+    if cache_mb > 0 and (_PERCEPTION_CACHE is None or _PERCEPTION_CACHE.max_bytes != cache_mb << 20):
+        _PERCEPTION_CACHE = PerceptionCache(cache_mb << 20)
+    models.perception.cache = _PERCEPTION_CACHE if cache_mb > 0 else None
+    return models
 
 
 def run_cell(cell: dict[str, Any]) -> dict:
@@ -831,6 +842,7 @@ def run_cell(cell: dict[str, Any]) -> dict:
     scene = cell.pop("scene", None)
     agents = cell.pop("agents", None)
     threads = cell.pop("threads", 1)
+    cache_mb = int(cell.pop("perception_cache_mb", PERCEPTION_CACHE_MB))
     for k in ("name",):
         cell.pop(k, None)
     if agents is not None:
@@ -838,7 +850,7 @@ def run_cell(cell: dict[str, Any]) -> dict:
     torch.set_num_threads(int(threads))
     cfg = RunConfig.from_options(**cell)
     t0 = time.perf_counter()
-    out = run_log(data, cfg, models=_cached_models(cfg), scenes=[scene] if scene else None)
+    out = run_log(data, cfg, models=_cached_models(cfg, cache_mb), scenes=[scene] if scene else None)
     out.pop("_detections", None)
     out.pop("links", None)
     out["wall_s"] = round(time.perf_counter() - t0, 2)

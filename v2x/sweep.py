@@ -79,11 +79,12 @@ SETTINGS = (
     "coord_wait_s",
     "max_age_s",
     "threads",
+    "perception_cache_mb",
 )
 PATH_SETTINGS = ("weights", "codebook", "tracker_weights")
 TOP_KEYS = ("name", "data", "grid", "also", *SETTINGS)
 #: execution details that do not change a cell's result, left out of its hash
-NOT_HASHED = ("threads",)
+NOT_HASHED = ("threads", "perception_cache_mb")
 UNLIMITED = "unlimited"
 #: the configs shipped with the package (``v2x sweep quick`` finds ``quick.yaml`` here)
 SHIPPED = Path(__file__).resolve().parent / "configs" / "sweeps"
@@ -190,7 +191,7 @@ def _resolve_path(path: Path, key: str, value: Any, want_dir: bool = False) -> P
 
 
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
-    ints = {"frames": 1, "seed": 0, "threads": 1}
+    ints = {"frames": 1, "seed": 0, "threads": 1, "perception_cache_mb": 0}
     for key, low in ints.items():
         v = settings.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
@@ -357,7 +358,7 @@ def _validate_cells(path: Path, cells: list[dict[str, Any]]) -> None:
 
     seen = set()
     for cell in cells:
-        opts = {k: v for k, v in cell.items() if k not in ("data", "scene", "threads")}
+        opts = {k: v for k, v in cell.items() if k not in ("data", "scene", *NOT_HASHED)}
         if "agents" in opts:
             opts["max_agents"] = opts.pop("agents")
         key = json.dumps(opts, sort_keys=True, default=str)

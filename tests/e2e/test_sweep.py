@@ -171,6 +171,35 @@ def test_the_shipped_configs_validate(tmp_path):
 def test_the_hash_ignores_threads_but_not_settings():
     cell = {"data": "/x", "method": "late", "budget": "1kbps", "channel": "ideal"}
     assert cell_id(cell) == cell_id({**cell, "threads": 4}) != cell_id({**cell, "frames": 3})
+    assert cell_id(cell) == cell_id({**cell, "perception_cache_mb": 0})
+
+
+@pytest.mark.slow
+def test_cells_reuse_the_agents_perception_and_get_the_same_results(tiny_log):
+    """A worker keeps each agent's perception of a scan for the next cells; results must not
+    change by a bit (only the wall times do)."""
+    from v2x import pipeline
+    from v2x.pipeline import run_cell
+
+    base = {"data": str(tiny_log), "channel": "ideal", "frames": 3, "tracker": "dmstrack"}
+    timing = ("wall_s", "compute_ms_per_frame")
+
+    def run(**cell):
+        out = run_cell({**base, **cell})
+        return {k: v for k, v in out.items() if k not in timing}
+
+    pipeline._PERCEPTION_CACHE = None
+    plain = [
+        run(method=m, budget=b, perception_cache_mb=0)
+        for m, b in (("codefilling", "200kbps"), ("late", "20kbps"))
+    ]
+    assert pipeline._PERCEPTION_CACHE is None
+    cached = [run(method=m, budget=b) for m, b in (("codefilling", "200kbps"), ("late", "20kbps"))]
+    cache = pipeline._PERCEPTION_CACHE
+    assert cached == plain
+    # codefilling perceived every scan (3 frames of 2 agents, detecting); late detects too, so
+    # all of its are hits
+    assert cache.misses == 3 * 2 and cache.hits == 3 * 2 and 0 < cache.bytes <= cache.max_bytes
 
 
 # -- outputs (synthetic records) ----------------------------------------------------------------------

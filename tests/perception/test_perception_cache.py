@@ -1,0 +1,64 @@
+"""The perception cache: what its key covers, its byte bound, and that a hit is the computation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from v2x.cooperative import Perception
+from v2x.perception_cache import PerceptionCache, scan_key
+
+
+def test_the_key_covers_everything_the_computation_reads(synthetic_frame):
+    scan = synthetic_frame(1).agents["1"]
+    key = scan_key(scan, detect=True)
+    moved = scan.world_from_lidar.copy()
+    moved[0, 3] += 0.01
+    points = scan.points.copy()
+    points[0, 0] += 0.001
+    variants = [
+        scan_key(scan, detect=False),
+        scan_key(dataclasses.replace(scan, world_from_lidar=moved), True),
+        scan_key(dataclasses.replace(scan, points=points), True),
+        scan_key(dataclasses.replace(scan, mount_height=scan.mount_height + 0.1), True),
+        scan_key(dataclasses.replace(scan, timestamp_ns=scan.timestamp_ns + 1), True),
+        scan_key(dataclasses.replace(scan, agent_id="other"), True),
+    ]
+    assert len({key, *variants}) == 1 + len(variants)
+    assert scan_key(dataclasses.replace(scan, points=scan.points.copy()), True) == key
+
+
+def test_a_hit_returns_what_computing_again_gives(model, synthetic_frame):
+    frame = synthetic_frame(2)
+    plain = Perception(model)
+    cached = Perception(model, PerceptionCache(1 << 30))
+    for scan in frame.agents.values():
+        first = cached.agent_step(scan)
+        assert cached.agent_step(scan) is first  # the second is a hit
+        fresh = plain.agent_step(scan)
+        assert torch.equal(first.features, fresh.features) and torch.equal(first.occupied, fresh.occupied)
+        assert np.array_equal(first.confidence, fresh.confidence)
+        assert np.array_equal(first.boxes.xyzlwhy, fresh.boxes.xyzlwhy)
+    assert cached.cache.hits == len(frame.agents) == cached.cache.misses
+
+
+def test_least_recently_used_entries_go_first_and_the_bound_holds(model, synthetic_frame):
+    scans = list(synthetic_frame(3, n_agents=3).agents.values())
+    probe = Perception(model, PerceptionCache(1 << 30))
+    probe.agent_step(scans[0])
+    one = probe.cache.bytes
+    perception = Perception(model, PerceptionCache(2 * one + one // 2))  # room for two
+    a, b, c = scans
+    perception.agent_step(a)
+    perception.agent_step(b)
+    perception.agent_step(a)  # a is now the most recently used
+    perception.agent_step(c)  # evicts b
+    cache = perception.cache
+    assert len(cache) == 2 and cache.bytes <= cache.max_bytes
+    hits = cache.hits
+    perception.agent_step(a)
+    assert cache.hits == hits + 1
+    perception.agent_step(b)  # gone: computed again
+    assert cache.hits == hits + 1 and cache.misses == 4
