@@ -25,12 +25,14 @@ def evaluate_fusion_modes(
     progress: bool = False,
     threads: int | None = None,
     bootstrap: int = 0,
+    bootstrap_block: int = 1,
 ) -> dict[str, dict]:
     """AP (BEV and 3D, 0.3/0.5/0.7) and mean bytes per collaborator per frame, per mode.
 
     With ``bootstrap`` resamples and two or more modes, the result also holds
     ``"paired_bootstrap"``: for each later mode against each earlier one, the BEV AP difference
-    with its 95 % interval over paired resamples of the frames (``v2x.ap_bootstrap``)."""
+    with its 95 % interval over paired resamples of the frames, or of runs of ``bootstrap_block``
+    consecutive frames (``v2x.ap_bootstrap``), and ``"bootstrap"``: those two settings."""
     from v2x.datasets import open_log
 
     if threads:
@@ -65,8 +67,11 @@ def evaluate_fusion_modes(
         out[m] = r
     if bootstrap and len(modes) > 1:
         out["paired_bootstrap"] = {
-            f"{b}-{a}": paired_ap_difference(evaluators[a], evaluators[b], resamples=bootstrap)
+            f"{b}-{a}": paired_ap_difference(
+                evaluators[a], evaluators[b], resamples=bootstrap, block=bootstrap_block
+            )
             for i, a in enumerate(modes)
             for b in modes[i + 1 :]
         }
+        out["bootstrap"] = {"resamples": bootstrap, "block": bootstrap_block}
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from v2x.ap_bootstrap import bootstrap_ap, paired_ap_difference
+from v2x.ap_bootstrap import bootstrap_ap, paired_ap_difference, resample_counts
 from v2x.boxes import Boxes, ObjectClass
 from v2x.detection_metrics import DetectionEvaluator
 
@@ -96,3 +96,34 @@ def test_resamples_computed_a_few_at_a_time_give_the_same_aps(monkeypatch):
     whole = bootstrap_ap(ev, counts)
     monkeypatch.setattr(boot, "_CHUNK_ELEMENTS", 7)  # one resample per chunk
     assert np.allclose(bootstrap_ap(ev, counts), whole, rtol=0, atol=1e-12)  # summation order only
+
+
+def test_block_resamples_draw_runs_of_consecutive_frames():
+    rng = np.random.default_rng(0)
+    single = resample_counts(25, 40, np.random.default_rng(3))
+    assert np.array_equal(single, np.random.default_rng(3).multinomial(25, np.full(25, 1 / 25), size=40))
+    for block in (2, 5, 7, 25, 100):
+        counts = resample_counts(25, 40, rng, block)
+        assert counts.shape == (40, 25) and (counts.sum(axis=1) == 25).all()
+    assert (resample_counts(25, 5, rng, 25) == 1).all()  # one run: every frame once
+    # a run of 5 starting at frame s draws s..s+4: two runs cover at most 10 distinct frames
+    two = resample_counts(10, 200, rng, 5)
+    drawn = two > 0
+    starts = np.argmax(drawn, axis=1)
+    assert all(drawn[i, starts[i] : starts[i] + 5].all() for i in range(200))
+
+
+def test_runs_of_alike_frames_widen_the_interval():
+    """Which mode is better changes every 10 frames: frames drawn one by one average that out
+    more than it deserves; runs of 10 keep each stretch together and give a wider interval."""
+    frames, stretch = 60, 10
+    a, b = DetectionEvaluator(), DetectionEvaluator()
+    for f in range(frames):
+        good, bad = (0.1, 0.9) if (f // stretch) % 2 == 0 else (0.9, 0.1)
+        s = 1000 + f
+        a.add(*_scene(np.random.default_rng(s), 8, good, 2))
+        b.add(*_scene(np.random.default_rng(s), 8, bad, 2))
+    one = paired_ap_difference(a, b, resamples=400)["0.7"]
+    runs = paired_ap_difference(a, b, resamples=400, block=stretch)["0.7"]
+    assert one["difference"] == runs["difference"]
+    assert runs["high"] - runs["low"] > 1.3 * (one["high"] - one["low"])

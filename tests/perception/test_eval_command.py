@@ -16,7 +16,7 @@ def test_eval_detection_writes_ap_bytes_and_paired_intervals(tmp_path, generate_
     log = generate_log(tmp_path / "log", frames=4, cavs=2, rsus=1, channels=32, seed=6)
     out = tmp_path / "detection.json"
     args = ["eval", "detection", "--data", str(log), "--split", "train", "--fusion", "none,late,intermediate"]
-    res = CliRunner().invoke(cli, [*args, "--bootstrap", "200", "--json", str(out)])
+    res = CliRunner().invoke(cli, [*args, "--bootstrap", "200", "--bootstrap-block", "2", "--json", str(out)])
     assert res.exit_code == 0, res.output
     results = json.loads(out.read_text())
     for mode in ("none", "late", "intermediate"):
@@ -34,7 +34,8 @@ def test_eval_detection_writes_ap_bytes_and_paired_intervals(tmp_path, generate_
                 results[a]["ap_bev"][thr] - results[b]["ap_bev"][thr], abs=1e-5
             )
             assert d["low"] <= d["high"] and 0 <= d["share_ahead"] <= 1
-    assert "paired resamples" in res.output and "intermediate - late" in res.output
+    assert results["bootstrap"] == {"resamples": 200, "block": 2}
+    assert "runs of 2 consecutive frames" in res.output and "intermediate - late" in res.output
 
     # without --bootstrap there is no interval, and one mode is written as itself
     res = CliRunner().invoke(cli, [*args[:-1], "intermediate", "--json", str(out)])

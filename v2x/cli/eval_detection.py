@@ -52,23 +52,39 @@ def _parse_modes(value: str) -> list[str]:
     help="With two or more modes: paired bootstrap over frames, this many resamples (e.g. 1000).",
 )
 @click.option(
+    "--bootstrap-block",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Resample runs of this many consecutive evaluated frames (neighbouring frames are alike).",
+)
+@click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results here."
 )
-def eval_detection(data, split, weights, fusion, frames, max_cav, bootstrap, json_out) -> None:
+def eval_detection(
+    data, split, weights, fusion, frames, max_cav, bootstrap, bootstrap_block, json_out
+) -> None:
     """BEV and 3D AP at IoU 0.3/0.5/0.7 and bytes per agent per frame for each fusion mode."""
     from v2x.evaluate import evaluate_fusion_modes
 
     modes = _parse_modes(fusion)
     root = data / split if (data / split).is_dir() else data
     results = evaluate_fusion_modes(
-        root, modes, weights=weights, frames=frames, max_cav=max_cav, progress=True, bootstrap=bootstrap
+        root,
+        modes,
+        weights=weights,
+        frames=frames,
+        max_cav=max_cav,
+        progress=True,
+        bootstrap=bootstrap,
+        bootstrap_block=bootstrap_block,
     )
     for mode in modes:
         res = results[mode]
         click.echo(res.pop("_table"))
         click.echo(f"bytes per agent per frame: {res['bytes_per_agent_frame']:.0f}\n")
     if "paired_bootstrap" in results:
-        click.echo(_bootstrap_table(results["paired_bootstrap"], bootstrap))
+        click.echo(_bootstrap_table(results["paired_bootstrap"], bootstrap, bootstrap_block))
     payload = results[modes[0]] if len(modes) == 1 else results
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,10 +92,11 @@ def eval_detection(data, split, weights, fusion, frames, max_cav, bootstrap, jso
         click.echo(f"wrote {json_out}")
 
 
-def _bootstrap_table(pairs: dict[str, dict], resamples: int) -> str:
+def _bootstrap_table(pairs: dict[str, dict], resamples: int, block: int = 1) -> str:
+    what = "the frames" if block == 1 else f"runs of {block} consecutive frames"
     lines = [
         f"BEV AP difference in points, with its 95 % interval over {resamples} paired resamples of"
-        " the frames, and how often the first mode came out ahead",
+        f" {what}, and how often the first mode came out ahead",
         f"{'pair':>26}  " + "  ".join(f"{'AP@' + t:>28}" for t in ("0.3", "0.5", "0.7")),
     ]
     for name, by_thr in pairs.items():
