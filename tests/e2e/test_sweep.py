@@ -93,6 +93,7 @@ def test_a_bad_budget_is_refused_naming_file_and_value(tmp_path, budget, match):
         ({"grid": {"channel": ["wifi"]}}, "unknown channel preset 'wifi'"),
         ({"grid": {"method": []}}, "empty list"),
         ({"frames": 0}, "frames: expected an integer >= 1"),
+        ({"perception_cache_mb": -1}, "perception_cache_mb: expected an integer >= 0"),
         ({"tracker": "sort"}, "tracker: unknown 'sort'"),
         ({"codebook": "missing.pt"}, "codebook: no file 'missing.pt'"),
     ],
