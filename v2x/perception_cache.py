@@ -16,7 +16,9 @@ runs to the same results.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +28,31 @@ from v2x.frame import AgentScan
 if TYPE_CHECKING:
     from v2x.cooperative import AgentPerception
 
-__all__ = ["PerceptionCache", "scan_key"]
+__all__ = ["PerceptionCache", "memory_share_mb", "scan_key"]
+
+
+def _available_mb() -> int | None:
+    """Memory the system can still give (MemAvailable on Linux), in MiB; None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) >> 10
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return (os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) >> 20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_share_mb(requested_mb: int) -> int:
+    """``requested_mb``, but no more than this worker's share of half the available memory,
+    counting one worker per core: a machine with many cores and little memory must not run out
+    because every worker filled its cache."""
+    available = _available_mb()
+    if available is None:
+        return requested_mb
+    return max(0, min(requested_mb, available // (2 * (os.cpu_count() or 1))))
 
 
 def scan_key(scan: AgentScan, detect: bool) -> bytes:

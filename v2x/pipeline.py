@@ -45,7 +45,7 @@ from v2x.encoder import sanitize_points
 from v2x.frame import AgentScan, Frame
 from v2x.geometry import inverse, transform_points
 from v2x.messages import CODE_METHODS, DEMAND_METHODS, Demand, MessageCodec, Offer, sender_code
-from v2x.perception_cache import PerceptionCache
+from v2x.perception_cache import PerceptionCache, memory_share_mb
 from v2x.points_message import PointsMessageError, decode_points, encode_points
 from v2x.replay_results import jsonable
 from v2x.sim.channel import ChannelConfig, preset
@@ -808,9 +808,11 @@ def run_log(
 
 
 _MODELS: dict[tuple, Models] = {}
-#: a sweep worker's agents' perceptions, shared by every cell it runs (see perception_cache)
-_PERCEPTION_CACHE: PerceptionCache | None = None
-#: its default size per worker process (a frame of five agents takes about 23 MB)
+#: a sweep worker's agents' perceptions, shared by every cell it runs (see perception_cache),
+#: with the size it was asked for
+_PERCEPTION_CACHE: tuple[int, PerceptionCache | None] | None = None
+#: its default size per worker process (a frame of five agents takes about 23 MB), capped by
+#: the worker's share of the memory (``memory_share_mb``)
 PERCEPTION_CACHE_MB = 2048
 
 
@@ -829,9 +831,10 @@ def _cached_models(cfg: RunConfig, cache_mb: int = PERCEPTION_CACHE_MB) -> Model
     if key not in _MODELS:
         _MODELS[key] = Models.load(cfg)
     models = _MODELS[key]
-    if cache_mb > 0 and (_PERCEPTION_CACHE is None or _PERCEPTION_CACHE.max_bytes != cache_mb << 20):
-        _PERCEPTION_CACHE = PerceptionCache(cache_mb << 20)
-    models.perception.cache = _PERCEPTION_CACHE if cache_mb > 0 else None
+    if _PERCEPTION_CACHE is None or _PERCEPTION_CACHE[0] != cache_mb:
+        share = memory_share_mb(cache_mb)
+        _PERCEPTION_CACHE = (cache_mb, PerceptionCache(share << 20) if share > 0 else None)
+    models.perception.cache = _PERCEPTION_CACHE[1]
     return models
 
 

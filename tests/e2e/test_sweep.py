@@ -194,9 +194,9 @@ def test_cells_reuse_the_agents_perception_and_get_the_same_results(tiny_log):
         run(method=m, budget=b, perception_cache_mb=0)
         for m, b in (("codefilling", "200kbps"), ("late", "20kbps"))
     ]
-    assert pipeline._PERCEPTION_CACHE is None
+    assert pipeline._PERCEPTION_CACHE == (0, None)
     cached = [run(method=m, budget=b) for m, b in (("codefilling", "200kbps"), ("late", "20kbps"))]
-    cache = pipeline._PERCEPTION_CACHE
+    cache = pipeline._PERCEPTION_CACHE[1]
     assert cached == plain
     # codefilling perceived every scan (3 frames of 2 agents, detecting); late detects too, so
     # all of its are hits

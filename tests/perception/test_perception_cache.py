@@ -62,3 +62,16 @@ def test_least_recently_used_entries_go_first_and_the_bound_holds(model, synthet
     assert cache.hits == hits + 1
     perception.agent_step(b)  # gone: computed again
     assert cache.hits == hits + 1 and cache.misses == 4
+
+
+def test_a_worker_takes_no_more_than_its_share_of_the_memory(monkeypatch):
+    import v2x.perception_cache as pc
+
+    monkeypatch.setattr(pc, "_available_mb", lambda: 8000)
+    monkeypatch.setattr(pc.os, "cpu_count", lambda: 16)
+    assert pc.memory_share_mb(2048) == 8000 // 32  # half of it, over 16 workers
+    assert pc.memory_share_mb(100) == 100
+    monkeypatch.setattr(pc, "_available_mb", lambda: None)
+    assert pc.memory_share_mb(2048) == 2048
+    monkeypatch.undo()
+    assert pc._available_mb() > 0  # this Linux machine's /proc/meminfo is read
