@@ -33,6 +33,7 @@ before anything is allocated.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from collections import Counter
@@ -515,6 +516,8 @@ _DET_DTYPE = np.dtype(
     ]
 )
 DETECTION_BYTES = _DET_DTYPE.itemsize
+#: the largest finite half-precision value (RAW_FP16 features are clipped to it)
+HALF_MAX = float(np.finfo(np.float16).max)
 VARIANCE_BYTES = 14  # 7 x float16: variance of x, y, z, l, w, h, yaw
 assert DETECTION_BYTES == 16
 
@@ -653,6 +656,10 @@ def encode(
             feats = np.asarray(features if features is not None else np.zeros((n, 0)), dtype=np.float32)
             if feats.ndim != 2 or len(feats) != n or feats.shape[1] > MAX_CHANNELS:
                 raise ValueError(f"features must be (cells, <= {MAX_CHANNELS}), got {feats.shape}")
+            if not np.isfinite(feats).all():
+                raise ValueError("features must be finite (a receiver refuses non-finite values)")
+            if t == MessageType.RAW_FP16:  # beyond half precision's range: its largest value, not inf
+                feats = np.clip(feats, -HALF_MAX, HALF_MAX)
             dtype = "<f4" if t == MessageType.RAW_FP32 else "<f2"
             body += struct.pack("<H", feats.shape[1]) + feats[order].astype(dtype).tobytes()
         else:
@@ -722,6 +729,9 @@ def peek_header(data: bytes | memoryview) -> Header:
         raise TruncatedError(f"payload of {length} bytes declared, {len(buf) - HEADER.size} present")
     if len(buf) > HEADER.size + length:
         raise OversizedError(f"{len(buf) - HEADER.size - length} bytes after the declared payload")
+    if not all(math.isfinite(v) for v in (x, y, z, yaw)):
+        # a NaN pose would place the sender nowhere, and its message would be "fused" for nothing
+        raise MalformedError(f"non-finite sender pose ({x}, {y}, {z}, {yaw})")
     return Header(
         mtype,
         sender,
@@ -815,6 +825,8 @@ def _decode(buf, grid_shape, grid_id, codebook_id, codebook_size, max_channels) 
             if len(body) < pos + need:
                 raise TruncatedError(f"raw features: need {need} bytes, have {len(body) - pos}")
             raw = np.frombuffer(body[pos : pos + need], dtype="<f4" if width == 4 else "<f2")
+            if not np.isfinite(raw).all():
+                raise MalformedError(f"{int((~np.isfinite(raw)).sum())} non-finite raw feature values")
             msg.features = raw.reshape(n, c).astype(np.float32)
             pos += need
         else:

@@ -118,6 +118,24 @@ def test_malformed_messages_are_counted_and_dropped_not_fatal(frames, models):
     assert ego.malformed == 2 and out.fused == 0 and out.tracks is not None
 
 
+def test_a_message_with_a_nan_pose_is_malformed_not_fused(frames, models):
+    import struct
+    import zlib
+
+    from v2x.pipeline import AgentStage
+
+    cfg = RunConfig(method="raw", budget_bps=None, tracker="ab3dmot")
+    ego = EgoStage(frames[0].ego_id, models, cfg)
+    me = ego.perceive(frames[0].ego)
+    sender = frames[0].collaborators[0]
+    stage = AgentStage(sender.agent_id, models, cfg)
+    bad = bytearray(stage.message(stage.perceive(sender), sender))
+    struct.pack_into("<d", bad, 24, float("nan"))  # the sender's pose x in the header
+    bad[60:64] = struct.pack("<I", zlib.crc32(bytes(bad[:60]) + bytes(bad[64:])) & 0xFFFFFFFF)
+    out = ego.fuse(me, frames[0].ego, 0.0, [(Arrival(bytes(bad), sender.agent_id, 0.0, 0.0, 0), False)])
+    assert ego.malformed == 1 and out.fused == 0 and np.isfinite(out.boxes.xyzlwhy).all()
+
+
 def test_track_velocities_run_on_the_clock_message_ages_use(frames, models):
     """Log time stamps are epoch nanoseconds; message ages are on the run's clock. The motion
     model that compensates late messages must be stamped on the run's clock too."""

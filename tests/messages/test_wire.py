@@ -154,6 +154,33 @@ def test_raw_feature_messages_are_exact(kind):
     assert len(data) == HEADER.size + len(encode_cells(np.sort(cells), N)[1]) + 2 + 40 * 64 * width
 
 
+@pytest.mark.parametrize("kind", [MessageType.RAW_FP32, MessageType.RAW_FP16])
+def test_non_finite_features_and_poses_are_refused_and_never_sent(kind):
+    """A NaN pose places the sender nowhere and NaN features poison the fused map: either would
+    be "fused" for nothing, so the receiver refuses them as malformed (and counts them). A
+    sender cannot write them, and half precision clips to its largest value rather than inf."""
+    cells = np.array([5, 9])
+    feats = np.ones((2, 3), np.float32)
+    good = encode(_header(kind), SHAPE, cells, features=feats)
+    width = 4 if kind == MessageType.RAW_FP32 else 2
+    for value in (float("nan"), float("inf")):
+        bad = bytearray(good)
+        struct.pack_into("<f" if width == 4 else "<e", bad, len(bad) - width, value)
+        with pytest.raises(WireError, match="non-finite raw feature") as err:
+            decode(_recrc(bad), SHAPE, GRID)
+        assert err.value.reason == "malformed"
+        for offset, fmt in ((24, "<d"), (44, "<f")):  # pose x (float64), yaw (float32)
+            bad = bytearray(good)
+            struct.pack_into(fmt, bad, offset, value)
+            with pytest.raises(WireError, match="non-finite sender pose"):
+                decode(_recrc(bad), SHAPE, GRID)
+        with pytest.raises(ValueError, match="finite"):
+            encode(_header(kind), SHAPE, cells, features=np.full((2, 3), value, np.float32))
+    big = encode(_header(kind), SHAPE, cells, features=np.full((2, 3), 1e6, np.float32))
+    got = decode(big, SHAPE, GRID).features
+    assert np.isfinite(got).all() and (got == (1e6 if width == 4 else np.finfo(np.float16).max)).all()
+
+
 def test_demand_offer_and_detection_messages():
     blocks = (25, 44)  # the 4-cell block grid of the default feature grid
     cells = np.array([3, 4, 5, 100])
