@@ -127,6 +127,8 @@ class Perception:
         #: One cache may serve several detectors: entries are keyed by the model's identity too.
         self.cache = cache
         self._model_tag: bytes | None = None
+        #: the last frame's batch of every agent's perception (see _frame_batch)
+        self._last_batch: tuple[tuple, bool, list[AgentPerception]] | None = None
 
     # -- agent side -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -207,14 +209,14 @@ class Perception:
         if mode == "early":
             return self._early(frame)
         if mode == "late":
-            results = self.agent_steps([ego_scan, *others], detect=True)
+            results = self._frame_batch(frame, detect=True)
             ego, rest = results[0], results[1:]
             shared = [SharedBoxes(r.agent_id, r.world_from_bev, r.boxes) for r in rest]
             boxes = self.merge_boxes(ego.world_from_bev, ego.boxes, shared)
             sent = {r.agent_id: boxes_message_bytes(len(r.boxes), self.cfg.grid.shape) for r in rest}
             return FrameResult(boxes, ego.world_from_bev, sent)
         # intermediate: every occupied cell of every collaborator, as raw features
-        results = self.agent_steps([ego_scan, *others], detect=False)
+        results = self._frame_batch(frame, detect=False)
         ego, rest = results[0], results[1:]
         shared = [
             SharedFeatures(r.agent_id, r.world_from_bev, r.features, r.occupied, r.timestamp_ns) for r in rest
@@ -226,6 +228,19 @@ class Perception:
             for r in rest
         }
         return FrameResult(res.boxes, ego.world_from_bev, sent)
+
+    def _frame_batch(self, frame: Frame, detect: bool) -> list[AgentPerception]:
+        """Every agent of ``frame`` encoded in one batch (and detected on, if asked). Evaluating
+        several modes runs late fusion, then intermediate on the same frame: the batch late
+        fusion detected on has the very maps intermediate fusion needs (the same encode of the
+        same batch), so it is kept for the frame and not computed again."""
+        key = (id(frame), frame.scenario, frame.index, frame.timestamp_ns)
+        last = self._last_batch
+        if last is not None and last[0] == key and (last[1] or not detect):
+            return last[2]
+        results = self.agent_steps([frame.ego, *frame.collaborators], detect=detect)
+        self._last_batch = (key, detect, results)
+        return results
 
     def _early(self, frame: Frame) -> FrameResult:
         ego_bev_inv = inverse(frame.ego.world_from_bev)

@@ -75,3 +75,22 @@ def test_a_worker_takes_no_more_than_its_share_of_the_memory(monkeypatch):
     assert pc.memory_share_mb(2048) == 2048
     monkeypatch.undo()
     assert pc._available_mb() > 0  # this Linux machine's /proc/meminfo is read
+
+
+def test_intermediate_fusion_reuses_the_batch_late_fusion_encoded(model, synthetic_frame, monkeypatch):
+    """Evaluating late then intermediate fusion on a frame encodes its agents once, with the
+    same boxes as intermediate fusion computed on its own."""
+    frame = synthetic_frame(4)
+    alone = Perception(model).run_frame(frame, "intermediate").boxes
+    perception = Perception(model)
+    calls = []
+    steps = Perception.agent_steps
+    monkeypatch.setattr(
+        Perception, "agent_steps", lambda self, *a, **k: calls.append(1) or steps(self, *a, **k)
+    )
+    perception.run_frame(frame, "late")
+    got = perception.run_frame(frame, "intermediate").boxes
+    assert len(calls) == 1
+    assert np.array_equal(got.xyzlwhy, alone.xyzlwhy) and np.array_equal(got.scores, alone.scores)
+    perception.run_frame(synthetic_frame(5), "intermediate")  # another frame: encoded anew
+    assert len(calls) == 2
