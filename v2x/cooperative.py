@@ -126,7 +126,7 @@ class Perception:
         #: an agent's own perception of a scan seen before is reused (sweeps; see perception_cache).
         #: One cache may serve several detectors: entries are keyed by the model's identity too.
         self.cache = cache
-        self._model_tag: bytes | None = None
+        self._model_tag: tuple[int, bytes] | None = None  # (weights version, identity)
         #: the last frame's batch of every agent's perception (see _frame_batch)
         self._last_batch: tuple[tuple, bool, list[AgentPerception]] | None = None
 
@@ -158,9 +158,10 @@ class Perception:
     def agent_step(self, scan: AgentScan, detect: bool = True) -> AgentPerception:
         if self.cache is None:
             return self.agent_steps([scan], detect)[0]
-        if self._model_tag is None:
-            self._model_tag = self.model.identity().encode()
-        key = self._model_tag + scan_key(scan, detect)
+        version = self._weights_version()
+        if self._model_tag is None or self._model_tag[0] != version:
+            self._model_tag = (version, self.model.identity().encode())
+        key = self._model_tag[1] + scan_key(scan, detect)
         got = self.cache.get(key)
         if got is None:
             got = self.agent_steps([scan], detect)[0]
@@ -229,12 +230,17 @@ class Perception:
         }
         return FrameResult(res.boxes, ego.world_from_bev, sent)
 
+    def _weights_version(self) -> int:
+        """Changes whenever a weight or buffer is written in place (an optimiser step, a state
+        dict loaded): what was kept for older weights is then not reused."""
+        return sum(t._version for t in (*self.model.parameters(), *self.model.buffers()))
+
     def _frame_batch(self, frame: Frame, detect: bool) -> list[AgentPerception]:
         """Every agent of ``frame`` encoded in one batch (and detected on, if asked). Evaluating
         several modes runs late fusion, then intermediate on the same frame: the batch late
         fusion detected on has the very maps intermediate fusion needs (the same encode of the
         same batch), so it is kept for the frame and not computed again."""
-        key = (id(frame), frame.scenario, frame.index, frame.timestamp_ns)
+        key = (id(frame), frame.scenario, frame.index, frame.timestamp_ns, self._weights_version())
         last = self._last_batch
         if last is not None and last[0] == key and (last[1] or not detect):
             return last[2]

@@ -94,3 +94,25 @@ def test_intermediate_fusion_reuses_the_batch_late_fusion_encoded(model, synthet
     assert np.array_equal(got.xyzlwhy, alone.xyzlwhy) and np.array_equal(got.scores, alone.scores)
     perception.run_frame(synthetic_frame(5), "intermediate")  # another frame: encoded anew
     assert len(calls) == 2
+
+
+def test_nothing_kept_is_reused_once_the_weights_change(cfg, synthetic_frame):
+    """A Perception held across training steps must not serve maps of the old weights."""
+    from v2x.detector import CooperativeDetector
+
+    torch.manual_seed(0)
+    trained = CooperativeDetector(cfg).eval()
+    perception = Perception(trained, PerceptionCache(1 << 30))
+    frame = synthetic_frame(6)
+    scan = frame.ego
+    before = perception.agent_step(scan)
+    batch_before = perception.run_frame(frame, "intermediate").boxes
+    with torch.no_grad():
+        for p in trained.encoder.parameters():
+            p.mul_(1.5)  # an in-place write, as an optimiser step makes
+    after = perception.agent_step(scan)
+    assert after is not before and not torch.equal(after.features, before.features)
+    fresh = Perception(trained).run_frame(frame, "intermediate").boxes
+    got = perception.run_frame(frame, "intermediate").boxes
+    assert np.array_equal(got.xyzlwhy, fresh.xyzlwhy)
+    assert len(batch_before) != len(got) or not np.array_equal(batch_before.xyzlwhy, got.xyzlwhy)
