@@ -98,6 +98,8 @@ class Listener(Node):
         self.seed = self.param("seed", 0)
         self.check = self.param("check", True)
         self.out = self.param("summary", "")
+        #: say so in the log once this many messages have come (tests wait for it)
+        self.expect = self.param("expect", 0)
         self.create_subscription(
             self.param("topic", "/agents/*/features"),
             Packet,
@@ -116,6 +118,8 @@ class Listener(Node):
         if getattr(msg, "sent_ns", 0):
             self.end_to_end_ms.append((time.time_ns() - msg.sent_ns) / 1e6)
         self.digest.update(msg.payload.data)
+        if self.expect and len(self.seen) == self.expect:
+            self.log.info("received all %d", self.expect)
         if self.delay_s:
             time.sleep(self.delay_s)
 

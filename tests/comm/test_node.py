@@ -64,24 +64,29 @@ def _raw_sender(endpoint: str, topics: list[str], timeout: float = 10.0):
 
 
 def test_pub_sub_across_processes_exact_and_in_order(supervise, run_dir):
+    """Transport, not back-pressure (the keep-latest test covers dropping): queues deep enough
+    for all 200 messages, so a listener starved of CPU by a loaded machine falls behind but
+    loses nothing (with the default 16 / 32 a full-suite run once lost two)."""
     out = run_dir / "listener.json"
+    deep = {"hwm": 400, "queue_depth": 400}
     sup = supervise(
         [
             NodeEntry(
                 "talker",
                 "v2x.comm.demo_nodes:Talker",
-                {"size": 50_000, "rate_hz": 200, "count": 200, "wait_subscribers": 1},
+                {"size": 50_000, "rate_hz": 200, "count": 200, "wait_subscribers": 1, **deep},
             ),
             NodeEntry(
                 "listener",
                 "v2x.comm.demo_nodes:Listener",
-                {"summary": str(out), "topic": "/agents/*/features"},
+                {"summary": str(out), "topic": "/agents/*/features", "expect": 200, **deep},
             ),
         ]
     )
     # the talker waits for the listener's subscription, so not even the first message is lost
     assert wait_for(lambda: "sent all 200" in sup.log_tail("talker"), timeout=10)
-    time.sleep(0.3)
+    wait_for(lambda: "received all 200" in sup.log_tail("listener"), timeout=20)
+    time.sleep(0.3)  # a duplicate would come after the 200th
     sup.stop()
     s = summary(out)
     assert s["seen"] == list(range(200))  # none lost, none duplicated, in order
