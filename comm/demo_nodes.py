@@ -84,8 +84,9 @@ class Talker(Node):
 
 class Listener(Node):
     """Subscribes to ``topic`` (default every agent's features), checks every payload against
-    :func:`payload_for`, optionally works ``process_s`` per message, and writes a summary
-    (sequence numbers seen, corrupted count, digests, diagnostics) to ``summary`` on exit."""
+    :func:`payload_for`, optionally works ``process_s`` per message, logs ``received all N``
+    once ``expect`` messages have come, and writes a summary (sequence numbers seen, corrupted
+    count, digests, diagnostics) to ``summary`` on exit."""
 
     def on_configure(self) -> None:
         self.seen: list[int] = []
