@@ -56,14 +56,16 @@ def _match_frame(iou: np.ndarray, scores: np.ndarray, threshold: float) -> np.nd
 class _Accumulator:
     scores: list[np.ndarray] = field(default_factory=list)
     tp: list[np.ndarray] = field(default_factory=list)
-    num_gt: int = 0
-    #: ground-truth count of each frame, in the order added (for resampling frames)
+    #: ground-truth count of each frame, in the order added (resampling frames needs them)
     frame_gt: list[int] = field(default_factory=list)
+
+    @property
+    def num_gt(self) -> int:
+        return sum(self.frame_gt)
 
     def add(self, scores: np.ndarray, tp: np.ndarray, num_gt: int) -> None:
         self.scores.append(scores)
         self.tp.append(tp)
-        self.num_gt += num_gt
         self.frame_gt.append(num_gt)
 
     def ap(self) -> float:

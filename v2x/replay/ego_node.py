@@ -229,6 +229,12 @@ class EgoNode(ReplayNode):
             [Arrival(pkt.data, pkt.sender, captured, received, int(pkt.frame))], received, -math.inf
         )
 
+    def _packets_to_late_policy(self, below: float = math.inf) -> None:
+        """Real time: the waiting messages of frames before ``below`` (skipped ones) go to the
+        late policy in frame order, so the newest per sender is the one held."""
+        for key in sorted((x for x in self.packets if x[0] < below), key=lambda x: x[0]):
+            self._late(*self.packets.pop(key))
+
     def on_nodes(self, _t: str, msg: Json) -> None:
         for name in msg.data.get("dead", []):
             if name in self.alive:
@@ -277,8 +283,7 @@ class EgoNode(ReplayNode):
                 del store[old]
         for old in [x for x in self.statuses if x[0] < k]:  # frames skipped in real time
             del self.statuses[old]
-        for old in sorted((x for x in self.packets if x[0] < k), key=lambda x: x[0]):
-            self._late(*self.packets.pop(old))  # the newest per sender is held (compensate policy)
+        self._packets_to_late_policy(below=k)
         info = self.infos.pop(k)
         self.work = _Work(
             k, float(info["t"]), info, self.scans.pop(k), self.gts.pop(k), self.gt_tracks.pop(k, None)
@@ -512,8 +517,7 @@ class EgoNode(ReplayNode):
             book = LinkBook(dict(self.channel_stats["totals"]), dict(self.channel_stats["links"]))
         ego = self.ego
         if self.realtime:  # messages for frames after the last one fused
-            for key in sorted(self.packets, key=lambda x: x[0]):
-                self._late(*self.packets.pop(key))
+            self._packets_to_late_policy()
         if ego is not None:
             ego.close_books()
         malformed = (ego.malformed if ego else 0) + sum(self.agent_malformed.values())
