@@ -68,13 +68,15 @@ def main(repeats: int = 30) -> dict:
         t0 = time.perf_counter()
         perception.agent_step(scans[0], detect=True)
         agent_total.append(time.perf_counter() - t0)
-    results = perception.agent_steps(scans, detect=False)
-    shared = [SharedFeatures(r.agent_id, r.world_from_bev, r.features, r.occupied) for r in results[1:]]
-    ego_times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        perception.ego_step(results[0], shared)
-        ego_times.append(time.perf_counter() - t0)
+    # collaborators' maps on the ego's grid (share_frame "ego", the default) and on their own
+    ego_times, own_times = [], []
+    for into, times in (([None] + [scans[0].world_from_bev] * 3, ego_times), (None, own_times)):
+        results = perception.agent_steps(scans, detect=False, into=into)
+        shared = [SharedFeatures(r.agent_id, r.world_from_bev, r.features, r.occupied) for r in results[1:]]
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            perception.ego_step(results[0], shared)
+            times.append(time.perf_counter() - t0)
     out = {
         "input": source,
         "points_per_scan": len(pts),
@@ -84,6 +86,7 @@ def main(repeats: int = 30) -> dict:
         "agent_encode": _stats(encode),
         "agent_encode_and_detect": _stats(agent_total),
         "ego_fuse_detect_4_agents": _stats(ego_times),
+        "ego_fuse_detect_4_agents_own_frames": _stats(own_times),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "targets_ms": {"agent_encode": 50, "ego_fuse_detect": 50},
     }

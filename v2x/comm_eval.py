@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from v2x.codebook import Codebook, CodebookConfig, fit_from_maps
-from v2x.cooperative import Perception, evaluation_ground_truth
+from v2x.cooperative import Perception, check_share_frame, evaluation_ground_truth
 from v2x.detection_metrics import DetectionEvaluator
 from v2x.encoder import sanitize_points
 from v2x.messages import MessageCodec, exchange
@@ -61,7 +61,11 @@ def evaluate_comm(
     settings: list[CommSetting],
     frames: int | None = None,
     progress: bool = True,
+    share_frame: str = "ego",
 ) -> list[dict]:
+    """Every setting on the same frames; collaborators' maps encoded in ``share_frame`` (as the
+    pipeline's agents do), each agent's once for all settings."""
+    check_share_frame(share_frame)
     indices = list(range(len(log)))
     if frames and frames < len(indices):
         indices = sorted(set(np.linspace(0, len(log) - 1, frames).round().astype(int).tolist()))
@@ -71,7 +75,9 @@ def evaluate_comm(
     for i in tqdm(indices, desc="frames", disable=not progress):
         frame = log[i]
         gt = evaluation_ground_truth(frame, perception.cfg.min_points_per_box)
-        results = perception.agent_steps(list(frame.agents.values()), detect=True)
+        agents = list(frame.agents.values())
+        into = None if share_frame == "own" else [None] + [frame.ego.world_from_bev] * (len(agents) - 1)
+        results = perception.agent_steps(agents, detect=True, into=into)
         ego, rest = results[0], results[1:]
         for s in settings:
             shared, boxes, out = exchange(codec, s.method, ego, rest, s.budget, s.threshold or 0.3, s.hybrid)

@@ -5,6 +5,13 @@ computes from its own scan (:meth:`Perception.agent_step`) and what the ego comp
 own result plus whatever it received (:meth:`Perception.ego_step`). :meth:`Perception.run_frame`
 strings them together in-process for the four fusion modes, so the modes differ only in what
 crosses the link: nothing, boxes, points, or BEV features.
+
+Which frame a collaborator encodes its shared map in (``share_frame``): ``"ego"`` moves its
+points into the ego's BEV frame first (it knows the ego's pose from the ego's demand or pose
+beacon) and encodes them on the ego's grid, so the ego fuses cell for cell; this is OpenCOOD's
+default for intermediate fusion (``proj_first``). ``"own"`` encodes on the collaborator's own grid
+and the ego resamples the map into its frame (:mod:`v2x.fusion`), which loses part of what the
+features say about where points lie within a cell.
 """
 
 from __future__ import annotations
@@ -27,17 +34,27 @@ from v2x.points_message import POINT_BYTES
 
 __all__ = [
     "FUSION_MODES",
+    "SHARE_FRAMES",
     "AgentPerception",
     "EgoResult",
     "FrameResult",
     "Perception",
     "SharedBoxes",
     "SharedFeatures",
+    "check_share_frame",
     "evaluation_ground_truth",
     "without_ego",
 ]
 
-FUSION_MODES = ("none", "late", "early", "intermediate")
+FUSION_MODES = ("none", "late", "early", "intermediate", "intermediate-own")
+#: frames a collaborator may encode its shared BEV map in (see the module's docstring)
+SHARE_FRAMES = ("ego", "own")
+
+
+def check_share_frame(share_frame: str) -> str:
+    if share_frame not in SHARE_FRAMES:
+        raise ValueError(f"share_frame: use one of {', '.join(SHARE_FRAMES)}, not {share_frame!r}")
+    return share_frame
 
 
 @dataclass
@@ -132,11 +149,34 @@ class Perception:
 
     # -- agent side -----------------------------------------------------------------------------
     @torch.no_grad()
-    def agent_steps(self, scans: list[AgentScan], detect: bool = True) -> list[AgentPerception]:
-        """Encode several agents' scans in one batch (and detect on each, if asked)."""
+    def agent_steps(
+        self,
+        scans: list[AgentScan],
+        detect: bool = True,
+        into: list[np.ndarray | None] | None = None,
+    ) -> list[AgentPerception]:
+        """Encode several agents' scans in one batch (and detect on each, if asked).
+
+        ``into[i]``, where given, is the world pose of the BEV frame to encode scan i in (the
+        ego's, for ``share_frame="ego"``); otherwise each scan is encoded in its own BEV frame."""
         if not scans:
             return []
-        clouds = [sanitize_points(s.points_in_bev(), self.cfg) for s in scans]
+        into = list(into) if into is not None else [None] * len(scans)
+        if len(into) != len(scans):
+            raise ValueError(f"into: {len(into)} poses for {len(scans)} scans")
+        frames = [
+            s.world_from_bev if p is None else np.asarray(p, dtype=np.float64)
+            for s, p in zip(scans, into, strict=True)
+        ]
+        clouds = [
+            sanitize_points(
+                s.points_in_bev()
+                if p is None
+                else transform_points(inverse(p) @ s.world_from_lidar, s.points),
+                self.cfg,
+            )
+            for s, p in zip(scans, into, strict=True)
+        ]
         bev = self.model.encode(clouds)
         out = self.model.detect(bev.features) if detect else None
         boxes = self.model.decode(out) if detect else [None] * len(scans)
@@ -146,7 +186,7 @@ class Perception:
                 s.agent_id,
                 s.kind,
                 s.timestamp_ns,
-                s.world_from_bev,
+                frames[i],
                 bev.features[i],
                 bev.occupied[i],
                 None if conf[i] is None else conf[i].astype(np.float32),
@@ -155,16 +195,20 @@ class Perception:
             for i, s in enumerate(scans)
         ]
 
-    def agent_step(self, scan: AgentScan, detect: bool = True) -> AgentPerception:
+    def agent_step(
+        self, scan: AgentScan, detect: bool = True, into: np.ndarray | None = None
+    ) -> AgentPerception:
+        """One agent's perception, in its own BEV frame or (``into``) in the BEV frame with that
+        world pose."""
         if self.cache is None:
-            return self.agent_steps([scan], detect)[0]
+            return self.agent_steps([scan], detect, [into])[0]
         version = self._weights_version()
         if self._model_tag is None or self._model_tag[0] != version:
             self._model_tag = (version, self.model.identity().encode())
-        key = self._model_tag[1] + scan_key(scan, detect)
+        key = self._model_tag[1] + scan_key(scan, detect, into)
         got = self.cache.get(key)
         if got is None:
-            got = self.agent_steps([scan], detect)[0]
+            got = self.agent_steps([scan], detect, [into])[0]
             self.cache.put(key, got)
         return got
 
@@ -216,8 +260,11 @@ class Perception:
             boxes = self.merge_boxes(ego.world_from_bev, ego.boxes, shared)
             sent = {r.agent_id: boxes_message_bytes(len(r.boxes), self.cfg.grid.shape) for r in rest}
             return FrameResult(boxes, ego.world_from_bev, sent)
-        # intermediate: every occupied cell of every collaborator, as raw features
-        results = self._frame_batch(frame, detect=False)
+        # intermediate: every occupied cell of every collaborator, as raw features, encoded in the
+        # ego's frame (OpenCOOD's proj_first) or, for intermediate-own, in the collaborator's own
+        results = self._frame_batch(
+            frame, detect=False, share_frame="own" if mode == "intermediate-own" else "ego"
+        )
         ego, rest = results[0], results[1:]
         shared = [
             SharedFeatures(r.agent_id, r.world_from_bev, r.features, r.occupied, r.timestamp_ns) for r in rest
@@ -235,16 +282,27 @@ class Perception:
         dict loaded): what was kept for older weights is then not reused."""
         return sum(t._version for t in (*self.model.parameters(), *self.model.buffers()))
 
-    def _frame_batch(self, frame: Frame, detect: bool) -> list[AgentPerception]:
-        """Every agent of ``frame`` encoded in one batch (and detected on, if asked). Evaluating
-        several modes runs late fusion, then intermediate on the same frame: the batch late
-        fusion detected on has the very maps intermediate fusion needs (the same encode of the
-        same batch), so it is kept for the frame and not computed again."""
-        key = (id(frame), frame.scenario, frame.index, frame.timestamp_ns, self._weights_version())
+    def _frame_batch(self, frame: Frame, detect: bool, share_frame: str = "own") -> list[AgentPerception]:
+        """Every agent of ``frame`` encoded in one batch (and detected on, if asked), the ego in
+        its own frame and the collaborators in ``share_frame``. Evaluating several modes runs
+        late fusion, then intermediate-own on the same frame: the batch late fusion detected on
+        has the very maps intermediate-own needs (the same encode of the same batch), so it is
+        kept for the frame and not computed again."""
+        key = (
+            id(frame),
+            frame.scenario,
+            frame.index,
+            frame.timestamp_ns,
+            self._weights_version(),
+            share_frame,
+        )
         last = self._last_batch
         if last is not None and last[0] == key and (last[1] or not detect):
             return last[2]
-        results = self.agent_steps([frame.ego, *frame.collaborators], detect=detect)
+        into = None
+        if check_share_frame(share_frame) == "ego":
+            into = [None] + [frame.ego.world_from_bev] * len(frame.collaborators)
+        results = self.agent_steps([frame.ego, *frame.collaborators], detect=detect, into=into)
         self._last_batch = (key, detect, results)
         return results
 

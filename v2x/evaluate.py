@@ -67,7 +67,7 @@ def evaluate_fusion_modes(
         out[m] = r
     if bootstrap and len(modes) > 1:
         out["paired_bootstrap"] = {
-            f"{b}-{a}": paired_ap_difference(
+            f"{b} - {a}": paired_ap_difference(
                 evaluators[a], evaluators[b], resamples=bootstrap, block=bootstrap_block
             )
             for i, a in enumerate(modes)

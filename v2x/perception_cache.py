@@ -55,9 +55,11 @@ def memory_share_mb(requested_mb: int) -> int:
     return max(0, min(requested_mb, available // (2 * (os.cpu_count() or 1))))
 
 
-def scan_key(scan: AgentScan, detect: bool) -> bytes:
-    """A digest of what an agent's perception of ``scan`` depends on."""
+def scan_key(scan: AgentScan, detect: bool, into: np.ndarray | None = None) -> bytes:
+    """A digest of what an agent's perception of ``scan`` depends on (``into``: the pose of the
+    frame it is encoded in, where not its own)."""
     h = hashlib.blake2b(digest_size=20)
+    h.update(b"own" if into is None else np.ascontiguousarray(into, dtype=np.float64).tobytes())
     h.update(np.ascontiguousarray(scan.points).tobytes())
     h.update(np.ascontiguousarray(scan.world_from_lidar, dtype=np.float64).tobytes())
     h.update(

@@ -37,7 +37,14 @@ from v2x.comm.budget import parse_rate
 from v2x.comm.emulator import ChannelEmulator
 from v2x.comm.wire import WireError
 from v2x.compensation import MotionModel, compensate_boxes, compensate_features, compensate_points
-from v2x.cooperative import AgentPerception, Perception, SharedBoxes, SharedFeatures, evaluation_ground_truth
+from v2x.cooperative import (
+    SHARE_FRAMES,
+    AgentPerception,
+    Perception,
+    SharedBoxes,
+    SharedFeatures,
+    evaluation_ground_truth,
+)
 from v2x.detection_metrics import DetectionEvaluator
 from v2x.detections import agent_detections, crop_patches, in_ego_range, tracking_ground_truth
 from v2x.detector import load_detector
@@ -98,6 +105,8 @@ class RunConfig:
     #: oldest message the compensate policy still fuses
     max_age_s: float = 0.3
     threshold: float = 0.3
+    #: the frame collaborators encode shared features in: "ego" (OpenCOOD's proj_first) or "own"
+    share_frame: str = "ego"
     seed: int = 0
     frame_hz: float = 10.0
     max_agents: int = 5
@@ -119,6 +128,10 @@ class RunConfig:
             )
         if self.budget_bps is not None and self.budget_bps <= 0:
             raise PipelineError(f"budget: must be positive, got {self.budget_bps}")
+        if self.share_frame not in SHARE_FRAMES:
+            raise PipelineError(
+                f"share_frame: use one of {', '.join(SHARE_FRAMES)}, not {self.share_frame!r}"
+            )
 
     @classmethod
     def from_options(
@@ -221,14 +234,29 @@ class AgentStage:
         self.demand: Demand | None = None
         self._late_demands: list[tuple[float, bytes]] = []  # (delivered_s, demand), frame order
         self.malformed = 0
+        self.bad_ego_poses = 0
         self._noise_filter: MultiSensorKF | None = None
 
-    def perceive(self, scan: AgentScan) -> AgentPerception | None:
+    def perceive(self, scan: AgentScan, world_from_ego: np.ndarray | None = None) -> AgentPerception | None:
         """None where the method sends nothing or raw points: encoding would be wasted work, and
-        in real time it would take the cores the ego needs."""
+        in real time it would take the cores the ego needs.
+
+        Features to share are encoded in the ego's BEV frame when ``share_frame`` is "ego" and
+        the ego's pose ``world_from_ego`` is known (from its pose beacon; without one, in the
+        agent's own frame); boxes for late fusion always in the agent's own."""
         if self.cfg.method in ("none", "early"):
             return None
-        return self.models.perception.agent_step(scan, detect=needs_detection(self.cfg.method))
+        into = None
+        if (
+            self.cfg.method in FEATURE_METHODS
+            and self.cfg.share_frame == "ego"
+            and world_from_ego is not None
+        ):
+            into = np.asarray(world_from_ego, dtype=np.float64)
+            if into.shape != (4, 4) or not np.isfinite(into).all():
+                self.bad_ego_poses += 1  # counted; this frame is encoded in the agent's own frame
+                into = None
+        return self.models.perception.agent_step(scan, detect=needs_detection(self.cfg.method), into=into)
 
     def variances(self, me: AgentPerception) -> np.ndarray | None:
         """(N, 7) measurement variances of the agent's boxes from the learned noise model, sent
@@ -600,7 +628,7 @@ def exchange_frame(
     for s in collab:
         agents.setdefault(s.agent_id, AgentStage(s.agent_id, models, cfg))
     me = ego.perceive(frame.ego)
-    others = {s.agent_id: agents[s.agent_id].perceive(s) for s in collab}
+    others = {s.agent_id: agents[s.agent_id].perceive(s, frame.ego.world_from_bev) for s in collab}
     spent = {s.agent_id: 0 for s in collab}
     act = {s.agent_id: t for s in collab}
     demand = ego.demand(me)

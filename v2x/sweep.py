@@ -76,6 +76,7 @@ SETTINGS = (
     "frame_hz",
     "deadline_ms",
     "threshold",
+    "share_frame",
     "coord_wait_s",
     "max_age_s",
     "threads",
@@ -86,6 +87,8 @@ TOP_KEYS = ("name", "data", "grid", "also", *SETTINGS)
 #: execution details that do not change a cell's result, left out of its hash
 NOT_HASHED = ("threads", "perception_cache_mb")
 UNLIMITED = "unlimited"
+#: RunConfig's default frame for shared features, written into every cell
+DEFAULT_SHARE_FRAME = "ego"
 #: the configs shipped with the package (``v2x sweep quick`` finds ``quick.yaml`` here)
 SHIPPED = Path(__file__).resolve().parent / "configs" / "sweeps"
 
@@ -139,6 +142,9 @@ def load_sweep_config(
     if raw.get("data") in (None, ""):
         raise SweepError(f"{path}: missing key 'data' (the log folder every cell replays)")
     settings = {k: raw[k] for k in SETTINGS if raw.get(k) is not None}
+    # named in every cell: results made before collaborators encoded in the ego's frame by
+    # default (their cells have no share_frame) are not taken for today's
+    settings.setdefault("share_frame", DEFAULT_SHARE_FRAME)
     _check_settings(path, settings)
     base = _parse_grid(path, raw.get("grid") or {}, "grid")
     also = raw.get("also") or []
@@ -200,6 +206,8 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
         v = settings.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0):
             raise SweepError(f"{path}: {key}: expected a number >= 0, got {v!r}")
+    if settings.get("share_frame") not in (None, "ego", "own"):
+        raise SweepError(f"{path}: share_frame: use ego or own, got {settings['share_frame']!r}")
     if settings.get("frame_hz") == 0:
         raise SweepError(f"{path}: frame_hz: must be positive")
     for key in PATH_SETTINGS:

@@ -56,7 +56,9 @@ def extract_sequences(
     """Per scenario, every frame's per-agent detections (with feature patches), the ego-only and
     intermediate-fusion detections; cached as ``.npz`` under ``cache``, in a folder named by the
     detector's identity and these settings, so another detector never reads stale detections."""
-    flavour = f"patch{patch}" + ("-intermediate" if with_intermediate else "")
+    # "-ego": intermediate fusion with collaborators encoding in the ego's frame (the default
+    # since share_frame), so caches of the older own-frame detections are not read as these
+    flavour = f"patch{patch}" + ("-intermediate-ego" if with_intermediate else "")
     cache = cache / f"detector-{perception.model.identity()}-{flavour}"
     cache.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -222,3 +222,45 @@ def test_an_ego_that_receives_nothing_reuses_its_own_detections(frames, models, 
     assert calls == [] and out.fused == 0
     assert np.array_equal(out.boxes.xyzlwhy, alone.boxes.xyzlwhy)
     assert np.array_equal(out.boxes.scores, alone.boxes.scores)
+
+
+@pytest.mark.parametrize(
+    ("method", "share_frame", "in_ego_frame"),
+    [("raw", "ego", True), ("codebook", "ego", True), ("raw", "own", False), ("late", "ego", False)],
+)
+def test_collaborators_encode_features_in_the_ego_frame_unless_told_otherwise(
+    frames, models, method, share_frame, in_ego_frame
+):
+    """Features to share on the ego's grid (OpenCOOD's proj_first) by default; boxes for late
+    fusion, and features with share_frame "own", in the collaborator's own frame."""
+    from v2x.pipeline import AgentStage
+
+    frame = frames[0]
+    scan, ego_pose = frame.collaborators[0], frame.ego.world_from_bev
+    stage = AgentStage(
+        scan.agent_id, models, RunConfig(method=method, share_frame=share_frame, tracker="none")
+    )
+    me = stage.perceive(scan, ego_pose)
+    assert np.array_equal(me.world_from_bev, ego_pose if in_ego_frame else scan.world_from_bev)
+
+
+def test_a_broken_ego_pose_is_counted_and_the_agent_encodes_in_its_own_frame(frames, models):
+    from v2x.pipeline import AgentStage, PipelineError
+
+    scan = frames[0].collaborators[0]
+    stage = AgentStage(scan.agent_id, models, RunConfig(method="raw", tracker="none"))
+    bad = np.full((4, 4), np.nan)
+    assert np.array_equal(stage.perceive(scan, bad).world_from_bev, scan.world_from_bev)
+    assert np.array_equal(stage.perceive(scan, np.eye(3)).world_from_bev, scan.world_from_bev)
+    assert stage.bad_ego_poses == 2
+    with pytest.raises(PipelineError, match="share_frame"):
+        RunConfig(share_frame="world")
+
+
+def test_both_share_frames_fuse_and_score(frames, models):
+    """The whole in-process path runs with either frame; on these frames the collaborators'
+    maps differ by frame but every message is fused."""
+    out = {sf: _run(frames[:2], models, method="raw", budget=None, share_frame=sf) for sf in ("ego", "own")}
+    for sf, r in out.items():
+        assert r["messages"]["fused"] == 2 * 2, sf
+    assert out["ego"]["bytes_per_agent_frame"] != out["own"]["bytes_per_agent_frame"]

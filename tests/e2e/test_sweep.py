@@ -95,6 +95,7 @@ def test_a_bad_budget_is_refused_naming_file_and_value(tmp_path, budget, match):
         ({"frames": 0}, "frames: expected an integer >= 1"),
         ({"perception_cache_mb": -1}, "perception_cache_mb: expected an integer >= 0"),
         ({"tracker": "sort"}, "tracker: unknown 'sort'"),
+        ({"share_frame": "world"}, "share_frame: use ego or own"),
         ({"codebook": "missing.pt"}, "codebook: no file 'missing.pt'"),
     ],
 )
@@ -161,6 +162,17 @@ def test_cells_speak_run_cells_language():
     assert len(cells) == 94  # 96 combinations; latency 0 / drop restates the main grid, per scene
     assert set().union(*cells) <= accepted
     assert {k: params[k].default for k in AXIS_DEFAULTS} == AXIS_DEFAULTS
+
+
+def test_every_cell_names_the_frame_collaborators_encode_in(tmp_path):
+    """Cells made before features were shared in the ego's frame by default had no share_frame:
+    a resumed sweep must not take their results for today's."""
+    cfg = load_sweep_config(write_config(tmp_path, tmp_path, grid={"method": ["raw"]}))
+    own = load_sweep_config(write_config(tmp_path, tmp_path, share_frame="own", grid={"method": ["raw"]}))
+    [cell], [cell_own] = expand_cells(cfg), expand_cells(own)
+    assert cell["share_frame"] == "ego" and cell_own["share_frame"] == "own"
+    old = {k: v for k, v in cell.items() if k != "share_frame"}
+    assert len({cell_id(cell), cell_id(cell_own), cell_id(old)}) == 3
 
 
 def test_the_shipped_configs_validate(tmp_path):

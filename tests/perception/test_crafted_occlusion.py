@@ -50,8 +50,14 @@ def _crafted():
     return dataclasses.replace(frame, agents=agents), target
 
 
-def test_a_car_seen_only_by_a_collaborator_is_found_by_intermediate_fusion_only():
-    frame, target = _crafted()
+@pytest.fixture(scope="module")
+def crafted():
+    return _crafted()
+
+
+@pytest.mark.parametrize("intermediate", ["intermediate", "intermediate-own"])
+def test_a_car_seen_only_by_a_collaborator_is_found_by_intermediate_fusion_only(crafted, intermediate):
+    frame, target = crafted
     perception = Perception(load_detector())
     target_ego = target.transformed(inverse(frame.ego.world_from_bev)).xyzlwhy
 
@@ -60,7 +66,7 @@ def test_a_car_seen_only_by_a_collaborator_is_found_by_intermediate_fusion_only(
         boxes = boxes[boxes.scores >= 0.3]
         return float(bev_iou_matrix(target_ego, boxes.xyzlwhy).max()) if len(boxes) else 0.0
 
-    # detected at the benchmark's IoU 0.5 (the shipped detector places it at 0.74); the ego
-    # alone has nothing there at all
-    assert best_iou("intermediate") >= 0.5
+    # detected at the benchmark's IoU 0.5, whether the collaborator encodes in the ego's frame
+    # or its own; the ego alone has nothing there at all
+    assert best_iou(intermediate) >= 0.5
     assert best_iou("none") < 0.1

@@ -26,9 +26,9 @@ def test_eval_detection_writes_ap_bytes_and_paired_intervals(tmp_path, generate_
     assert results["none"]["bytes_per_agent_frame"] == 0
     assert results["intermediate"]["bytes_per_agent_frame"] > results["late"]["bytes_per_agent_frame"] > 0
     pairs = results["paired_bootstrap"]
-    assert set(pairs) == {"late-none", "intermediate-none", "intermediate-late"}
+    assert set(pairs) == {"late - none", "intermediate - none", "intermediate - late"}
     for name, by_thr in pairs.items():
-        a, b = name.split("-")
+        a, b = name.split(" - ")
         for thr, d in by_thr.items():
             assert d["difference"] == pytest.approx(
                 results[a]["ap_bev"][thr] - results[b]["ap_bev"][thr], abs=1e-5

@@ -25,6 +25,7 @@ def test_the_key_covers_everything_the_computation_reads(synthetic_frame):
         scan_key(dataclasses.replace(scan, mount_height=scan.mount_height + 0.1), True),
         scan_key(dataclasses.replace(scan, timestamp_ns=scan.timestamp_ns + 1), True),
         scan_key(dataclasses.replace(scan, agent_id="other"), True),
+        scan_key(scan, True, into=synthetic_frame(1).ego.world_from_bev),
     ]
     assert len({key, *variants}) == 1 + len(variants)
     assert scan_key(dataclasses.replace(scan, points=scan.points.copy()), True) == key
@@ -78,10 +79,11 @@ def test_a_worker_takes_no_more_than_its_share_of_the_memory(monkeypatch):
 
 
 def test_intermediate_fusion_reuses_the_batch_late_fusion_encoded(model, synthetic_frame, monkeypatch):
-    """Evaluating late then intermediate fusion on a frame encodes its agents once, with the
-    same boxes as intermediate fusion computed on its own."""
+    """Evaluating late then intermediate-own fusion on a frame encodes its agents once, with the
+    same boxes as intermediate-own computed on its own; intermediate fusion in the ego's frame
+    needs maps of its own, and gets them."""
     frame = synthetic_frame(4)
-    alone = Perception(model).run_frame(frame, "intermediate").boxes
+    alone = {m: Perception(model).run_frame(frame, m).boxes for m in ("intermediate-own", "intermediate")}
     perception = Perception(model)
     calls = []
     steps = Perception.agent_steps
@@ -89,11 +91,13 @@ def test_intermediate_fusion_reuses_the_batch_late_fusion_encoded(model, synthet
         Perception, "agent_steps", lambda self, *a, **k: calls.append(1) or steps(self, *a, **k)
     )
     perception.run_frame(frame, "late")
-    got = perception.run_frame(frame, "intermediate").boxes
-    assert len(calls) == 1
-    assert np.array_equal(got.xyzlwhy, alone.xyzlwhy) and np.array_equal(got.scores, alone.scores)
+    for mode, encodes in (("intermediate-own", 1), ("intermediate", 2)):
+        got = perception.run_frame(frame, mode).boxes
+        assert len(calls) == encodes, mode
+        want = alone[mode]
+        assert np.array_equal(got.xyzlwhy, want.xyzlwhy) and np.array_equal(got.scores, want.scores)
     perception.run_frame(synthetic_frame(5), "intermediate")  # another frame: encoded anew
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_nothing_kept_is_reused_once_the_weights_change(cfg, synthetic_frame):

@@ -140,9 +140,18 @@ def train_codebook(
 )
 @click.option("--hybrid", is_flag=True, help="Also run codebook methods with the sender's boxes attached.")
 @click.option("--frames", type=int, help="Evaluate this many frames, evenly spaced.")
+@click.option(
+    "--share-frame",
+    type=click.Choice(("ego", "own")),
+    default="ego",
+    show_default=True,
+    help="Where collaborators encode features: in the ego's frame (OpenCOOD's proj_first) or their own.",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path))
-def eval_comm(data, methods, budgets, weights, codebook, hybrid, frames, json_out, plot_out) -> None:
+def eval_comm(
+    data, methods, budgets, weights, codebook, hybrid, frames, share_frame, json_out, plot_out
+) -> None:
     """AP@0.5/0.7 against bytes per agent per frame, one curve per method."""
     from v2x.codebook import load_codebook
     from v2x.comm_eval import evaluate_comm, plot_comm, settings_for, write_rows
@@ -173,6 +182,7 @@ def eval_comm(data, methods, budgets, weights, codebook, hybrid, frames, json_ou
         codec,
         settings_for(names, budget_list, hybrid),
         frames,
+        share_frame=share_frame,
     )
     write_rows(rows, json_out)
     for r in rows:

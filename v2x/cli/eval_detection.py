@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-MODES = ("none", "late", "early", "intermediate")
+#: v2x.cooperative.FUSION_MODES, spelled out so the command line starts without torch
+MODES = ("none", "late", "early", "intermediate", "intermediate-own")
 
 
 def _parse_modes(value: str) -> list[str]:
@@ -38,7 +39,9 @@ def _parse_modes(value: str) -> list[str]:
     "fusion",
     default="intermediate",
     show_default=True,
-    help="none, late, early, intermediate, a comma-separated list, or all.",
+    help="none, late, early, intermediate (collaborators encode in the ego's frame, OpenCOOD's "
+    "proj_first), intermediate-own (they encode in their own, the ego warps), a comma-separated "
+    "list, or all.",
 )
 @click.option("--frames", type=int, help="Evaluate only this many frames, evenly spaced.")
 @click.option(
@@ -97,7 +100,7 @@ def _bootstrap_table(pairs: dict[str, dict], resamples: int, block: int = 1) -> 
     lines = [
         f"BEV AP difference in points, with its 95 % interval over {resamples} paired resamples of"
         f" {what}, and how often the first mode came out ahead",
-        f"{'pair':>26}  " + "  ".join(f"{'AP@' + t:>28}" for t in ("0.3", "0.5", "0.7")),
+        f"{'pair':>31}  " + "  ".join(f"{'AP@' + t:>28}" for t in ("0.3", "0.5", "0.7")),
     ]
     for name, by_thr in pairs.items():
         cells = []
@@ -106,6 +109,5 @@ def _bootstrap_table(pairs: dict[str, dict], resamples: int, block: int = 1) -> 
             cells.append(
                 f"{100 * d['difference']:+5.1f} [{100 * d['low']:+5.1f}, {100 * d['high']:+5.1f}] {100 * d['share_ahead']:3.0f}%"
             )
-        a, b = name.split("-", 1)
-        lines.append(f"{a + ' - ' + b:>26}  " + "  ".join(f"{c:>28}" for c in cells))
+        lines.append(f"{name:>31}  " + "  ".join(f"{c:>28}" for c in cells))
     return "\n".join(lines) + "\n"

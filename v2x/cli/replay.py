@@ -145,6 +145,13 @@ def _nothing_fused_hint(r: dict) -> str | None:
     type=click.FloatRange(min=0),
     help="Oldest late message the compensate policy still fuses [default: 300].",
 )
+@click.option(
+    "--share-frame",
+    type=click.Choice(("ego", "own")),
+    default="ego",
+    show_default=True,
+    help="Where collaborators encode features: in the ego's frame (OpenCOOD's proj_first) or their own.",
+)
 @click.option("--frames", type=click.IntRange(min=1), help="Play only the first N frames.")
 @click.option("--scene", "scenes", multiple=True, help="Only these scenes (repeatable).")
 @click.option(
@@ -188,6 +195,7 @@ def replay(
     late_policy,
     deadline_ms,
     max_age_ms,
+    share_frame,
     frames,
     scenes,
     max_agents,
@@ -225,6 +233,7 @@ def replay(
             tracker=tracker,
             late_policy=late_policy,
             **({} if max_age_ms is None else {"max_age_s": max_age_ms / 1000}),
+            share_frame=share_frame,
             frames=frames,
             seed=seed,
             max_agents=max_agents,

@@ -252,6 +252,9 @@ class PlayerNode(ReplayNode):
                         "wall": wall,
                         "agent_id": scan.agent_id if scan is not None else None,
                         "ego_id": frame.ego_id,
+                        # the ego's pose, as its V2X pose beacon tells every agent (agents
+                        # encode shared features in its frame: share_frame "ego")
+                        "world_from_ego": frame.ego.world_from_bev.tolist(),
                         "collaborators": ids,
                         "next_id": upcoming.get(i),
                     }

@@ -1,0 +1,62 @@
+"""Collaborators encoding shared features in the ego's frame (``share_frame="ego"``, OpenCOOD's
+proj_first): the map lies on the ego's grid, so the ego fuses it cell for cell, and the message
+layer needs nothing new (the map's pose is the ego's)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from v2x.cooperative import FUSION_MODES, Perception, check_share_frame
+from v2x.encoder import sanitize_points
+from v2x.fusion import warp_cells_to_ego
+from v2x.geometry import inverse, transform_points
+
+
+def test_a_map_encoded_in_the_ego_frame_is_the_ego_frame_encoding_of_those_points(model, synthetic_frame):
+    frame = synthetic_frame(5)
+    collab, ego_pose = frame.collaborators[0], frame.ego.world_from_bev
+    got = Perception(model).agent_steps([collab], detect=False, into=[ego_pose])[0]
+    assert np.array_equal(got.world_from_bev, ego_pose)
+    points = transform_points(inverse(ego_pose) @ collab.world_from_lidar, collab.points)
+    with torch.no_grad():
+        want = model.encode([sanitize_points(points, model.cfg)])
+    assert torch.equal(got.occupied, want.occupied[0])
+    assert torch.allclose(got.features, want.features[0], atol=1e-6)
+    # and it differs from the collaborator's own-frame map (it really moved)
+    own = Perception(model).agent_steps([collab], detect=False)[0]
+    assert not torch.equal(own.occupied, got.occupied)
+
+
+def test_the_ego_takes_such_a_map_cell_for_cell(model, synthetic_frame):
+    frame = synthetic_frame(6)
+    collab, ego_pose = frame.collaborators[1], frame.ego.world_from_bev
+    shared = Perception(model).agent_steps([collab], detect=False, into=[ego_pose])[0]
+    ego_from_sender = inverse(ego_pose) @ shared.world_from_bev
+    with torch.no_grad():
+        [(idx, values)] = warp_cells_to_ego(
+            [(shared.features, shared.occupied, ego_from_sender)], model.cfg.grid
+        )
+    assert torch.equal(idx, torch.nonzero(shared.occupied.reshape(-1)).squeeze(1))
+    flat = shared.features.reshape(shared.features.shape[0], -1)
+    assert (values - flat[:, idx]).abs().max() < 1e-5  # float rounding of the identity sampling
+
+
+@pytest.mark.parametrize("mode", ["intermediate", "intermediate-own"])
+def test_both_intermediate_variants_send_only_cells_on_their_grid(model, synthetic_frame, mode):
+    frame = synthetic_frame(7)
+    res = Perception(model).run_frame(frame, mode)
+    assert np.isfinite(res.boxes.xyzlwhy).all() and min(res.bytes_per_collaborator.values()) > 0
+
+
+def test_share_frame_names_are_checked():
+    assert check_share_frame("ego") == "ego" and "intermediate-own" in FUSION_MODES
+    with pytest.raises(ValueError, match="share_frame"):
+        check_share_frame("world")
+
+
+def test_the_command_line_lists_every_fusion_mode():
+    from v2x.cli.eval_detection import MODES
+
+    assert MODES == FUSION_MODES
