@@ -3,12 +3,11 @@
 :class:`Perception` holds a detector and exposes the two halves of the system: what an agent
 computes from its own scan (:meth:`Perception.agent_step`) and what the ego computes from its
 own result plus whatever it received (:meth:`Perception.ego_step`). :meth:`Perception.run_frame`
-strings them together in-process for the four fusion modes, so the modes differ only in what
+strings them together in-process for the fusion modes, so the modes differ only in what
 crosses the link: nothing, boxes, points, or BEV features.
 
 Which frame a collaborator encodes its shared map in (``share_frame``): ``"ego"`` moves its
-points into the ego's BEV frame first (it knows the ego's pose from the ego's demand or pose
-beacon) and encodes them on the ego's grid, so the ego fuses cell for cell; this is OpenCOOD's
+points into the ego's BEV frame first (it knows the ego's pose from the ego's V2X pose beacon) and encodes them on the ego's grid, so the ego fuses cell for cell; this is OpenCOOD's
 default for intermediate fusion (``proj_first``). ``"own"`` encodes on the collaborator's own grid
 and the ego resamples the map into its frame (:mod:`v2x.fusion`), which loses part of what the
 features say about where points lie within a cell.
@@ -52,6 +51,7 @@ SHARE_FRAMES = ("ego", "own")
 
 
 def check_share_frame(share_frame: str) -> str:
+    """``share_frame`` itself, or a ValueError naming the setting and what it may be."""
     if share_frame not in SHARE_FRAMES:
         raise ValueError(f"share_frame: use one of {', '.join(SHARE_FRAMES)}, not {share_frame!r}")
     return share_frame

@@ -288,6 +288,8 @@ class AgentNode(ReplayNode):
         send_s = max([w.act, *[ts for ts, _ in got]])
         data = stage.message(w.me, w.scan, w.spent, assigned)
         status = {"k": w.k, "agent_id": w.agent_id, "sent": data is not None, "malformed": stage.malformed}
+        if stage.bad_ego_poses:
+            status["bad_ego_poses"] = stage.bad_ego_poses  # frames encoded in its own frame instead
         if data is not None:
             w.spent += len(data)
             topic = message_topic(w.agent_id, self.cfg.method)
