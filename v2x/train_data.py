@@ -3,7 +3,9 @@
 One network must serve every fusion mode, so each sample picks an ego among the frame's
 agents (RSUs included: every agent runs the head for its own boxes and supply map), a random
 subset of collaborators, and a mode: intermediate (per-agent maps fused on the ego) or early
-(the merged cloud). A subset of size zero is the single-agent case. Targets are the vehicles
+(the merged cloud). A subset of size zero is the single-agent case. With
+``ego_grid_probability``, that share of intermediate samples with collaborators has them encode
+on the ego's grid (``share_frame="ego"``, see :mod:`v2x.cooperative`) instead of their own. Targets are the vehicles
 the participating agents actually hit with at least ``min_points`` LiDAR points.
 """
 
@@ -27,7 +29,7 @@ __all__ = ["CooperativeSample", "CooperativeTrainingSet", "collate_samples"]
 
 @dataclass
 class CooperativeSample:
-    mode: str  # "intermediate" or "early"
+    mode: str  # "intermediate", "intermediate-ego" (collaborators on the ego's grid) or "early"
     clouds: list[torch.Tensor]  # first is the ego's; early mode: one merged cloud
     ego_from_agent: list[np.ndarray]  # for clouds[1:], BEV frame to BEV frame
     boxes: np.ndarray  # (N, 7) targets in the ego's BEV frame
@@ -46,6 +48,7 @@ class CooperativeTrainingSet(Dataset):
         early_probability: float = 0.25,
         max_agents: int = 5,
         frame_indices: list[int] | None = None,
+        ego_grid_probability: float = 0.0,
     ) -> None:
         self.log = log
         self.cfg = cfg
@@ -53,6 +56,7 @@ class CooperativeTrainingSet(Dataset):
         self.augment = augment
         self.early_probability = early_probability
         self.max_agents = max_agents
+        self.ego_grid_probability = ego_grid_probability
         self.indices = list(range(len(log))) if frame_indices is None else list(frame_indices)
         self.epoch = 0
 
@@ -74,6 +78,10 @@ class CooperativeTrainingSet(Dataset):
         n_others = int(rng.integers(0, min(len(others), self.max_agents - 1) + 1))
         chosen = [ego_id, *others[:n_others]]
         mode = "early" if n_others > 0 and rng.random() < self.early_probability else "intermediate"
+        # drawn only when asked for, so older configurations see the same random stream
+        asked = mode == "intermediate" and n_others > 0 and self.ego_grid_probability > 0
+        if asked and rng.random() < self.ego_grid_probability:
+            mode = "intermediate-ego"
         ego = frame.agents[ego_id]
         ego_bev_inv = inverse(ego.world_from_bev)
 
@@ -84,6 +92,15 @@ class CooperativeTrainingSet(Dataset):
             ]
             clouds = [sanitize_points(np.concatenate(merged), self.cfg)]
             ego_from_agent: list[np.ndarray] = []
+        elif mode == "intermediate-ego":
+            clouds = [sanitize_points(ego.points_in_bev(), self.cfg)] + [
+                sanitize_points(
+                    transform_points(ego_bev_inv @ frame.agents[a].world_from_lidar, frame.agents[a].points),
+                    self.cfg,
+                )
+                for a in chosen[1:]
+            ]
+            ego_from_agent = [np.eye(4) for _ in chosen[1:]]
         else:
             clouds = [sanitize_points(frame.agents[a].points_in_bev(), self.cfg) for a in chosen]
             ego_from_agent = [ego_bev_inv @ frame.agents[a].world_from_bev for a in chosen[1:]]

@@ -49,6 +49,8 @@ class TrainConfig:
     max_train_frames: int | None = None
     val_frames: int = 60
     early_probability: float = 0.25
+    #: share of intermediate samples with collaborators encoded on the ego's grid (share_frame ego)
+    ego_grid_probability: float = 0.0
     max_agents: int = 5
     #: fine-tuning: start from these weights (keys the model lacks are refused; keys the
     #: checkpoint lacks must be trainable) ...
@@ -193,7 +195,14 @@ def train_detector(
         _load_initial(model, Path(tcfg.init_weights), tcfg.train_only)
     trainable = _trainable(model, tcfg.train_only)
     dataset = CooperativeTrainingSet(
-        train_log, cfg, tcfg.seed, True, tcfg.early_probability, tcfg.max_agents, frame_indices=indices
+        train_log,
+        cfg,
+        tcfg.seed,
+        True,
+        tcfg.early_probability,
+        tcfg.max_agents,
+        frame_indices=indices,
+        ego_grid_probability=tcfg.ego_grid_probability,
     )
     steps_per_epoch = math.ceil(len(dataset) / tcfg.batch_size)
     optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)

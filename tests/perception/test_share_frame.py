@@ -60,3 +60,24 @@ def test_the_command_line_lists_every_fusion_mode():
     from v2x.cli.eval_detection import MODES
 
     assert MODES == FUSION_MODES
+
+
+def test_training_samples_can_put_collaborators_on_the_ego_grid(cfg, synthetic_frame):
+    from v2x.train_data import CooperativeTrainingSet
+
+    frames = [synthetic_frame(s) for s in (8, 9, 10, 11)]
+    plain = CooperativeTrainingSet(frames, cfg, seed=3, early_probability=0.0)
+    off = CooperativeTrainingSet(frames, cfg, seed=3, early_probability=0.0, ego_grid_probability=0.0)
+    on = CooperativeTrainingSet(frames, cfg, seed=3, early_probability=0.0, ego_grid_probability=1.0)
+    assert sum(len(plain[i].clouds) > 1 for i in range(len(frames))) >= 2  # not only lone egos
+    for i in range(len(frames)):
+        a, b, c = plain[i], off[i], on[i]
+        assert a.key == b.key and all(torch.equal(x, y) for x, y in zip(a.clouds, b.clouds, strict=True))
+        if len(a.clouds) == 1:  # the ego alone: nothing to move
+            assert c.mode == "intermediate"
+            continue
+        assert c.mode == "intermediate-ego" and all(np.array_equal(t, np.eye(4)) for t in c.ego_from_agent)
+        assert torch.equal(c.clouds[0], a.clouds[0]) and np.array_equal(c.boxes, a.boxes)
+        # a collaborator's points now lie where the ego sees them: the same cloud as early fusion
+        # would merge, not the collaborator's own view
+        assert not torch.equal(c.clouds[1], a.clouds[1])
