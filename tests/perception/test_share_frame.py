@@ -56,10 +56,16 @@ def test_share_frame_names_are_checked():
         check_share_frame("world")
 
 
-def test_the_command_line_lists_every_fusion_mode():
+def test_the_command_line_lists_every_fusion_mode_and_share_frame():
+    from v2x.cli.codebook import eval_comm
     from v2x.cli.eval_detection import MODES
+    from v2x.cli.replay import replay
+    from v2x.cooperative import SHARE_FRAMES
 
     assert MODES == FUSION_MODES
+    for command in (replay, eval_comm):
+        [option] = [p for p in command.params if p.name == "share_frame"]
+        assert tuple(option.type.choices) == SHARE_FRAMES and option.default == "ego"
 
 
 def test_training_samples_can_put_collaborators_on_the_ego_grid(cfg, synthetic_frame):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from v2x.cli.options import share_frame_option
+
 
 def _split(data: Path, name: str) -> Path:
     return data / name if (data / name).is_dir() else data
@@ -140,13 +142,7 @@ def train_codebook(
 )
 @click.option("--hybrid", is_flag=True, help="Also run codebook methods with the sender's boxes attached.")
 @click.option("--frames", type=int, help="Evaluate this many frames, evenly spaced.")
-@click.option(
-    "--share-frame",
-    type=click.Choice(("ego", "own")),
-    default="ego",
-    show_default=True,
-    help="Where collaborators encode features: in the ego's frame (OpenCOOD's proj_first) or their own.",
-)
+@share_frame_option
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path))
 def eval_comm(

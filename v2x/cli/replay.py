@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from v2x.cli.options import share_frame_option
 from v2x.pipeline import LATE_POLICIES, METHODS, TRACKERS
 
 
@@ -145,13 +146,7 @@ def _nothing_fused_hint(r: dict) -> str | None:
     type=click.FloatRange(min=0),
     help="Oldest late message the compensate policy still fuses [default: 300].",
 )
-@click.option(
-    "--share-frame",
-    type=click.Choice(("ego", "own")),
-    default="ego",
-    show_default=True,
-    help="Where collaborators encode features: in the ego's frame (OpenCOOD's proj_first) or their own.",
-)
+@share_frame_option
 @click.option("--frames", type=click.IntRange(min=1), help="Play only the first N frames.")
 @click.option("--scene", "scenes", multiple=True, help="Only these scenes (repeatable).")
 @click.option(
