@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from v2x.codebook import Codebook, CodebookConfig, fit_from_maps
-from v2x.cooperative import Perception, check_share_frame, evaluation_ground_truth
+from v2x.cooperative import Perception, check_share_frame, encoding_frames, evaluation_ground_truth
 from v2x.detection_metrics import DetectionEvaluator
 from v2x.encoder import sanitize_points
 from v2x.messages import MessageCodec, exchange
@@ -75,9 +75,8 @@ def evaluate_comm(
     for i in tqdm(indices, desc="frames", disable=not progress):
         frame = log[i]
         gt = evaluation_ground_truth(frame, perception.cfg.min_points_per_box)
-        agents = list(frame.agents.values())
-        into = None if share_frame == "own" else [None] + [frame.ego.world_from_bev] * (len(agents) - 1)
-        results = perception.agent_steps(agents, detect=True, into=into)
+        agents = [frame.ego, *frame.collaborators]
+        results = perception.agent_steps(agents, detect=True, into=encoding_frames(frame, share_frame))
         ego, rest = results[0], results[1:]
         for s in settings:
             shared, boxes, out = exchange(codec, s.method, ego, rest, s.budget, s.threshold or 0.3, s.hybrid)

@@ -7,8 +7,9 @@ strings them together in-process for the fusion modes, so the modes differ only 
 crosses the link: nothing, boxes, points, or BEV features.
 
 Which frame a collaborator encodes its shared map in (``share_frame``): ``"ego"`` moves its
-points into the ego's BEV frame first (it knows the ego's pose from the ego's V2X pose beacon) and encodes them on the ego's grid, so the ego fuses cell for cell; this is OpenCOOD's
-default for intermediate fusion (``proj_first``). ``"own"`` encodes on the collaborator's own grid
+points into the ego's BEV frame first (it knows the ego's pose from the ego's V2X pose beacon)
+and encodes them on the ego's grid, so the ego fuses cell for cell; this is OpenCOOD's default
+for intermediate fusion (``proj_first``). ``"own"`` encodes on the collaborator's own grid
 and the ego resamples the map into its frame (:mod:`v2x.fusion`), which loses part of what the
 features say about where points lie within a cell.
 """
@@ -25,7 +26,7 @@ from v2x.comm.wire import MessageType, encoded_size
 from v2x.detector import CooperativeDetector
 from v2x.encoder import sanitize_points
 from v2x.frame import AgentKind, AgentScan, Frame
-from v2x.geometry import inverse, transform_points
+from v2x.geometry import inverse
 from v2x.head import rotated_nms
 from v2x.perception_cache import PerceptionCache, scan_key
 from v2x.points_message import HEADER_BYTES as POINTS_HEADER_BYTES
@@ -41,6 +42,7 @@ __all__ = [
     "SharedBoxes",
     "SharedFeatures",
     "check_share_frame",
+    "encoding_frames",
     "evaluation_ground_truth",
     "without_ego",
 ]
@@ -48,6 +50,14 @@ __all__ = [
 FUSION_MODES = ("none", "late", "early", "intermediate", "intermediate-own")
 #: frames a collaborator may encode its shared BEV map in (see the module's docstring)
 SHARE_FRAMES = ("ego", "own")
+
+
+def encoding_frames(frame: Frame, share_frame: str) -> list[np.ndarray | None] | None:
+    """``into`` for :meth:`Perception.agent_steps` over ``[frame.ego, *frame.collaborators]``:
+    the ego in its own frame and the collaborators in ``share_frame``."""
+    if check_share_frame(share_frame) == "own":
+        return None
+    return [None] + [frame.ego.world_from_bev] * len(frame.collaborators)
 
 
 def check_share_frame(share_frame: str) -> str:
@@ -168,15 +178,7 @@ class Perception:
             s.world_from_bev if p is None else np.asarray(p, dtype=np.float64)
             for s, p in zip(scans, into, strict=True)
         ]
-        clouds = [
-            sanitize_points(
-                s.points_in_bev()
-                if p is None
-                else transform_points(inverse(p) @ s.world_from_lidar, s.points),
-                self.cfg,
-            )
-            for s, p in zip(scans, into, strict=True)
-        ]
+        clouds = [sanitize_points(s.points_in(f), self.cfg) for s, f in zip(scans, frames, strict=True)]
         bev = self.model.encode(clouds)
         out = self.model.detect(bev.features) if detect else None
         boxes = self.model.decode(out) if detect else [None] * len(scans)
@@ -299,19 +301,16 @@ class Perception:
         last = self._last_batch
         if last is not None and last[0] == key and (last[1] or not detect):
             return last[2]
-        into = None
-        if check_share_frame(share_frame) == "ego":
-            into = [None] + [frame.ego.world_from_bev] * len(frame.collaborators)
-        results = self.agent_steps([frame.ego, *frame.collaborators], detect=detect, into=into)
+        results = self.agent_steps(
+            [frame.ego, *frame.collaborators], detect=detect, into=encoding_frames(frame, share_frame)
+        )
         self._last_batch = (key, detect, results)
         return results
 
     def _early(self, frame: Frame) -> FrameResult:
-        ego_bev_inv = inverse(frame.ego.world_from_bev)
         clouds, sent = [], {}
         for scan in frame.agents.values():
-            pts = transform_points(ego_bev_inv @ scan.world_from_lidar, scan.points)
-            kept = sanitize_points(pts, self.cfg)
+            kept = sanitize_points(scan.points_in(frame.ego.world_from_bev), self.cfg)
             clouds.append(kept)
             if scan.agent_id != frame.ego_id:
                 sent[scan.agent_id] = POINTS_HEADER_BYTES + POINT_BYTES * len(kept)

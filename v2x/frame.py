@@ -80,7 +80,12 @@ class AgentScan:
         return inverse(self.world_from_bev) @ self.world_from_lidar
 
     def points_in_bev(self) -> np.ndarray:
-        return transform_points(self.bev_from_lidar, self.points)
+        return self.points_in(self.world_from_bev)
+
+    def points_in(self, world_from_frame: np.ndarray) -> np.ndarray:
+        """The scan's points in the frame with that world pose: another agent's BEV frame, for
+        early fusion or for features shared on the ego's grid (``share_frame="ego"``)."""
+        return transform_points(inverse(world_from_frame) @ self.world_from_lidar, self.points)
 
     def points_in_world(self) -> np.ndarray:
         return transform_points(self.world_from_lidar, self.points)

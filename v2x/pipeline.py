@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from v2x.boxes import Boxes
 from v2x.comm.budget import parse_rate
@@ -237,7 +238,7 @@ class AgentStage:
         self.bad_ego_poses = 0
         self._noise_filter: MultiSensorKF | None = None
 
-    def perceive(self, scan: AgentScan, world_from_ego: np.ndarray | None = None) -> AgentPerception | None:
+    def perceive(self, scan: AgentScan, world_from_ego: ArrayLike | None = None) -> AgentPerception | None:
         """None where the method sends nothing or raw points: encoding would be wasted work, and
         in real time it would take the cores the ego needs.
 

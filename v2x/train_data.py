@@ -5,7 +5,8 @@ agents (RSUs included: every agent runs the head for its own boxes and supply ma
 subset of collaborators, and a mode: intermediate (per-agent maps fused on the ego) or early
 (the merged cloud). A subset of size zero is the single-agent case. With
 ``ego_grid_probability``, that share of intermediate samples with collaborators has them encode
-on the ego's grid (``share_frame="ego"``, see :mod:`v2x.cooperative`) instead of their own. Targets are the vehicles
+on the ego's grid (``share_frame="ego"``, see :mod:`v2x.cooperative`) instead of their own.
+Targets are the vehicles
 the participating agents actually hit with at least ``min_points`` LiDAR points.
 """
 
@@ -22,7 +23,7 @@ from v2x.boxes import VEHICLE_CLASSES
 from v2x.config import DetectorConfig
 from v2x.encoder import sanitize_points
 from v2x.frame import Frame
-from v2x.geometry import inverse, transform_points
+from v2x.geometry import inverse
 
 __all__ = ["CooperativeSample", "CooperativeTrainingSet", "collate_samples"]
 
@@ -86,19 +87,12 @@ class CooperativeTrainingSet(Dataset):
         ego_bev_inv = inverse(ego.world_from_bev)
 
         if mode == "early":
-            merged = [
-                transform_points(ego_bev_inv @ frame.agents[a].world_from_lidar, frame.agents[a].points)
-                for a in chosen
-            ]
+            merged = [frame.agents[a].points_in(ego.world_from_bev) for a in chosen]
             clouds = [sanitize_points(np.concatenate(merged), self.cfg)]
             ego_from_agent: list[np.ndarray] = []
         elif mode == "intermediate-ego":
             clouds = [sanitize_points(ego.points_in_bev(), self.cfg)] + [
-                sanitize_points(
-                    transform_points(ego_bev_inv @ frame.agents[a].world_from_lidar, frame.agents[a].points),
-                    self.cfg,
-                )
-                for a in chosen[1:]
+                sanitize_points(frame.agents[a].points_in(ego.world_from_bev), self.cfg) for a in chosen[1:]
             ]
             ego_from_agent = [np.eye(4) for _ in chosen[1:]]
         else:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from v2x.comm.messages import Json, Packet, PointCloud
 from v2x.frame import AgentScan
 from v2x.messages import DEMAND_METHODS
@@ -197,8 +195,7 @@ class AgentNode(ReplayNode):
         stage = self.stages.get(w.agent_id)
         if stage is None:
             stage = self.stages[w.agent_id] = AgentStage(w.agent_id, self.models, self.cfg)
-        ego_pose = w.info.get("world_from_ego")
-        w.me = stage.perceive(w.scan, None if ego_pose is None else np.asarray(ego_pose, dtype=np.float64))
+        w.me = stage.perceive(w.scan, w.info.get("world_from_ego"))
         w.act = w.t
         w.phase = "demand" if self.cfg.method in DEMAND_METHODS else self._after_demand()
         w.since = time.monotonic()
