@@ -18,7 +18,7 @@ from torch import nn
 from v2x.config import DetectorConfig
 from v2x.spconv_compat import one_thread, one_thread_backward, sparse_conv_kwargs, spconv_module
 
-__all__ = ["BEVFeatures", "PillarEncoder", "sanitize_points"]
+__all__ = ["BEVFeatures", "PillarEncoder", "occupied_cells_dense", "sanitize_points"]
 
 POINT_FEATURES = 9  # x, y, z, intensity, offsets to the pillar mean (3) and to its centre (2)
 
@@ -131,9 +131,26 @@ class PillarEncoder(nn.Module):
         )
         sparse = self._spconv.SparseConvTensor(pillar, coords, list(g.voxel_shape), batch)
         with one_thread():  # reproducible across processes (v2x.spconv_compat)
-            dense = self.backbone(sparse).dense()
-        dense = one_thread_backward(dense, pillar)
+            out = self.backbone(sparse)
         occupied = torch.zeros(batch, h, w, dtype=torch.bool)
         # a feature cell is occupied when one of the pillars it covers holds points
         occupied[coords[:, 0].long(), coords[:, 1].long() // g.stride, coords[:, 2].long() // g.stride] = True
-        return BEVFeatures(dense * occupied[:, None].to(dense.dtype), occupied)
+        dense = occupied_cells_dense(out.features, out.indices, occupied)
+        return BEVFeatures(one_thread_backward(dense, pillar), occupied)
+
+
+def occupied_cells_dense(features: torch.Tensor, indices: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor:
+    """The sparse backbone's output ``features`` (M, C) at ``indices`` (M, 3: batch, row, col) as
+    a dense (B, C, H, W) map, kept only in ``occupied`` (B, H, W) cells and zero elsewhere.
+
+    Why not spconv's ``dense()`` and a mask: that builds the whole map channels-last and
+    transposes it, about 9 ms a scan on one core; writing the kept rows straight into a
+    channels-first map takes well under one, and gives the same map bit for bit (the backbone
+    ends in a ReLU, so masked cells were +0.0 either way)."""
+    batch, h, w = occupied.shape
+    idx = indices.long()
+    cell = idx[:, 1] * w + idx[:, 2]
+    keep = occupied.reshape(batch, -1)[idx[:, 0], cell]
+    dense = features.new_zeros(batch, features.shape[1], h * w)
+    dense[idx[keep, 0], :, cell[keep]] = features[keep]
+    return dense.reshape(batch, features.shape[1], h, w)
