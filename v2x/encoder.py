@@ -139,7 +139,9 @@ class PillarEncoder(nn.Module):
         return BEVFeatures(one_thread_backward(dense, pillar), occupied)
 
 
-def occupied_cells_dense(features: torch.Tensor, indices: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor:
+def occupied_cells_dense(
+    features: torch.Tensor, indices: torch.Tensor, occupied: torch.Tensor
+) -> torch.Tensor:
     """The sparse backbone's output ``features`` (M, C) at ``indices`` (M, 3: batch, row, col) as
     a dense (B, C, H, W) map, kept only in ``occupied`` (B, H, W) cells and zero elsewhere.
 
