@@ -14,7 +14,10 @@ one torch thread per node, ideal channel:
   (``stage_ms``); at the default 100 ms deadline, at ``--deadline-ms 300``, and with late
   messages fused into the next frame (``--late-policy compensate --max-age-ms 1000``); and the
   ego alone (``--method none``: collaborators idle), the floor any cooperative run starts from.
-* In process (``run_log``): compute per frame (every agent and the ego, one after another).
+* The same real-time runs (default deadline, ``drop``) and the ego alone with the detector's
+  neck and head in bfloat16 (``--precision bf16``), and whether this CPU has native bf16.
+* In process (``run_log``): compute per frame (every agent and the ego, one after another), in
+  fp32 and in bf16.
 
 Real-time figures depend on the machine and its load (recorded): measurements, not a
 reproducible figure. Writes bench/results/replay.json. Run: ``python -m bench.bench_replay``
@@ -44,6 +47,7 @@ DATA = ROOT / "data" / "demo"
 AGENTS = 4  # ego + 3 collaborators
 SETTINGS = {"where2comm": "200kbps", "raw": "none"}  # method: budget per link
 TARGET_P95_MS = 100.0
+PRECISIONS = ("fp32", "bf16")
 #: real-time runs per method: the default deadline, a longer one, and late messages fused later
 #: (this machine's messages are about half a second old when the ego gets to them)
 REALTIME_VARIANTS = (
@@ -104,6 +108,7 @@ def _replay(
     weights: str | None = None,
     late_policy: str = "drop",
     max_age_s: float = 0.3,
+    precision: str = "fp32",
 ):
     from v2x.pipeline import RunConfig
     from v2x.replay.run import ReplayOptions, run_replay
@@ -117,6 +122,7 @@ def _replay(
         weights=weights,
         late_policy=late_policy,
         max_age_s=max_age_s,
+        precision=precision,
     )
     out = run / name
     opts = ReplayOptions(DATA, cfg, out, realtime=realtime, threads=1, log_level="INFO")
@@ -129,6 +135,7 @@ def _replay(
     row = {
         "method": method,
         "budget": budget,
+        "precision": precision,
         "clock": res.get("clock"),
         "frames_requested": res.get("frames_requested"),
         "frames_fused": res.get("frames"),
@@ -175,7 +182,7 @@ def _replay(
         "p95_target_met": lat["p95"] is not None and lat["p95"] <= TARGET_P95_MS and not res.get("partial"),
     }
     print(
-        f"   rt    {method:>10} deadline {row['deadline_ms']} ms, {cfg.late_policy}: latency p50 {lat['p50']} / p95 {lat['p95']} ms "
+        f"   rt    {method:>10} {precision} deadline {row['deadline_ms']} ms, {cfg.late_policy}: latency p50 {lat['p50']} / p95 {lat['p95']} ms "
         f"(target met: {row['p95_target_met']}), {row['frames_fused']}/{played} fused, "
         f"{row['deadline_misses']} misses, collaborators fused in {some}/{played} frames",
         flush=True,
@@ -188,14 +195,16 @@ def _replay(
     return row
 
 
-def _in_process(method: str, budget: str, frames: int, weights: str | None = None) -> dict:
+def _in_process(
+    method: str, budget: str, frames: int, weights: str | None = None, precision: str = "fp32"
+) -> dict:
     import torch
 
     from v2x.pipeline import Models, RunConfig, run_log
 
     torch.set_num_threads(1)  # as the nodes run
     cfg = RunConfig.from_options(
-        method=method, budget=budget, frames=frames, max_agents=AGENTS, weights=weights
+        method=method, budget=budget, frames=frames, max_agents=AGENTS, weights=weights, precision=precision
     )
     load = _load()
     t0 = time.perf_counter()
@@ -206,6 +215,7 @@ def _in_process(method: str, budget: str, frames: int, weights: str | None = Non
     row = {
         "method": method,
         "budget": budget,
+        "precision": precision,
         "frames": res.get("frames"),
         "load_models_s": round(t1 - t0, 2),
         "wall_s": round(wall, 2),
@@ -215,12 +225,17 @@ def _in_process(method: str, budget: str, frames: int, weights: str | None = Non
         "load_before": load,
     }
     c = row["compute_ms_per_frame"]
-    print(f"   in-process {method:>10}: compute p50 {c['p50']} / p95 {c['p95']} ms per frame", flush=True)
+    print(
+        f"   in-process {method:>10} {precision}: compute p50 {c['p50']} / p95 {c['p95']} ms per frame",
+        flush=True,
+    )
     return row
 
 
 def main(quick: bool = False, weights: str | None = None) -> dict:
     import torch
+
+    from v2x.detector import native_bf16
 
     _ensure_data(DATA)
     frames = 10 if quick else 30
@@ -252,13 +267,28 @@ def main(quick: bool = False, weights: str | None = None) -> dict:
         result["realtime_ego_alone"] = _replay(
             run, "rt-none", "none", "none", rt_frames, realtime=True, weights=weights
         )
-    result["in_process"] = [_in_process(m, b, frames, weights) for m, b in SETTINGS.items()]
+        # the neck and head in bfloat16 (--precision bf16): the default deadline and policy
+        result["realtime_bf16"] = [
+            _replay(run, f"rt-bf16-{m}", m, b, rt_frames, realtime=True, weights=weights, precision="bf16")
+            for m, b in SETTINGS.items()
+        ]
+        result["realtime_bf16_ego_alone"] = _replay(
+            run, "rt-bf16-none", "none", "none", rt_frames, realtime=True, weights=weights, precision="bf16"
+        )
+    result["in_process"] = [
+        _in_process(m, b, frames, weights, precision) for precision in PRECISIONS for m, b in SETTINGS.items()
+    ]
     result["machine"]["load_end"] = _load()
+    result["machine"]["native_bf16"] = native_bf16()
     rt = [r for r in result["realtime"] if r["deadline_ms"] == 100 and r["late_policy"] == "drop"]
     result["realtime_p95_target_met"] = bool(rt) and all(r["p95_target_met"] for r in rt)
+    result["realtime_bf16_p95_target_met"] = all(r["p95_target_met"] for r in result["realtime_bf16"])
     name = "replay" if weights is None else f"replay-{Path(weights).stem}"
     write_result(
-        name, result, f" (real-time p95 <= {TARGET_P95_MS:.0f} ms: {result['realtime_p95_target_met']})"
+        name,
+        result,
+        f" (real-time p95 <= {TARGET_P95_MS:.0f} ms: fp32 {result['realtime_p95_target_met']},"
+        f" bf16 {result['realtime_bf16_p95_target_met']})",
     )
     return result
 

@@ -153,7 +153,9 @@ class Perception:
         #: an agent's own perception of a scan seen before is reused (sweeps; see perception_cache).
         #: One cache may serve several detectors: entries are keyed by the model's identity too.
         self.cache = cache
-        self._model_tag: tuple[int, bytes] | None = None  # (weights version, identity)
+        self._model_tag: tuple[tuple[int, str], bytes] | None = (
+            None  # ((weights version, precision), identity)
+        )
         #: the last frame's batch of every agent's perception (see _frame_batch)
         self._last_batch: tuple[tuple, bool, list[AgentPerception]] | None = None
 
@@ -204,7 +206,7 @@ class Perception:
         world pose."""
         if self.cache is None:
             return self.agent_steps([scan], detect, [into])[0]
-        version = self._weights_version()
+        version = (self._weights_version(), self.model.precision)
         if self._model_tag is None or self._model_tag[0] != version:
             self._model_tag = (version, self.model.identity().encode())
         key = self._model_tag[1] + scan_key(scan, detect, into)
@@ -296,6 +298,7 @@ class Perception:
             frame.index,
             frame.timestamp_ns,
             self._weights_version(),
+            self.model.precision,
             share_frame,
         )
         last = self._last_batch

@@ -26,18 +26,20 @@ def evaluate_fusion_modes(
     threads: int | None = None,
     bootstrap: int = 0,
     bootstrap_block: int = 1,
+    precision: str = "fp32",
 ) -> dict[str, dict]:
     """AP (BEV and 3D, 0.3/0.5/0.7) and mean bytes per collaborator per frame, per mode.
 
     With ``bootstrap`` resamples and two or more modes, the result also holds
     ``"paired_bootstrap"``: for each later mode against each earlier one, the BEV AP difference
     with its 95 % interval over paired resamples of the frames, or of runs of ``bootstrap_block``
-    consecutive frames (``v2x.ap_bootstrap``), and ``"bootstrap"``: those two settings."""
+    consecutive frames (``v2x.ap_bootstrap``), and ``"bootstrap"``: those two settings.
+    ``precision``: the detector's neck and head in fp32 or bf16 (CooperativeDetector.set_precision)."""
     from v2x.datasets import open_log
 
     if threads:
         torch.set_num_threads(threads)
-    model = load_detector(weights)
+    model = load_detector(weights, precision=precision)
     perception = Perception(model)
     log = open_log(root, max_cav=max_cav)
     indices = list(range(len(log)))
@@ -62,6 +64,7 @@ def evaluate_fusion_modes(
         )
         r["weights"] = str(weights) if weights else "shipped"
         r["model_identity"] = model.identity()
+        r["precision"] = model.precision
         r["data"] = str(root)
         r["_table"] = evaluators[m].table(f"fusion={m}")
         out[m] = r

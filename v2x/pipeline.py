@@ -48,7 +48,7 @@ from v2x.cooperative import (
 )
 from v2x.detection_metrics import DetectionEvaluator
 from v2x.detections import agent_detections, crop_patches, in_ego_range, tracking_ground_truth
-from v2x.detector import load_detector
+from v2x.detector import PRECISIONS, load_detector
 from v2x.encoder import sanitize_points
 from v2x.frame import AgentScan, Frame
 from v2x.geometry import inverse, transform_points
@@ -108,6 +108,9 @@ class RunConfig:
     threshold: float = 0.3
     #: the frame collaborators encode shared features in: "ego" (OpenCOOD's proj_first) or "own"
     share_frame: str = "ego"
+    #: inference precision of the detector's neck and head: "fp32" or "bf16" (faster on CPUs
+    #: with AMX or AVX512-BF16; see CooperativeDetector.set_precision)
+    precision: str = "fp32"
     seed: int = 0
     frame_hz: float = 10.0
     max_agents: int = 5
@@ -133,6 +136,8 @@ class RunConfig:
             raise PipelineError(
                 f"share_frame: use one of {', '.join(SHARE_FRAMES)}, not {self.share_frame!r}"
             )
+        if self.precision not in PRECISIONS:
+            raise PipelineError(f"precision: use one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
     @classmethod
     def from_options(
@@ -197,7 +202,7 @@ class Models:
 
     @classmethod
     def load(cls, cfg: RunConfig) -> Models:
-        model = load_detector(cfg.weights)
+        model = load_detector(cfg.weights, precision=cfg.precision)
         codebook = None
         if cfg.method in CODE_METHODS:
             from v2x.codebook import load_codebook
@@ -852,6 +857,7 @@ def _cached_models(cfg: RunConfig, cache_mb: int = PERCEPTION_CACHE_MB) -> Model
     needs_codebook = cfg.method in CODE_METHODS
     key = (
         cfg.weights,
+        cfg.precision,
         needs_codebook,
         cfg.codebook if needs_codebook else None,
         cfg.tracker,

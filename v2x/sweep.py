@@ -77,6 +77,7 @@ SETTINGS = (
     "deadline_ms",
     "threshold",
     "share_frame",
+    "precision",
     "coord_wait_s",
     "max_age_s",
     "threads",
@@ -208,6 +209,8 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
             raise SweepError(f"{path}: {key}: expected a number >= 0, got {v!r}")
     if settings.get("share_frame") not in (None, "ego", "own"):
         raise SweepError(f"{path}: share_frame: use ego or own, got {settings['share_frame']!r}")
+    if settings.get("precision") not in (None, "fp32", "bf16"):
+        raise SweepError(f"{path}: precision: use fp32 or bf16, got {settings['precision']!r}")
     if settings.get("frame_hz") == 0:
         raise SweepError(f"{path}: frame_hz: must be positive")
     for key in PATH_SETTINGS:

@@ -117,6 +117,28 @@ def test_codefilling_over_a_lossy_channel_matches_too(tiny_log, tmp_path):
 
 
 @pytest.mark.slow
+def test_bf16_processes_and_one_process_agree_too(tiny_log, tmp_path):
+    """``--precision bf16`` reaches every node: their detections are run_frames' in bf16, and
+    differ from fp32's (so bf16 really ran there)."""
+    from v2x.pipeline import RunConfig, run_log
+    from v2x.replay.run import ReplayOptions, run_replay
+
+    options = dict(OPTIONS, precision="bf16")
+    torch.set_num_threads(1)
+    results = run_replay(ReplayOptions(tiny_log, RunConfig.from_options(**options), tmp_path / "run"))
+    reference = run_log(tiny_log, RunConfig.from_options(**options))
+    fp32 = run_log(tiny_log, RunConfig.from_options(**OPTIONS))
+    assert results["config"]["precision"] == reference["config"]["precision"] == "bf16"
+    for got, want in zip(load_run(tmp_path / "run").frames, reference["_detections"], strict=True):
+        assert _same(got["boxes"], want["boxes"]) and _same(got["tracks"], want["tracks"])
+    assert results["ap_bev"] == reference["ap_bev"] and results["messages"] == reference["messages"]
+    assert not all(
+        _same(a["boxes"], b["boxes"])
+        for a, b in zip(reference["_detections"], fp32["_detections"], strict=True)
+    )
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("latency_ms", [70, 150])
 def test_demands_too_late_for_their_frame_are_used_later_in_both_paths(tiny_log, tmp_path, latency_ms):
     """Each demand misses its frame's 50 ms window and is held: on 70 ms links it is used on the

@@ -96,6 +96,7 @@ def test_a_bad_budget_is_refused_naming_file_and_value(tmp_path, budget, match):
         ({"perception_cache_mb": -1}, "perception_cache_mb: expected an integer >= 0"),
         ({"tracker": "sort"}, "tracker: unknown 'sort'"),
         ({"share_frame": "world"}, "share_frame: use ego or own"),
+        ({"precision": "fp16"}, "precision: use fp32 or bf16"),
         ({"codebook": "missing.pt"}, "codebook: no file 'missing.pt'"),
     ],
 )

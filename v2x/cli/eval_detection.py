@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from v2x.cli.options import precision_option
+
 #: v2x.cooperative.FUSION_MODES, spelled out so the command line starts without torch
 MODES = ("none", "late", "early", "intermediate", "intermediate-own")
 
@@ -61,11 +63,12 @@ def _parse_modes(value: str) -> list[str]:
     show_default=True,
     help="Resample runs of this many consecutive evaluated frames (neighbouring frames are alike).",
 )
+@precision_option
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results here."
 )
 def eval_detection(
-    data, split, weights, fusion, frames, max_cav, bootstrap, bootstrap_block, json_out
+    data, split, weights, fusion, frames, max_cav, bootstrap, bootstrap_block, precision, json_out
 ) -> None:
     """BEV and 3D AP at IoU 0.3/0.5/0.7 and bytes per agent per frame for each fusion mode."""
     from v2x.evaluate import evaluate_fusion_modes
@@ -81,6 +84,7 @@ def eval_detection(
         progress=True,
         bootstrap=bootstrap,
         bootstrap_block=bootstrap_block,
+        precision=precision,
     )
     for mode in modes:
         res = results[mode]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from v2x.cli.options import share_frame_option
+from v2x.cli.options import precision_option, share_frame_option
 from v2x.pipeline import LATE_POLICIES, METHODS, TRACKERS
 
 
@@ -147,6 +147,7 @@ def _nothing_fused_hint(r: dict) -> str | None:
     help="Oldest late message the compensate policy still fuses [default: 300].",
 )
 @share_frame_option
+@precision_option
 @click.option("--frames", type=click.IntRange(min=1), help="Play only the first N frames.")
 @click.option("--scene", "scenes", multiple=True, help="Only these scenes (repeatable).")
 @click.option(
@@ -191,6 +192,7 @@ def replay(
     deadline_ms,
     max_age_ms,
     share_frame,
+    precision,
     frames,
     scenes,
     max_agents,
@@ -229,6 +231,7 @@ def replay(
             late_policy=late_policy,
             **({} if max_age_ms is None else {"max_age_s": max_age_ms / 1000}),
             share_frame=share_frame,
+            precision=precision,
             frames=frames,
             seed=seed,
             max_agents=max_agents,
