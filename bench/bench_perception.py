@@ -1,6 +1,8 @@
 """Perception latency on 2 CPU cores: per-agent encode, ego fuse + detect for 4 agents, peak memory.
 
 Targets (issue 4): encoder <= 50 ms and ego <= 50 ms per frame so a 10 Hz LiDAR keeps up.
+Also the agent's encode + detect and the ego's step with the neck and head in bfloat16
+(``precision="bf16"``), and whether this CPU computes bf16 natively.
 Input: four copies of a real OPV2V scan (../shared/realdata) at different poses when available,
 else the bundled demo log, else a synthetic cloud of the same size.
 """
@@ -18,7 +20,7 @@ import torch
 from bench.common import write_result
 from v2x.config import load_config
 from v2x.cooperative import Perception, SharedFeatures
-from v2x.detector import DEFAULT_WEIGHTS, CooperativeDetector, load_detector
+from v2x.detector import DEFAULT_WEIGHTS, CooperativeDetector, load_detector, native_bf16
 from v2x.frame import AgentScan
 from v2x.geometry import pose_from_xyz_yaw
 
@@ -77,6 +79,21 @@ def main(repeats: int = 30) -> dict:
             t0 = time.perf_counter()
             perception.ego_step(results[0], shared)
             times.append(time.perf_counter() - t0)
+    # the neck and head in bfloat16 (--precision bf16): the agent's detect and the ego's step
+    model.set_precision("bf16")
+    bf16_agent, bf16_ego = [], []
+    on_ego_grid = perception.agent_steps(scans, detect=False, into=[None] + [scans[0].world_from_bev] * 3)
+    shared = [SharedFeatures(r.agent_id, r.world_from_bev, r.features, r.occupied) for r in on_ego_grid[1:]]
+    for _ in range(3):
+        perception.agent_step(scans[0])
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        perception.agent_step(scans[0], detect=True)
+        bf16_agent.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        perception.ego_step(on_ego_grid[0], shared)
+        bf16_ego.append(time.perf_counter() - t0)
+    model.set_precision("fp32")
     out = {
         "input": source,
         "points_per_scan": len(pts),
@@ -87,6 +104,9 @@ def main(repeats: int = 30) -> dict:
         "agent_encode_and_detect": _stats(agent_total),
         "ego_fuse_detect_4_agents": _stats(ego_times),
         "ego_fuse_detect_4_agents_own_frames": _stats(own_times),
+        "native_bf16": native_bf16(),
+        "bf16_agent_encode_and_detect": _stats(bf16_agent),
+        "bf16_ego_fuse_detect_4_agents": _stats(bf16_ego),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "targets_ms": {"agent_encode": 50, "ego_fuse_detect": 50},
     }

@@ -295,6 +295,7 @@ def test_the_late_policy_options_reach_the_run(tiny_log, tmp_path):
     assert res.exit_code == 0, res.output
     config = json.loads((out / "results.json").read_text())["config"]
     assert (config["late_policy"], config["max_age_s"], config["deadline_s"]) == ("compensate", 0.75, 0.08)
+    assert config["precision"] == "fp32"
 
 
 def test_the_table_says_when_real_time_fused_nothing():
@@ -304,6 +305,8 @@ def test_the_table_says_when_real_time_fused_nothing():
     text = _table(late)
     assert "late: dropped / expired / fused" in text and "5 / 2 / -" in text
     assert "NOTE: no collaborator's message was fused (7 came too late)" in text
+    assert "--precision bf16" in text  # the run was in fp32: the faster precision is suggested
+    assert "--precision" not in _table({**late, "config": {"precision": "bf16"}})
     assert "NOTE" not in _table({**late, "messages": {"fused": 3, "late_dropped": 5, "expired": 2}})
     assert "NOTE" not in _table({**late, "clock": "sim"})
     assert "NOTE" not in _table({**late, "messages": {"fused": 0}})  # nothing came at all: --method none

@@ -99,9 +99,12 @@ def _nothing_fused_hint(r: dict) -> str | None:
     late = (m.get("late_dropped") or 0) + (m.get("expired") or 0)
     if r.get("clock") != "realtime" or m.get("fused") or not late:
         return None
+    faster = (
+        "" if (r.get("config") or {}).get("precision") == "bf16" else "--precision bf16 (on a CPU with AMX), "
+    )
     return (
         f"NOTE: no collaborator's message was fused ({late} came too late), so these figures are "
-        "the ego alone's. This machine does not keep up with this many agents at 10 Hz; try "
+        f"the ego alone's. This machine does not keep up with this many agents at 10 Hz; try {faster}"
         "--late-policy compensate --max-age-ms 1000, fewer --agents, or a longer --deadline-ms."
     )
 
