@@ -170,8 +170,8 @@ class MaxFusion(nn.Module):
         for idx, theirs in others:
             if len(idx):
                 fused.index_copy_(1, idx, torch.maximum(fused.index_select(1, idx), theirs))
-        fused = fused.reshape(ego.shape)
-        return torch.where(torch.isfinite(fused), fused, torch.zeros_like(fused))
+        # cells nobody covers are -inf: zero them (one pass; isfinite + where took 4 ms more)
+        return torch.nan_to_num(fused.reshape(ego.shape), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class AttentionFusion(nn.Module):
