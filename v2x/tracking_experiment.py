@@ -1,5 +1,6 @@
-"""Tracking on detector output over a log's sequences: the four configurations of the results
-table, and the detection extraction the noise model trains on.
+"""Tracking on detector output over a log's sequences: the four trackers of the results table
+and the perfect tracker that bounds them, and the detection extraction the noise model trains
+on.
 
 Configurations:
 
@@ -7,7 +8,12 @@ Configurations:
 * ``ab3dmot/intermediate`` — the baseline on intermediate-fusion detections (the ego fuses
   every collaborator's BEV features first);
 * ``dmstrack/fixed`` — the multi-sensor filter on every agent's own detections, fixed noise;
-* ``dmstrack/learned`` — the same with the learned measurement noise.
+* ``dmstrack/learned`` — the same with the learned measurement noise;
+* ``perfect/ground-truth`` — the ground truth itself as tracks, every track with its own score:
+  the most any tracker can score under the protocol. Why it matters: at recall level r a
+  tracker misses at least (1 - r) of the objects, so MOTA_r <= r and AMOTA, their mean over
+  r = 1/40 .. 1, cannot pass about 51.25 however good the tracker is. A relative gain over a
+  baseline near that ceiling is bounded by the headroom this row shows.
 
 Tracks and ground truth are scored in the ego's BEV frame within the detection range, frame by
 frame. Bytes per frame count what collaborators send: nothing, BEV features, or their boxes.
@@ -30,17 +36,27 @@ from v2x.tracking.metrics import TrackingSequence, evaluate_tracking
 from v2x.tracking.records import FrameDetections, load_sequence, save_sequence
 
 __all__ = [
+    "CEILING",
     "CONFIGURATIONS",
     "DEFAULT_NOISE",
     "GAINS",
     "compare_trackers",
     "extract_sequences",
+    "headroom",
     "relative_gains",
 ]
 
 DEFAULT_NOISE = Path(__file__).resolve().parent / "weights" / "noise.pt"
 
-CONFIGURATIONS = ("ab3dmot/none", "ab3dmot/intermediate", "dmstrack/fixed", "dmstrack/learned")
+CONFIGURATIONS = (
+    "ab3dmot/none",
+    "ab3dmot/intermediate",
+    "dmstrack/fixed",
+    "dmstrack/learned",
+    "perfect/ground-truth",
+)
+#: the ground truth as tracks: what the protocol lets a perfect tracker score
+CEILING = "perfect/ground-truth"
 #: a detection on the wire: quantised box, score, class and 7 variances (see docs/wire-format.md)
 DETECTION_BYTES = 24
 
@@ -116,9 +132,18 @@ def load_with_extra(path: Path) -> list[FrameDetections]:
     return frames
 
 
-def _run_config(config: str, frames: list[FrameDetections], noise, tracker_cfg=None) -> dict[int, Boxes]:
+def _run_config(
+    config: str,
+    frames: list[FrameDetections],
+    noise,
+    tracker_cfg=None,
+    scores: dict | None = None,
+    sequence: str = "",
+) -> dict[int, Boxes]:
     tracker_name, source = config.split("/")
     out = {}
+    if config == CEILING:
+        return _ground_truth_tracks(frames, {} if scores is None else scores, sequence)
     if tracker_name == "ab3dmot":
         tracker = AB3DMOT()
         for k, f in enumerate(frames):
@@ -128,6 +153,25 @@ def _run_config(config: str, frames: list[FrameDetections], noise, tracker_cfg=N
         kf = MultiSensorKF(tracker_cfg, noise=noise if source == "learned" else None)
         for k, f in enumerate(frames):
             out[k] = kf.step(FrameDetections(k, f.timestamp_ns, f.agents)).boxes
+    return out
+
+
+def _ground_truth_tracks(frames: list[FrameDetections], scores: dict, sequence: str) -> dict[int, Boxes]:
+    """The frames' ground truth as tracks. Each track gets a score of its own (``scores`` runs
+    on across the sequences of one evaluation): tied scores would collapse the recall levels
+    the protocol averages over, and make AMOTA equal MOTA."""
+    out = {}
+    for k, f in enumerate(frames):
+        keys = [(sequence, str(t)) for t in f.gt.track_ids]
+        for key in keys:
+            if key not in scores:
+                scores[key] = 1.0 / (1.0 + len(scores))
+        out[k] = Boxes(
+            f.gt.xyzlwhy.copy(),
+            labels=f.gt.labels,
+            scores=np.array([scores[key] for key in keys], dtype=np.float64),
+            track_ids=f.gt.track_ids,
+        )
     return out
 
 
@@ -145,9 +189,10 @@ def compare_trackers(
         if config.endswith("learned") and noise is None:
             continue
         seqs, sent = [], []
+        scores: dict = {}
         for path in tqdm(sequences, desc=config, disable=not progress, leave=False):
             frames = load_with_extra(path)
-            tracks = _run_config(config, frames, noise, tracker_cfg)
+            tracks = _run_config(config, frames, noise, tracker_cfg, scores, path.stem)
             gt, trk = {}, {}
             for k, f in enumerate(frames):
                 pose = f.extra["world_from_ego_bev"]
@@ -162,7 +207,7 @@ def compare_trackers(
 
 
 def _bytes(config: str, f: FrameDetections) -> float:
-    if config == "ab3dmot/none":
+    if config in ("ab3dmot/none", CEILING):
         return 0.0
     if config == "ab3dmot/intermediate":
         return float(f.extra.get("intermediate_bytes", 0))
@@ -189,6 +234,20 @@ def relative_gains(results: dict[str, dict], mode: str = "comparable") -> dict[s
     return out
 
 
+def headroom(results: dict[str, dict], mode: str = "comparable") -> dict[str, float]:
+    """For each baseline of :data:`GAINS`, the largest relative AMOTA gain in percent any
+    tracker could show over it: up to the perfect tracker's AMOTA (:data:`CEILING`)."""
+    if CEILING not in results:
+        return {}
+    top = results[CEILING][mode]["amota"]
+    out = {}
+    for _, _, b in GAINS:
+        if b in results and results[b][mode]["amota"] > 0:
+            base = results[b][mode]["amota"]
+            out[b] = round(100 * (top - base) / base, 2)
+    return out
+
+
 def write_table(results: dict[str, dict], path: Path) -> str:
     head = "| configuration | AMOTA | sAMOTA | AMOTP | MOTA | MT | ML | IDS | strict AMOTA | strict MOTA | bytes/frame |"
     lines = [head, "|" + "---|" * 11]
@@ -202,9 +261,19 @@ def write_table(results: dict[str, dict], path: Path) -> str:
     if gains:
         lines.append("")
         lines += [f"- relative AMOTA, {name.replace('_', ' ')}: {v:+.1f} %" for name, v in gains.items()]
+    room = headroom(results)
+    if room:
+        top = results[CEILING]["comparable"]["amota"]
+        lines.append("")
+        lines += [
+            f"- the most any tracker could gain over {b} (up to {CEILING}'s AMOTA {top:.2f}): {v:+.1f} %"
+            for b, v in room.items()
+        ]
     table = "\n".join(lines)
     path.write_text(table + "\n")
     (path.with_suffix(".json")).write_text(
-        json.dumps({**results, "relative_amota_gain_pct": gains}, indent=2, default=float)
+        json.dumps(
+            {**results, "relative_amota_gain_pct": gains, "headroom_amota_pct": room}, indent=2, default=float
+        )
     )
     return table

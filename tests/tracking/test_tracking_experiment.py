@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from v2x.cli.main import cli
-from v2x.tracking_experiment import CONFIGURATIONS, GAINS
+from v2x.tracking_experiment import CEILING, CONFIGURATIONS, GAINS
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +32,50 @@ def test_eval_tracking_on_a_log_compares_the_four_configurations(tmp_path, gener
             assert f"relative AMOTA, {name.replace('_', ' ')}" in res.output
     table = out.with_suffix(".md").read_text()
     assert all(f"| {name} |" in table for name in CONFIGURATIONS)
+    # the perfect tracker: every object, no switch, and no tracker above it
+    top = results[CEILING]["comparable"]
+    assert top["samota"] == pytest.approx(100, abs=0.1) and top["mota"] == pytest.approx(100) and top["ids"] == 0
+    for name in CONFIGURATIONS:
+        assert results[name]["comparable"]["amota"] <= top["amota"] + 0.5, name
+    room = results["headroom_amota_pct"]
+    fixed = results["dmstrack/fixed"]["comparable"]["amota"]
+    assert room["dmstrack/fixed"] == pytest.approx(100 * (top["amota"] - fixed) / fixed, abs=0.01)
+    assert "the most any tracker could gain over dmstrack/fixed" in res.output
+
+
+def test_the_protocol_caps_amota_near_51_for_a_perfect_tracker():
+    """At recall level r a tracker misses (1 - r) of the objects, so MOTA_r <= r, and AMOTA (the
+    mean over r = 1/40 .. 1) stays near sum(k / 40) / 40 = 51.25 % even for the ground truth
+    itself, as long as its tracks' scores differ. With one score for all, AMOTA would equal
+    MOTA: why the perfect tracker gives every track its own."""
+    import numpy as np
+
+    from v2x.boxes import Boxes
+    from v2x.tracking.metrics import TrackingSequence, evaluate_tracking
+    from v2x.tracking.records import FrameDetections
+    from v2x.tracking_experiment import _ground_truth_tracks
+
+    rng = np.random.default_rng(0)
+    n_obj, n_frames = 30, 20
+    start = np.c_[rng.uniform(-40, 40, (n_obj, 2)), np.zeros(n_obj)]
+    frames, gt = [], {}
+    for k in range(n_frames):
+        xyz = start + [0.5 * k, 0.0, 0.0]
+        boxes = Boxes(
+            np.c_[xyz, np.tile([4.5, 1.9, 1.5, 0.0], (n_obj, 1))], labels=0, track_ids=np.arange(n_obj) + 1
+        )
+        frames.append(FrameDetections(k, k * 100_000_000, [], gt=boxes))
+        gt[k] = boxes
+    tracks = _ground_truth_tracks(frames, {}, "s")
+    result = evaluate_tracking([TrackingSequence("s", n_frames, gt, tracks)])
+    assert result["mota"] == pytest.approx(100) and result["samota"] == pytest.approx(100)
+    assert 50.0 <= result["amota"] <= 53.5  # near 51.25, nowhere near its MOTA of 100
+    assert len({float(s) for b in tracks.values() for s in b.scores}) == n_obj
+    tied = {
+        k: Boxes(b.xyzlwhy, labels=0, scores=np.full(len(b), 0.9), track_ids=b.track_ids)
+        for k, b in tracks.items()
+    }
+    assert evaluate_tracking([TrackingSequence("s", n_frames, gt, tied)])["amota"] == pytest.approx(100)
 
 
 def test_cached_detections_belong_to_the_detector_that_made_them(tmp_path, generate_log):

@@ -117,7 +117,7 @@ def _line(name: str, r: dict) -> str:
 @click.option(
     "--data",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Instead of files: track a log with the detector and compare the four configurations.",
+    help="Instead of files: track a log with the detector, compare the four trackers and the perfect one.",
 )
 @click.option(
     "--detector",
