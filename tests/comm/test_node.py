@@ -279,6 +279,31 @@ def test_sim_clock_drives_now_and_timers():
         src.shutdown()
 
 
+def test_a_wall_timer_fires_when_asked_to_not_only_on_its_period():
+    """fire_by: a node waiting for a moment sleeps until then, then the timer keeps its period."""
+    from v2x.comm.node import monotonic_ns_at
+
+    class Waiter(Node):
+        def on_configure(self):
+            self.fired = []
+            self.timer = self.create_timer(30.0, lambda: self.fired.append(time.monotonic()), "wall")
+
+    waiter = Waiter(NodeSpec("waiter", f"tcp://127.0.0.1:{free_tcp_port()}"))
+    try:
+        waiter.configure()
+        waiter.activate()
+        start = time.monotonic()
+        waiter.timer.fire_by(monotonic_ns_at(time.time() + 0.15))
+        waiter.timer.fire_by(monotonic_ns_at(time.time() + 5.0))  # a later moment changes nothing
+        while not waiter.fired and time.monotonic() - start < 5:
+            waiter.spin_once(1.0)  # one long wait: the timer, not this loop, decides when
+        assert len(waiter.fired) == 1 and 0.14 <= waiter.fired[0] - start < 2.0
+        _spin([waiter], 0.2)
+        assert len(waiter.fired) == 1  # back on its 30 s period
+    finally:
+        waiter.shutdown()
+
+
 def test_sigint_and_sigterm_stop_cleanly_running_on_shutdown(node_process, run_dir):
     for sig in (signal.SIGINT, signal.SIGTERM):
         out = run_dir / f"{sig.name}.json"

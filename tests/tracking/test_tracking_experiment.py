@@ -34,7 +34,9 @@ def test_eval_tracking_on_a_log_compares_the_four_configurations(tmp_path, gener
     assert all(f"| {name} |" in table for name in CONFIGURATIONS)
     # the perfect tracker: every object, no switch, and no tracker above it
     top = results[CEILING]["comparable"]
-    assert top["samota"] == pytest.approx(100, abs=0.1) and top["mota"] == pytest.approx(100) and top["ids"] == 0
+    assert (
+        top["samota"] == pytest.approx(100, abs=0.1) and top["mota"] == pytest.approx(100) and top["ids"] == 0
+    )
     for name in CONFIGURATIONS:
         assert results[name]["comparable"]["amota"] <= top["amota"] + 0.5, name
     room = results["headroom_amota_pct"]

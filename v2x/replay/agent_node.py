@@ -22,9 +22,10 @@ import time
 from dataclasses import dataclass, field
 
 from v2x.comm.messages import Json, Packet, PointCloud
+from v2x.comm.node import monotonic_ns_at
 from v2x.frame import AgentScan
 from v2x.messages import DEMAND_METHODS
-from v2x.replay.base import ReplayNode, within
+from v2x.replay.base import WAKE_PERIOD_S, ReplayNode, within
 from v2x.replay.protocol import (
     DEMAND_NOTE,
     OFFER_NOTE,
@@ -87,7 +88,10 @@ class AgentNode(ReplayNode):
         self.offer_notes: dict[tuple[int, str], int] = {}
         self.work: _Work | None = None
         self._pubs: dict[str, object] = {}
-        self.create_timer(0.01, self.advance, clock="wall")
+        # every message that can move a frame on calls advance(); in real time each wait for a
+        # moment on the wall clock sets this timer to fire then (_wake_at), so the period is only
+        # a safety net (a 10 ms poll cost each idle agent node about a tenth of a core)
+        self._advance_timer = self.create_timer(WAKE_PERIOD_S, self.advance, clock="wall")
 
     def ready_info(self) -> dict:
         return {"slot": self.slot}
@@ -107,6 +111,10 @@ class AgentNode(ReplayNode):
     # -- messages -----------------------------------------------------------------------------------
     def on_scan(self, _topic: str, msg: PointCloud) -> None:
         self.scans[int(msg.frame)] = scan_from_message(msg)
+        self.advance()
+
+    def _wake_at(self, epoch_s: float) -> None:
+        self._advance_timer.fire_by(monotonic_ns_at(epoch_s))
 
     def on_frame(self, _topic: str, msg: Json) -> None:
         info = dict(msg.data)
@@ -211,6 +219,7 @@ class AgentNode(ReplayNode):
         note = self.demand_bytes.get(w.k)
         if self.realtime:
             if pkt is None and self._now() < w.t + self.cfg.coord_wait_s:
+                self._wake_at(w.t + self.cfg.coord_wait_s)
                 return False
         elif (pkt is None or note is None) and not self._waited_too_long(w, "demand"):
             return False
@@ -265,6 +274,7 @@ class AgentNode(ReplayNode):
         if pending:
             if self.realtime:
                 if self._now() < w.act + self.cfg.coord_wait_s:
+                    self._wake_at(w.act + self.cfg.coord_wait_s)
                     return False
             elif not self._waited_too_long(w, "offers"):
                 return False

@@ -18,6 +18,13 @@ def within(delivered_s: float, start_s: float, wait_s: float) -> bool:
     return delivered_s <= start_s + wait_s + 1e-9
 
 
+#: the wall-clock timer period of the replay's nodes: a safety net only. Messages that move a
+#: frame on call the node's step at once, and a node waiting for a moment on the wall clock (a
+#: deadline, a frame's due time) sets its timer to fire then; polling every few milliseconds
+#: instead cost each idle node about a tenth of a core, which real time on two cores cannot spare
+WAKE_PERIOD_S = 0.1
+
+
 class ReplayNode(Node):
     """A node of the replay: it says on ``/replay/ready`` (every second, until its first frame)
     that it is up, so the player starts only when everyone listens, and a restarted node is

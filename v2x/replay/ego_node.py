@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from v2x.comm.messages import Boxes3D, Heartbeat, Json, Packet, PointCloud
-from v2x.replay.base import ReplayNode
+from v2x.comm.node import monotonic_ns_at
+from v2x.replay.base import WAKE_PERIOD_S, ReplayNode
 from v2x.replay.protocol import (
     ALIVE_TOPIC,
     CHANNEL_STATS,
@@ -166,17 +167,21 @@ class EgoNode(ReplayNode):
         self.channel_stats: dict | None = None
         self.out.mkdir(parents=True, exist_ok=True)
         self.det_fh = open(self.out / DETECTIONS, "w")  # noqa: SIM115 - open for the node's life
-        self.create_timer(0.01, self.advance, clock="wall")
+        # as in the agent node: messages call advance(), a wait for the deadline sets the timer
+        self._advance_timer = self.create_timer(WAKE_PERIOD_S, self.advance, clock="wall")
 
     # -- messages -----------------------------------------------------------------------------------
     def on_scan(self, _t: str, msg: PointCloud) -> None:
         self.scans[int(msg.frame)] = scan_from_message(msg)
+        self.advance()
 
     def on_gt(self, _t: str, msg: Boxes3D) -> None:
         self.gts[int(msg.frame)] = boxes_from_message(msg, with_scores=False)
+        self.advance()
 
     def on_gt_track(self, _t: str, msg: Boxes3D) -> None:
         self.gt_tracks[int(msg.frame)] = boxes_from_message(msg, with_scores=False)
+        self.advance()
 
     def on_frame(self, _t: str, msg: Json) -> None:
         self.started = True
@@ -254,6 +259,7 @@ class EgoNode(ReplayNode):
 
     def on_channel_stats(self, _t: str, msg: Json) -> None:
         self.channel_stats = dict(msg.data)
+        self.advance()
 
     # -- the frame's steps --------------------------------------------------------------------------
     def advance(self) -> None:
@@ -357,7 +363,10 @@ class EgoNode(ReplayNode):
         if not pending:
             return True
         if self.realtime:
-            return time.time() >= w.t + self.cfg.deadline_s
+            if time.time() >= w.t + self.cfg.deadline_s:
+                return True
+            self._advance_timer.fire_by(monotonic_ns_at(w.t + self.cfg.deadline_s))
+            return False
         slot_of = dict(w.collab)
         now = time.monotonic()
         for a in pending:

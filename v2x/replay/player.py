@@ -19,6 +19,7 @@ import threading
 import time
 
 from v2x.comm.messages import Boxes3D, Clock, Json, PointCloud
+from v2x.comm.node import monotonic_ns_at
 from v2x.replay.base import ReplayNode
 from v2x.replay.protocol import (
     EGO_DONE,
@@ -41,6 +42,8 @@ from v2x.replay.slots import SlotMap
 __all__ = ["PlayerNode"]
 
 _DONE = object()
+#: the player's timer period while nothing calls it sooner (start-up, the end); see WAKE_PERIOD_S
+PLAYER_PERIOD_S = 0.05
 
 
 class PlayerNode(ReplayNode):
@@ -77,7 +80,9 @@ class PlayerNode(ReplayNode):
         self.k = 0
         self.t0_wall = 0.0
         self.created = time.monotonic()
-        self.create_timer(0.005, self.tick, clock="wall")
+        # messages that let it go on (a node ready, the ego done with a frame) call tick() at
+        # once; in real time it sets the timer to each frame's due time (see WAKE_PERIOD_S)
+        self._tick_timer = self.create_timer(PLAYER_PERIOD_S, self.tick, clock="wall")
 
     def _open_log(self) -> None:
         from v2x.datasets import open_log
@@ -134,6 +139,7 @@ class PlayerNode(ReplayNode):
         self.ready.add(str(msg.data.get("node")))
         if msg.data.get("slot") is not None:
             self.ready_slots.add(int(msg.data["slot"]))
+        self.tick()
 
     def _listening(self) -> bool:
         """Every ready node's subscription to its frames has reached this node's outbox."""
@@ -142,6 +148,7 @@ class PlayerNode(ReplayNode):
 
     def on_done(self, _topic: str, msg: Json) -> None:
         self.done[int(msg.data["k"])] = msg.data
+        self.tick()
 
     # -- the loop -----------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -178,6 +185,7 @@ class PlayerNode(ReplayNode):
         if self.realtime:
             due = self.t0_wall + self.k / hz
             if time.time() < due:
+                self._tick_timer.fire_by(monotonic_ns_at(due))
                 return
             item = self._peek(0.0)
             if item is None:
@@ -197,6 +205,8 @@ class PlayerNode(ReplayNode):
             return
         self._publish(self.k, *item)
         self.k += 1
+        if self.realtime:
+            self._tick_timer.fire_by(monotonic_ns_at(self.t0_wall + self.k / hz))
 
     def _finish_playing(self) -> None:
         """After the last frame: in real time, wait (``wait_s`` at most) for the ego to finish it
