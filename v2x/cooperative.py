@@ -153,9 +153,8 @@ class Perception:
         #: an agent's own perception of a scan seen before is reused (sweeps; see perception_cache).
         #: One cache may serve several detectors: entries are keyed by the model's identity too.
         self.cache = cache
-        self._model_tag: tuple[tuple[int, str], bytes] | None = (
-            None  # ((weights version, precision), identity)
-        )
+        #: ((weights version, precision), the model's identity) of the last cached step
+        self._model_tag: tuple[tuple[int, str], bytes] | None = None
         #: the last frame's batch of every agent's perception (see _frame_batch)
         self._last_batch: tuple[tuple, bool, list[AgentPerception]] | None = None
 
