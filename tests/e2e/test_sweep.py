@@ -176,6 +176,18 @@ def test_every_cell_names_the_frame_collaborators_encode_in(tmp_path):
     assert len({cell_id(cell), cell_id(cell_own), cell_id(old)}) == 3
 
 
+def test_a_bf16_sweep_is_its_own_set_of_cells_and_its_setting_reaches_the_run(tmp_path):
+    from v2x.pipeline import RunConfig
+
+    plain = load_sweep_config(write_config(tmp_path, tmp_path, grid={"method": ["raw"]}))
+    bf16 = load_sweep_config(write_config(tmp_path, tmp_path, precision="bf16", grid={"method": ["raw"]}))
+    [cell], [cell_bf16] = expand_cells(plain), expand_cells(bf16)
+    assert "precision" not in cell and cell_bf16["precision"] == "bf16"
+    assert cell_id(cell) != cell_id(cell_bf16)
+    run = {k: v for k, v in cell_bf16.items() if k not in ("data", "scene", "name")}
+    assert RunConfig.from_options(**run).precision == "bf16"
+
+
 def test_the_shipped_configs_validate(tmp_path):
     for name in ("quick", "example", "pose_noise"):
         cfg = load_sweep_config(name, overrides={"data": str(tmp_path)})
