@@ -27,7 +27,7 @@ import numpy as np
 from v2x.comm.budget import parse_rate
 from v2x.comm.emulator import ChannelEmulator
 from v2x.comm.messages import Packet
-from v2x.comm.node import Node, monotonic_ns_at
+from v2x.comm.node import Node
 from v2x.sim.channel import GilbertElliott, preset
 
 __all__ = ["ChannelNode"]
@@ -120,7 +120,7 @@ class ChannelNode(Node):
     def _wake_for_next_delivery(self) -> None:
         """Bring the flush timer forward to the earliest held packet's delivery time (wall clock)."""
         if self._pending:
-            self._flush_timer.fire_by(monotonic_ns_at(self._pending[0][0]))
+            self._flush_timer.fire_by(self._pending[0][0])
 
     def diagnostics(self) -> dict:
         """Node diagnostics plus, per link, sent / delivered / dropped counts and latency."""

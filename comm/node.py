@@ -212,17 +212,15 @@ class Timer:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def fire_by(self, monotonic_ns: int) -> None:
-        """A wall timer: fire no later than ``monotonic_ns`` (``time.monotonic_ns()``), then go on
-        with its period. Why: a node that waits for a moment (a deadline, a delivery time) can
-        sleep until then instead of waking every few milliseconds to look."""
-        if not self.sim and (self.next_ns is None or monotonic_ns < self.next_ns):
-            self.next_ns = monotonic_ns
-
-
-def monotonic_ns_at(epoch_s: float) -> int:
-    """The ``time.monotonic_ns()`` reading at wall-clock time ``epoch_s`` (``time.time()``)."""
-    return time.monotonic_ns() + int((epoch_s - time.time()) * 1e9)
+    def fire_by(self, epoch_s: float) -> None:
+        """A wall timer: fire no later than wall-clock time ``epoch_s`` (``time.time()``), then go
+        on with its period. Why: a node that waits for a moment (a deadline, a delivery time)
+        can sleep until then instead of waking every few milliseconds to look."""
+        if self.sim:
+            return
+        due_ns = time.monotonic_ns() + int((epoch_s - time.time()) * 1e9)  # timers run on monotonic
+        if self.next_ns is None or due_ns < self.next_ns:
+            self.next_ns = due_ns
 
 
 class _RateLimitedLog:

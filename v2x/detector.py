@@ -104,17 +104,16 @@ class CooperativeDetector(nn.Module):
     def detect(self, bev: torch.Tensor) -> HeadOutput:
         """Neck and head over (B, C, H, W) maps."""
         neck, head = self.neck, self.head
-        if not self.training and not torch.is_grad_enabled():
+        inference = not self.training and not torch.is_grad_enabled()
+        if inference:
             if not self._folded:
                 self._folded.extend([fold_batch_norm(self.neck), fold_batch_norm(self.head)])
             neck, head = self._folded
-            if self.precision == "bf16":
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    out = head(neck(bev.contiguous(memory_format=torch.channels_last)))
-                return HeadOutput(out.heatmap.float().contiguous(), out.regression.float().contiguous())
-        # channels-last runs the dense convolutions about a third faster on CPU
-        out = head(neck(bev.contiguous(memory_format=torch.channels_last)))
-        return HeadOutput(out.heatmap.contiguous(), out.regression.contiguous())
+        # channels-last runs the dense convolutions about a third faster on CPU; bf16 only at
+        # inference, and the outputs back in fp32 (.float() of an fp32 tensor is that tensor)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=inference and self.precision == "bf16"):
+            out = head(neck(bev.contiguous(memory_format=torch.channels_last)))
+        return HeadOutput(out.heatmap.float().contiguous(), out.regression.float().contiguous())
 
     def fuse(
         self,

@@ -39,16 +39,16 @@ from v2x.comm.emulator import ChannelEmulator
 from v2x.comm.wire import WireError
 from v2x.compensation import MotionModel, compensate_boxes, compensate_features, compensate_points
 from v2x.cooperative import (
-    SHARE_FRAMES,
     AgentPerception,
     Perception,
     SharedBoxes,
     SharedFeatures,
+    check_share_frame,
     evaluation_ground_truth,
 )
 from v2x.detection_metrics import DetectionEvaluator
 from v2x.detections import agent_detections, crop_patches, in_ego_range, tracking_ground_truth
-from v2x.detector import PRECISIONS, load_detector
+from v2x.detector import check_precision, load_detector
 from v2x.encoder import sanitize_points
 from v2x.frame import AgentScan, Frame
 from v2x.geometry import inverse, transform_points
@@ -132,12 +132,11 @@ class RunConfig:
             )
         if self.budget_bps is not None and self.budget_bps <= 0:
             raise PipelineError(f"budget: must be positive, got {self.budget_bps}")
-        if self.share_frame not in SHARE_FRAMES:
-            raise PipelineError(
-                f"share_frame: use one of {', '.join(SHARE_FRAMES)}, not {self.share_frame!r}"
-            )
-        if self.precision not in PRECISIONS:
-            raise PipelineError(f"precision: use one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        for check, value in ((check_share_frame, self.share_frame), (check_precision, self.precision)):
+            try:
+                check(value)
+            except ValueError as exc:
+                raise PipelineError(str(exc)) from None
 
     @classmethod
     def from_options(

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 
 from v2x.comm.messages import Json, Packet, PointCloud
-from v2x.comm.node import monotonic_ns_at
 from v2x.frame import AgentScan
 from v2x.messages import DEMAND_METHODS
 from v2x.replay.base import WAKE_PERIOD_S, ReplayNode, within
@@ -89,7 +88,7 @@ class AgentNode(ReplayNode):
         self.work: _Work | None = None
         self._pubs: dict[str, object] = {}
         # every message that can move a frame on calls advance(); in real time each wait for a
-        # moment on the wall clock sets this timer to fire then (_wake_at), so the period is only
+        # moment on the wall clock sets this timer to fire then (fire_by), so the period is only
         # a safety net (a 10 ms poll cost each idle agent node about a tenth of a core)
         self._advance_timer = self.create_timer(WAKE_PERIOD_S, self.advance, clock="wall")
 
@@ -112,9 +111,6 @@ class AgentNode(ReplayNode):
     def on_scan(self, _topic: str, msg: PointCloud) -> None:
         self.scans[int(msg.frame)] = scan_from_message(msg)
         self.advance()
-
-    def _wake_at(self, epoch_s: float) -> None:
-        self._advance_timer.fire_by(monotonic_ns_at(epoch_s))
 
     def on_frame(self, _topic: str, msg: Json) -> None:
         info = dict(msg.data)
@@ -219,7 +215,7 @@ class AgentNode(ReplayNode):
         note = self.demand_bytes.get(w.k)
         if self.realtime:
             if pkt is None and self._now() < w.t + self.cfg.coord_wait_s:
-                self._wake_at(w.t + self.cfg.coord_wait_s)
+                self._advance_timer.fire_by(w.t + self.cfg.coord_wait_s)
                 return False
         elif (pkt is None or note is None) and not self._waited_too_long(w, "demand"):
             return False
@@ -274,7 +270,7 @@ class AgentNode(ReplayNode):
         if pending:
             if self.realtime:
                 if self._now() < w.act + self.cfg.coord_wait_s:
-                    self._wake_at(w.act + self.cfg.coord_wait_s)
+                    self._advance_timer.fire_by(w.act + self.cfg.coord_wait_s)
                     return False
             elif not self._waited_too_long(w, "offers"):
                 return False

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 from v2x.comm.messages import Boxes3D, Heartbeat, Json, Packet, PointCloud
-from v2x.comm.node import monotonic_ns_at
 from v2x.replay.base import WAKE_PERIOD_S, ReplayNode
 from v2x.replay.protocol import (
     ALIVE_TOPIC,
@@ -365,7 +364,7 @@ class EgoNode(ReplayNode):
         if self.realtime:
             if time.time() >= w.t + self.cfg.deadline_s:
                 return True
-            self._advance_timer.fire_by(monotonic_ns_at(w.t + self.cfg.deadline_s))
+            self._advance_timer.fire_by(w.t + self.cfg.deadline_s)
             return False
         slot_of = dict(w.collab)
         now = time.monotonic()

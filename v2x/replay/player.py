@@ -19,7 +19,6 @@ import threading
 import time
 
 from v2x.comm.messages import Boxes3D, Clock, Json, PointCloud
-from v2x.comm.node import monotonic_ns_at
 from v2x.replay.base import ReplayNode
 from v2x.replay.protocol import (
     EGO_DONE,
@@ -185,7 +184,7 @@ class PlayerNode(ReplayNode):
         if self.realtime:
             due = self.t0_wall + self.k / hz
             if time.time() < due:
-                self._tick_timer.fire_by(monotonic_ns_at(due))
+                self._tick_timer.fire_by(due)
                 return
             item = self._peek(0.0)
             if item is None:
@@ -206,7 +205,7 @@ class PlayerNode(ReplayNode):
         self._publish(self.k, *item)
         self.k += 1
         if self.realtime:
-            self._tick_timer.fire_by(monotonic_ns_at(self.t0_wall + self.k / hz))
+            self._tick_timer.fire_by(self.t0_wall + self.k / hz)
 
     def _finish_playing(self) -> None:
         """After the last frame: in real time, wait (``wait_s`` at most) for the ego to finish it
