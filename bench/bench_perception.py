@@ -71,19 +71,20 @@ def main(repeats: int = 30) -> dict:
         perception.agent_step(scans[0], detect=True)
         agent_total.append(time.perf_counter() - t0)
     # collaborators' maps on the ego's grid (share_frame "ego", the default) and on their own
-    ego_times, own_times = [], []
-    for into, times in (([None] + [scans[0].world_from_bev] * 3, ego_times), (None, own_times)):
+    inputs = {}
+    for name, into in (("ego", [None] + [scans[0].world_from_bev] * 3), ("own", None)):
         results = perception.agent_steps(scans, detect=False, into=into)
         shared = [SharedFeatures(r.agent_id, r.world_from_bev, r.features, r.occupied) for r in results[1:]]
+        inputs[name] = (results[0], shared)
+    ego_times, own_times = [], []
+    for name, times in (("ego", ego_times), ("own", own_times)):
         for _ in range(repeats):
             t0 = time.perf_counter()
-            perception.ego_step(results[0], shared)
+            perception.ego_step(*inputs[name])
             times.append(time.perf_counter() - t0)
     # the neck and head in bfloat16 (--precision bf16): the agent's detect and the ego's step
     model.set_precision("bf16")
     bf16_agent, bf16_ego = [], []
-    on_ego_grid = perception.agent_steps(scans, detect=False, into=[None] + [scans[0].world_from_bev] * 3)
-    shared = [SharedFeatures(r.agent_id, r.world_from_bev, r.features, r.occupied) for r in on_ego_grid[1:]]
     for _ in range(3):
         perception.agent_step(scans[0])
     for _ in range(repeats):
@@ -91,13 +92,13 @@ def main(repeats: int = 30) -> dict:
         perception.agent_step(scans[0], detect=True)
         bf16_agent.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        perception.ego_step(on_ego_grid[0], shared)
+        perception.ego_step(*inputs["ego"])
         bf16_ego.append(time.perf_counter() - t0)
     model.set_precision("fp32")
     out = {
         "input": source,
         "points_per_scan": len(pts),
-        "occupied_cells": int(results[0].occupied.sum()),
+        "occupied_cells": int(inputs["own"][0].occupied.sum()),
         "threads": torch.get_num_threads(),
         "weights": "shipped" if DEFAULT_WEIGHTS.is_file() else "random init",
         "agent_encode": _stats(encode),
