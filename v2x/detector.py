@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from v2x.alignment import WarpAlignment
+from v2x.allocator import keep_freed_memory
 from v2x.boxes import Boxes
 from v2x.config import DetectorConfig
 from v2x.encoder import BEVFeatures, PillarEncoder
@@ -159,6 +160,7 @@ def load_detector(
 ) -> CooperativeDetector:
     """A detector from a checkpoint written by ``v2x train detector`` (the shipped weights by
     default), in eval mode, its neck and head running in ``precision``."""
+    keep_freed_memory()  # every frame's MB-sized tensors reuse freed heap (v2x.allocator)
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(

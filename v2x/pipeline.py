@@ -261,7 +261,9 @@ class AgentStage:
             if into.shape != (4, 4) or not np.isfinite(into).all():
                 self.bad_ego_poses += 1  # counted; this frame is encoded in the agent's own frame
                 into = None
-        return self.models.perception.agent_step(scan, detect=needs_detection(self.cfg.method), into=into)
+        detect = needs_detection(self.cfg.method)
+        # only late fusion sends boxes: feature methods select cells by confidence alone
+        return self.models.perception.agent_step(scan, detect, into, boxes=self.cfg.method == "late")
 
     def variances(self, me: AgentPerception) -> np.ndarray | None:
         """(N, 7) measurement variances of the agent's boxes from the learned noise model, sent

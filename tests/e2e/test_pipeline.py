@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+import torch
 
 from v2x.pipeline import Arrival, EgoStage, Models, RunConfig, run_frames
 from v2x.sim.town import TownConfig
@@ -264,3 +265,20 @@ def test_both_share_frames_fuse_and_score(frames, models):
     for sf, r in out.items():
         assert r["messages"]["fused"] == 2 * 2, sf
     assert out["ego"]["bytes_per_agent_frame"] != out["own"]["bytes_per_agent_frame"]
+
+
+@pytest.mark.parametrize("method", ["late", "where2comm", "codefilling", "raw"])
+def test_only_late_fusion_collaborators_decode_boxes(frames, models, method):
+    """Feature methods select cells by confidence: their collaborators skip decoding boxes, and
+    their confidence and features are what a full decode would give."""
+    from v2x.pipeline import AgentStage
+
+    scan = frames[0].collaborators[0]
+    stage = AgentStage(scan.agent_id, models, RunConfig(method=method, tracker="none"))
+    me = stage.perceive(scan, frames[0].ego.world_from_bev)
+    assert (me.boxes is not None) == (method == "late")
+    assert me.confidence is not None
+    into = None if method == "late" else frames[0].ego.world_from_bev  # late: boxes in its own frame
+    full = models.perception.agent_step(scan, True, into)
+    assert full.boxes is not None and len(full.boxes) > 0
+    assert np.array_equal(me.confidence, full.confidence) and torch.equal(me.features, full.features)
