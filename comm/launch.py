@@ -28,6 +28,8 @@ A launch file is YAML::
         clock: wall                            # per-node clock override
         restart: always
         env: {OMP_NUM_THREADS: "1"}
+        nice: 10                               # lower CPU priority, 0..19 (default 0): on one
+                                               #   machine, keep it from delaying the others
 
 :func:`load_launch` checks all of it (unknown keys, missing or unloadable node classes, peers
 that do not exist, malformed endpoints, missing keys) and raises :class:`LaunchError` naming the
@@ -84,6 +86,7 @@ NODE_KEYS = {
     "restart",
     "respawn",
     "env",
+    "nice",
 }
 POLICIES = ("never", "on-failure", "always")
 
@@ -139,6 +142,7 @@ class NodeEntry:
     clock: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     respawn: bool | None = None  # shorthand: true = restart on failure, false = never
+    nice: int = 0  # 0..19: how much CPU priority the node gives up (v2x.comm.priority)
 
     def __post_init__(self) -> None:
         if not isinstance(self.restart, RestartPolicy):
@@ -248,6 +252,9 @@ def load_launch(
             raise LaunchError(f"{where}: env must be a mapping")
         if n.get("clock", clock) not in ("wall", "sim"):
             raise LaunchError(f"{where}: clock must be wall or sim")
+        nice = n.get("nice", 0)
+        if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+            raise LaunchError(f"{where}: nice must be an integer from 0 to 19, not {nice!r}")
         for k in ("endpoint", "tap"):
             if n.get(k) is not None:
                 try:
@@ -270,6 +277,7 @@ def load_launch(
                 key=n.get("key"),
                 clock=n.get("clock"),
                 env={str(k): str(v) for k, v in env.items()},
+                nice=nice,
             )
         )
     names = [n.name for n in nodes]

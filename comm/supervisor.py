@@ -30,6 +30,7 @@ from typing import Any
 from v2x.comm.graph import write_graph
 from v2x.comm.launch import LaunchError, LaunchSpec, NodeEntry, assign_endpoints, runs_root
 from v2x.comm.node import EXIT_CONFIG, NodeSpec, Peer
+from v2x.comm.priority import lower_priority
 from v2x.comm.run import PARENT_ENV
 
 __all__ = ["NodeProcess", "Supervisor", "describe_exit"]
@@ -150,7 +151,9 @@ class Supervisor:
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops nodes in order
             )
         np_.status, np_.started_at, np_.next_start = "running", time.monotonic(), None
-        log.info("started %s (pid %d)", n.name, np_.proc.pid)
+        lowered = lower_priority(np_.proc.pid, n.nice) if n.nice else []
+        niced = f", nice {n.nice} ({' and '.join(lowered) or 'refused'})" if n.nice else ""
+        log.info("started %s (pid %d%s)", n.name, np_.proc.pid, niced)
         self._write_graph()
 
     def start(self) -> None:

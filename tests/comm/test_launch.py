@@ -134,6 +134,8 @@ def test_bad_launch_files_are_clear_errors(tmp_path):
         "nodes: []\n": "'nodes' must be a non-empty list",
         "- just a list\n": "a launch file is a mapping",
         "nodes: [\n": "not valid YAML",
+        "nodes:\n  - {name: a, node: 'v2x.comm.demo_nodes:Talker', nice: 25}\n": "nice must be an integer from 0 to 19",
+        "nodes:\n  - {name: a, node: 'v2x.comm.demo_nodes:Talker', nice: high}\n": "nice must be an integer",
     }
     for text, message in cases.items():
         f.write_text(text)
@@ -276,3 +278,22 @@ def test_launch_spec_defaults_wire_every_node_to_every_other(run_dir):
     assert [p.name for p in sup.node_spec(spec.node("b")).peers] == ["a", "c"]
     assert [p.name for p in sup.node_spec(spec.node("c")).peers] == ["a"]
     assert sup.node_spec(spec.node("c")).allow == ["b"] and sup.node_spec(spec.node("a")).allow is None
+
+
+def test_a_niced_node_yields_the_cpu_in_its_process_and_its_session_group(supervise, run_dir):
+    """Each node runs in a session of its own; where the kernel shares CPU time between session
+    groups (autogroup), the group's nice value is what ranks it against the other nodes."""
+    from v2x.comm.priority import autogroup_enabled, priority_of
+
+    sup = supervise(
+        [
+            NodeEntry("low", "v2x.comm.demo_nodes:Talker", {"size": 100, "rate_hz": 5}, nice=7),
+            NodeEntry("normal", "v2x.comm.demo_nodes:Listener", {}),
+        ],
+        transport="ipc",
+    )
+    assert wait_for(lambda: len(sup.alive()) == 2)
+    low, normal = (priority_of(sup.procs[n].pid) for n in ("low", "normal"))
+    assert low["process"] == 7 and normal["process"] == 0
+    if autogroup_enabled():
+        assert low["autogroup"] == 7 and normal["autogroup"] == 0

@@ -282,3 +282,13 @@ def test_only_late_fusion_collaborators_decode_boxes(frames, models, method):
     full = models.perception.agent_step(scan, True, into)
     assert full.boxes is not None and len(full.boxes) > 0
     assert np.array_equal(me.confidence, full.confidence) and torch.equal(me.features, full.features)
+
+
+@pytest.mark.parametrize("method", ["where2comm", "codefilling", "late", "early", "none"])
+def test_the_warm_up_runs_each_methods_whole_path(method):
+    """Real-time nodes warm up before the first frame: agent and ego stages on a synthetic scan,
+    one fresh and one stale (motion-compensated) message fused."""
+    from v2x.pipeline import warm_up
+
+    cfg = RunConfig.from_options(method=method, tracker="dmstrack")
+    assert warm_up(Models.load(cfg), cfg) == (0 if method == "none" else 2)

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from v2x.boxes import Boxes
 from v2x.cli.main import cli
 from v2x.grid import BEVGrid
-from v2x.replay.run import merge_launch
+from v2x.replay.run import REALTIME_AGENT_NICE, merge_launch
 from v2x.replay.slots import SlotMap
 from v2x.replay_results import (
     boxes_from_json,
@@ -242,6 +242,28 @@ def test_real_time_replay_reports_its_latency_and_where_it_goes(tiny_log, tmp_pa
     assert stages["agents_sent"]["n"] <= 3 * fused
     lines = (tmp_path / "run" / "detections.jsonl").read_text().splitlines()
     assert len(lines) == fused
+    assert results["nodes"]["agent_nice"] == REALTIME_AGENT_NICE
+
+
+def test_in_real_time_the_collaborators_nodes_yield_the_cpu_to_the_egos(tmp_path):
+    from v2x.pipeline import RunConfig
+    from v2x.replay.run import ReplayOptions, build_launch
+
+    def nice(**kw) -> dict:
+        opts = ReplayOptions(tmp_path, RunConfig.from_options(**OPTIONS), tmp_path / "o", **kw)
+        spec = build_launch(opts, 2, {}, "tcp://127.0.0.1:1")
+        return {n["name"]: n.get("nice", 0) for n in spec["nodes"]}
+
+    assert nice(realtime=True) == {
+        "player": 0,
+        "channel": 0,
+        "agent0": REALTIME_AGENT_NICE,
+        "agent1": REALTIME_AGENT_NICE,
+        "ego": 0,
+        "monitor": 0,
+    }
+    assert set(nice(realtime=False).values()) == {0}
+    assert nice(realtime=True, agent_nice=0)["agent0"] == 0 and nice(agent_nice=3)["agent1"] == 3
 
 
 @pytest.mark.slow

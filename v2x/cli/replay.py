@@ -9,6 +9,7 @@ import click
 
 from v2x.cli.options import precision_option, share_frame_option
 from v2x.pipeline import LATE_POLICIES, METHODS, TRACKERS
+from v2x.replay.run import REALTIME_AGENT_NICE
 
 
 def _fmt(v, spec: str = ".3f", scale: float = 1.0) -> str:
@@ -165,6 +166,13 @@ def _nothing_fused_hint(r: dict) -> str | None:
     "--realtime", is_flag=True, help="Frames at 10 Hz on the wall clock (default: lock-step simulated clock)."
 )
 @click.option(
+    "--agent-nice",
+    type=click.IntRange(0, 19),
+    default=None,
+    help="CPU priority the collaborators' nodes give up, so on one machine they do not slow the "
+    f"ego's [default: {REALTIME_AGENT_NICE} with --realtime, else 0].",
+)
+@click.option(
     "--record", type=click.Path(dir_okay=False, path_type=Path), help="Also write an MCAP recording here."
 )
 @click.option(
@@ -200,6 +208,7 @@ def replay(
     scenes,
     max_agents,
     realtime,
+    agent_nice,
     record,
     out,
     in_process,
@@ -256,6 +265,7 @@ def replay(
             launch=launch,
             scenes=list(scenes) or None,
             threads=threads,
+            agent_nice=agent_nice,
         )
         live = sys.stdout.isatty() and not as_json
         progress = None if as_json else (lambda p: _status(p, live))

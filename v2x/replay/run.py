@@ -34,10 +34,19 @@ from v2x.replay_results import (
     write_results,
 )
 
-__all__ = ["ESSENTIAL", "ReplayOptions", "build_launch", "run_in_process", "run_replay"]
+__all__ = [
+    "ESSENTIAL",
+    "REALTIME_AGENT_NICE",
+    "ReplayOptions",
+    "build_launch",
+    "run_in_process",
+    "run_replay",
+]
 
 #: nodes the run cannot go on without
 ESSENTIAL = ("player", "channel", "ego")
+#: the collaborators' nodes' nice value in real time (see ReplayOptions.agent_nice_value)
+REALTIME_AGENT_NICE = 10
 Progress = Callable[[dict], None]
 
 
@@ -56,6 +65,19 @@ class ReplayOptions:
     start_s: float = 300.0  # longest wait for the nodes to come up
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: CPU priority the collaborators' nodes give up (0..19; None: REALTIME_AGENT_NICE in real
+    #: time, 0 on the simulated clock), see :attr:`agent_nice_value`
+    agent_nice: int | None = None
+
+    @property
+    def agent_nice_value(self) -> int:
+        """On one machine every node shares its cores; on the road each collaborator computes on
+        its own vehicle. In real time the collaborators' nodes therefore yield the CPU to the
+        ego's (whose output is the one timed), as their own hardware would not have slowed it;
+        on the simulated clock nothing waits on the wall clock and all run alike."""
+        if self.agent_nice is not None:
+            return self.agent_nice
+        return REALTIME_AGENT_NICE if self.realtime else 0
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -117,6 +139,7 @@ def build_launch(opts: ReplayOptions, slots: int, first_ids: dict[int, str], mon
                 | {"slot": i, "agent_ids": [first_ids[i]] if i in first_ids else [], "threads": opts.threads},
                 "restart": {"policy": "on-failure", "max_restarts": 3, "backoff_s": 0.5},
                 "env": env,
+                "nice": opts.agent_nice_value,
             }
         )
     nodes.append(
@@ -342,6 +365,7 @@ def _final_results(opts, sup, reason, lost, slots, n_frames, wall_s) -> dict:
         "lost": sorted(set(lost)),
         "exits": sup.exits,
         "logs": str(sup.run_dir),
+        "agent_nice": opts.agent_nice_value,
     }
     if opts.record:
         results["recording"] = str(opts.record)
