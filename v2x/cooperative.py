@@ -27,7 +27,7 @@ from v2x.detector import CooperativeDetector
 from v2x.encoder import sanitize_points
 from v2x.frame import AgentKind, AgentScan, Frame
 from v2x.geometry import inverse
-from v2x.head import rotated_nms
+from v2x.head import HeadOutput, rotated_nms
 from v2x.perception_cache import PerceptionCache, scan_key
 from v2x.points_message import HEADER_BYTES as POINTS_HEADER_BYTES
 from v2x.points_message import POINT_BYTES
@@ -79,6 +79,9 @@ class AgentPerception:
     occupied: torch.Tensor  # (H, W) bool
     confidence: np.ndarray | None = None  # (H, W) float32, the supply map
     boxes: Boxes | None = None  # with scores
+    #: the head's output (batch of one) where it ran but boxes were not decoded: see
+    #: :meth:`Perception.boxes_of`
+    head: HeadOutput | None = None
 
 
 @dataclass
@@ -198,6 +201,9 @@ class Perception:
                 bev.occupied[i],
                 None if conf[i] is None else conf[i].astype(np.float32),
                 decoded[i],
+                HeadOutput(out.heatmap[i : i + 1], out.regression[i : i + 1])
+                if detect and not boxes
+                else None,
             )
             for i, s in enumerate(scans)
         ]
@@ -219,6 +225,14 @@ class Perception:
             got = self.agent_steps([scan], detect, [into])[0]
             self.cache.put(key, got)
         return got
+
+    def boxes_of(self, me: AgentPerception) -> Boxes | None:
+        """``me``'s boxes, decoded now (and kept) if its head ran without decoding them: the ego
+        of a demand method needs its own boxes only when nothing arrives to fuse."""
+        if me.boxes is None and me.head is not None:
+            me.boxes = self.model.decode(me.head)[0]
+            me.head = None
+        return me.boxes
 
     # -- ego side -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from v2x.boxes import VEHICLE_CLASSES, Boxes
-from v2x.iou import bev_iou_matrix, iou3d_matrix
+from v2x.iou import bev_and_3d_iou
 
 __all__ = ["IOU_THRESHOLDS", "DetectionEvaluator", "voc_ap"]
 
@@ -122,7 +122,8 @@ class DetectionEvaluator:
         gd = np.hypot(gt.xyzlwhy[:, 0], gt.xyzlwhy[:, 1])
         for lo, hi in self.distance_bins:
             subsets[f"{lo:g}-{hi:g}m"] = ((pd >= lo) & (pd < hi), (gd >= lo) & (gd < hi))
-        ious = {"bev": bev_iou_matrix(pred.xyzlwhy, gt.xyzlwhy), "3d": iou3d_matrix(pred.xyzlwhy, gt.xyzlwhy)}
+        bev, iou_3d = bev_and_3d_iou(pred.xyzlwhy, gt.xyzlwhy)
+        ious = {"bev": bev, "3d": iou_3d}
         for kind, iou in ious.items():
             for subset, (pm, gm) in subsets.items():
                 sub_iou = iou[np.ix_(pm, gm)]

@@ -12,7 +12,13 @@ import numpy as np
 
 from v2x.boxes import bev_corners
 
-__all__ = ["bev_intersection_area", "bev_iou_matrix", "iou3d_matrix", "polygon_intersection_area"]
+__all__ = [
+    "bev_and_3d_iou",
+    "bev_intersection_area",
+    "bev_iou_matrix",
+    "iou3d_matrix",
+    "polygon_intersection_area",
+]
 
 _EPS = 1e-9
 
@@ -91,22 +97,18 @@ def bev_intersection_area(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter
 
 
-def bev_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(Na, Nb) rotated BEV IoU."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 7)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 7)
-    inter = bev_intersection_area(a, b)
+def _boxes(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64).reshape(-1, 7)
+
+
+def _bev_iou(a: np.ndarray, b: np.ndarray, inter: np.ndarray) -> np.ndarray:
     area_a = a[:, 3] * a[:, 4]
     area_b = b[:, 3] * b[:, 4]
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, _EPS), 0.0)
 
 
-def iou3d_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(Na, Nb) 3D IoU of upright boxes: BEV intersection times vertical overlap."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 7)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 7)
-    inter_bev = bev_intersection_area(a, b)
+def _iou3d(a: np.ndarray, b: np.ndarray, inter_bev: np.ndarray) -> np.ndarray:
     za0, za1 = a[:, 2] - a[:, 5] / 2, a[:, 2] + a[:, 5] / 2
     zb0, zb1 = b[:, 2] - b[:, 5] / 2, b[:, 2] + b[:, 5] / 2
     dz = np.clip(np.minimum(za1[:, None], zb1[None, :]) - np.maximum(za0[:, None], zb0[None, :]), 0, None)
@@ -115,3 +117,23 @@ def iou3d_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     vol_b = b[:, 3] * b[:, 4] * b[:, 5]
     union = vol_a[:, None] + vol_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, _EPS), 0.0)
+
+
+def bev_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(Na, Nb) rotated BEV IoU."""
+    a, b = _boxes(a), _boxes(b)
+    return _bev_iou(a, b, bev_intersection_area(a, b))
+
+
+def iou3d_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(Na, Nb) 3D IoU of upright boxes: BEV intersection times vertical overlap."""
+    a, b = _boxes(a), _boxes(b)
+    return _iou3d(a, b, bev_intersection_area(a, b))
+
+
+def bev_and_3d_iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`bev_iou_matrix`, :func:`iou3d_matrix`) with the polygon intersections, their
+    costly part, computed once: what scoring every frame needs."""
+    a, b = _boxes(a), _boxes(b)
+    inter = bev_intersection_area(a, b)
+    return _bev_iou(a, b, inter), _iou3d(a, b, inter)

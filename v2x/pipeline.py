@@ -421,9 +421,11 @@ class EgoStage:
         self.close_books()
 
     def perceive(self, scan: AgentScan) -> AgentPerception:
-        # the ego detects on its own map for no fusion, late fusion and its demand map
-        detect = self.cfg.method in ("none", "late", *DEMAND_METHODS)
-        return self.models.perception.agent_step(scan, detect=detect)
+        # the ego detects on its own map for no fusion, late fusion and its demand map; for the
+        # demand alone its boxes are decoded only if nothing arrives to fuse (fuse, boxes_of)
+        method = self.cfg.method
+        detect = method in ("none", "late", *DEMAND_METHODS)
+        return self.models.perception.agent_step(scan, detect, boxes=method in ("none", "late"))
 
     def demand(self, me: AgentPerception) -> bytes | None:
         return self.models.codec.demand_message(me) if self.cfg.method in DEMAND_METHODS else None
@@ -509,10 +511,10 @@ class EgoStage:
                 boxes = (
                     perception.merge_boxes(me.world_from_bev, me.boxes, boxes_in) if boxes_in else me.boxes
                 )
-            elif not shared and not boxes_in and me.boxes is not None:
+            elif not shared and not boxes_in and (me.boxes is not None or me.head is not None):
                 # nothing usable arrived and the ego detected on its own map already (for its
                 # demand): fusing its map alone would give that map and those boxes again
-                boxes, fused_map = me.boxes, me.features
+                boxes, fused_map = perception.boxes_of(me), me.features
             else:
                 res = perception.ego_step(me, shared, boxes_in)
                 boxes, fused_map = res.boxes, res.features

@@ -3,7 +3,7 @@ import pytest
 from shapely.geometry import Polygon
 
 from v2x.boxes import bev_corners
-from v2x.iou import bev_iou_matrix, iou3d_matrix
+from v2x.iou import bev_and_3d_iou, bev_iou_matrix, iou3d_matrix
 
 
 def _random_boxes(rng, n, spread=4.0):
@@ -44,6 +44,16 @@ def test_iou3d_matches_shapely_times_height_overlap():
             inter = pa.intersection(pb).area * dz
             ref = inter / (np.prod(a[i, 3:6]) + np.prod(b[j, 3:6]) - inter)
             assert m[i, j] == pytest.approx(ref, abs=1e-9)
+
+
+def test_both_ious_at_once_are_the_two_functions_bit_for_bit():
+    rng = np.random.default_rng(3)
+    a, b = _random_boxes(rng, 40, 2.0), _random_boxes(rng, 35, 2.0)
+    bev, iou_3d = bev_and_3d_iou(a, b)
+    assert np.array_equal(bev, bev_iou_matrix(a, b)) and np.array_equal(iou_3d, iou3d_matrix(a, b))
+    assert (bev > 0).sum() > 50
+    empty = bev_and_3d_iou(a[:0], b)
+    assert empty[0].shape == empty[1].shape == (0, 35)
 
 
 def test_special_cases():

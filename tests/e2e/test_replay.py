@@ -243,6 +243,10 @@ def test_real_time_replay_reports_its_latency_and_where_it_goes(tiny_log, tmp_pa
     lines = (tmp_path / "run" / "detections.jsonl").read_text().splitlines()
     assert len(lines) == fused
     assert results["nodes"]["agent_nice"] == REALTIME_AGENT_NICE
+    # each frame's own steps, for plotting latency over a run: scoring comes after the output
+    for rec in map(json.loads, lines):
+        st = rec["stage_ms"]
+        assert st["ego_started"] <= st["ego_perceived"] <= st["fuse_started"] <= st["output"] <= st["scored"]
 
 
 def test_in_real_time_the_collaborators_nodes_yield_the_cpu_to_the_egos(tmp_path):
@@ -320,6 +324,26 @@ def test_the_late_policy_options_reach_the_run(tiny_log, tmp_path):
     assert config["precision"] == "fp32"
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], ("drop", 0.1)),
+        (["--realtime"], ("compensate", 0.04)),  # real time does not wait for this frame's messages
+        (["--realtime", "--late-policy", "drop", "--deadline-ms", "90"], ("drop", 0.09)),
+    ],
+)
+def test_real_time_has_defaults_of_its_own_and_options_win(tiny_log, tmp_path, extra, expected):
+    from v2x.replay.run import REALTIME_DEADLINE_MS, REALTIME_LATE_POLICY
+
+    assert (REALTIME_LATE_POLICY, REALTIME_DEADLINE_MS) == ("compensate", 40.0)
+    out = tmp_path / "out"
+    args = ["replay", str(tiny_log), "--in-process", "--out", str(out), "--frames", "1", "--method", "none"]
+    res = CliRunner().invoke(cli, [*args, "--tracker", "none", *extra])
+    assert res.exit_code == 0, res.output
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert (config["late_policy"], config["deadline_s"]) == expected
+
+
 def test_the_table_says_when_real_time_fused_nothing():
     from v2x.cli.replay import _table
 
@@ -329,6 +353,9 @@ def test_the_table_says_when_real_time_fused_nothing():
     assert "NOTE: no collaborator's message was fused (7 came too late)" in text
     assert "--precision bf16" in text  # the run was in fp32: the faster precision is suggested
     assert "--precision" not in _table({**late, "config": {"precision": "bf16"}})
+    assert "--late-policy compensate" in text  # the run dropped late messages: try fusing them
+    compensated = _table({**late, "config": {"late_policy": "compensate"}})
+    assert "--max-age-ms 1000" in compensated and "--late-policy" not in compensated
     assert "NOTE" not in _table({**late, "messages": {"fused": 3, "late_dropped": 5, "expired": 2}})
     assert "NOTE" not in _table({**late, "clock": "sim"})
     assert "NOTE" not in _table({**late, "messages": {"fused": 0}})  # nothing came at all: --method none

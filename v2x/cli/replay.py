@@ -9,7 +9,7 @@ import click
 
 from v2x.cli.options import precision_option, share_frame_option
 from v2x.pipeline import LATE_POLICIES, METHODS, TRACKERS
-from v2x.replay.run import REALTIME_AGENT_NICE
+from v2x.replay.run import REALTIME_AGENT_NICE, REALTIME_DEADLINE_MS, REALTIME_LATE_POLICY
 
 
 def _fmt(v, spec: str = ".3f", scale: float = 1.0) -> str:
@@ -100,13 +100,15 @@ def _nothing_fused_hint(r: dict) -> str | None:
     late = (m.get("late_dropped") or 0) + (m.get("expired") or 0)
     if r.get("clock") != "realtime" or m.get("fused") or not late:
         return None
-    faster = (
-        "" if (r.get("config") or {}).get("precision") == "bf16" else "--precision bf16 (on a CPU with AMX), "
+    cfg = r.get("config") or {}
+    tries = [] if cfg.get("precision") == "bf16" else ["--precision bf16 (on a CPU with AMX or AVX512-BF16)"]
+    tries.append(
+        "--max-age-ms 1000" if cfg.get("late_policy") == "compensate" else "--late-policy compensate"
     )
     return (
         f"NOTE: no collaborator's message was fused ({late} came too late), so these figures are "
-        f"the ego alone's. This machine does not keep up with this many agents at 10 Hz; try {faster}"
-        "--late-policy compensate --max-age-ms 1000, fewer --agents, or a longer --deadline-ms."
+        f"the ego alone's. This machine does not keep up with this many agents at 10 Hz; try "
+        f"{', '.join(tries)}, or fewer --agents."
     )
 
 
@@ -140,11 +142,14 @@ def _nothing_fused_hint(r: dict) -> str | None:
 @click.option(
     "--late-policy",
     type=click.Choice(LATE_POLICIES),
-    default="drop",
-    show_default=True,
-    help="Messages that miss the deadline: drop them, or fuse them into the next frame, motion-compensated.",
+    help="Messages that miss the deadline: drop them, or fuse them into the next frame, "
+    f"motion-compensated [default: drop; {REALTIME_LATE_POLICY} with --realtime].",
 )
-@click.option("--deadline-ms", type=float, help="When the ego fuses, after capture [default: 100].")
+@click.option(
+    "--deadline-ms",
+    type=float,
+    help=f"When the ego fuses, after capture [default: 100; {REALTIME_DEADLINE_MS:g} with --realtime].",
+)
 @click.option(
     "--max-age-ms",
     type=click.FloatRange(min=0),
@@ -234,13 +239,16 @@ def replay(
         from v2x.datasets import detect_format
 
         detect_format(data)  # a folder of unknown format: one clear line, before any work
+        if realtime:  # fuse without waiting for this frame's messages (REALTIME_DEADLINE_MS)
+            deadline_ms = REALTIME_DEADLINE_MS if deadline_ms is None else deadline_ms
+            late_policy = late_policy or REALTIME_LATE_POLICY
         cfg = RunConfig.from_options(
             method=method,
             budget=budget,
             channel=channel,
             deadline_ms=deadline_ms,
             tracker=tracker,
-            late_policy=late_policy,
+            **({} if late_policy is None else {"late_policy": late_policy}),
             **({} if max_age_ms is None else {"max_age_s": max_age_ms / 1000}),
             share_frame=share_frame,
             precision=precision,

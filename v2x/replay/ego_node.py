@@ -430,7 +430,9 @@ class EgoNode(ReplayNode):
         self.last_fused = w.k
         self.counts["frames_fused"] += 1
         self.output_ms.append((out_wall - captured) * 1000)
+        stages = None  # ms after capture, kept per frame in detections.jsonl (real time)
         if self.realtime:
+            stages = {}
             for name, wall in (
                 ("ego_started", w.wall_start),
                 ("ego_perceived", w.perceived_wall),
@@ -438,8 +440,10 @@ class EgoNode(ReplayNode):
                 ("output", out_wall),
             ):
                 if wall is not None:
+                    stages[name] = round((wall - captured) * 1000, 1)
                     self.stage_ms[name].append((wall - captured) * 1000)
-        self._emit(w, result, links, [a.sender for a, _ in usable])
+            stages["scored"] = round((time.time() - captured) * 1000, 1)
+        self._emit(w, result, links, [a.sender for a, _ in usable], stages)
 
     def _publish_output(self, w: _Work, result) -> None:
         """The frame's detections and tracks, in the world frame: the ego's output."""
@@ -448,7 +452,7 @@ class EgoNode(ReplayNode):
         if result.tracks is not None:
             self.track_pub.publish(boxes_message(result.tracks, w.k, stamp))
 
-    def _emit(self, w: _Work, result, links: dict, fused: list[str]) -> None:
+    def _emit(self, w: _Work, result, links: dict, fused: list[str], stages: dict | None = None) -> None:
         info = w.info
         stamp = int(info["timestamp_ns"])
         write_detection(
@@ -466,6 +470,7 @@ class EgoNode(ReplayNode):
                 agents=[a for a, _ in w.collab],
                 fused=fused,
                 sent_cells=sent_cells_to_json(result.sent_cells, self.models.codec.grid),
+                **({} if stages is None else {"stage_ms": stages}),
             ),
         )
         self.links_pub.publish(Json({"k": w.k, "stamp_ns": stamp, "ego_id": info["ego_id"], "links": links}))
