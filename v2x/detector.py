@@ -73,7 +73,7 @@ class CooperativeDetector(nn.Module):
     def set_precision(self, precision: str) -> CooperativeDetector:
         """Run the dense neck and head of inference in ``"fp32"`` (the default, every published
         figure) or ``"bf16"`` (bfloat16 autocast). Why bf16: the neck and head are most of a
-        frame's arithmetic, and on CPUs with AMX or AVX512-BF16 they run about four times
+        frame's arithmetic, and on CPUs with AMX or AVX512-BF16 they run two to four times
         faster in it; on other CPUs bf16 may be slower. The sparse encoder (spconv has no CPU
         bf16 kernels), the fusion and training stay in fp32; outputs are fp32 either way."""
         self.precision = check_precision(precision)

@@ -19,6 +19,6 @@ precision_option = click.option(
     type=click.Choice(("fp32", "bf16")),
     default="fp32",
     show_default=True,
-    help="Neck and head in fp32, or in bfloat16: about 4x faster on CPUs with AMX or AVX512-BF16, "
+    help="Neck and head in fp32, or in bfloat16: 2-4x faster on CPUs with AMX or AVX512-BF16, "
     "slower on others; AP moves by a few tenths.",
 )
