@@ -37,6 +37,8 @@ from v2x.replay_results import (
 __all__ = [
     "ESSENTIAL",
     "REALTIME_AGENT_NICE",
+    "REALTIME_DEADLINE_MS",
+    "REALTIME_LATE_POLICY",
     "ReplayOptions",
     "build_launch",
     "run_in_process",
