@@ -290,7 +290,9 @@ def run_replay(opts: ReplayOptions, progress: Progress | None = None) -> dict:
             sup.poll()
             for ex in sup.exits[seen_exits:]:
                 name = ex["node"]
-                if name.startswith("agent"):
+                if name.startswith("agent") and ex["code"] != 0:
+                    # an agent node exits 0 only when told to (the player's end, or a stop):
+                    # at the end of a run they may go before the ego has written its results
                     lost.append(name)
                     monitor.report_dead([name])
                 elif name in ESSENTIAL and ex["code"] != 0 and monitor.finished is None:
