@@ -565,7 +565,7 @@ def warm_up(models: Models, cfg: RunConfig) -> int:
     real scan, so a perception cache would only hold two unused entries.
     Returns how many collaborator messages the ego fused (the tests check the path was run)."""
     rng = np.random.default_rng(0)
-    n = 20_000
+    n = 60_000  # as many points as a 64-beam scan: buffers of the size real frames need
     r, a = rng.uniform(3.0, 60.0, n), rng.uniform(-np.pi, np.pi, n)
     points = np.c_[r * np.cos(a), r * np.sin(a), rng.uniform(-1.7, 1.0, n), rng.uniform(0, 1, n)]
     points = points.astype(np.float32)
