@@ -149,11 +149,10 @@ def _replay(
 ):
     """One replay; in real time with ``v2x replay --realtime``'s defaults unless given."""
     from v2x.pipeline import RunConfig
-    from v2x.replay.run import REALTIME_DEADLINE_MS, REALTIME_LATE_POLICY, ReplayOptions, run_replay
+    from v2x.replay.run import ReplayOptions, realtime_timing, run_replay
 
     if realtime:
-        deadline_ms = REALTIME_DEADLINE_MS if deadline_ms is None else deadline_ms
-        late_policy = late_policy or REALTIME_LATE_POLICY
+        deadline_ms, late_policy = realtime_timing(deadline_ms, late_policy)
     cfg = RunConfig.from_options(
         method=method,
         budget=budget,

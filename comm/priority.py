@@ -53,7 +53,7 @@ def lower_priority(pid: int, nice: int) -> list[str]:
 
 def priority_of(pid: int) -> dict[str, int | None]:
     """The process's nice value and its autogroup's (None where there is none): what the tests
-    and the run's log check."""
+    check."""
     out: dict[str, int | None] = {"process": os.getpriority(os.PRIO_PROCESS, pid), "autogroup": None}
     try:
         text = Path(f"/proc/{pid}/autogroup").read_text()  # "/autogroup-123 nice 10"

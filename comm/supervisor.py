@@ -151,7 +151,7 @@ class Supervisor:
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops nodes in order
             )
         np_.status, np_.started_at, np_.next_start = "running", time.monotonic(), None
-        lowered = lower_priority(np_.proc.pid, n.nice) if n.nice else []
+        lowered = lower_priority(np_.proc.pid, n.nice)
         niced = f", nice {n.nice} ({' and '.join(lowered) or 'refused'})" if n.nice else ""
         log.info("started %s (pid %d%s)", n.name, np_.proc.pid, niced)
         self._write_graph()

@@ -511,10 +511,10 @@ class EgoStage:
                 boxes = (
                     perception.merge_boxes(me.world_from_bev, me.boxes, boxes_in) if boxes_in else me.boxes
                 )
-            elif not shared and not boxes_in and (me.boxes is not None or me.head is not None):
+            elif not shared and not boxes_in and (own := perception.boxes_of(me)) is not None:
                 # nothing usable arrived and the ego detected on its own map already (for its
                 # demand): fusing its map alone would give that map and those boxes again
-                boxes, fused_map = perception.boxes_of(me), me.features
+                boxes, fused_map = own, me.features
             else:
                 res = perception.ego_step(me, shared, boxes_in)
                 boxes, fused_map = res.boxes, res.features

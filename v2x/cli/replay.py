@@ -9,7 +9,7 @@ import click
 
 from v2x.cli.options import precision_option, share_frame_option
 from v2x.pipeline import LATE_POLICIES, METHODS, TRACKERS
-from v2x.replay.run import REALTIME_AGENT_NICE, REALTIME_DEADLINE_MS, REALTIME_LATE_POLICY
+from v2x.replay.run import REALTIME_AGENT_NICE, REALTIME_DEADLINE_MS, REALTIME_LATE_POLICY, realtime_timing
 
 
 def _fmt(v, spec: str = ".3f", scale: float = 1.0) -> str:
@@ -240,8 +240,7 @@ def replay(
 
         detect_format(data)  # a folder of unknown format: one clear line, before any work
         if realtime:  # fuse without waiting for this frame's messages (REALTIME_DEADLINE_MS)
-            deadline_ms = REALTIME_DEADLINE_MS if deadline_ms is None else deadline_ms
-            late_policy = late_policy or REALTIME_LATE_POLICY
+            deadline_ms, late_policy = realtime_timing(deadline_ms, late_policy)
         cfg = RunConfig.from_options(
             method=method,
             budget=budget,

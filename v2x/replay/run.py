@@ -41,6 +41,7 @@ __all__ = [
     "REALTIME_LATE_POLICY",
     "ReplayOptions",
     "build_launch",
+    "realtime_timing",
     "run_in_process",
     "run_replay",
 ]
@@ -57,6 +58,16 @@ REALTIME_AGENT_NICE = 19
 #: for the 100 ms target; the simulated clock keeps RunConfig's 100 ms and drop.
 REALTIME_DEADLINE_MS = 40.0
 REALTIME_LATE_POLICY = "compensate"
+
+
+def realtime_timing(deadline_ms: float | None, late_policy: str | None) -> tuple[float, str]:
+    """``--realtime``'s deadline and late policy where they were not given."""
+    return (
+        REALTIME_DEADLINE_MS if deadline_ms is None else deadline_ms,
+        late_policy or REALTIME_LATE_POLICY,
+    )
+
+
 Progress = Callable[[dict], None]
 
 
