@@ -28,7 +28,7 @@ import numpy as np
 import zmq
 
 from bench.common import write_result
-from v2x.comm.messages import Json, Packet
+from v2x.comm.envelope import Json, Packet
 from v2x.comm.node import Node, NodeSpec, Peer
 from v2x.comm.security import generate_keys
 from v2x.comm.transport import free_tcp_port

@@ -23,9 +23,9 @@ REAL = HERE.parent.parent / "shared" / "realdata"
 
 
 def _frame(index: int, points: int = 60_000, rng: np.random.Generator | None = None):
-    from v2x.boxes import Boxes
-    from v2x.frame import AgentKind, AgentScan, Frame
-    from v2x.geometry import pose_from_xyz_rpy
+    from v2x.core.boxes import Boxes
+    from v2x.core.frame import AgentKind, AgentScan, Frame
+    from v2x.core.geometry import pose_from_xyz_rpy
 
     rng = rng or np.random.default_rng(index)
     agents = {}

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from bench.common import write_result
-from v2x.codebook import Codebook, CodebookConfig
 from v2x.comm.wire import CellCoding, cell_set_sizes, encode_cells
-from v2x.cooperative import AgentPerception
-from v2x.frame import AgentKind
-from v2x.geometry import pose_from_xyz_yaw, relative_pose
-from v2x.grid import BEVGrid
-from v2x.messages import MessageCodec, exchange, warp_cells
-from v2x.selection import SelectionConfig
+from v2x.core.frame import AgentKind
+from v2x.core.geometry import pose_from_xyz_yaw, relative_pose
+from v2x.core.grid import BEVGrid
+from v2x.messages.codebook import Codebook, CodebookConfig
+from v2x.messages.codec import MessageCodec, exchange, warp_cells
+from v2x.messages.selection import SelectionConfig
+from v2x.perception.cooperative import AgentPerception
 
 HERE = Path(__file__).resolve().parent
 REALDATA = Path(os.environ.get("V2X_REALDATA", HERE.parent.parent / "shared" / "realdata"))

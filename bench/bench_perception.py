@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from bench.common import write_result
-from v2x.config import load_config
-from v2x.cooperative import Perception, SharedFeatures
-from v2x.detector import DEFAULT_WEIGHTS, CooperativeDetector, load_detector, native_bf16
-from v2x.frame import AgentScan
-from v2x.geometry import pose_from_xyz_yaw
+from v2x.core.frame import AgentScan
+from v2x.core.geometry import pose_from_xyz_yaw
+from v2x.perception.config import load_config
+from v2x.perception.cooperative import Perception, SharedFeatures
+from v2x.perception.detector import DEFAULT_WEIGHTS, CooperativeDetector, load_detector, native_bf16
 
 HERE = Path(__file__).resolve().parent
 REAL_SCAN = HERE.parent.parent / "shared" / "realdata" / "opv2v" / "000070.pcd"

@@ -148,8 +148,8 @@ def _replay(
     agent_nice: int | None = None,
 ):
     """One replay; in real time with ``v2x replay --realtime``'s defaults unless given."""
-    from v2x.pipeline import RunConfig
-    from v2x.replay.run import ReplayOptions, realtime_timing, run_replay
+    from v2x.pipeline.replay.run import ReplayOptions, realtime_timing, run_replay
+    from v2x.pipeline.stages import RunConfig
 
     if realtime:
         deadline_ms, late_policy = realtime_timing(deadline_ms, late_policy)
@@ -247,7 +247,7 @@ def _in_process(
 ) -> dict:
     import torch
 
-    from v2x.pipeline import Models, RunConfig, run_log
+    from v2x.pipeline.stages import Models, RunConfig, run_log
 
     torch.set_num_threads(1)  # as the nodes run
     cfg = RunConfig.from_options(
@@ -282,7 +282,7 @@ def _in_process(
 def main(quick: bool = False, weights: str | None = None) -> dict:
     import torch
 
-    from v2x.detector import native_bf16
+    from v2x.perception.detector import native_bf16
 
     _ensure_data(DATA)
     frames = 10 if quick else 30

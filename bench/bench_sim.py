@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import write_result
-from v2x.frame import AgentKind
+from v2x.core.frame import AgentKind
 from v2x.sim.generate import VEHICLE_MIXES, GenerateConfig, generate
 from v2x.sim.lidar import Scene, cast_scan
 from v2x.sim.realism import (

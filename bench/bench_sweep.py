@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from bench.common import write_result
 from v2x.cli.main import cli
-from v2x.sweep import SweepConfig, expand_cells, run_sweep
+from v2x.experiments.sweep import SweepConfig, expand_cells, run_sweep
 
 HERE = Path(__file__).resolve().parent
 METHODS = ["none", "late", "raw", "where2comm"]

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from bench.common import write_result
-from v2x.boxes import Boxes
-from v2x.geometry import pose_from_xyz_yaw
+from v2x.core.boxes import Boxes
+from v2x.core.geometry import pose_from_xyz_yaw
 from v2x.tracking.ab3dmot import AB3DMOT
 from v2x.tracking.config import STATE_FROM_BOX, TrackerConfig
 from v2x.tracking.dmstrack import MultiSensorKF

@@ -26,7 +26,7 @@ import numpy as np
 
 from v2x.comm.budget import parse_rate
 from v2x.comm.emulator import ChannelEmulator
-from v2x.comm.messages import Packet
+from v2x.comm.envelope import Packet
 from v2x.comm.node import Node
 from v2x.sim.channel import GilbertElliott, preset
 

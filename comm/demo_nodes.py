@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from v2x.comm.messages import Clock, Packet, PointCloud
+from v2x.comm.envelope import Clock, Packet, PointCloud
 from v2x.comm.node import Node
 
 __all__ = ["Listener", "SimClock", "Talker", "payload_for"]

@@ -19,9 +19,9 @@ import numpy as np
 
 from v2x.comm.budget import LinkBudget
 from v2x.comm.wire import HEADER, MAGIC
-from v2x.points_message import HEADER_BYTES as POINTS_HEADER_BYTES
-from v2x.points_message import MAGIC as POINTS_MAGIC
-from v2x.points_message import pose_of, with_pose
+from v2x.comm.wire_points import HEADER_BYTES as POINTS_HEADER_BYTES
+from v2x.comm.wire_points import MAGIC as POINTS_MAGIC
+from v2x.comm.wire_points import pose_of, with_pose
 from v2x.sim.channel import Channel, ChannelConfig, noisy_pose, preset
 
 __all__ = ["ChannelEmulator", "Delivery", "perturb_pose"]

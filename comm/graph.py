@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 from zmq.auth import load_certificate
 
-from v2x.comm.messages import Message, MessageError, decode_frames
+from v2x.comm.envelope import Message, MessageError, decode_frames
 from v2x.comm.procs import pid_alive
 
 __all__ = ["GraphError", "Inspector", "pid_alive", "read_graph", "write_graph"]

@@ -46,7 +46,7 @@ from typing import Any
 import zmq
 
 from v2x.comm.diagnostics import TopicStats
-from v2x.comm.messages import (
+from v2x.comm.envelope import (
     Clock,
     Diagnostics,
     Envelope,

@@ -29,7 +29,7 @@ from typing import Any
 import zmq
 
 from v2x.comm.diagnostics import TopicStats
-from v2x.comm.messages import MessageError, read_header, read_topic
+from v2x.comm.envelope import MessageError, read_header, read_topic
 
 __all__ = ["InboxReader", "Received", "Route"]
 

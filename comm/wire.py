@@ -512,7 +512,7 @@ _DET_DTYPE = np.dtype(
         ("h", "<u2"),
         ("yaw", "<i2"),  # yaw / pi * 32767, yaw wrapped to [-pi, pi)
         ("score", "u1"),  # score * 255
-        ("cls", "u1"),  # v2x.boxes.ObjectClass
+        ("cls", "u1"),  # v2x.core.boxes.ObjectClass
     ]
 )
 DETECTION_BYTES = _DET_DTYPE.itemsize

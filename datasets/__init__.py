@@ -1,7 +1,7 @@
 """Readers and writers for OPV2V / V2V4Real / DAIR-V2X-C logs and their validation (``v2x.datasets``).
 
 ``open_log(path)`` detects the format and returns a lazily loaded log of
-:class:`v2x.frame.Frame` objects, all in the same right-handed conventions.
+:class:`v2x.core.frame.Frame` objects, all in the same right-handed conventions.
 """
 
 from __future__ import annotations

@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from v2x.boxes import Boxes, ObjectClass, box_corners, class_from_name
+from v2x.core.boxes import Boxes, ObjectClass, box_corners, class_from_name
+from v2x.core.frame import AgentKind, AgentScan, Frame, estimate_mount_height
+from v2x.core.geometry import NotRigidError, check_rigid, inverse
+from v2x.core.iou import bev_iou_matrix
 from v2x.datasets.errors import DatasetError
 from v2x.datasets.pcd import read_pcd_counted, write_pcd
-from v2x.frame import AgentKind, AgentScan, Frame, estimate_mount_height
-from v2x.geometry import NotRigidError, check_rigid, inverse
-from v2x.iou import bev_iou_matrix
 
 __all__ = ["DairLog", "DairWriter", "is_dair_root"]
 

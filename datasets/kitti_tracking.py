@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from v2x.boxes import Boxes, ObjectClass, class_from_name
+from v2x.core.boxes import Boxes, ObjectClass, class_from_name
 from v2x.datasets.errors import DatasetError
 
 __all__ = [

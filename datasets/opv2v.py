@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from v2x.boxes import Boxes, ObjectClass, class_from_name, wrap_angle
+from v2x.core.boxes import Boxes, ObjectClass, class_from_name, wrap_angle
+from v2x.core.frame import AgentKind, AgentScan, Frame, estimate_mount_height
+from v2x.core.geometry import NotRigidError, check_rigid, inverse
 from v2x.datasets.errors import DatasetError
 from v2x.datasets.meta_cache import MetaDiskCache
 from v2x.datasets.pcd import read_pcd_counted, write_pcd
 from v2x.datasets.yamlio import dump_yaml, load_yaml
-from v2x.frame import AgentKind, AgentScan, Frame, estimate_mount_height
-from v2x.geometry import NotRigidError, check_rigid, inverse
 
 __all__ = [
     "OPV2VLog",
@@ -474,7 +474,7 @@ class OPV2VLog:
 
 
 class OPV2VWriter:
-    """Writes :class:`~v2x.frame.Frame` objects as an OPV2V (or V2V4Real-style) log.
+    """Writes :class:`~v2x.core.frame.Frame` objects as an OPV2V (or V2V4Real-style) log.
 
     Each frame is written atomically: files go to temporary names first, then are renamed,
     the ego's YAML last, so the reader (which indexes frames by the ego's YAML files) never sees

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from v2x.boxes import VEHICLE_CLASSES, ObjectClass, wrap_angle
-from v2x.frame import AgentKind, Frame
-from v2x.iou import bev_iou_matrix
+from v2x.core.boxes import VEHICLE_CLASSES, ObjectClass, wrap_angle
+from v2x.core.frame import AgentKind, Frame
+from v2x.core.iou import bev_iou_matrix
 
 __all__ = [
     "RANGE_BINS",

@@ -15,7 +15,7 @@ import numpy as np
 import shapely
 from shapely import STRtree, polygons
 
-from v2x.boxes import ObjectClass, bev_corners
+from v2x.core.boxes import ObjectClass, bev_corners
 from v2x.sim.town import DIRECTIONS as DIRECTIONS_RAD
 from v2x.sim.town import KERB, Lane, Town
 

@@ -2,7 +2,7 @@
 the frames their LiDARs produce.
 
 A :class:`World` is fully determined by its :class:`SceneConfig` (seed included). Each
-:meth:`World.frames` item is a :class:`~v2x.frame.Frame` in our right-handed world frame, plus,
+:meth:`World.frames` item is a :class:`~v2x.core.frame.Frame` in our right-handed world frame, plus,
 per agent, how many of its LiDAR points hit each object: what every agent saw.
 
 The static scene (ground, kerbs, buildings, walls, trees, poles, parked cars) is built once;
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from v2x.boxes import Boxes
-from v2x.frame import AgentKind, AgentScan, Frame
-from v2x.geometry import pose_from_xyz_rpy
+from v2x.core.boxes import Boxes
+from v2x.core.frame import AgentKind, AgentScan, Frame
+from v2x.core.geometry import pose_from_xyz_rpy
 from v2x.sim.lidar import LidarConfig, Scene, cast_scan
 from v2x.sim.meshes import BODY, GLASS, TYRE, merge, object_mesh, object_parts, prism_mesh, transform_mesh
 from v2x.sim.town import SIDEWALK, Town, TownConfig, build_town, grid_lines, road_lane_length

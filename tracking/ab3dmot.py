@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from filterpy.kalman import KalmanFilter
 
-from v2x.boxes import Boxes
+from v2x.core.boxes import Boxes
 from v2x.tracking.association import affinity_matrix, hungarian
 from v2x.tracking.config import TrackerConfig
 from v2x.tracking.motion import (

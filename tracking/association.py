@@ -17,8 +17,8 @@ import numpy as np
 import shapely
 from scipy.optimize import linear_sum_assignment
 
-from v2x.boxes import bev_corners
-from v2x.iou import iou3d_matrix, polygon_intersection_area
+from v2x.core.boxes import bev_corners
+from v2x.core.iou import iou3d_matrix, polygon_intersection_area
 
 __all__ = ["affinity_matrix", "giou3d_matrix", "giou3d_upper_bound", "hungarian"]
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from v2x.boxes import Boxes
-from v2x.geometry import yaw_of
+from v2x.core.boxes import Boxes
+from v2x.core.geometry import yaw_of
 from v2x.tracking.association import affinity_matrix, hungarian
 from v2x.tracking.config import STATE_FROM_BOX, TrackerConfig
 from v2x.tracking.motion import (

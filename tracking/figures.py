@@ -114,7 +114,7 @@ def noise_figure(sequences, weights: Path, out: Path) -> None:
 def v2v4real_check(root: Path, seed: int = 0) -> dict:
     """Real V2V4Real train ground truth against a copy with 0.4 m noise, 10 % of boxes missed and
     0.5 low-score phantom boxes per frame, in every mode and geometry (test data, never trained on)."""
-    from v2x.boxes import Boxes
+    from v2x.core.boxes import Boxes
     from v2x.datasets.kitti_tracking import read_kitti_tracking, read_seqmap
     from v2x.tracking.metrics import TrackingSequence
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from v2x.boxes import Boxes
-from v2x.iou import iou3d_matrix
+from v2x.core.boxes import Boxes
+from v2x.core.iou import iou3d_matrix
 
 __all__ = ["MODES", "TrackingSequence", "evaluate_tracking", "reference_geometry"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from v2x.boxes import wrap_angle
+from v2x.core.boxes import wrap_angle
 from v2x.tracking.config import BOX_FROM_STATE, STATE_FROM_BOX
 
 __all__ = [

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from v2x.boxes import Boxes
-from v2x.geometry import inverse
+from v2x.core.boxes import Boxes
+from v2x.core.geometry import inverse
 
 __all__ = ["GEOMETRY_FEATURES", "NoiseNet", "agent_frame_boxes", "detection_features", "predict_variances"]
 

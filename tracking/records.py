@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from v2x.boxes import Boxes
+from v2x.core.boxes import Boxes
 
 __all__ = [
     "FORMAT_VERSION",

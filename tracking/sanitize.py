@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from v2x.boxes import Boxes, wrap_angle
+from v2x.core.boxes import Boxes, wrap_angle
 
 __all__ = ["MAX_ABS_COORD", "MAX_SIZE", "Warnings", "sanitize_boxes", "sanitize_variances"]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from v2x.boxes import VEHICLE_CLASSES, Boxes
-from v2x.geometry import inverse
+from v2x.core.boxes import VEHICLE_CLASSES, Boxes
+from v2x.core.geometry import inverse
 from v2x.tracking.ab3dmot import AB3DMOT
 from v2x.tracking.config import TrackerConfig
 from v2x.tracking.dmstrack import MultiSensorKF

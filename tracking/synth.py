@@ -19,7 +19,7 @@ Optionally each detection gets a synthetic (C, P, P) "BEV feature" patch whose f
 carry what a real map would (point density, score), the rest noise. Everything is drawn from one
 seeded generator: the same seed gives the same detections.
 
-Ground truth comes from :class:`v2x.frame.Frame` sequences (simulator logs: world boxes, agent
+Ground truth comes from :class:`v2x.core.frame.Frame` sequences (simulator logs: world boxes, agent
 poses, per-agent LiDAR hit counts) or from :func:`procedural_scenario`, a crossroads with lanes,
 parked cars, two cars carrying LiDARs and a roadside unit.
 """
@@ -31,8 +31,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from v2x.boxes import VEHICLE_CLASSES, Boxes, ObjectClass, wrap_angle
-from v2x.geometry import inverse, pose_from_xyz_yaw
+from v2x.core.boxes import VEHICLE_CLASSES, Boxes, ObjectClass, wrap_angle
+from v2x.core.geometry import inverse, pose_from_xyz_yaw
 from v2x.tracking.records import AgentDetections, FrameDetections
 
 __all__ = [
@@ -223,7 +223,7 @@ def _own_track_id(agent_id: str) -> int:
 def frames_from_log(
     frames: Iterable, synth: DetectionSynthesizer, min_points: int = 1
 ) -> list[FrameDetections]:
-    """Synthetic detections for a sequence of :class:`v2x.frame.Frame` (one scenario, in order).
+    """Synthetic detections for a sequence of :class:`v2x.core.frame.Frame` (one scenario, in order).
 
     Ground truth keeps the vehicles at least one agent put ``min_points`` LiDAR points on when
     the log records hits (objects nobody could see are not trackable), minus the ego itself.

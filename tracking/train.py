@@ -26,7 +26,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
-from v2x.boxes import VEHICLE_CLASSES, wrap_angle
+from v2x.core.boxes import VEHICLE_CLASSES, wrap_angle
 from v2x.tracking.config import STATE_FROM_BOX, TrackerConfig
 from v2x.tracking.dmstrack import MultiSensorKF, StepOutput
 from v2x.tracking.noise_net import NoiseNet, agent_frame_boxes, parameter_count

@@ -165,8 +165,8 @@ def test_delay_policy_keeps_the_rate_under_overload():
 
 
 def test_pose_noise_reaches_early_fusions_points_messages_too():
-    from v2x.geometry import pose_from_xyz_yaw
-    from v2x.points_message import decode_points, encode_points
+    from v2x.comm.wire_points import decode_points, encode_points
+    from v2x.core.geometry import pose_from_xyz_yaw
 
     pts = np.random.default_rng(1).uniform(-30, 30, (500, 4)).astype(np.float32)
     pts[:, 3] = 0.5

@@ -13,7 +13,7 @@ import zmq
 from comm_helpers import NodeEntry, summary, wait_for
 
 from v2x.comm.demo_nodes import payload_for
-from v2x.comm.messages import Clock, Json, Packet, PointCloud, encode_frames
+from v2x.comm.envelope import Clock, Json, Packet, PointCloud, encode_frames
 from v2x.comm.node import EXIT_CONFIG, Node, NodeSpec, Peer
 from v2x.comm.transport import free_tcp_port
 

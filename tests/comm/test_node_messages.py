@@ -11,7 +11,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from v2x.comm.messages import (
+from v2x.comm.envelope import (
     REGISTRY,
     Boxes3D,
     Bytes,

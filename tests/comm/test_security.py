@@ -12,9 +12,9 @@ from comm_helpers import NodeEntry, summary, wait_for
 
 from v2x.cli.main import cli
 from v2x.comm.demo_nodes import payload_for
+from v2x.comm.envelope import Packet, encode_frames
 from v2x.comm.graph import Inspector, read_graph
 from v2x.comm.launch import LaunchSpec
-from v2x.comm.messages import Packet, encode_frames
 from v2x.comm.security import SecurityError, generate_keys
 from v2x.comm.supervisor import Supervisor
 

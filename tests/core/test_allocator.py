@@ -1,4 +1,4 @@
-"""The malloc tuning inference relies on (v2x.allocator), checked in fresh processes: glibc
+"""The malloc tuning inference relies on (v2x.perception.allocator), checked in fresh processes: glibc
 raises its mmap threshold on its own once a large mapped block is freed, so each process makes
 one 16 MB allocation only."""
 
@@ -10,19 +10,19 @@ import sys
 
 import pytest
 
-from v2x.allocator import heap_mapped_bytes
+from v2x.perception.allocator import heap_mapped_bytes
 
 pytestmark = pytest.mark.skipif(heap_mapped_bytes() is None, reason="needs glibc 2.33+ (mallinfo2)")
 
 PROBE = """
 import json, sys
 import numpy as np
-from v2x.allocator import heap_mapped_bytes, keep_freed_memory
+from v2x.perception.allocator import heap_mapped_bytes, keep_freed_memory
 out = {}
 if sys.argv[1] == "tuned":
     out["applied"], out["again"] = keep_freed_memory(), keep_freed_memory()
 elif sys.argv[1] == "detector":
-    from v2x.detector import DEFAULT_WEIGHTS, load_detector
+    from v2x.perception.detector import DEFAULT_WEIGHTS, load_detector
     load_detector(DEFAULT_WEIGHTS)  # no call of our own: loading must tune the process
 before = heap_mapped_bytes()
 block = np.ones(2 << 20)  # 16 MB

@@ -1,13 +1,13 @@
-"""The paired bootstrap of AP differences (v2x.ap_bootstrap)."""
+"""The paired bootstrap of AP differences (v2x.metrics.bootstrap)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from v2x.ap_bootstrap import bootstrap_ap, paired_ap_difference, resample_counts
-from v2x.boxes import Boxes, ObjectClass
-from v2x.detection_metrics import DetectionEvaluator
+from v2x.core.boxes import Boxes, ObjectClass
+from v2x.metrics.bootstrap import bootstrap_ap, paired_ap_difference, resample_counts
+from v2x.metrics.detection import DetectionEvaluator
 
 
 def _scene(rng: np.random.Generator, n_gt: int, jitter: float, n_false: int):
@@ -89,7 +89,7 @@ def test_the_two_evaluations_must_cover_the_same_frames():
 
 
 def test_resamples_computed_a_few_at_a_time_give_the_same_aps(monkeypatch):
-    import v2x.ap_bootstrap as boot
+    import v2x.metrics.bootstrap as boot
 
     (ev,) = _evaluators((0.5,))
     counts = np.random.default_rng(2).multinomial(ev.frames, np.full(ev.frames, 1 / ev.frames), size=50)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
-from v2x.boxes import Boxes, ObjectClass, bev_corners
-from v2x.detection_metrics import DetectionEvaluator, voc_ap
+from v2x.core.boxes import Boxes, ObjectClass, bev_corners
+from v2x.metrics.detection import DetectionEvaluator, voc_ap
 
 
 def _boxes(rows, scores=None, labels=ObjectClass.CAR):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from v2x.boxes import Boxes, ObjectClass, box_corners, class_from_name, points_in_boxes, wrap_angle
-from v2x.frame import AgentKind, AgentScan, Frame
-from v2x.geometry import (
+from v2x.core.boxes import Boxes, ObjectClass, box_corners, class_from_name, points_in_boxes, wrap_angle
+from v2x.core.frame import AgentKind, AgentScan, Frame
+from v2x.core.geometry import (
     NotRigidError,
     check_rigid,
     inverse,
@@ -14,7 +14,7 @@ from v2x.geometry import (
     xyz_rpy_from_pose,
     yaw_of,
 )
-from v2x.grid import BEVGrid
+from v2x.core.grid import BEVGrid
 
 
 def test_pose_round_trip_and_inverse():

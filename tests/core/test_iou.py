@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
-from v2x.boxes import bev_corners
-from v2x.iou import bev_and_3d_iou, bev_iou_matrix, iou3d_matrix
+from v2x.core.boxes import bev_corners
+from v2x.core.iou import bev_and_3d_iou, bev_iou_matrix, iou3d_matrix
 
 
 def _random_boxes(rng, n, spread=4.0):

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from v2x.spconv_compat import sparse_conv_kwargs, spconv_module
+from v2x.perception.spconv_compat import sparse_conv_kwargs, spconv_module
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the shims are for CPU-only torch")
 
@@ -69,11 +69,11 @@ _ENCODE_AND_BACKWARD = textwrap.dedent(
     import numpy as np, torch
     torch.set_num_threads(2)
     if sys.argv[1] == "unguarded":
-        import contextlib, v2x.encoder as encoder
+        import contextlib, v2x.perception.encoder as encoder
         encoder.one_thread = contextlib.nullcontext
         encoder.one_thread_backward = lambda out, inp: out
-    from v2x.config import DetectorConfig
-    from v2x.encoder import PillarEncoder, sanitize_points
+    from v2x.perception.config import DetectorConfig
+    from v2x.perception.encoder import PillarEncoder, sanitize_points
     torch.manual_seed(0)
     cfg = DetectorConfig()
     enc = PillarEncoder(cfg)

@@ -3,9 +3,9 @@ import shutil
 import numpy as np
 import pytest
 
-from v2x.boxes import Boxes, ObjectClass
-from v2x.frame import AgentKind, AgentScan, Frame
-from v2x.geometry import pose_from_xyz_rpy
+from v2x.core.boxes import Boxes, ObjectClass
+from v2x.core.frame import AgentKind, AgentScan, Frame
+from v2x.core.geometry import pose_from_xyz_rpy
 
 
 @pytest.fixture

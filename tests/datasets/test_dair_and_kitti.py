@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from v2x.core.geometry import inverse
 from v2x.datasets import DatasetError, open_log
 from v2x.datasets.dair import DairWriter
 from v2x.datasets.kitti_tracking import read_kitti_tracking, read_seqmap, write_kitti_tracking
-from v2x.geometry import inverse
 
 
 def test_real_dair_pair_labels_agree_through_lidar_i2v(realdata):
@@ -79,7 +79,7 @@ def test_dair_round_trip(tmp_path, make_frame):
 
 
 def test_dair_writer_keeps_the_vehicle_out_of_its_own_labels(tmp_path, make_frame):
-    from v2x.boxes import Boxes
+    from v2x.core.boxes import Boxes
 
     frame = make_frame(n_agents=3, rsu=True)
     ego_box = Boxes([[*frame.ego.position[:2], 0.8, 4.5, 1.9, 1.6, 0.3]], labels=[0], track_ids=[100])

@@ -3,11 +3,11 @@ import shutil
 import numpy as np
 import pytest
 
-from v2x.boxes import ObjectClass
+from v2x.core.boxes import ObjectClass
+from v2x.core.iou import bev_iou_matrix
 from v2x.datasets import DatasetError, detect_format, open_log
 from v2x.datasets.opv2v import OPV2VWriter, carla_pose_to_matrix, matrix_to_carla_pose
 from v2x.datasets.yamlio import dump_yaml, load_yaml
-from v2x.iou import bev_iou_matrix
 
 
 def test_real_v2xset_frame_loads_with_three_agents_and_ground_truth(v2xset_log):
@@ -195,7 +195,7 @@ def test_iterate_one_scenario_in_order(tmp_path, make_frame):
 
 
 def test_writer_checks_ids_warns_on_ego_order_and_writes_a_protocol(tmp_path, make_frame):
-    from v2x.frame import AgentKind
+    from v2x.core.frame import AgentKind
 
     frame = make_frame()
     frame.agents["-1"].kind = AgentKind.VEHICLE

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from v2x.pipeline import Arrival, EgoStage, Models, RunConfig, run_frames
+from v2x.pipeline.stages import Arrival, EgoStage, Models, RunConfig, run_frames
 from v2x.sim.town import TownConfig
 from v2x.sim.world import SceneConfig, World
 
@@ -123,7 +123,7 @@ def test_a_message_with_a_nan_pose_is_malformed_not_fused(frames, models):
     import struct
     import zlib
 
-    from v2x.pipeline import AgentStage
+    from v2x.pipeline.stages import AgentStage
 
     cfg = RunConfig(method="raw", budget_bps=None, tracker="ab3dmot")
     ego = EgoStage(frames[0].ego_id, models, cfg)
@@ -159,7 +159,7 @@ def test_a_demand_too_late_for_its_frame_is_used_on_the_next(frames, models):
     """On a 70 ms link the demand misses the 50 ms coordination window of its own frame but is
     there by the next frame's start: from frame 1 on the agents follow the ego's demand."""
     from v2x.comm.emulator import ChannelEmulator
-    from v2x.pipeline import AgentStage, exchange_frame
+    from v2x.pipeline.stages import AgentStage, exchange_frame
 
     cfg = RunConfig.from_options(
         method="where2comm", budget=None, channel="ideal", latency_ms=70, tracker="none"
@@ -175,7 +175,7 @@ def test_a_demand_too_late_for_its_frame_is_used_on_the_next(frames, models):
 
 
 def test_a_held_late_demand_never_replaces_a_newer_one(models):
-    from v2x.pipeline import AgentStage
+    from v2x.pipeline.stages import AgentStage
 
     stage = AgentStage("1", models, RunConfig(method="codefilling", budget_bps=None, tracker="none"))
     stage.hold_demand(b"an older demand", delivered_s=0.17)
@@ -192,7 +192,7 @@ def test_on_a_link_slower_than_a_frame_the_newest_arrived_demand_is_taken(frames
     single held slot would be overwritten every frame before its demand arrived; the agents
     must still follow the newest demand that has arrived (from two frames back)."""
     from v2x.comm.emulator import ChannelEmulator
-    from v2x.pipeline import AgentStage, exchange_frame
+    from v2x.pipeline.stages import AgentStage, exchange_frame
 
     cfg = RunConfig.from_options(
         method="where2comm", budget=None, channel="ideal", latency_ms=150, tracker="none"
@@ -235,7 +235,7 @@ def test_collaborators_encode_features_in_the_ego_frame_unless_told_otherwise(
 ):
     """Features to share on the ego's grid (OpenCOOD's proj_first) by default; boxes for late
     fusion, and features with share_frame "own", in the collaborator's own frame."""
-    from v2x.pipeline import AgentStage
+    from v2x.pipeline.stages import AgentStage
 
     frame = frames[0]
     scan, ego_pose = frame.collaborators[0], frame.ego.world_from_bev
@@ -247,7 +247,7 @@ def test_collaborators_encode_features_in_the_ego_frame_unless_told_otherwise(
 
 
 def test_a_broken_ego_pose_is_counted_and_the_agent_encodes_in_its_own_frame(frames, models):
-    from v2x.pipeline import AgentStage, PipelineError
+    from v2x.pipeline.stages import AgentStage, PipelineError
 
     scan = frames[0].collaborators[0]
     stage = AgentStage(scan.agent_id, models, RunConfig(method="raw", tracker="none"))
@@ -272,7 +272,7 @@ def test_both_share_frames_fuse_and_score(frames, models):
 def test_only_late_fusion_collaborators_decode_boxes(frames, models, method):
     """Feature methods select cells by confidence: their collaborators skip decoding boxes, and
     their confidence and features are what a full decode would give."""
-    from v2x.pipeline import AgentStage
+    from v2x.pipeline.stages import AgentStage
 
     scan = frames[0].collaborators[0]
     stage = AgentStage(scan.agent_id, models, RunConfig(method=method, tracker="none"))
@@ -291,7 +291,7 @@ def test_only_late_fusion_collaborators_decode_boxes(frames, models, method):
 def test_the_warm_up_runs_each_methods_whole_path(method):
     """Real-time nodes warm up before the first frame: agent and ego stages on a synthetic scan,
     one fresh and one stale (motion-compensated) message fused."""
-    from v2x.pipeline import warm_up
+    from v2x.pipeline.stages import warm_up
 
     cfg = RunConfig.from_options(method=method, tracker="dmstrack")
     assert warm_up(Models.load(cfg), cfg) == (0 if method == "none" else 2)

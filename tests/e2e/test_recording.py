@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from mcap.reader import make_reader
 
-from v2x.boxes import Boxes
-from v2x.geometry import pose_from_xyz_yaw
-from v2x.recording import McapRecorder, RecordingError
+from v2x.core.boxes import Boxes
+from v2x.core.geometry import pose_from_xyz_yaw
+from v2x.output.recording import McapRecorder, RecordingError
 
 
 def test_mcap_has_foxglove_schemas_and_every_message(tmp_path):

@@ -5,12 +5,12 @@ import torch
 from click.testing import CliRunner
 
 from v2x.cli.main import cli
-from v2x.codebook import load_codebook
 from v2x.comm.wire import decode
-from v2x.cooperative import AgentPerception
-from v2x.frame import AgentKind
-from v2x.grid import BEVGrid
-from v2x.messages import MessageCodec
+from v2x.core.frame import AgentKind
+from v2x.core.grid import BEVGrid
+from v2x.messages.codebook import load_codebook
+from v2x.messages.codec import MessageCodec
+from v2x.perception.cooperative import AgentPerception
 
 GRID = BEVGrid(x_min=-12.0, x_max=12.0, y_min=-8.0, y_max=8.0, voxel=0.4, stride=2)  # 20 x 30 cells
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from v2x.codebook import (
+from v2x.messages.codebook import (
     Codebook,
     CodebookConfig,
     cells_from_maps,

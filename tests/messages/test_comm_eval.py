@@ -10,16 +10,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from v2x.boxes import Boxes, ObjectClass
 from v2x.cli.main import cli
-from v2x.codebook import load_codebook
 from v2x.comm.wire import HEADER
-from v2x.config import load_config
+from v2x.core.boxes import Boxes, ObjectClass
+from v2x.core.frame import AgentScan, Frame
+from v2x.core.geometry import inverse, pose_from_xyz_yaw, transform_points
 from v2x.datasets.opv2v import OPV2VWriter
-from v2x.detector import CooperativeDetector
-from v2x.frame import AgentScan, Frame
-from v2x.geometry import inverse, pose_from_xyz_yaw, transform_points
-from v2x.messages import METHODS
+from v2x.messages.codebook import load_codebook
+from v2x.messages.codec import METHODS
+from v2x.perception.config import load_config
+from v2x.perception.detector import CooperativeDetector
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from v2x.codebook import Codebook, CodebookConfig
-from v2x.cooperative import AgentPerception, SharedFeatures
-from v2x.frame import AgentKind
-from v2x.geometry import pose_from_xyz_yaw
-from v2x.grid import BEVGrid
+from v2x.core.frame import AgentKind
+from v2x.core.geometry import pose_from_xyz_yaw
+from v2x.core.grid import BEVGrid
+from v2x.messages.codebook import Codebook, CodebookConfig
+from v2x.perception.cooperative import AgentPerception, SharedFeatures
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "messages.md"
 GRID = BEVGrid()

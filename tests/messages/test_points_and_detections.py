@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from v2x.boxes import Boxes
 from v2x.comm.wire import WireError
-from v2x.cooperative import AgentPerception
-from v2x.frame import AgentKind
-from v2x.geometry import pose_from_xyz_yaw
-from v2x.grid import BEVGrid
-from v2x.messages import MessageCodec
-from v2x.points_message import HEADER_BYTES, POINT_BYTES, PointsMessageError, decode_points, encode_points
+from v2x.comm.wire_points import HEADER_BYTES, POINT_BYTES, PointsMessageError, decode_points, encode_points
+from v2x.core.boxes import Boxes
+from v2x.core.frame import AgentKind
+from v2x.core.geometry import pose_from_xyz_yaw
+from v2x.core.grid import BEVGrid
+from v2x.messages.codec import MessageCodec
+from v2x.perception.cooperative import AgentPerception
 
 
 def _cloud(n: int = 5000, seed: int = 0) -> np.ndarray:

@@ -4,15 +4,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from v2x.boxes import Boxes
-from v2x.codebook import Codebook, CodebookConfig, load_codebook
 from v2x.comm.wire import HEADER, MessageType, WireError, decode, encoded_size
-from v2x.cooperative import AgentPerception
-from v2x.frame import AgentKind
-from v2x.geometry import pose_from_xyz_yaw, relative_pose
-from v2x.grid import BEVGrid
-from v2x.messages import Demand, MessageCodec, exchange, sender_code, warp_cells
-from v2x.selection import (
+from v2x.core.boxes import Boxes
+from v2x.core.frame import AgentKind
+from v2x.core.geometry import pose_from_xyz_yaw, relative_pose
+from v2x.core.grid import BEVGrid
+from v2x.messages.codebook import Codebook, CodebookConfig, load_codebook
+from v2x.messages.codec import Demand, MessageCodec, exchange, sender_code, warp_cells
+from v2x.messages.selection import (
     SelectionConfig,
     assign_blocks,
     block_max,
@@ -21,6 +20,7 @@ from v2x.selection import (
     offer_blocks,
     to_ego_blocks,
 )
+from v2x.perception.cooperative import AgentPerception
 
 GRID = BEVGrid()
 H, W = GRID.shape

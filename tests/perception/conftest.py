@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from v2x.boxes import Boxes, ObjectClass
-from v2x.config import load_config
-from v2x.detector import CooperativeDetector
-from v2x.frame import AgentScan, Frame
-from v2x.geometry import inverse, pose_from_xyz_yaw, transform_points
+from v2x.core.boxes import Boxes, ObjectClass
+from v2x.core.frame import AgentScan, Frame
+from v2x.core.geometry import inverse, pose_from_xyz_yaw, transform_points
+from v2x.perception.config import load_config
+from v2x.perception.detector import CooperativeDetector
 
 
 def synthetic_frame(seed: int = 0, n_agents: int = 3, n_boxes: int = 12) -> Frame:

@@ -1,4 +1,4 @@
-"""The learned correction of collaborators' warped features (v2x.alignment)."""
+"""The learned correction of collaborators' warped features (v2x.perception.alignment)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import torch
 
-from v2x.alignment import GEOMETRY_CHANNELS, WarpAlignment, sampling_geometry
-from v2x.detector import CooperativeDetector
-from v2x.fusion import _sampling
-from v2x.geometry import pose_from_xyz_yaw
+from v2x.core.geometry import pose_from_xyz_yaw
+from v2x.perception.alignment import GEOMETRY_CHANNELS, WarpAlignment, sampling_geometry
+from v2x.perception.detector import CooperativeDetector
+from v2x.perception.fusion import _sampling
 
 
 def _scene(cfg, seed: int):

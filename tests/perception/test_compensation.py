@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from v2x.boxes import Boxes
-from v2x.compensation import MotionModel, compensate_boxes, compensate_features, compensate_points
-from v2x.cooperative import SharedBoxes, SharedFeatures
-from v2x.geometry import pose_from_xyz_yaw
-from v2x.grid import BEVGrid
+from v2x.core.boxes import Boxes
+from v2x.core.geometry import pose_from_xyz_yaw
+from v2x.core.grid import BEVGrid
+from v2x.perception.compensation import MotionModel, compensate_boxes, compensate_features, compensate_points
+from v2x.perception.cooperative import SharedBoxes, SharedFeatures
 
 
 def _model() -> MotionModel:

@@ -11,11 +11,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from v2x.boxes import VEHICLE_CLASSES, points_in_boxes
-from v2x.cooperative import Perception
-from v2x.detector import load_detector
-from v2x.geometry import inverse
-from v2x.iou import bev_iou_matrix
+from v2x.core.boxes import VEHICLE_CLASSES, points_in_boxes
+from v2x.core.geometry import inverse
+from v2x.core.iou import bev_iou_matrix
+from v2x.perception.cooperative import Perception
+from v2x.perception.detector import load_detector
 from v2x.sim.town import TownConfig
 from v2x.sim.world import SceneConfig, World
 

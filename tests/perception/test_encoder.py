@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from v2x.detector import CooperativeDetector
-from v2x.encoder import occupied_cells_dense, sanitize_points
-from v2x.frame import AgentScan
-from v2x.geometry import NotRigidError
+from v2x.core.frame import AgentScan
+from v2x.core.geometry import NotRigidError
+from v2x.perception.detector import CooperativeDetector
+from v2x.perception.encoder import occupied_cells_dense, sanitize_points
 
 
 def test_empty_cloud_gives_an_all_zero_valid_map(model, cfg):
@@ -59,7 +59,7 @@ def test_non_rigid_pose_is_a_clear_error():
 def test_dense_map_equals_spconv_dense_masked_bit_for_bit(cfg, synthetic_frame):
     """occupied_cells_dense replaces spconv's dense() + mask for speed; it must give the same
     map, bit for bit, and the same gradients (training goes through it too). On one thread, as
-    the encoder runs spconv (v2x.spconv_compat): with more, spconv's backward sums in a varying
+    the encoder runs spconv (v2x.perception.spconv_compat): with more, spconv's backward sums in a varying
     order and two backward passes differ (by about 1e-3 here) whatever the map."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from v2x.fusion import AttentionFusion, MaxFusion, warp_to_ego
-from v2x.geometry import inverse, pose_from_xyz_yaw
+from v2x.core.geometry import inverse, pose_from_xyz_yaw
+from v2x.perception.fusion import AttentionFusion, MaxFusion, warp_to_ego
 
 
 def _blob(cfg, x, y):
@@ -97,7 +97,7 @@ def test_the_egos_inference_path_fuses_like_the_training_path(cfg):
 def test_the_detectors_fuse_gives_the_same_map_with_and_without_gradients(cfg):
     """``CooperativeDetector.fuse`` takes the cell-list path at inference and the dense path in
     training; both give the same fused map, so training and the ego node see one model."""
-    from v2x.detector import CooperativeDetector
+    from v2x.perception.detector import CooperativeDetector
 
     torch.manual_seed(1)
     model = CooperativeDetector(cfg).eval()

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from v2x.cooperative import FUSION_MODES, Perception, evaluation_ground_truth
-from v2x.head import REG_CHANNELS, HeadOutput, decode_boxes, rotated_nms
-from v2x.iou import bev_iou_matrix
-from v2x.targets import build_targets, detection_loss
-from v2x.train_data import CooperativeTrainingSet
-from v2x.train_detector import forward_losses
+from v2x.core.iou import bev_iou_matrix
+from v2x.perception.cooperative import FUSION_MODES, Perception, evaluation_ground_truth
+from v2x.perception.head import REG_CHANNELS, HeadOutput, decode_boxes, rotated_nms
+from v2x.training.data import CooperativeTrainingSet
+from v2x.training.detector import forward_losses
+from v2x.training.targets import build_targets, detection_loss
 
 
 def test_targets_decode_back_to_the_boxes(cfg):
@@ -67,7 +67,7 @@ def test_evaluation_ground_truth_keeps_only_seen_vehicles(synthetic_frame):
 
 
 def test_training_step_gives_finite_gradients_everywhere(cfg, synthetic_frame):
-    from v2x.detector import CooperativeDetector
+    from v2x.perception.detector import CooperativeDetector
 
     torch.manual_seed(0)
     model = CooperativeDetector(cfg).train()
@@ -103,7 +103,7 @@ def test_targets_are_the_vehicles_the_agent_sees_in_its_frame(cfg, synthetic_fra
 def test_inference_folds_batch_norm_into_the_convolutions_without_changing_the_output(cfg):
     """The ego and agents run neck and head with batch norm folded in; the result must equal the
     training-time modules, and a weight change must not leave a stale folded copy behind."""
-    from v2x.detector import CooperativeDetector
+    from v2x.perception.detector import CooperativeDetector
 
     torch.manual_seed(3)
     model = CooperativeDetector(cfg)

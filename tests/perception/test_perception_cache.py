@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from v2x.cooperative import Perception
-from v2x.perception_cache import PerceptionCache, scan_key
+from v2x.perception.cache import PerceptionCache, scan_key
+from v2x.perception.cooperative import Perception
 
 
 def test_the_key_covers_everything_the_computation_reads(synthetic_frame):
@@ -66,7 +66,7 @@ def test_least_recently_used_entries_go_first_and_the_bound_holds(model, synthet
 
 
 def test_a_worker_takes_no_more_than_its_share_of_the_memory(monkeypatch):
-    import v2x.perception_cache as pc
+    import v2x.perception.cache as pc
 
     monkeypatch.setattr(pc, "_available_mb", lambda: 8000)
     monkeypatch.setattr(pc.os, "cpu_count", lambda: 16)
@@ -102,7 +102,7 @@ def test_intermediate_fusion_reuses_the_batch_late_fusion_encoded(model, synthet
 
 def test_nothing_kept_is_reused_once_the_weights_change(cfg, synthetic_frame):
     """A Perception held across training steps must not serve maps of the old weights."""
-    from v2x.detector import CooperativeDetector
+    from v2x.perception.detector import CooperativeDetector
 
     torch.manual_seed(0)
     trained = CooperativeDetector(cfg).eval()

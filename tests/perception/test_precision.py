@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from v2x.cooperative import Perception
-from v2x.detector import PRECISIONS, check_precision, load_detector
-from v2x.perception_cache import PerceptionCache
+from v2x.perception.cache import PerceptionCache
+from v2x.perception.cooperative import Perception
+from v2x.perception.detector import PRECISIONS, check_precision, load_detector
 
 
 def _confident(boxes, score: float = 0.3):
@@ -70,7 +70,7 @@ def test_unknown_precisions_are_refused_by_name():
         check_precision("fp16")
     with pytest.raises(ValueError, match="precision"):
         load_detector(precision="int8")
-    from v2x.pipeline import PipelineError, RunConfig
+    from v2x.pipeline.stages import PipelineError, RunConfig
 
     with pytest.raises(PipelineError, match="precision"):
         RunConfig(precision="half")
@@ -86,7 +86,7 @@ def test_the_command_line_offers_exactly_the_precisions():
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
-    import v2x.detector as detector
+    import v2x.perception.detector as detector
 
     monkeypatch.setattr(detector, "native_bf16", lambda: False)
     with pytest.warns(RuntimeWarning, match="no native bfloat16"):

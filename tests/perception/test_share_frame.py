@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from v2x.cooperative import FUSION_MODES, Perception, check_share_frame
-from v2x.encoder import sanitize_points
-from v2x.fusion import warp_cells_to_ego
-from v2x.geometry import inverse, transform_points
+from v2x.core.geometry import inverse, transform_points
+from v2x.perception.cooperative import FUSION_MODES, Perception, check_share_frame
+from v2x.perception.encoder import sanitize_points
+from v2x.perception.fusion import warp_cells_to_ego
 
 
 def test_a_map_encoded_in_the_ego_frame_is_the_ego_frame_encoding_of_those_points(model, synthetic_frame):
@@ -60,7 +60,7 @@ def test_the_command_line_lists_every_fusion_mode_and_share_frame():
     from v2x.cli.codebook import eval_comm
     from v2x.cli.eval_detection import MODES
     from v2x.cli.replay import replay
-    from v2x.cooperative import SHARE_FRAMES
+    from v2x.perception.cooperative import SHARE_FRAMES
 
     assert MODES == FUSION_MODES
     for command in (replay, eval_comm):
@@ -69,7 +69,7 @@ def test_the_command_line_lists_every_fusion_mode_and_share_frame():
 
 
 def test_training_samples_can_put_collaborators_on_the_ego_grid(cfg, synthetic_frame):
-    from v2x.train_data import CooperativeTrainingSet
+    from v2x.training.data import CooperativeTrainingSet
 
     frames = [synthetic_frame(s) for s in (8, 9, 10, 11)]
     plain = CooperativeTrainingSet(frames, cfg, seed=3, early_probability=0.0)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from v2x.geometry import pose_from_xyz_rpy
+from v2x.core.geometry import pose_from_xyz_rpy
 from v2x.sim.lidar import LidarConfig, Scene, cast_scan
 from v2x.sim.meshes import BODY, GLASS, TYRE, object_mesh, object_parts, transform_mesh
 

@@ -3,8 +3,8 @@ makes cooperation matter."""
 
 import numpy as np
 
+from v2x.core.frame import AgentKind
 from v2x.datasets.pcd import read_pcd
-from v2x.frame import AgentKind
 from v2x.sim.realism import Occlusion, occlusion, range_histogram
 
 
@@ -33,9 +33,9 @@ def test_occlusion_many_vehicles_are_seen_only_by_others(busy_world_frames):
 
 def test_occlusion_counts_by_hand():
     """The measure itself, on a frame built by hand."""
-    from v2x.boxes import Boxes, ObjectClass
-    from v2x.frame import AgentScan, Frame
-    from v2x.geometry import pose_from_xyz_yaw
+    from v2x.core.boxes import Boxes, ObjectClass
+    from v2x.core.frame import AgentScan, Frame
+    from v2x.core.geometry import pose_from_xyz_yaw
 
     gt = Boxes(
         np.array(

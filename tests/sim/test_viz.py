@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 from click.testing import CliRunner
 
-from v2x.boxes import Boxes
-from v2x.viz import AGENT_COLOURS, render_bev
+from v2x.core.boxes import Boxes
+from v2x.output.bev import AGENT_COLOURS, render_bev
 
 
 def test_points_by_agent_land_at_their_pixels_in_their_colours():

@@ -4,9 +4,9 @@
 import numpy as np
 import pytest
 
-from v2x.boxes import ObjectClass
+from v2x.core.boxes import ObjectClass
+from v2x.core.frame import AgentKind
 from v2x.datasets.opv2v import protocol_order
-from v2x.frame import AgentKind
 from v2x.sim.realism import heading_errors, overlapping_pairs
 from v2x.sim.town import TownConfig
 from v2x.sim.world import SceneConfig, World

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import shapely
 
-from v2x.boxes import bev_corners
+from v2x.core.boxes import bev_corners
 from v2x.tracking.association import giou3d_matrix, giou3d_upper_bound, hungarian
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from filterpy.kalman import KalmanFilter
 
-from v2x.boxes import Boxes
-from v2x.geometry import pose_from_xyz_yaw
+from v2x.core.boxes import Boxes
+from v2x.core.geometry import pose_from_xyz_yaw
 from v2x.tracking.ab3dmot import AB3DMOT
 from v2x.tracking.config import TrackerConfig
 from v2x.tracking.dmstrack import MultiSensorKF

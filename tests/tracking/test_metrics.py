@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from v2x.boxes import Boxes
-from v2x.iou import iou3d_matrix
+from v2x.core.boxes import Boxes
+from v2x.core.iou import iou3d_matrix
 from v2x.tracking.metrics import TrackingSequence, evaluate_tracking, reference_geometry
 
 CAR = [0.0, 0.0, 0.8, 4.5, 1.9, 1.5, 0.0]

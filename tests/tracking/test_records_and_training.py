@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from v2x.boxes import Boxes
+from v2x.core.boxes import Boxes
 from v2x.tracking.records import AgentDetections, FrameDetections, RecordError, load_sequence, save_sequence
 from v2x.tracking.synth import DetectionSynthesizer, NoiseProfile, procedural_scenario, synthetic_sequence
 from v2x.tracking.train import (

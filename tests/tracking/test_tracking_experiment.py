@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from v2x.cli.main import cli
-from v2x.tracking_experiment import CEILING, CONFIGURATIONS, GAINS
+from v2x.experiments.tracking import CEILING, CONFIGURATIONS, GAINS
 
 pytestmark = pytest.mark.slow
 
@@ -52,10 +52,10 @@ def test_the_protocol_caps_amota_near_51_for_a_perfect_tracker():
     MOTA: why the perfect tracker gives every track its own."""
     import numpy as np
 
-    from v2x.boxes import Boxes
+    from v2x.core.boxes import Boxes
+    from v2x.experiments.tracking import _ground_truth_tracks
     from v2x.tracking.metrics import TrackingSequence, evaluate_tracking
     from v2x.tracking.records import FrameDetections
-    from v2x.tracking_experiment import _ground_truth_tracks
 
     rng = np.random.default_rng(0)
     n_obj, n_frames = 30, 20
@@ -85,10 +85,10 @@ def test_cached_detections_belong_to_the_detector_that_made_them(tmp_path, gener
     one's detections; the same detector reuses its own."""
     import torch
 
-    from v2x.cooperative import Perception
     from v2x.datasets import open_log
-    from v2x.detector import load_detector
-    from v2x.tracking_experiment import extract_sequences
+    from v2x.experiments.tracking import extract_sequences
+    from v2x.perception.cooperative import Perception
+    from v2x.perception.detector import load_detector
 
     log = open_log(generate_log(tmp_path / "log", frames=2, cavs=1, rsus=0, channels=16, seed=4))
     cache = tmp_path / "cache"

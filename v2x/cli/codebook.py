@@ -65,7 +65,7 @@ def train_codebook(
 
     import torch
 
-    from v2x.codebook import CodebookConfig, fit_from_maps, load_feature_maps
+    from v2x.messages.codebook import CodebookConfig, fit_from_maps, load_feature_maps
 
     if (data is None) == (features_path is None):
         raise click.UsageError("give exactly one of --data (a log) or --features (saved feature maps)")
@@ -86,10 +86,10 @@ def train_codebook(
         cb, info = fit_from_maps(cfg, load_feature_maps(features_path), **fit_args)
         source = f"--features {features_path}"
     else:
-        from v2x.comm_eval import encoder_maps
-        from v2x.cooperative import Perception
         from v2x.datasets import open_log
-        from v2x.detector import load_detector
+        from v2x.experiments.comm_eval import encoder_maps
+        from v2x.perception.cooperative import Perception
+        from v2x.perception.detector import load_detector
 
         model = load_detector(weights)
         cfg = CodebookConfig(channels=model.cfg.bev_channels, m=m, r=r, k=k)
@@ -149,12 +149,12 @@ def eval_comm(
     data, methods, budgets, weights, codebook, hybrid, frames, share_frame, json_out, plot_out
 ) -> None:
     """AP@0.5/0.7 against bytes per agent per frame, one curve per method."""
-    from v2x.codebook import load_codebook
-    from v2x.comm_eval import evaluate_comm, plot_comm, settings_for, write_rows
-    from v2x.cooperative import Perception
     from v2x.datasets import open_log
-    from v2x.detector import DEFAULT_WEIGHTS, load_detector
-    from v2x.messages import METHODS, MessageCodec
+    from v2x.experiments.comm_eval import evaluate_comm, plot_comm, settings_for, write_rows
+    from v2x.messages.codebook import load_codebook
+    from v2x.messages.codec import METHODS, MessageCodec
+    from v2x.perception.cooperative import Perception
+    from v2x.perception.detector import DEFAULT_WEIGHTS, load_detector
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in names if m not in METHODS]

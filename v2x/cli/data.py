@@ -18,7 +18,7 @@ def data() -> None:
 def _summarise(path: Path, max_cav: int, skip_bad: bool, progress: bool) -> dict:
     from tqdm import tqdm
 
-    from v2x.boxes import ObjectClass
+    from v2x.core.boxes import ObjectClass
     from v2x.datasets import open_log
 
     log = open_log(path, max_cav=max_cav, skip_bad=skip_bad)

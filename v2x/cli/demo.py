@@ -33,7 +33,7 @@ def _ensure_demo_data(data: Path) -> None:
 
 
 def _method(requested: str | None) -> str:
-    from v2x.pipeline import WEIGHTS
+    from v2x.pipeline.stages import WEIGHTS
 
     if requested:
         return requested
@@ -122,7 +122,7 @@ def demo(
     coop = json.loads((run_dir / "results.json").read_text())
 
     click.echo("[3/4] baseline: the ego alone on the same frames (in process)")
-    from v2x.pipeline import RunConfig, run_log
+    from v2x.pipeline.stages import RunConfig, run_log
 
     alone = run_log(
         data, RunConfig.from_options(method="none", budget=None, tracker="dmstrack", frames=frames)

@@ -9,7 +9,7 @@ import click
 
 from v2x.cli.options import precision_option
 
-#: v2x.cooperative.FUSION_MODES, spelled out so the command line starts without torch
+#: v2x.perception.cooperative.FUSION_MODES, spelled out so the command line starts without torch
 MODES = ("none", "late", "early", "intermediate", "intermediate-own")
 
 
@@ -71,7 +71,7 @@ def eval_detection(
     data, split, weights, fusion, frames, max_cav, bootstrap, bootstrap_block, precision, json_out
 ) -> None:
     """BEV and 3D AP at IoU 0.3/0.5/0.7 and bytes per agent per frame for each fusion mode."""
-    from v2x.evaluate import evaluate_fusion_modes
+    from v2x.experiments.detection_eval import evaluate_fusion_modes
 
     modes = _parse_modes(fusion)
     root = data / split if (data / split).is_dir() else data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-#: where collaborators encode the features they share (v2x.cooperative.SHARE_FRAMES)
+#: where collaborators encode the features they share (v2x.perception.cooperative.SHARE_FRAMES)
 share_frame_option = click.option(
     "--share-frame",
     type=click.Choice(("ego", "own")),
@@ -13,7 +13,7 @@ share_frame_option = click.option(
     help="Where collaborators encode features: in the ego's frame (OpenCOOD's proj_first) or their own.",
 )
 
-#: the detector's inference precision (v2x.detector.PRECISIONS)
+#: the detector's inference precision (v2x.perception.detector.PRECISIONS)
 precision_option = click.option(
     "--precision",
     type=click.Choice(("fp32", "bf16")),

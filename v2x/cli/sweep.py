@@ -30,7 +30,7 @@ def sweep(config, out, executor, ray_address, workers, retry_failed, data, frame
     Every cell's result is kept as OUT/cells/<hash>.json: run the same command again to resume;
     finished cells are not rerun. Writes OUT/results.csv, OUT/report.md and plots.
     """
-    from v2x.sweep import SweepError, expand_cells, load_sweep_config, run_sweep
+    from v2x.experiments.sweep import SweepError, expand_cells, load_sweep_config, run_sweep
 
     try:
         cfg = load_sweep_config(config, overrides={"data": data, "frames": frames})
@@ -60,7 +60,7 @@ def sweep(config, out, executor, ray_address, workers, retry_failed, data, frame
 
 
 def _print_plan(cells: list[dict], out: Path, retry_failed: bool) -> None:
-    from v2x.sweep import cell_id, plan
+    from v2x.experiments.sweep import cell_id, plan
 
     todo, done, skipped = plan(cells, out, retry_failed)
     state = {cell_id(c): "run" for c in todo}

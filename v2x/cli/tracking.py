@@ -163,11 +163,11 @@ def eval_tracking(
 
 
 def _compare(data: Path, detector, noise, cache, json_out) -> None:
-    from v2x.cooperative import Perception
     from v2x.datasets import open_log
-    from v2x.detector import load_detector
+    from v2x.experiments.tracking import DEFAULT_NOISE, compare_trackers, extract_sequences, write_table
+    from v2x.perception.cooperative import Perception
+    from v2x.perception.detector import load_detector
     from v2x.tracking.train import load_tracker
-    from v2x.tracking_experiment import DEFAULT_NOISE, compare_trackers, extract_sequences, write_table
 
     root = data / "test" if (data / "test").is_dir() else data
     log = open_log(root)
@@ -322,10 +322,10 @@ def train_tracker(data, out, synthetic, detector, epochs, window, lr, seed, feat
 
 def _detect(log_root: Path, out: Path, detector: Path) -> list[Path]:
     """Per-agent detections with feature patches from the project's detector (cached)."""
-    from v2x.cooperative import Perception
     from v2x.datasets import open_log
-    from v2x.detector import load_detector
-    from v2x.tracking_experiment import extract_sequences
+    from v2x.experiments.tracking import extract_sequences
+    from v2x.perception.cooperative import Perception
+    from v2x.perception.detector import load_detector
 
     return extract_sequences(
         open_log(log_root), Perception(load_detector(detector)), out, with_intermediate=False

@@ -39,8 +39,8 @@ import click
 @click.option("--max-frames", type=int, help="Override train.max_train_frames (quick runs).")
 def train_detector(data, config, out, resume, epochs, seed, threads, max_frames) -> None:
     """Train the detector; every fusion mode is served by the one network it writes."""
-    from v2x.train_detector import load_train_config
-    from v2x.train_detector import train_detector as run
+    from v2x.training.detector import load_train_config
+    from v2x.training.detector import train_detector as run
 
     cfg, tcfg = load_train_config(config)
     overrides = {"epochs": epochs, "seed": seed, "threads": threads, "max_train_frames": max_frames}

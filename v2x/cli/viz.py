@@ -59,13 +59,13 @@ def viz(source, run_dir, out, frame_index, scenario, view, half_range, scale, fp
     import numpy as np
     from tqdm import tqdm
 
+    from v2x.core.geometry import pose_from_xyz_yaw
     from v2x.datasets import DatasetError, open_log
-    from v2x.geometry import pose_from_xyz_yaw
-    from v2x.viz import render_bev, write_video
+    from v2x.output.bev import render_bev, write_video
 
     run = None
     if run_dir is not None:
-        from v2x.replay_results import RunFormatError, load_run
+        from v2x.pipeline.replay.results import RunFormatError, load_run
 
         try:
             run = load_run(run_dir)
@@ -143,7 +143,7 @@ def _draw_run(run, log, draw, out: Path, frame_index: int, fps: float) -> None:
     import cv2
     from tqdm import tqdm
 
-    from v2x.viz import write_video
+    from v2x.output.bev import write_video
 
     recs = run.frames
     if not recs:

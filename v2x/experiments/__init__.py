@@ -1,0 +1,3 @@
+"""Evaluations built on the pipeline: detection and communication evaluations, the tracking
+experiment, sweeps and their reports.
+"""

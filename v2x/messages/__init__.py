@@ -1,0 +1,1 @@
+"""What an agent says under a byte budget: the codec, the codebook and information-filling selection."""

@@ -1,0 +1,1 @@
+"""What people look at: BEV renders, videos and MCAP recordings."""

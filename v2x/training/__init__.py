@@ -1,0 +1,1 @@
+"""Training the detector: samples, augmentation, head targets and the training loop."""
