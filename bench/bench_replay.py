@@ -148,8 +148,8 @@ def _replay(
     agent_nice: int | None = None,
 ):
     """One replay; in real time with ``v2x replay --realtime``'s defaults unless given."""
+    from v2x.pipeline.config import RunConfig
     from v2x.pipeline.replay.run import ReplayOptions, realtime_timing, run_replay
-    from v2x.pipeline.stages import RunConfig
 
     if realtime:
         deadline_ms, late_policy = realtime_timing(deadline_ms, late_policy)
@@ -247,7 +247,9 @@ def _in_process(
 ) -> dict:
     import torch
 
-    from v2x.pipeline.stages import Models, RunConfig, run_log
+    from v2x.pipeline.config import RunConfig
+    from v2x.pipeline.runs import run_log
+    from v2x.pipeline.stages import Models
 
     torch.set_num_threads(1)  # as the nodes run
     cfg = RunConfig.from_options(

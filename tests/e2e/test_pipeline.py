@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from v2x.pipeline.stages import Arrival, EgoStage, Models, RunConfig, run_frames
+from v2x.pipeline.clock import run_frames
+from v2x.pipeline.config import RunConfig
+from v2x.pipeline.stages import Arrival, EgoStage, Models
 from v2x.sim.town import TownConfig
 from v2x.sim.world import SceneConfig, World
 
@@ -159,7 +161,8 @@ def test_a_demand_too_late_for_its_frame_is_used_on_the_next(frames, models):
     """On a 70 ms link the demand misses the 50 ms coordination window of its own frame but is
     there by the next frame's start: from frame 1 on the agents follow the ego's demand."""
     from v2x.comm.emulator import ChannelEmulator
-    from v2x.pipeline.stages import AgentStage, exchange_frame
+    from v2x.pipeline.clock import exchange_frame
+    from v2x.pipeline.stages import AgentStage
 
     cfg = RunConfig.from_options(
         method="where2comm", budget=None, channel="ideal", latency_ms=70, tracker="none"
@@ -192,7 +195,8 @@ def test_on_a_link_slower_than_a_frame_the_newest_arrived_demand_is_taken(frames
     single held slot would be overwritten every frame before its demand arrived; the agents
     must still follow the newest demand that has arrived (from two frames back)."""
     from v2x.comm.emulator import ChannelEmulator
-    from v2x.pipeline.stages import AgentStage, exchange_frame
+    from v2x.pipeline.clock import exchange_frame
+    from v2x.pipeline.stages import AgentStage
 
     cfg = RunConfig.from_options(
         method="where2comm", budget=None, channel="ideal", latency_ms=150, tracker="none"
@@ -247,7 +251,8 @@ def test_collaborators_encode_features_in_the_ego_frame_unless_told_otherwise(
 
 
 def test_a_broken_ego_pose_is_counted_and_the_agent_encodes_in_its_own_frame(frames, models):
-    from v2x.pipeline.stages import AgentStage, PipelineError
+    from v2x.pipeline.config import PipelineError
+    from v2x.pipeline.stages import AgentStage
 
     scan = frames[0].collaborators[0]
     stage = AgentStage(scan.agent_id, models, RunConfig(method="raw", tracker="none"))

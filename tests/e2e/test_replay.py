@@ -44,8 +44,9 @@ def tiny_log(tmp_path_factory, generate_log) -> Path:
 @pytest.fixture(scope="module")
 def replayed(tiny_log, tmp_path_factory):
     """The log through the node processes (simulated clock), and the same in one process."""
+    from v2x.pipeline.config import RunConfig
     from v2x.pipeline.replay.run import ReplayOptions, run_replay
-    from v2x.pipeline.stages import RunConfig, run_log
+    from v2x.pipeline.runs import run_log
 
     cfg = RunConfig.from_options(**OPTIONS)
     out = tmp_path_factory.mktemp("replay") / "run"
@@ -92,8 +93,9 @@ def test_processes_and_one_process_give_the_same_detections(replayed):
 def test_codefilling_over_a_lossy_channel_matches_too(tiny_log, tmp_path):
     """Offers between agents, losses, range-dependent reception and queueing: the replay's
     processes still make run_frames' decisions (a codebook trained on the log in seconds)."""
+    from v2x.pipeline.config import RunConfig
     from v2x.pipeline.replay.run import ReplayOptions, run_replay
-    from v2x.pipeline.stages import RunConfig, run_log
+    from v2x.pipeline.runs import run_log
 
     book = tmp_path / "codebook.pt"
     res = CliRunner().invoke(
@@ -120,8 +122,9 @@ def test_codefilling_over_a_lossy_channel_matches_too(tiny_log, tmp_path):
 def test_bf16_processes_and_one_process_agree_too(tiny_log, tmp_path):
     """``--precision bf16`` reaches every node: their detections are run_frames' in bf16, and
     differ from fp32's (so bf16 really ran there)."""
+    from v2x.pipeline.config import RunConfig
     from v2x.pipeline.replay.run import ReplayOptions, run_replay
-    from v2x.pipeline.stages import RunConfig, run_log
+    from v2x.pipeline.runs import run_log
 
     options = dict(OPTIONS, precision="bf16")
     torch.set_num_threads(1)
@@ -143,8 +146,9 @@ def test_bf16_processes_and_one_process_agree_too(tiny_log, tmp_path):
 def test_demands_too_late_for_their_frame_are_used_later_in_both_paths(tiny_log, tmp_path, latency_ms):
     """Each demand misses its frame's 50 ms window and is held: on 70 ms links it is used on the
     next frame, on 150 ms links (slower than a frame) two frames later."""
+    from v2x.pipeline.config import RunConfig
     from v2x.pipeline.replay.run import ReplayOptions, run_replay
-    from v2x.pipeline.stages import RunConfig, run_log
+    from v2x.pipeline.runs import run_log
 
     options = dict(OPTIONS, latency_ms=latency_ms)
     torch.set_num_threads(1)
@@ -219,8 +223,8 @@ def test_real_time_replay_reports_its_latency_and_where_it_goes(tiny_log, tmp_pa
     every message that reached the ego is fused, dropped as late, or expired (held for a later
     frame that came too late or never came; messages of frames the ego skipped included), and
     each fused frame's steps come in order after its capture."""
+    from v2x.pipeline.config import RunConfig
     from v2x.pipeline.replay.run import ReplayOptions, run_replay
-    from v2x.pipeline.stages import RunConfig
 
     cfg = RunConfig.from_options(**OPTIONS, late_policy="compensate")
     results = run_replay(ReplayOptions(tiny_log, cfg, tmp_path / "run", realtime=True, threads=1))
@@ -250,8 +254,8 @@ def test_real_time_replay_reports_its_latency_and_where_it_goes(tiny_log, tmp_pa
 
 
 def test_in_real_time_the_collaborators_nodes_yield_the_cpu_to_the_egos(tmp_path):
+    from v2x.pipeline.config import RunConfig
     from v2x.pipeline.replay.run import ReplayOptions, build_launch
-    from v2x.pipeline.stages import RunConfig
 
     def nice(**kw) -> dict:
         opts = ReplayOptions(tmp_path, RunConfig.from_options(**OPTIONS), tmp_path / "o", **kw)

@@ -153,7 +153,7 @@ def test_grid_expansion_aliases_also_grids_and_duplicates(tmp_path):
 
 def test_cells_speak_run_cells_language():
     """Every cell key is one run_cell accepts; the defaults the sweep writes are the pipeline's."""
-    from v2x.pipeline.stages import RunConfig
+    from v2x.pipeline.config import RunConfig
 
     params = inspect.signature(RunConfig.from_options).parameters
     fields = set(RunConfig.__dataclass_fields__)
@@ -177,7 +177,7 @@ def test_every_cell_names_the_frame_collaborators_encode_in(tmp_path):
 
 
 def test_a_bf16_sweep_is_its_own_set_of_cells_and_its_setting_reaches_the_run(tmp_path):
-    from v2x.pipeline.stages import RunConfig
+    from v2x.pipeline.config import RunConfig
 
     plain = load_sweep_config(write_config(tmp_path, tmp_path, grid={"method": ["raw"]}))
     bf16 = load_sweep_config(write_config(tmp_path, tmp_path, precision="bf16", grid={"method": ["raw"]}))
@@ -204,8 +204,8 @@ def test_the_hash_ignores_threads_but_not_settings():
 def test_cells_reuse_the_agents_perception_and_get_the_same_results(tiny_log):
     """A worker keeps each agent's perception of a scan for the next cells; results must not
     change by a bit (only the wall times do)."""
-    from v2x import pipeline
-    from v2x.pipeline.stages import run_cell
+    from v2x.pipeline import runs as pipeline
+    from v2x.pipeline.runs import run_cell
 
     base = {"data": str(tiny_log), "channel": "ideal", "frames": 3, "tracker": "dmstrack"}
     timing = ("wall_s", "compute_ms_per_frame")

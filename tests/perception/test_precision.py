@@ -70,7 +70,7 @@ def test_unknown_precisions_are_refused_by_name():
         check_precision("fp16")
     with pytest.raises(ValueError, match="precision"):
         load_detector(precision="int8")
-    from v2x.pipeline.stages import PipelineError, RunConfig
+    from v2x.pipeline.config import PipelineError, RunConfig
 
     with pytest.raises(PipelineError, match="precision"):
         RunConfig(precision="half")

@@ -122,7 +122,8 @@ def demo(
     coop = json.loads((run_dir / "results.json").read_text())
 
     click.echo("[3/4] baseline: the ego alone on the same frames (in process)")
-    from v2x.pipeline.stages import RunConfig, run_log
+    from v2x.pipeline.config import RunConfig
+    from v2x.pipeline.runs import run_log
 
     alone = run_log(
         data, RunConfig.from_options(method="none", budget=None, tracker="dmstrack", frames=frames)

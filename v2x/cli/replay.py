@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 
 from v2x.cli.options import precision_option, share_frame_option
+from v2x.pipeline.config import LATE_POLICIES, METHODS, TRACKERS
 from v2x.pipeline.replay.run import (
     REALTIME_AGENT_NICE,
     REALTIME_DEADLINE_MS,
     REALTIME_LATE_POLICY,
     realtime_timing,
 )
-from v2x.pipeline.stages import LATE_POLICIES, METHODS, TRACKERS
 
 
 def _fmt(v, spec: str = ".3f", scale: float = 1.0) -> str:
@@ -237,8 +237,8 @@ def replay(
 
     from v2x.comm.launch import LaunchError
     from v2x.datasets import DatasetError
+    from v2x.pipeline.config import PipelineError, RunConfig
     from v2x.pipeline.replay.run import ReplayOptions, run_in_process, run_replay
-    from v2x.pipeline.stages import PipelineError, RunConfig
 
     try:
         from v2x.datasets import detect_format

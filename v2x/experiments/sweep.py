@@ -2,7 +2,7 @@
 
 A sweep config names a log, the axes of a grid (methods, budgets, channel presets, latency,
 loss, number of agents, scenes, late policy) and settings shared by every cell. Each cell is a
-flat dict of :func:`v2x.pipeline.stages.run_cell` keys, run in a worker process (or a Ray task); its
+flat dict of :func:`v2x.pipeline.runs.run_cell` keys, run in a worker process (or a Ray task); its
 record is stored as ``cells/<hash>.json``, so an interrupted sweep resumes where it stopped and
 a finished cell is never rerun. Failed cells are recorded with their error and skipped on the
 next run unless asked to retry. Outputs (CSV, ``report.md``, plots) come from
@@ -366,7 +366,7 @@ def cell_id(cell: dict[str, Any]) -> str:
 
 def _validate_cells(path: Path, cells: list[dict[str, Any]]) -> None:
     """Each distinct combination of pipeline options through the pipeline's own parser."""
-    from v2x.pipeline.stages import PipelineError, RunConfig
+    from v2x.pipeline.config import PipelineError, RunConfig
 
     seen = set()
     for cell in cells:
@@ -432,7 +432,7 @@ def run_one(cell: dict[str, Any]) -> dict[str, Any]:
     rec: dict[str, Any] = {"id": cell_id(cell), "cell": cell, "started": started}
     rec["worker"] = f"{socket.gethostname()}:{os.getpid()}"
     try:
-        from v2x.pipeline.stages import run_cell
+        from v2x.pipeline.runs import run_cell
 
         rec.update(status="ok", error=None, result=run_cell(cell))
     except Exception as exc:  # one failing cell is recorded; the sweep goes on

@@ -83,7 +83,7 @@ class _Work:
 
 
 def _percentiles(values: list[float]) -> dict:
-    from v2x.pipeline.stages import _percentiles as p
+    from v2x.pipeline.scoring import _percentiles as p
 
     return p(values)
 

@@ -85,7 +85,7 @@ class PlayerNode(ReplayNode):
 
     def _open_log(self) -> None:
         from v2x.datasets import open_log
-        from v2x.pipeline.stages import select_frames
+        from v2x.pipeline.runs import select_frames
 
         self.log_ = open_log(self.param("data", "", required=True), max_cav=self.cfg.max_agents)
         self.indices = select_frames(self.log_, self.cfg.frames, self.param("scenes", None))

@@ -147,8 +147,8 @@ def boxes_from_message(msg: Boxes3D, with_scores: bool | None = None) -> Boxes:
 
 
 def config_from_dict(d: dict[str, Any]):
-    """A :class:`~v2x.pipeline.stages.RunConfig` from its ``to_dict()`` (what nodes get as a parameter)."""
-    from v2x.pipeline.stages import RunConfig
+    """A :class:`~v2x.pipeline.config.RunConfig` from its ``to_dict()`` (what nodes get as a parameter)."""
+    from v2x.pipeline.config import RunConfig
 
     d = dict(d)
     ch = dict(d.pop("channel"))

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from v2x.pipeline.config import RunConfig
 from v2x.pipeline.replay.results import (
     DETECTIONS,
     RESULTS,
@@ -32,7 +33,7 @@ from v2x.pipeline.replay.results import (
     write_results,
 )
 from v2x.pipeline.replay.slots import SlotMap, count_slots
-from v2x.pipeline.stages import RunConfig, select_frames
+from v2x.pipeline.runs import select_frames
 
 __all__ = [
     "ESSENTIAL",
@@ -404,7 +405,8 @@ def run_in_process(opts: ReplayOptions, progress: Progress | None = None) -> dic
     import torch
 
     from v2x.datasets import open_log
-    from v2x.pipeline.stages import Models, run_frames
+    from v2x.pipeline.clock import run_frames
+    from v2x.pipeline.stages import Models
 
     t0 = time.perf_counter()
     torch.set_num_threads(opts.threads)  # as the nodes run: same arithmetic, same boxes

@@ -1,4 +1,4 @@
-"""The ego node's scoring: :class:`v2x.pipeline.stages.Scorer`, the one ``run_frames`` keeps too, so
+"""The ego node's scoring: :class:`v2x.pipeline.scoring.Scorer`, the one ``run_frames`` keeps too, so
 both paths report the same figures for the same detections (``tests/e2e/test_replay.py`` holds
 them to that). The channel's counts come from the channel node's own emulator (:class:`LinkBook`).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from v2x.pipeline.stages import Scorer
+from v2x.pipeline.scoring import Scorer
 
 __all__ = ["LinkBook", "Scorer"]
 
