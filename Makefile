@@ -34,6 +34,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	bash scripts/lint-imports.sh
 
 format: install
 	$(BIN)/ruff check --fix .
