@@ -49,10 +49,10 @@ class BenchSink(Node):
     def on_configure(self) -> None:
         self.count, self.nbytes, self.first, self.last = 0, 0, 0, 0
         self.ack_every = self.param("ack_every", 1)
-        self.report = self.create_publisher("/bench/report", Json)
-        self.ack = self.create_publisher("/bench/ack", Json)
-        self.create_subscription("/bench/data", Packet, self.on_data, depth=self.param("depth", 1000))
-        self.create_subscription("/bench/done", Json, self.on_done)
+        self.report = self.create_publisher(Json, "/bench/report")
+        self.ack = self.create_publisher(Json, "/bench/ack")
+        self.create_subscription(Packet, "/bench/data", self.on_data, depth=self.param("depth", 1000))
+        self.create_subscription(Json, "/bench/done", self.on_done)
 
     def on_data(self, _topic: str, msg: Packet) -> None:
         now = time.perf_counter_ns()
@@ -73,8 +73,8 @@ class BenchEcho(Node):
     """Sends every /bench/ping straight back on /bench/pong."""
 
     def on_configure(self) -> None:
-        self.pong = self.create_publisher("/bench/pong", Packet)
-        self.create_subscription("/bench/ping", Packet, lambda _t, m: self.pong.publish(m))
+        self.pong = self.create_publisher(Packet, "/bench/pong")
+        self.create_subscription(Packet, "/bench/ping", lambda _t, m: self.pong.publish(m))
 
 
 RAW_ECHO = """
@@ -134,16 +134,16 @@ def throughput(run: Path, secure: bool, sizes: dict) -> list[dict]:
             reports: list[dict] = []
             acked = [0]
             sender.create_subscription(
-                "/bench/report", Json, lambda _t, m, reports=reports: reports.append(m.data)
+                Json, "/bench/report", lambda _t, m, reports=reports: reports.append(m.data)
             )
             sender.create_subscription(
-                "/bench/ack",
                 Json,
+                "/bench/ack",
                 lambda _t, m, acked=acked: acked.__setitem__(0, m.data["count"]),
                 keep_latest=True,
             )
-            data = sender.create_publisher("/bench/data", Packet)
-            done = sender.create_publisher("/bench/done", Json)
+            data = sender.create_publisher(Packet, "/bench/data")
+            done = sender.create_publisher(Json, "/bench/done")
             if not sender.wait_for_subscribers("/bench/data", 1, 20):
                 raise RuntimeError(f"the sink did not subscribe (see {run}/sink.log)")
             while not reports:  # the way back works (the sink answers /bench/done)
@@ -245,8 +245,8 @@ def _round_trips(run: Path, payload: np.ndarray, rounds: int, warmup: int) -> tu
     driver = _local("driver", a_ep, ("echo", b_ep), params, None)
     try:
         got: list = []
-        driver.create_subscription("/bench/pong", Packet, lambda _t, m: got.append(1))
-        ping = driver.create_publisher("/bench/ping", Packet)
+        driver.create_subscription(Packet, "/bench/pong", lambda _t, m: got.append(1))
+        ping = driver.create_publisher(Packet, "/bench/ping")
         if not driver.wait_for_subscribers("/bench/ping", 1, 20):
             raise RuntimeError(f"the echo node did not subscribe (see {run}/echo.log)")
         while not got:  # until its outbox reaches us too

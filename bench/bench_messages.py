@@ -27,8 +27,10 @@ from v2x.core.geometry import pose_from_xyz_yaw, relative_pose
 from v2x.core.grid import BEVGrid
 from v2x.messages.codebook import Codebook, CodebookConfig
 from v2x.messages.codec import MessageCodec, exchange, warp_cells
+from v2x.messages.scheme import FeatureEncoding
 from v2x.messages.selection import SelectionConfig
 from v2x.perception.cooperative import AgentPerception
+from v2x.pipeline.methods import get_method
 
 HERE = Path(__file__).resolve().parent
 REALDATA = Path(os.environ.get("V2X_REALDATA", HERE.parent.parent / "shared" / "realdata"))
@@ -134,19 +136,20 @@ def coding_sizes(occ: np.ndarray, rng: np.random.Generator) -> list[dict]:
 
 def _measure(codec, cb, sender, demand, method, allowance, blocks, ego_from_sender) -> dict:
     """Timings of one agent-side encode and one ego-side decode for one method and budget."""
-    enc = codec.feature_message(method, sender, allowance, demand, blocks, 0.3)
-    ranked = codec.candidate_cells(method, sender, demand, blocks, 0.3)
+    scheme = get_method(method).features
+    enc = codec.feature_message(scheme, sender, allowance, demand, blocks, 0.3)
+    ranked = codec.candidate_cells(scheme, sender, demand, blocks, 0.3)
     r = {
         "method": method,
         "message_bytes": len(enc),
         "cells_sent": len(enc.cells),
-        "encode_total": _timed(lambda: codec.feature_message(method, sender, allowance, demand, blocks, 0.3)),
-        "encode_selection": _timed(lambda: codec.candidate_cells(method, sender, demand, blocks, 0.3)),
-        "encode_fit_and_pack": _timed(lambda: codec.fit_to_budget(method, sender, ranked, allowance)),
+        "encode_total": _timed(lambda: codec.feature_message(scheme, sender, allowance, demand, blocks, 0.3)),
+        "encode_selection": _timed(lambda: codec.candidate_cells(scheme, sender, demand, blocks, 0.3)),
+        "encode_fit_and_pack": _timed(lambda: codec.fit_to_budget(scheme, sender, ranked, allowance)),
     }
     if enc.data is None:  # the coordination messages alone fill this budget
         return r
-    if method in ("codebook", "codefilling") and len(enc.cells):
+    if scheme.needs_codebook and len(enc.cells):
         feats = sender.features.reshape(C, -1)[:, torch.from_numpy(enc.cells)].T.contiguous()
         r["encode_quantize_only"] = _timed(lambda: cb.encode(feats))
     got = codec.read_sparse(enc.data)
@@ -172,9 +175,10 @@ def encode_decode_timing(ego, others, cb) -> list[dict]:
     settings += [(m, b) for m in ("codebook", "codefilling") for b in (256, 1024, 4096, 16384)]
     for method, budget in settings:
         allowance = None if budget is None else budget - len(demand_bytes)
-        if method == "codefilling" and allowance is not None:
+        offers_too = get_method(method).uses_offers
+        if offers_too and allowance is not None:
             allowance -= len(offers_bytes[0] or b"")
-        blocks = assigned if method == "codefilling" else None
+        blocks = assigned if offers_too else None
         r = _measure(codec, cb, sender, demand, method, allowance, blocks, ego_from_sender)
         r["budget_bytes"] = budget
         if r["message_bytes"] == 0:
@@ -246,11 +250,12 @@ def paper_formula(rows: list[dict], cb: Codebook) -> list[dict]:
     """Wire bytes against the papers' formula (cells x bits per cell / 8, no header, no indices)."""
     out = []
     for r in rows:
-        if r["method"] in ("codebook", "codefilling") and r["cells_sent"]:
+        encoding = get_method(r["method"]).features.encoding
+        if encoding.needs_codebook and r["cells_sent"]:
             formula = r["cells_sent"] * cb.cfg.bits_per_cell / 8
-        elif r["method"] in ("raw", "where2comm"):
+        elif encoding is FeatureEncoding.FP32:
             formula = r["cells_sent"] * C * 4
-        elif r["method"] == "raw-fp16":
+        elif encoding is FeatureEncoding.FP16:
             formula = r["cells_sent"] * C * 2
         else:
             continue
@@ -292,7 +297,8 @@ def main() -> dict:
     in_process = []
     codec = MessageCodec(GRID, cb)
     for method, budget in [("codefilling", 1024), ("codebook", 1024), ("raw", None)]:
-        _, _, out = exchange(codec, method, ego, others, budget)
+        scheme = get_method(method).features
+        _, _, out = exchange(codec, scheme, ego, others, budget)
         in_process.append(
             {
                 "method": method,
@@ -300,7 +306,7 @@ def main() -> dict:
                 "bytes_per_link": {k: o.bytes for k, o in out.items()},
                 "messages_per_link": {k: [len(m) for m in o.messages] for k, o in out.items()},
                 "frame_exchange": _timed(
-                    lambda method=method, budget=budget: exchange(codec, method, ego, others, budget), 5
+                    lambda scheme=scheme, budget=budget: exchange(codec, scheme, ego, others, budget), 5
                 ),
             }
         )

@@ -141,7 +141,7 @@ def main(frames: int = 70) -> dict:
     ts = []
     for k, f in enumerate(plain):
         t0 = time.perf_counter()
-        base.step(f.fused(), f.frame)
+        base.step(f)  # every agent's boxes as one stream
         if k >= 10:
             ts.append(time.perf_counter() - t0)
     results["ab3dmot_filterpy_fused_step"] = _stats(ts)

@@ -1,9 +1,18 @@
 """Per-link bandwidth budgets: a rate in bits per second, the per-frame byte allowance a sender
 sizes its message to, and a token bucket that enforces the rate on what is actually sent.
 
-A sender asks :meth:`LinkBudget.allowance` before encoding (the message code cuts its message to
-fit), then :meth:`LinkBudget.admit` decides, by policy, whether the message goes now, waits for
-tokens (``delay``) or is dropped (``drop``); every outcome is counted.
+This module is the one place that reads a budget and turns it into bytes, so the sender's fit
+and the channel's enforcement cannot disagree:
+
+* :func:`parse_budget` reads the command line's, a launch file's or a sweep's spelling
+  (``200kbps``, ``2Mbps``, a number of bit/s, ``unlimited``); :func:`parse_rate` reads one rate.
+* :func:`frame_allowance` is the per-link, per-frame allowance in bytes. The sender sizes its
+  message to it, less what it already spent on the link this frame (``RunConfig.frame_bytes``,
+  used by ``AgentStage.message``); it does not look at the bucket's tokens.
+* :class:`LinkBudget`, one per link in the channel, holds a token bucket whose burst is that
+  same allowance and which refills at the rate; :meth:`LinkBudget.admit` decides, by policy,
+  whether a message goes now, waits for tokens (``delay``) or is dropped (``drop``); every
+  outcome is counted.
 """
 
 from __future__ import annotations
@@ -11,7 +20,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["LinkBudget", "TokenBucket", "parse_rate"]
+__all__ = ["LinkBudget", "TokenBucket", "frame_allowance", "parse_budget", "parse_rate"]
+
+_NO_BUDGET = ("none", "unlimited")  # spellings of "no budget", any case
 
 _RATE = re.compile(
     r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([kmg]?)\s*(bps|bit/s|b/s|bits/s)?\s*$", re.IGNORECASE
@@ -28,6 +39,28 @@ def parse_rate(value: str | float | int) -> float:
     if not m:
         raise ValueError(f"not a rate: {value!r} (use e.g. 200kbps, 27Mbps, 1.5 Mbit/s)")
     return float(m.group(1)) * {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+
+
+def parse_budget(value: str | float | int | None) -> float | None:
+    """A link's budget in bit/s, or None for no budget (``None``, ``none``, ``unlimited``).
+
+    The one reader of a budget, for the CLI (through ``RunConfig.from_options``), the channel
+    node's ``budget`` parameter and a sweep's budget axis. A budget must be positive: 0 is
+    refused rather than read as either "nothing" or "unlimited"."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NO_BUDGET):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not a rate: {value!r}")
+    bps = parse_rate(value)
+    if bps <= 0:
+        raise ValueError(f"a budget must be positive (use 'unlimited' for none), got {value!r}")
+    return bps
+
+
+def frame_allowance(rate_bps: float, frame_hz: float) -> int:
+    """Bytes one link may carry per frame at ``rate_bps`` and ``frame_hz`` frames a second,
+    rounded down: the size a sender fits its message to and the token bucket's burst."""
+    return int(rate_bps / 8 / frame_hz)
 
 
 @dataclass
@@ -99,7 +132,7 @@ class LinkBudget:
             raise ValueError(f"budget policy must be drop or delay, got {self.policy!r}")
         if self.rate_bps <= 0:
             raise ValueError(f"a budget needs a positive rate, got {self.rate_bps}")
-        # one frame's worth of burst: a sender may spend its whole allowance at once
+        # one frame's allowance of burst: a sender may spend its whole allowance at once
         self.bucket = TokenBucket(self.rate_bps, self.frame_bytes)
 
     @classmethod
@@ -108,12 +141,8 @@ class LinkBudget:
 
     @property
     def frame_bytes(self) -> int:
-        """The per-frame allowance at the nominal frame rate."""
-        return int(self.rate_bps / 8 / self.frame_hz)
-
-    def allowance(self, now: float) -> int:
-        """Bytes the sender may put in its next message: what the bucket holds, at most a frame's worth."""
-        return int(min(self.frame_bytes, self.bucket.available(now)))
+        """The per-frame allowance at the nominal frame rate (the bucket's burst)."""
+        return frame_allowance(self.rate_bps, self.frame_hz)
 
     def admit(self, size: int, now: float) -> tuple[bool, float]:
         """(send?, seconds to wait first). Counts admitted, delayed and dropped messages."""

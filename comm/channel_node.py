@@ -11,7 +11,8 @@ It subscribes to the packet topics of every agent (``/agents/...``) and of the e
   so a lock-step receiver knows not to wait for it.
 
 Parameters: ``preset`` (ideal, dsrc, cv2x, opencood, congested, lossy-burst) and overrides of
-its fields under ``channel``, ``seed``, ``budget`` (e.g. ``200kbps``), ``budget_policy``,
+its fields under ``channel``, ``seed``, ``budget`` (e.g. ``200kbps``, bit/s or ``unlimited``; read
+by :func:`~v2x.comm.budget.parse_budget`), ``budget_policy``, ``frame_hz``,
 ``receivers`` (list), ``topics`` (prefixes), ``trace`` (JSON-lines file). Per-link statistics go
 to ``/diagnostics``.
 """
@@ -24,7 +25,7 @@ import time
 
 import numpy as np
 
-from v2x.comm.budget import parse_rate
+from v2x.comm.budget import parse_budget
 from v2x.comm.emulator import ChannelEmulator
 from v2x.comm.envelope import Packet
 from v2x.comm.node import Node
@@ -39,11 +40,10 @@ class ChannelNode(Node):
         if isinstance(overrides.get("burst"), dict):  # from YAML: {p, r, loss_bad, loss_good}
             overrides["burst"] = GilbertElliott(**overrides["burst"])
         cfg = dataclasses.replace(preset(self.param("preset", "ideal")), **overrides)
-        budget = self.param("budget")
         self.emulator = ChannelEmulator(
             cfg,
             seed=int(self.param("seed", 0)),
-            budget_bps=parse_rate(budget) if budget else None,
+            budget_bps=parse_budget(self.param("budget")),
             budget_policy=self.param("budget_policy", "drop"),
             frame_hz=float(self.param("frame_hz", 10.0)),
             trace=self.param("trace"),
@@ -54,14 +54,14 @@ class ChannelNode(Node):
         self._n = 0
         self._pubs: dict[str, object] = {}
         for prefix in self.param("topics", ["/agents/", "/ego/"]):
-            self.create_subscription(prefix, Packet, self.on_packet)
+            self.create_subscription(Packet, prefix, self.on_packet)
         # on the wall clock, held packets go out when due: the flush timer is pulled forward to
         # the earliest delivery time (a fixed 1 ms tick kept this node busy: about 40 % of a core)
         self._flush_timer = self.create_timer(float(self.param("tick_s", 0.05)), self.flush)
 
     def _publisher_for(self, topic: str):
         if topic not in self._pubs:
-            self._pubs[topic] = self.create_publisher(topic, Packet)
+            self._pubs[topic] = self.create_publisher(Packet, topic)
         return self._pubs[topic]
 
     def on_packet(self, topic: str, pkt: Packet) -> None:

@@ -41,10 +41,10 @@ class Talker(Node):
         self.limit = self.param("count", 0)
         self.seed = self.param("seed", 0)
         self.count = 0
-        self.pub = self.create_publisher(self.topic, Packet)
+        self.pub = self.create_publisher(Packet, self.topic)
         self.cloud_pub = None
         if self.param("points", False):
-            self.cloud_pub = self.create_publisher(f"/agents/{self.name}/points", PointCloud)
+            self.cloud_pub = self.create_publisher(PointCloud, f"/agents/{self.name}/points")
         self.create_timer(1.0 / self.param("rate_hz", 10.0), self.tick)
         self.wait_subscribers = self.param("wait_subscribers", 0)
         self.wait_s = self.param("wait_s", 10.0)
@@ -102,8 +102,8 @@ class Listener(Node):
         #: say so in the log once this many messages have come (tests wait for it)
         self.expect = self.param("expect", 0)
         self.create_subscription(
-            self.param("topic", "/agents/*/features"),
             Packet,
+            self.param("topic", "/agents/*/features"),
             self.on_packet,
             keep_latest=self.param("keep_latest", False),
         )
@@ -143,7 +143,7 @@ class SimClock(Node):
     def on_configure(self) -> None:
         self.step_ns = int(self.param("step_ms", 100.0) * 1e6)
         self.t_ns = self.param("start_ns", 0)
-        self.pub = self.create_publisher("/clock", Clock)
+        self.pub = self.create_publisher(Clock, "/clock")
         self.frame = 0
         self.create_timer(1.0 / self.param("rate_hz", 10.0), self.tick, clock="wall")
 

@@ -96,17 +96,13 @@ class ChannelEmulator:
         if key not in self._links:
             h = zlib.crc32(f"{sender}->{receiver}".encode())
             rng = np.random.default_rng([self.seed, h])
+            # its bucket's burst is the per-frame allowance that senders fit their messages to
             budget = (
                 LinkBudget(self.budget_bps, self.frame_hz, self.budget_policy) if self.budget_bps else None
             )
             self._links[key] = (Channel(self.cfg, np.random.default_rng([self.seed, h, 1])), budget, rng)
             self.stats[key] = _LinkStats()
         return self._links[key]
-
-    def allowance(self, sender: str, receiver: str, now_s: float) -> int | None:
-        """Bytes the sender may spend on this link now (None: no budget)."""
-        _, budget, _ = self._link(sender, receiver)
-        return budget.allowance(now_s) if budget else None
 
     def send(self, sender: str, receiver: str, data: bytes, now_s: float, distance: float = 0.0) -> Delivery:
         channel, budget, rng = self._link(sender, receiver)

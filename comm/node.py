@@ -6,8 +6,8 @@ in :meth:`Node.on_configure`::
 
     class Doubler(Node):
         def on_configure(self):
-            self.out = self.create_publisher("/numbers/doubled", Json)
-            self.create_subscription("/numbers/raw", Json, self.on_number)
+            self.out = self.create_publisher(Json, "/numbers/doubled")
+            self.create_subscription(Json, "/numbers/raw", self.on_number)
             self.create_timer(1.0, lambda: self.log.info("alive at %d", self.now_ns()))
 
         def on_number(self, topic, msg):
@@ -296,8 +296,9 @@ class Node:
         return self.spec.clock == "wall" or self._sim_ns is not None
 
     # -- the graph ------------------------------------------------------------------------------
-    def create_publisher(self, topic: str, msg_type: type[Message] | None = None) -> Publisher:
-        """A publisher on ``topic`` (one per topic and node; asking again returns the same)."""
+    def create_publisher(self, msg_type: type[Message] | None, topic: str) -> Publisher:
+        """A publisher of ``msg_type`` on ``topic`` (one per topic and node; asking again returns
+        the same). The message type comes first, as in rclpy's ``create_publisher``."""
         if not _TOPIC.match(topic):
             raise ValueError(f"{topic!r} is not a topic name (like /agents/3/features)")
         self._need_transport()
@@ -311,8 +312,8 @@ class Node:
 
     def create_subscription(
         self,
-        topic: str,
         msg_type: type[Message] | None,
+        topic: str,
         callback: Callable[[str, Message], None],
         keep_latest: bool = False,
         depth: int | None = None,
@@ -320,10 +321,12 @@ class Node:
         """Call ``callback(topic, message)`` for each message on topics matching ``topic``
         (exact, ``/prefix/`` or with ``*`` segments).
 
-        ``msg_type`` checks what arrives (other types are dropped and counted). While the node
-        is busy, the newest ``depth`` messages per topic are held and older ones dropped and
-        counted; ``keep_latest=True`` means ``depth=1``: sensor streams hand over only the
-        newest message. The default depth is the ``queue_depth`` parameter (32)."""
+        The message type comes first, as in rclpy's ``create_subscription(msg_type, topic,
+        callback)``. ``msg_type`` checks what arrives (other types are dropped and counted;
+        ``None`` takes any). While the node is busy, the newest ``depth`` messages per topic are
+        held and older ones dropped and counted; ``keep_latest=True`` means ``depth=1``: sensor
+        streams hand over only the newest message. The default depth is the ``queue_depth``
+        parameter (32)."""
         self._need_transport()
         prefix, matches = topic_matcher(topic)
         if depth is None:
@@ -443,10 +446,10 @@ class Node:
             self._wake,
             self._problems.warning,
         )
-        self._hb = self.create_publisher(HEARTBEAT_TOPIC, Heartbeat)
-        self._diag = self.create_publisher(DIAGNOSTICS_TOPIC, Diagnostics)
+        self._hb = self.create_publisher(Heartbeat, HEARTBEAT_TOPIC)
+        self._diag = self.create_publisher(Diagnostics, DIAGNOSTICS_TOPIC)
         if spec.clock == "sim":
-            self.create_subscription(CLOCK_TOPIC, Clock, self._on_clock)
+            self.create_subscription(Clock, CLOCK_TOPIC, self._on_clock)
         self.on_configure()
         if spec.endpoint:
             self._reader.start()  # from here on the inbox belongs to the reader thread

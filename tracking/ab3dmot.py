@@ -1,4 +1,5 @@
-"""The AB3DMOT baseline: one filterpy Kalman filter per track, fixed noise, one detection stream.
+"""The AB3DMOT baseline: one filterpy Kalman filter per track, fixed noise, one detection stream
+(the union of the frame's agents' boxes: give it one agent to track that agent's boxes alone).
 
 Follows AB3DMOT (Weng et al.) as V2V4Real runs it: 10-D constant-velocity state, Hungarian
 matching on 3D GIoU over all pairs with pairs under -0.2 dropped afterwards, the track's heading
@@ -11,6 +12,7 @@ least ``min_hits`` frames (every track during the first ``min_hits`` frames), an
 from __future__ import annotations
 
 import numpy as np
+import torch
 from filterpy.kalman import KalmanFilter
 
 from v2x.core.boxes import Boxes
@@ -23,7 +25,9 @@ from v2x.tracking.motion import (
     heading_correction,
     within_pi,
 )
+from v2x.tracking.records import FrameDetections
 from v2x.tracking.sanitize import Warnings, sanitize_boxes
+from v2x.tracking.tracker import StepOutput
 
 __all__ = ["AB3DMOT"]
 
@@ -49,6 +53,10 @@ class _Track:
 class AB3DMOT:
     """Tracks boxes given in one frame of reference (world or ego), frame by frame."""
 
+    #: one stream: the frame's agents' boxes are tracked as one set (a
+    #: :class:`~v2x.tracking.tracker.Tracker`)
+    per_agent = False
+
     def __init__(self, cfg: TrackerConfig | None = None) -> None:
         self.cfg = cfg or TrackerConfig()
         self.reset()
@@ -59,14 +67,15 @@ class AB3DMOT:
         self.clock = FrameClock(self.cfg.dt, self.cfg.timing)
         self.warnings = Warnings()
 
-    def step(self, detections: Boxes, frame: int | None = None, timestamp_ns: int | None = None) -> Boxes:
-        """Predict, associate, update; returns the reported tracks (world boxes with ids and the
-        last matched detection's score). A refused frame (repeated, out of order) returns none."""
+    def step(self, frame: FrameDetections) -> StepOutput:
+        """Predict, associate, update with the union of the frame's agents' boxes; ``boxes`` are
+        the reported tracks (with ids and the last matched detection's score). A refused frame
+        (repeated, out of order) reports none and changes nothing."""
         cfg = self.cfg
-        dt = self.clock.advance(frame, timestamp_ns, self.warnings)
+        dt = self.clock.advance(frame.frame, frame.timestamp_ns, self.warnings)
         if dt is None:
-            return Boxes.empty(with_scores=True)
-        dets, _ = sanitize_boxes(detections, self.warnings)
+            return self._output(Boxes.empty(with_scores=True), accepted=False)
+        dets, _ = sanitize_boxes(frame.fused(), self.warnings)
         F, Q = constant_velocity(dt), cfg.Q(dt)
         for t in self.tracks:
             t.kf.predict(F=F, Q=Q)
@@ -95,11 +104,26 @@ class AB3DMOT:
         early = self.clock.count <= cfg.min_hits
         shown = [t for t in self.tracks if t.misses < cfg.max_age and (t.hits >= cfg.min_hits or early)]
         self.tracks = [t for t in self.tracks if t.misses < cfg.max_age]
-        return Boxes(
+        reported = Boxes(
             np.array([t.box() for t in shown]).reshape(-1, 7),
             labels=[t.label for t in shown],
             track_ids=[t.id for t in shown],
             scores=[t.score for t in shown],
+        )
+        return self._output(reported)
+
+    def _output(self, boxes: Boxes, accepted: bool = True) -> StepOutput:
+        """The reported tracks with every live track's state, as the multi-sensor filter gives them."""
+        ids, states, covariances = self.states()
+        updated = np.array([accepted and t.misses == 0 for t in self.tracks], dtype=bool)
+        return StepOutput(
+            boxes,
+            torch.from_numpy(states),
+            torch.from_numpy(covariances),
+            ids,
+            updated,
+            np.full(len(ids), -1, dtype=np.int64),
+            accepted,
         )
 
     def states(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

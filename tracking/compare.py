@@ -1,6 +1,6 @@
 """The tracker comparison on detection records: the configurations of the results table.
 
-* ``ab3dmot/ego``: the filterpy baseline on the ego's own detections (nothing sent);
+* ``ab3dmot-ego``: the filterpy baseline on the ego's own detections (nothing sent);
 * ``ab3dmot/late``: the baseline on every agent's boxes as one stream (collaborators send boxes);
 * ``dmstrack/ab3dmot-noise``: the multi-sensor filter with AB3DMOT's noise (R = I);
 * ``dmstrack/fixed``: the multi-sensor filter with the noise prior fitted on the training split;
@@ -27,7 +27,7 @@ from v2x.tracking.sequences import EGO_RANGE, ego_sequence, evaluate_runs, run_t
 __all__ = ["CONFIGURATIONS", "compare", "markdown_table"]
 
 CONFIGURATIONS = (
-    "ab3dmot/ego",
+    "ab3dmot-ego",
     "ab3dmot/late",
     "dmstrack/ab3dmot-noise",
     "dmstrack/fixed",
@@ -38,7 +38,7 @@ GATE_99 = 18.48
 
 
 def _setup(config: str, prior: TrackerConfig | None, noise: NoiseNet | None):
-    if config == "ab3dmot/ego":
+    if config == "ab3dmot-ego":
         return "ab3dmot-ego", TrackerConfig(), None
     if config == "ab3dmot/late":
         return "ab3dmot", TrackerConfig(), None
@@ -54,7 +54,7 @@ def _setup(config: str, prior: TrackerConfig | None, noise: NoiseNet | None):
 
 
 def _bytes(config: str, frame: FrameDetections, message_bytes: Callable[[int, bool], int] | None) -> float:
-    if message_bytes is None or config == "ab3dmot/ego":
+    if message_bytes is None or config == "ab3dmot-ego":
         return 0.0
     with_var = config.startswith("dmstrack/learned")
     return float(sum(message_bytes(len(a.boxes), with_var) for a in frame.agents[1:]))

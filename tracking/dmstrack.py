@@ -18,7 +18,6 @@ gradients flow from the loss through every Kalman gain into the noise network.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,22 +36,12 @@ from v2x.tracking.motion import (
 from v2x.tracking.noise_net import NoiseNet, agent_frame_boxes, detection_features
 from v2x.tracking.records import AgentDetections, FrameDetections
 from v2x.tracking.sanitize import Warnings, sanitize_boxes, sanitize_variances
+from v2x.tracking.tracker import StepOutput
 
-__all__ = ["MultiSensorKF", "StepOutput"]
+__all__ = ["MultiSensorKF"]
 
 _F64 = torch.float64
 _TWO_PI = 2 * math.pi
-
-
-@dataclass
-class StepOutput:
-    boxes: Boxes  # reported tracks this frame, world frame, with ids and scores
-    states: torch.Tensor  # (N, 10) every live track after the frame (differentiable when training)
-    covariances: torch.Tensor  # (N, 10, 10)
-    ids: np.ndarray  # (N,) track ids of ``states``
-    updated: np.ndarray  # (N,) bool: updated by some agent this frame
-    gt_ids: np.ndarray  # (N,) ground-truth id of the track's last detection (-1: unknown)
-    accepted: bool = True  # False: the frame was refused (repeated or out of order)
 
 
 def _joseph_np(X: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +65,9 @@ def _wrap_heading(X: torch.Tensor) -> torch.Tensor:
 
 class MultiSensorKF:
     """Multi-agent tracker; ``step`` once per frame with every agent's detections."""
+
+    #: each agent's detections update the tracks in turn (a :class:`~v2x.tracking.tracker.Tracker`)
+    per_agent = True
 
     def __init__(
         self,

@@ -140,11 +140,30 @@ class FrameDetections:
     gt: Boxes | None = None
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def of_boxes(
+        cls,
+        frame: int,
+        timestamp_ns: int,
+        boxes: Boxes,
+        world_from_agent: np.ndarray | None = None,
+        agent_id: str = "ego",
+        kind: str = "vehicle",
+    ) -> FrameDetections:
+        """One stream of boxes (a detector's output, another tracker's input files) as a frame of
+        one agent, the form every tracker's ``step`` takes."""
+        pose = np.eye(4) if world_from_agent is None else world_from_agent
+        return cls(frame, timestamp_ns, [AgentDetections(agent_id, kind, pose, boxes)])
+
     def fused(self) -> Boxes:
         """Every agent's boxes in one set (what a single-stream tracker would see)."""
         if not self.agents:
             return Boxes.empty(with_scores=True)
         return Boxes.concat([a.boxes for a in self.agents])
+
+    def ego_only(self) -> FrameDetections:
+        """The same frame with the ego's own detections alone (nothing from collaborators)."""
+        return FrameDetections(self.frame, self.timestamp_ns, self.agents[:1], self.gt, self.extra)
 
 
 def save_sequence(path: str | Path, frames: list[FrameDetections]) -> None:

@@ -1,18 +1,14 @@
-"""Running trackers over whole sequences and scoring them: what ``v2x track`` and
-``v2x eval tracking`` do, usable from Python too.
+"""Running trackers over whole sequences and scoring them, on detections already in memory
+(reading and writing files is :mod:`v2x.experiments.tracking_files`'s job).
 
-Files: AB3DMOT's per-sequence detection text and KITTI-tracking text are read and written by
-:mod:`v2x.datasets.kitti_tracking` (the datasets team's module; V2V4Real's ``x, z, y`` column
-order is its ``order="xzy"``, the default). Multi-agent detections are ``.npz`` records
-(:mod:`v2x.tracking.records`). Scores and ground truth are compared in the ego's frame, ego being
-the first agent of every frame, as V2V4Real evaluates in the ego LiDAR frame.
+Scores and ground truth are compared in the ego's frame, ego being the first agent of every
+frame, as V2V4Real evaluates in the ego LiDAR frame.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 
@@ -22,16 +18,17 @@ from v2x.tracking.ab3dmot import AB3DMOT
 from v2x.tracking.config import TrackerConfig
 from v2x.tracking.dmstrack import MultiSensorKF
 from v2x.tracking.metrics import TrackingSequence, evaluate_tracking
-from v2x.tracking.records import AgentDetections, FrameDetections, load_sequence, record_files
+from v2x.tracking.records import FrameDetections
+from v2x.tracking.tracker import Tracker
 
 __all__ = [
     "EGO_RANGE",
-    "evaluate_dirs",
+    "TRACKERS",
+    "ego_sequence",
     "evaluate_runs",
     "make_tracker",
     "run_tracker",
     "to_ego",
-    "track_dir",
 ]
 
 #: tracks and ground truth are scored within this ego-frame area (x0, y0, x1, y1), metres
@@ -39,7 +36,7 @@ EGO_RANGE = (-70.4, -40.0, 70.4, 40.0)
 TRACKERS = ("ab3dmot", "ab3dmot-ego", "dmstrack")
 
 
-def make_tracker(name: str, cfg: TrackerConfig | None = None, noise=None):
+def make_tracker(name: str, cfg: TrackerConfig | None = None, noise=None) -> Tracker:
     """``ab3dmot`` (all agents' boxes as one stream), ``ab3dmot-ego`` (the ego's boxes only) or
     ``dmstrack`` (agents one after another, per-detection noise)."""
     if name in ("ab3dmot", "ab3dmot-ego"):
@@ -77,11 +74,7 @@ def run_tracker(name: str, frames: Iterable[FrameDetections], cfg=None, noise=No
     tracker = make_tracker(name, cfg, noise)
     out = {}
     for f in frames:
-        if name == "dmstrack":
-            out[f.frame] = tracker.step(f).boxes
-        else:
-            dets = f.agents[0].boxes if name == "ab3dmot-ego" and f.agents else f.fused()
-            out[f.frame] = tracker.step(dets, f.frame, f.timestamp_ns)
+        out[f.frame] = tracker.step(f.ego_only() if name == "ab3dmot-ego" else f).boxes
     return out
 
 
@@ -108,100 +101,3 @@ def evaluate_runs(sequences: list[TrackingSequence]) -> dict:
     out = evaluate_tracking(sequences, mode="comparable")
     out["strict"] = evaluate_tracking(sequences, mode="strict")
     return out
-
-
-# -- files ------------------------------------------------------------------------------------------
-
-
-def _single_stream(frames: dict[int, Boxes], n: int) -> list[FrameDetections]:
-    return [
-        FrameDetections(
-            f,
-            f * 100_000_000,
-            [AgentDetections("ego", "vehicle", np.eye(4), frames.get(f, Boxes.empty(True)))],
-        )
-        for f in range(n)
-    ]
-
-
-def track_dir(
-    detections: Path,
-    out: Path,
-    tracker: str = "ab3dmot",
-    cfg: TrackerConfig | None = None,
-    noise=None,
-    order: str = "xzy",
-    seqmap: Path | None = None,
-) -> list[Path]:
-    """Track every sequence of a folder and write KITTI-tracking text, one file per sequence.
-
-    Inputs: AB3DMOT detection files (``NNNN.txt``, one stream, boxes in the ego frame) or our
-    ``.npz`` multi-agent records (results written in each frame's ego frame). ``seqmap`` gives
-    sequence lengths (otherwise: up to the last frame with a detection).
-    """
-    from v2x.datasets.kitti_tracking import read_ab3dmot_detections, read_seqmap, write_kitti_tracking
-
-    detections, out = Path(detections), Path(out)
-    lengths = {k: v[1] + 1 for k, v in read_seqmap(seqmap).items()} if seqmap else {}
-    written = []
-    npz = record_files(detections)
-    txt = sorted(detections.glob("*.txt"))
-    if not npz and not txt:
-        raise FileNotFoundError(f"no detection files (*.txt or *.npz) in {detections}")
-    for path in npz:
-        frames = load_sequence(path)
-        tracks = run_tracker(tracker, frames, cfg, noise)
-        local = {
-            k: to_ego(
-                tracks[f.frame],
-                f.agents[0].world_from_agent if f.agents else np.eye(4),
-                (-1e9, -1e9, 1e9, 1e9),
-            )
-            for k, f in enumerate(frames)
-        }
-        target = out / f"{path.stem}.txt"
-        write_kitti_tracking(target, local, order)
-        written.append(target)
-    for path in txt:
-        dets = read_ab3dmot_detections(path, order)
-        n = lengths.get(path.stem, max(dets) + 1 if dets else 0)
-        tracks = run_tracker(tracker, _single_stream(dets, n), cfg, noise)
-        target = out / path.name
-        write_kitti_tracking(target, tracks, order)
-        written.append(target)
-    return written
-
-
-def evaluate_dirs(gt_dir: Path, tracks_dir: Path, seqmap: Path | None = None, order: str = "xzy") -> dict:
-    """Evaluate KITTI-tracking results against ground truth (Car class), both modes.
-
-    Sequences and lengths come from ``seqmap`` (``name empty first last``) or from the ground
-    truth files; a missing result file counts as a sequence without tracks.
-    """
-    from v2x.datasets.kitti_tracking import read_kitti_tracking, read_seqmap
-
-    gt_dir, tracks_dir = Path(gt_dir), Path(tracks_dir)
-    if seqmap is not None:
-        names = {k: v[1] + 1 for k, v in read_seqmap(seqmap).items()}
-    else:
-        names = {p.stem: None for p in sorted(gt_dir.glob("*.txt"))}
-    if not names:
-        raise FileNotFoundError(f"no ground-truth sequences (*.txt) in {gt_dir}")
-    seqs = []
-    for name, n_frames in names.items():
-        gt = read_kitti_tracking(gt_dir / f"{name}.txt", order)
-        tpath = tracks_dir / f"{name}.txt"
-        trk = read_kitti_tracking(tpath, order) if tpath.is_file() else {}
-        n = n_frames or max([*gt, *trk, -1]) + 1
-        tracks, heights = {}, {}
-        for f, t in trk.items():
-            keep = t.boxes.of_classes(VEHICLE_CLASSES)
-            tracks[f] = t.boxes[keep]
-            if tracks[f].scores is None:
-                tracks[f].scores = np.full(len(tracks[f]), -1.0, np.float32)
-            heights[f] = (
-                (t.bbox2d[:, 3] - t.bbox2d[:, 1])[keep] if len(t.bbox2d) else np.zeros(int(keep.sum()))
-            )
-        gts = {f: t.boxes[t.boxes.of_classes(VEHICLE_CLASSES)] for f, t in gt.items()}
-        seqs.append(TrackingSequence(name, n, gts, tracks, heights))
-    return evaluate_runs(seqs)

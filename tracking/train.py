@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from v2x.core.boxes import VEHICLE_CLASSES, wrap_angle
 from v2x.tracking.config import STATE_FROM_BOX, TrackerConfig
-from v2x.tracking.dmstrack import MultiSensorKF, StepOutput
+from v2x.tracking.dmstrack import MultiSensorKF
 from v2x.tracking.noise_net import NoiseNet, agent_frame_boxes, parameter_count
 from v2x.tracking.records import FrameDetections
+from v2x.tracking.tracker import StepOutput
 
 __all__ = [
     "NoiseTrainConfig",

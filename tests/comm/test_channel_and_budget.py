@@ -34,7 +34,7 @@ def test_token_bucket_throughput_within_5_percent_of_the_rate():
 
 def test_allowance_is_a_frame_of_the_rate_and_delay_policy_waits():
     budget = LinkBudget.of("800kbps", frame_hz=10, policy="delay")
-    assert budget.frame_bytes == 10_000 and budget.allowance(0.0) == 10_000
+    assert budget.frame_bytes == 10_000 and budget.bucket.available(0.0) == 10_000
     ok, wait = budget.admit(10_000, 0.0)
     assert ok and wait == 0.0
     ok, wait = budget.admit(5_000, 0.0)

@@ -200,8 +200,8 @@ class _Echo(Node):
     """In-process helper: replies to /ping with /pong, raising on a poisoned ping."""
 
     def on_configure(self):
-        self.pong = self.create_publisher("/pong", Json)
-        self.create_subscription("/ping", Json, self.on_ping)
+        self.pong = self.create_publisher(Json, "/pong")
+        self.create_subscription(Json, "/ping", self.on_ping)
 
     def on_ping(self, topic, msg):
         if msg.data.get("poison"):
@@ -211,9 +211,9 @@ class _Echo(Node):
 
 class _Pinger(Node):
     def on_configure(self):
-        self.ping = self.create_publisher("/ping", Json)
+        self.ping = self.create_publisher(Json, "/ping")
         self.got = []
-        self.create_subscription("/pong", Json, lambda t, m: self.got.append(m.data))
+        self.create_subscription(Json, "/pong", lambda t, m: self.got.append(m.data))
 
 
 def _pair(clock: str = "wall"):
@@ -258,7 +258,7 @@ def test_sim_clock_drives_now_and_timers():
 
     class ClockSource(Node):
         def on_configure(self):
-            self.pub = self.create_publisher("/clock", Clock)
+            self.pub = self.create_publisher(Clock, "/clock")
 
     ticker = Ticker(NodeSpec("ticker", node_ep, clock="sim"))
     src = ClockSource(NodeSpec("clock", clock_ep, [Peer("ticker", node_ep)]))
@@ -351,9 +351,9 @@ def test_subscribing_later_and_work_from_other_threads_reach_the_node():
         late = []
         # a subscription made while the node runs (the inbox belongs to its reader thread then)
         echo.create_subscription(
-            "/late", Json, lambda t, m: late.append((m.data["k"], threading.get_ident()))
+            Json, "/late", lambda t, m: late.append((m.data["k"], threading.get_ident()))
         )
-        feed = pinger.create_publisher("/late", Json)
+        feed = pinger.create_publisher(Json, "/late")
         assert wait_for(lambda: _spin([echo, pinger], 0.02) or feed.subscribers() >= 1, timeout=5)
         for k in range(3):
             feed.publish(Json({"k": k}))

@@ -74,6 +74,20 @@ def test_late_messages_are_dropped_or_fused_later_with_compensation(frames, mode
     assert on_time["messages"]["fused"] == n_msgs and on_time["messages"]["fused_stale"] == 0
 
 
+def test_selected_frames_run_as_those_frames_alone_and_a_new_scenario_starts_new_tracks(frames, models):
+    """``run_frames(log, indices=...)`` (what run_log and replay --in-process do) is the run on
+    just those frames; the sequence boundary comes from the frame driver."""
+    cfg = RunConfig.from_options(method="late", budget=None, tracker="ab3dmot")
+    two = frames[:2] + [dataclasses.replace(f, scenario="second") for f in frames[2:]]
+    picked = run_frames(two, cfg, models, indices=[0, 2, 3])
+    alone = run_frames([two[i] for i in (0, 2, 3)], cfg, models)
+    assert [d["index"] for d in picked["_detections"]] == [frames[i].index for i in (0, 2, 3)]
+    for a, b in zip(picked["_detections"], alone["_detections"], strict=True):
+        assert np.array_equal(a["boxes"].xyzlwhy, b["boxes"].xyzlwhy)
+        assert np.array_equal(a["tracks"].track_ids, b["tracks"].track_ids)
+    assert picked["ap_bev"] == alone["ap_bev"] and picked["amota"] == alone["amota"]
+
+
 def test_the_late_message_books_run_on_across_sequences(frames, models):
     """Each sequence gets a fresh ego; its counts must not start again from zero, and what the
     last ego of a sequence still held expires: every late message is fused, dropped or expired."""

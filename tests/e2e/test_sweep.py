@@ -97,6 +97,7 @@ def test_a_bad_budget_is_refused_naming_file_and_value(tmp_path, budget, match):
         ({"tracker": "sort"}, "tracker: unknown 'sort'"),
         ({"share_frame": "world"}, "share_frame: use ego or own"),
         ({"precision": "fp16"}, "precision: use fp32 or bf16"),
+        ({"pick": "evenly"}, "pick: use first, spread, random"),
         ({"codebook": "missing.pt"}, "codebook: no file 'missing.pt'"),
     ],
 )
@@ -186,6 +187,21 @@ def test_a_bf16_sweep_is_its_own_set_of_cells_and_its_setting_reaches_the_run(tm
     assert cell_id(cell) != cell_id(cell_bf16)
     run = {k: v for k, v in cell_bf16.items() if k not in ("data", "scene", "name")}
     assert RunConfig.from_options(**run).precision == "bf16"
+
+
+def test_a_pick_other_than_first_is_its_own_set_of_cells_and_reaches_the_run(tmp_path):
+    """``pick: first`` is what a sweep without ``pick`` ran: the same cells, the same ids."""
+    from v2x.pipeline.config import RunConfig
+
+    def cell(**pick):
+        path = write_config(tmp_path, tmp_path, frames=5, grid={"method": ["raw"]}, **pick)
+        return expand_cells(load_sweep_config(path))[0]
+
+    plain, first, spread = cell(), cell(pick="first"), cell(pick="spread")
+    assert "pick" not in plain and plain == first and spread["pick"] == "spread"
+    assert cell_id(plain) == cell_id(first) != cell_id(spread)
+    run = {k: v for k, v in spread.items() if k not in ("data", "scene", "name")}
+    assert RunConfig.from_options(**run).pick == "spread"
 
 
 def test_the_shipped_configs_validate(tmp_path):

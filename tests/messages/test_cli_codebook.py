@@ -11,6 +11,7 @@ from v2x.core.grid import BEVGrid
 from v2x.messages.codebook import load_codebook
 from v2x.messages.codec import MessageCodec
 from v2x.perception.cooperative import AgentPerception
+from v2x.pipeline.methods import get_method
 
 GRID = BEVGrid(x_min=-12.0, x_max=12.0, y_min=-8.0, y_max=8.0, voxel=0.4, stride=2)  # 20 x 30 cells
 
@@ -41,7 +42,7 @@ def test_train_codebook_on_saved_features_then_use_it_on_the_wire(tmp_path):
         "7", AgentKind.VEHICLE, 5, np.eye(4), feats, occ, np.full(GRID.shape, 0.5, np.float32)
     )
     codec = MessageCodec(GRID, cb)
-    enc = codec.feature_message("codebook", agent, budget=300)
+    enc = codec.feature_message(get_method("codebook").features, agent, budget=300)
     assert len(enc) <= 300 and len(enc.cells) > 0
     got = codec.read_sparse(enc.data)
     assert torch.allclose(
@@ -53,3 +54,15 @@ def test_train_codebook_on_saved_features_then_use_it_on_the_wire(tmp_path):
 def test_train_codebook_wants_exactly_one_source(tmp_path):
     r = CliRunner().invoke(cli, ["train", "codebook", "--out", str(tmp_path / "x.pt")])
     assert r.exit_code != 0 and "exactly one of --data" in r.output
+
+
+def test_train_codebook_takes_frames_and_pick_like_every_command(tmp_path):
+    """``--frames 300`` by default, the first ones unless ``--pick`` says otherwise."""
+    from v2x.cli.codebook import train_codebook
+
+    options = {p.name: p for p in train_codebook.params}
+    assert options["frames"].default == 300 and options["pick"].default == "first"
+    r = CliRunner().invoke(
+        cli, ["train", "codebook", "--data", str(tmp_path), "--out", "x.pt", "--pick", "some"]
+    )
+    assert r.exit_code == 2 and "'some' is not one of 'first', 'spread', 'random'" in r.output

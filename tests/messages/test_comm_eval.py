@@ -17,9 +17,9 @@ from v2x.core.frame import AgentScan, Frame
 from v2x.core.geometry import inverse, pose_from_xyz_yaw, transform_points
 from v2x.datasets.opv2v import OPV2VWriter
 from v2x.messages.codebook import load_codebook
-from v2x.messages.codec import METHODS
 from v2x.perception.config import load_config
 from v2x.perception.detector import CooperativeDetector
+from v2x.pipeline.methods import feature_method_names
 
 pytestmark = pytest.mark.slow
 
@@ -60,19 +60,23 @@ def test_train_codebook_and_eval_comm_through_the_command_line(tmp_path):
     r = CliRunner().invoke(
         cli,
         ["train", "codebook", "--data", log, "--weights", det, "--out", cb]
-        + ["--k", "16", "--r", "1", "--frames", "1", "--iters", "2", "--holdout-every", "0"],
+        + ["--k", "16", "--r", "1", "--frames", "1", "--pick", "random"]
+        + ["--iters", "2", "--holdout-every", "0"],
     )
     assert r.exit_code == 0, r.output
     assert load_codebook(cb).cfg.channels == model.cfg.bev_channels
+    # the recorded command says which frames were sampled
+    assert "--frames 1 --pick random " in torch.load(cb, weights_only=False)["command"]
     out = tmp_path / "comm.json"
+    methods = feature_method_names()
     r = CliRunner().invoke(
         cli,
-        ["eval", "comm", "--data", log, "--weights", det, "--codebook", cb, "--methods", ",".join(METHODS)]
+        ["eval", "comm", "--data", log, "--weights", det, "--codebook", cb, "--methods", ",".join(methods)]
         + ["--budgets", "300,2000", "--hybrid", "--json", str(out), "--plot", str(tmp_path / "comm.png")],
     )
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())
-    assert {r["method"] for r in rows} == {*METHODS, "codebook+boxes", "codefilling+boxes"}
+    assert {r["method"] for r in rows} == {*methods, "codebook+boxes", "codefilling+boxes"}
     for row in rows:
         assert {"method", "budget_bytes", "bytes_mean", "bytes_max", "ap_bev", "log2_bytes"} <= set(row)
         assert {"0.5", "0.7"} <= set(row["ap_bev"]) and row["frames"] == 2
@@ -87,3 +91,12 @@ def test_train_codebook_and_eval_comm_through_the_command_line(tmp_path):
     w2c = sorted((r["threshold"], r["bytes_mean"]) for r in rows if r["method"] == "where2comm")
     assert [b for _, b in w2c] == sorted((b for _, b in w2c), reverse=True)  # a higher threshold sends less
     assert (tmp_path / "comm.png").stat().st_size > 10_000
+
+    # --frames N --pick spread: N of the log's frames, evenly spaced
+    r = CliRunner().invoke(
+        cli,
+        ["eval", "comm", "--data", log, "--weights", det, "--codebook", cb, "--methods", "raw"]
+        + ["--frames", "1", "--pick", "spread", "--json", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    assert [row["frames"] for row in json.loads(out.read_text())] == [1]

@@ -21,10 +21,16 @@ from v2x.messages.selection import (
     to_ego_blocks,
 )
 from v2x.perception.cooperative import AgentPerception
+from v2x.pipeline.methods import get_method
 
 GRID = BEVGrid()
 H, W = GRID.shape
 NB = int(np.prod(block_shape(GRID, 4)))
+
+
+def _scheme(method: str):
+    """The codec's feature scheme of a registry method."""
+    return get_method(method).features
 
 
 def _agent(agent_id, pose, seed, objects=((10.0, 5.0),), channels=16, background=0.0):
@@ -188,7 +194,7 @@ def test_messages_never_exceed_the_budget(budget, seed, hybrid):
                 scores=rng.random(n).astype(np.float32),
             )
     for method in ("codebook", "codefilling", "raw-fp16", "where2comm"):
-        _, _, out = exchange(codec, method, ego, others, budget, hybrid=hybrid)
+        _, _, out = exchange(codec, _scheme(method), ego, others, budget, hybrid=hybrid)
         assert all(o.bytes <= budget for o in out.values()), method
 
 
@@ -200,15 +206,15 @@ def test_budgeted_message_is_tight_and_takes_the_most_valuable_cells(budget, see
     codec = MessageCodec(GRID, cb)
     agent = _random_agent("2", rng)
     demand = Demand(rng.integers(0, 4, NB).astype(np.uint8), pose_from_xyz_yaw(3, 1, 0, 0.2), 1, 0)
-    ranked = codec.candidate_cells("codebook", agent, demand)
-    enc = codec.feature_message("codebook", agent, budget, demand)
+    ranked = codec.candidate_cells(_scheme("codebook"), agent, demand)
+    enc = codec.feature_message(_scheme("codebook"), agent, budget, demand)
     assert len(enc) <= budget
     k = len(enc.cells)
     assert set(enc.cells.tolist()) == set(ranked[:k].tolist())
     # the next ranked cell would not have fitted (when there is one), up to the 1-2 bytes that
     # choosing the smallest cell coding per prefix can save
     if k < len(ranked):
-        assert codec._size(codec._kind("codebook"), ranked[: k + 1], 16, None) > budget - 3
+        assert codec._size(codec._kind(_scheme("codebook").encoding), ranked[: k + 1], 16, None) > budget - 3
     # value = demand x supply never increases down the ranking
     wanted = codec.cell_demand(agent, demand)
     sup = block_max(agent.confidence, 4).repeat(4, 0).repeat(4, 1)[:H, :W].ravel()
@@ -225,7 +231,7 @@ def test_boxes_go_first_under_a_tight_budget(codebook):
         scores=np.array([0.5, 0.9, 0.7], np.float32),
     )
     budget = HEADER.size + 1 + 1 + 2 + 2 * 16  # room for two boxes and nothing else
-    enc = codec.feature_message("codebook", agent, budget, boxes=agent.boxes)
+    enc = codec.feature_message(_scheme("codebook"), agent, budget, boxes=agent.boxes)
     assert len(enc) == budget and enc.boxes == 2 and len(enc.cells) == 0
     got = codec.read_sparse(enc.data)
     assert np.allclose(sorted(got.boxes.xyzlwhy[:, 0]), [20.0, 30.0])  # the two most confident
@@ -239,13 +245,13 @@ def test_codefilling_does_not_send_what_another_agent_covers(codebook):
     a = _agent("2", np.eye(4), 2)
     b = _agent("3", np.eye(4), 3)
     b.confidence *= 0.6  # less sure: level 2 against a's 3
-    _, _, filling = exchange(codec, "codefilling", ego, [a, b], 10_000)
+    _, _, filling = exchange(codec, _scheme("codefilling"), ego, [a, b], 10_000)
     assert filling["2"].cells_sent > 0 and filling["3"].cells_sent == 0
-    _, _, plain = exchange(codec, "codebook", ego, [a, b], 10_000)
+    _, _, plain = exchange(codec, _scheme("codebook"), ego, [a, b], 10_000)
     assert all(o.cells_sent > 0 for o in plain.values())
     assert len(filling["3"].messages) == 2  # the demand it received and its own offer, no features
     # where the ego is itself confident nobody sends anything: only the demand is on the links
-    _, _, none = exchange(codec, "codefilling", _ego(0.9), [a, b], 10_000)
+    _, _, none = exchange(codec, _scheme("codefilling"), _ego(0.9), [a, b], 10_000)
     assert all(len(o.messages) == 1 and o.cells_sent == 0 for o in none.values())
 
 
@@ -254,11 +260,11 @@ def test_baselines_send_what_they_should(codebook):
     ego = _ego(0.0)
     sender = _agent("2", pose_from_xyz_yaw(3, -2, 0, 0.5), 2, background=0.1)
     occupied = int(sender.occupied.sum())
-    _, _, raw = exchange(codec, "raw", ego, [sender])
-    _, _, half = exchange(codec, "raw-fp16", ego, [sender])
+    _, _, raw = exchange(codec, _scheme("raw"), ego, [sender])
+    _, _, half = exchange(codec, _scheme("raw-fp16"), ego, [sender])
     assert raw["2"].cells_sent == half["2"].cells_sent == occupied
     assert raw["2"].bytes - half["2"].bytes == occupied * 16 * 2  # 16 channels, 2 bytes saved each
-    _, _, w2c = exchange(codec, "where2comm", ego, [sender], threshold=0.5)
+    _, _, w2c = exchange(codec, _scheme("where2comm"), ego, [sender], threshold=0.5)
     demand = codec.read_demand(w2c["2"].messages[0])
     wanted = codec.cell_demand(sender, demand) > 0
     confident = np.flatnonzero((sender.confidence.ravel() >= 0.5) & sender.occupied.numpy().ravel() & wanted)
@@ -274,7 +280,7 @@ def test_ego_decodes_and_warps_the_codes_it_was_sent(codebook):
     codec = MessageCodec(GRID, codebook)
     ego = _ego(0.0)
     sender = _agent("2", pose_from_xyz_yaw(3, -2, 0, 0.5), 2)
-    shared, _, out = exchange(codec, "codebook", ego, [sender], 100_000)
+    shared, _, out = exchange(codec, _scheme("codebook"), ego, [sender], 100_000)
     got = shared[0]
     assert got.valid.sum() == out["2"].cells_sent == int(sender.occupied.sum())
     expected = codebook.decode(codebook.encode(sender.features[:, sender.occupied].T)).clamp(min=0).T
@@ -302,7 +308,7 @@ def test_warp_with_identity_and_half_turn_is_exact():
 
 def test_a_different_codebook_or_grid_is_refused(codebook):
     codec = MessageCodec(GRID, codebook)
-    _, _, out = exchange(codec, "codebook", _ego(), [_agent("2", np.eye(4), 2)], 10_000)
+    _, _, out = exchange(codec, _scheme("codebook"), _ego(), [_agent("2", np.eye(4), 2)], 10_000)
     other = Codebook(CodebookConfig(channels=16, m=2, r=2, k=16))
     with pytest.raises(WireError) as err:
         MessageCodec(GRID, other).read_features(out["2"].messages[-1], 16)

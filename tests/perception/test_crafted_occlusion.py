@@ -16,6 +16,7 @@ from v2x.core.geometry import inverse
 from v2x.core.iou import bev_iou_matrix
 from v2x.perception.cooperative import Perception
 from v2x.perception.detector import load_detector
+from v2x.pipeline.methods import FUSION_MODES
 from v2x.sim.town import TownConfig
 from v2x.sim.world import SceneConfig, World
 
@@ -62,7 +63,7 @@ def test_a_car_seen_only_by_a_collaborator_is_found_by_intermediate_fusion_only(
     target_ego = target.transformed(inverse(frame.ego.world_from_bev)).xyzlwhy
 
     def best_iou(mode: str) -> float:
-        boxes = perception.run_frame(frame, mode).boxes
+        boxes = FUSION_MODES[mode].run(perception, frame).boxes
         boxes = boxes[boxes.scores >= 0.3]
         return float(bev_iou_matrix(target_ego, boxes.xyzlwhy).max()) if len(boxes) else 0.0
 

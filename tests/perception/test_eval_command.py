@@ -42,3 +42,10 @@ def test_eval_detection_writes_ap_bytes_and_paired_intervals(tmp_path, generate_
     assert res.exit_code == 0, res.output
     single = json.loads(out.read_text())
     assert "paired_bootstrap" not in single and single["fusion"] == "intermediate"
+
+    # --frames 3 --pick spread: round(linspace(0, 3, 3)) = frames 0, 2 and 3 of the four
+    res = CliRunner().invoke(
+        cli, [*args[:-1], "none", "--frames", "3", "--pick", "spread", "--json", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["frames"] == 3

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from v2x.core.iou import bev_iou_matrix
-from v2x.perception.cooperative import FUSION_MODES, Perception, evaluation_ground_truth
+from v2x.perception.cooperative import Perception, evaluation_ground_truth
 from v2x.perception.head import REG_CHANNELS, HeadOutput, decode_boxes, rotated_nms
+from v2x.pipeline.methods import FUSION_MODES
 from v2x.training.data import CooperativeTrainingSet
 from v2x.training.detector import forward_losses
 from v2x.training.targets import build_targets, detection_loss
@@ -49,7 +50,7 @@ def test_rotated_nms_keeps_the_best_of_overlapping_boxes():
 @pytest.mark.parametrize("mode", FUSION_MODES)
 def test_every_fusion_mode_runs_and_reports_bytes(model, mode, synthetic_frame):
     frame = synthetic_frame(1)
-    res = Perception(model).run_frame(frame, mode)
+    res = FUSION_MODES[mode].run(Perception(model), frame)
     assert res.boxes.scores is not None and np.isfinite(res.boxes.xyzlwhy).all()
     assert set(res.bytes_per_collaborator) == {"1", "2"}
     if mode == "none":

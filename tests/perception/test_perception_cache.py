@@ -9,6 +9,7 @@ import torch
 
 from v2x.perception.cache import PerceptionCache, scan_key
 from v2x.perception.cooperative import Perception
+from v2x.pipeline.methods import FUSION_MODES
 
 
 def test_the_key_covers_everything_the_computation_reads(synthetic_frame):
@@ -83,7 +84,9 @@ def test_intermediate_fusion_reuses_the_batch_late_fusion_encoded(model, synthet
     same boxes as intermediate-own computed on its own; intermediate fusion in the ego's frame
     needs maps of its own, and gets them."""
     frame = synthetic_frame(4)
-    alone = {m: Perception(model).run_frame(frame, m).boxes for m in ("intermediate-own", "intermediate")}
+    alone = {
+        m: FUSION_MODES[m].run(Perception(model), frame).boxes for m in ("intermediate-own", "intermediate")
+    }
     perception = Perception(model)
     calls = []
     steps = Perception.agent_steps
@@ -92,7 +95,7 @@ def test_intermediate_fusion_reuses_the_batch_late_fusion_encoded(model, synthet
     )
     perception.run_frame(frame, "late")
     for mode, encodes in (("intermediate-own", 1), ("intermediate", 2)):
-        got = perception.run_frame(frame, mode).boxes
+        got = FUSION_MODES[mode].run(perception, frame).boxes
         assert len(calls) == encodes, mode
         want = alone[mode]
         assert np.array_equal(got.xyzlwhy, want.xyzlwhy) and np.array_equal(got.scores, want.scores)

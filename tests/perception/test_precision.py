@@ -11,7 +11,8 @@ import torch
 
 from v2x.perception.cache import PerceptionCache
 from v2x.perception.cooperative import Perception
-from v2x.perception.detector import PRECISIONS, check_precision, load_detector
+from v2x.perception.detector import load_detector
+from v2x.perception.settings import PRECISIONS, check_precision
 
 
 def _confident(boxes, score: float = 0.3):

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from v2x.core.geometry import inverse, transform_points
-from v2x.perception.cooperative import FUSION_MODES, Perception, check_share_frame
+from v2x.perception.cooperative import Perception
 from v2x.perception.encoder import sanitize_points
 from v2x.perception.fusion import warp_cells_to_ego
+from v2x.perception.settings import check_share_frame
+from v2x.pipeline.methods import FUSION_MODES
 
 
 def test_a_map_encoded_in_the_ego_frame_is_the_ego_frame_encoding_of_those_points(model, synthetic_frame):
@@ -46,7 +48,7 @@ def test_the_ego_takes_such_a_map_cell_for_cell(model, synthetic_frame):
 @pytest.mark.parametrize("mode", ["intermediate", "intermediate-own"])
 def test_both_intermediate_variants_send_only_cells_on_their_grid(model, synthetic_frame, mode):
     frame = synthetic_frame(7)
-    res = Perception(model).run_frame(frame, mode)
+    res = FUSION_MODES[mode].run(Perception(model), frame)
     assert np.isfinite(res.boxes.xyzlwhy).all() and min(res.bytes_per_collaborator.values()) > 0
 
 
@@ -58,11 +60,11 @@ def test_share_frame_names_are_checked():
 
 def test_the_command_line_lists_every_fusion_mode_and_share_frame():
     from v2x.cli.codebook import eval_comm
-    from v2x.cli.eval_detection import MODES
+    from v2x.cli.eval_detection import _parse_modes
     from v2x.cli.replay import replay
-    from v2x.perception.cooperative import SHARE_FRAMES
+    from v2x.perception.settings import SHARE_FRAMES
 
-    assert MODES == FUSION_MODES
+    assert _parse_modes("all") == list(FUSION_MODES)
     for command in (replay, eval_comm):
         [option] = [p for p in command.params if p.name == "share_frame"]
         assert tuple(option.type.choices) == SHARE_FRAMES and option.default == "ego"

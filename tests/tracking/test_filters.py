@@ -55,7 +55,7 @@ def _moving_targets(n_frames=30, seed=0):
 def test_filterpy_and_torch_give_the_same_tracks_states_and_covariances(cfg):
     base, kf = AB3DMOT(cfg), MultiSensorKF(cfg)
     for i, rows in enumerate(_moving_targets()):
-        a = base.step(_dets(rows), i)
+        a = base.step(_frame(i, _dets(rows))).boxes
         b = kf.step(_frame(i, _dets(rows))).boxes
         assert a.track_ids.tolist() == b.track_ids.tolist()
         assert np.allclose(a.xyzlwhy, b.xyzlwhy, atol=1e-6)
@@ -154,11 +154,7 @@ def test_crossing_targets_keep_their_ids(gate):
     for tracker in (AB3DMOT(), MultiSensorKF(mahalanobis_gate=gate)):
         first = {}
         for i, rows in enumerate(frames):
-            out = (
-                tracker.step(_dets(rows), i)
-                if isinstance(tracker, AB3DMOT)
-                else tracker.step(_frame(i, _dets(rows))).boxes
-            )
+            out = tracker.step(_frame(i, _dets(rows))).boxes
             for tid, box in zip(out.track_ids, out.xyzlwhy, strict=True):
                 which = 0 if abs(math.sin(box[6])) < 0.5 else 1  # heading tells the cars apart
                 first.setdefault(which, tid)
@@ -174,8 +170,7 @@ def test_track_management_follows_ab3dmot():
         tr = make()
 
         def step(i, rows, tr=tr):
-            b = _dets(rows)
-            return tr.step(b, i) if isinstance(tr, AB3DMOT) else tr.step(_frame(i, b)).boxes
+            return tr.step(_frame(i, _dets(rows))).boxes
 
         assert len(step(0, [car])) == 1  # first frames: reported at once
         assert len(step(1, [car])) == 1
@@ -222,7 +217,7 @@ def test_bad_input_is_repaired_or_dropped_counted_and_tracks_stay_finite():
     bad_var[0, 2] = -1.0  # not positive definite
     for i in range(4):
         out = kf.step(_frame(i, _dets(rows), variances=bad_var)).boxes
-        base.step(_dets(rows), i)
+        base.step(_frame(i, _dets(rows)))
     assert kf.warnings["non_finite_box"] == 4 * 2 and kf.warnings["bad_box"] == 4 * 3
     assert kf.warnings["bad_covariance"] == 4
     assert base.warnings["non_finite_box"] == 8 and base.warnings["bad_box"] == 12
@@ -231,7 +226,7 @@ def test_bad_input_is_repaired_or_dropped_counted_and_tracks_stay_finite():
     X = kf.X.clone()
     assert kf.step(_frame(3, _dets(rows[:1]))).accepted is False
     assert kf.step(_frame(2, _dets(rows[:1]))).accepted is False
-    base.step(_dets(rows[:1]), 1)
+    assert base.step(_frame(1, _dets(rows[:1]))).accepted is False
     assert kf.warnings["frame_repeated"] == 1 and kf.warnings["frame_out_of_order"] == 1
     assert base.warnings["frame_out_of_order"] == 1
     assert torch.equal(kf.X, X)

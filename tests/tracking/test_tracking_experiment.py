@@ -21,7 +21,7 @@ def test_eval_tracking_on_a_log_compares_the_four_configurations(tmp_path, gener
     assert set(CONFIGURATIONS) <= set(results)
     for name in CONFIGURATIONS:
         assert 0 <= results[name]["comparable"]["amota"] <= 100, name
-    assert results["ab3dmot/none"]["bytes_per_frame"] == 0
+    assert results["ab3dmot-ego"]["bytes_per_frame"] == 0
     assert results["ab3dmot/intermediate"]["bytes_per_frame"] > results["dmstrack/fixed"]["bytes_per_frame"]
     gains = results["relative_amota_gain_pct"]
     for name, a, b in GAINS:

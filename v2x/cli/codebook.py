@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from v2x.cli.options import share_frame_option
+from v2x.cli.options import frames_option, pick_option, share_frame_option
+from v2x.pipeline.methods import feature_method_names, get_method
 
 
 def _split(data: Path, name: str) -> Path:
@@ -37,7 +38,8 @@ def _split(data: Path, name: str) -> Path:
 @click.option("--m", "m", type=int, default=2, show_default=True, help="Product sub-codebooks.")
 @click.option("--r", "r", type=int, default=2, show_default=True, help="Residual stages.")
 @click.option("--k", "k", type=int, default=64, show_default=True, help="Codewords per sub-codebook.")
-@click.option("--frames", type=int, default=300, show_default=True, help="Frames sampled from --data.")
+@frames_option(default=300)
+@pick_option
 @click.option("--cells-per-map", type=int, default=1000, show_default=True, help="Cells sampled per map.")
 @click.option("--iters", type=int, default=25, show_default=True, help="k-means iterations per sub-codebook.")
 @click.option("--refine-steps", type=int, default=0, show_default=True, help="Gradient steps after k-means.")
@@ -53,6 +55,7 @@ def train_codebook(
     r,
     k,
     frames,
+    pick,
     cells_per_map,
     iters,
     refine_steps,
@@ -90,13 +93,15 @@ def train_codebook(
         from v2x.experiments.comm_eval import encoder_maps
         from v2x.perception.cooperative import Perception
         from v2x.perception.detector import load_detector
+        from v2x.pipeline.frames import FrameSelection
 
         model = load_detector(weights)
         cfg = CodebookConfig(channels=model.cfg.bev_channels, m=m, r=r, k=k)
-        maps = encoder_maps(open_log(_split(data, "train")), Perception(model), frames, seed)
+        picked = FrameSelection(frames, pick, seed)
+        maps = encoder_maps(open_log(_split(data, "train")), Perception(model), picked)
         cb, info = fit_from_maps(cfg, maps, **fit_args)
         extra["detector"] = model.identity()
-        source = f"--data {data} --frames {frames}"
+        source = f"--data {data} --frames {frames} --pick {pick}"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = (
         f"v2x train codebook {source} --m {m} --r {r} --k {k} --cells-per-map {cells_per_map} "
@@ -123,7 +128,7 @@ def train_codebook(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Log root (its test/ split is used when present).",
 )
-@click.option("--methods", default="raw,raw-fp16,where2comm,codebook,codefilling", show_default=True)
+@click.option("--methods", default=",".join(feature_method_names()), show_default=True)
 @click.option(
     "--budgets",
     default=",".join(str(b) for b in (256, 512, 1024, 2048, 4096, 16384, 65536)),
@@ -141,25 +146,28 @@ def train_codebook(
     help="Codebook (default: shipped).",
 )
 @click.option("--hybrid", is_flag=True, help="Also run codebook methods with the sender's boxes attached.")
-@click.option("--frames", type=int, help="Evaluate this many frames, evenly spaced.")
+@frames_option()
+@pick_option
 @share_frame_option
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path))
 def eval_comm(
-    data, methods, budgets, weights, codebook, hybrid, frames, share_frame, json_out, plot_out
+    data, methods, budgets, weights, codebook, hybrid, frames, pick, share_frame, json_out, plot_out
 ) -> None:
     """AP@0.5/0.7 against bytes per agent per frame, one curve per method."""
     from v2x.datasets import open_log
     from v2x.experiments.comm_eval import evaluate_comm, plot_comm, settings_for, write_rows
     from v2x.messages.codebook import load_codebook
-    from v2x.messages.codec import METHODS, MessageCodec
+    from v2x.messages.codec import MessageCodec
     from v2x.perception.cooperative import Perception
     from v2x.perception.detector import DEFAULT_WEIGHTS, load_detector
+    from v2x.pipeline.frames import FrameSelection
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    bad = [m for m in names if m not in METHODS]
+    known = feature_method_names()
+    bad = [m for m in names if m not in known]
     if bad:
-        raise click.BadParameter(f"unknown method(s) {bad}: use {', '.join(METHODS)}")
+        raise click.BadParameter(f"unknown method(s) {bad}: use {', '.join(known)}")
     try:
         budget_list = [int(b) for b in budgets.split(",") if b.strip()]
     except ValueError as exc:
@@ -167,7 +175,7 @@ def eval_comm(
     model = load_detector(weights)
     cb_path = codebook or DEFAULT_WEIGHTS.with_name("codebook.pt")
     cb = load_codebook(cb_path) if Path(cb_path).is_file() else None
-    if cb is None and any(m in ("codebook", "codefilling") for m in names):
+    if cb is None and any(get_method(m).needs_codebook for m in names):
         raise click.ClickException(
             f"no codebook at {cb_path}: train one with `v2x train codebook` or pass --codebook"
         )
@@ -177,7 +185,7 @@ def eval_comm(
         Perception(model),
         codec,
         settings_for(names, budget_list, hybrid),
-        frames,
+        FrameSelection(frames, pick),
         share_frame=share_frame,
     )
     write_rows(rows, json_out)

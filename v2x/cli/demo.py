@@ -18,6 +18,9 @@ from pathlib import Path
 
 import click
 
+from v2x.cli.options import frames_option, pick_option
+from v2x.pipeline.methods import method_names
+
 DEFAULT_DATA = Path("data/demo")
 
 
@@ -80,13 +83,26 @@ def _plot(coop: dict, alone: dict, method: str, out: Path) -> None:
     help="The demo scene (generated here when missing).",
 )
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
-@click.option("--method", default=None, help="Default: codefilling (where2comm without codebook weights).")
+@click.option(
+    "--method",
+    type=click.Choice(method_names(aliases=True)),
+    default=None,
+    help="Default: codefilling (where2comm without codebook weights).",
+)
 @click.option("--channel", default="dsrc", show_default=True, help="Channel preset.")
 @click.option("--budget", default="200kbps", show_default=True, help="Per-link budget.")
-@click.option("--frames", type=int, default=None, help="Only the first N frames.")
+@frames_option()
+@pick_option
 @click.option("--no-video", is_flag=True, help="Skip the BEV video.")
 def demo(
-    data: Path, out: Path, method: str | None, channel: str, budget: str, frames: int | None, no_video: bool
+    data: Path,
+    out: Path,
+    method: str | None,
+    channel: str,
+    budget: str,
+    frames: int | None,
+    pick: str,
+    no_video: bool,
 ) -> None:
     """Replay the bundled scenario through real node processes; print the table, write the plot and video."""
     t0 = time.perf_counter()
@@ -114,7 +130,7 @@ def demo(
         str(out / "demo.mcap"),
     ]
     if frames:
-        cmd += ["--frames", str(frames)]
+        cmd += ["--frames", str(frames), "--pick", pick]
     click.echo(f"[2/4] replay through node processes: {method}, channel {channel}, budget {budget}")
     rc = subprocess.call(cmd)
     if rc not in (0, 3):
@@ -126,7 +142,7 @@ def demo(
     from v2x.pipeline.runs import run_log
 
     alone = run_log(
-        data, RunConfig.from_options(method="none", budget=None, tracker="dmstrack", frames=frames)
+        data, RunConfig.from_options(method="none", budget=None, tracker="dmstrack", frames=frames, pick=pick)
     )
     alone.pop("_detections", None)
     (out / "ego_alone.json").write_text(json.dumps(alone, indent=2, default=float))

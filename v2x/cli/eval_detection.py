@@ -7,17 +7,15 @@ from pathlib import Path
 
 import click
 
-from v2x.cli.options import precision_option
-
-#: v2x.perception.cooperative.FUSION_MODES, spelled out so the command line starts without torch
-MODES = ("none", "late", "early", "intermediate", "intermediate-own")
+from v2x.cli.options import frames_option, pick_option, precision_option
+from v2x.pipeline.methods import FUSION_MODES
 
 
 def _parse_modes(value: str) -> list[str]:
-    modes = list(MODES) if value == "all" else [m.strip() for m in value.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
+    modes = list(FUSION_MODES) if value == "all" else [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in modes if m not in FUSION_MODES]
     if bad or not modes:
-        raise click.BadParameter(f"unknown fusion mode(s) {bad}: use {', '.join(MODES)} or all")
+        raise click.BadParameter(f"unknown fusion mode(s) {bad}: use {', '.join(FUSION_MODES)} or all")
     return modes
 
 
@@ -45,7 +43,8 @@ def _parse_modes(value: str) -> list[str]:
     "proj_first), intermediate-own (they encode in their own, the ego warps), a comma-separated "
     "list, or all.",
 )
-@click.option("--frames", type=int, help="Evaluate only this many frames, evenly spaced.")
+@frames_option()
+@pick_option
 @click.option(
     "--max-cav", type=int, default=5, show_default=True, help="Most agents per frame, ego included."
 )
@@ -68,10 +67,11 @@ def _parse_modes(value: str) -> list[str]:
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results here."
 )
 def eval_detection(
-    data, split, weights, fusion, frames, max_cav, bootstrap, bootstrap_block, precision, json_out
+    data, split, weights, fusion, frames, pick, max_cav, bootstrap, bootstrap_block, precision, json_out
 ) -> None:
     """BEV and 3D AP at IoU 0.3/0.5/0.7 and bytes per agent per frame for each fusion mode."""
     from v2x.experiments.detection_eval import evaluate_fusion_modes
+    from v2x.pipeline.frames import FrameSelection
 
     modes = _parse_modes(fusion)
     root = data / split if (data / split).is_dir() else data
@@ -79,7 +79,7 @@ def eval_detection(
         root,
         modes,
         weights=weights,
-        frames=frames,
+        frames=FrameSelection(frames, pick),
         max_cav=max_cav,
         progress=True,
         bootstrap=bootstrap,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
-#: where collaborators encode the features they share (v2x.perception.cooperative.SHARE_FRAMES)
+#: where collaborators encode the features they share (v2x.perception.settings.SHARE_FRAMES)
 share_frame_option = click.option(
     "--share-frame",
     type=click.Choice(("ego", "own")),
@@ -13,7 +15,7 @@ share_frame_option = click.option(
     help="Where collaborators encode features: in the ego's frame (OpenCOOD's proj_first) or their own.",
 )
 
-#: the detector's inference precision (v2x.perception.detector.PRECISIONS)
+#: the detector's inference precision (v2x.perception.settings.PRECISIONS)
 precision_option = click.option(
     "--precision",
     type=click.Choice(("fp32", "bf16")),
@@ -22,3 +24,24 @@ precision_option = click.option(
     help="Neck and head in fp32, or in bfloat16: 2-4x faster on CPUs with AMX or AVX512-BF16, "
     "slower on others; AP moves by a few tenths.",
 )
+
+#: which frames of a log ``--frames N`` takes (v2x.pipeline.frames.PICKS)
+pick_option = click.option(
+    "--pick",
+    type=click.Choice(("first", "spread", "random")),
+    default="first",
+    show_default=True,
+    help="Which N frames --frames takes: the first N, N evenly spaced over the log, or N at "
+    "random (seeded with --seed where the command has one, else 0).",
+)
+
+
+def frames_option(default: int | None = None) -> Callable:
+    """``--frames N``, the same on every command: N frames of the log, ``--pick`` says which."""
+    return click.option(
+        "--frames",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=default is not None,
+        help="Use N frames of the log (which ones: --pick)" + ("." if default else "; default: all."),
+    )

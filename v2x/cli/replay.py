@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from v2x.cli.options import precision_option, share_frame_option
-from v2x.pipeline.config import LATE_POLICIES, METHODS, TRACKERS
+from v2x.cli.options import frames_option, pick_option, precision_option, share_frame_option
+from v2x.pipeline.config import LATE_POLICIES, TRACKERS
+from v2x.pipeline.methods import DEFAULT_METHOD, method_names
 from v2x.pipeline.replay.run import (
     REALTIME_AGENT_NICE,
     REALTIME_DEADLINE_MS,
@@ -138,8 +139,8 @@ def _nothing_fused_hint(r: dict) -> str | None:
 )
 @click.option(
     "--method",
-    type=click.Choice(METHODS + ("intermediate", "no-fusion")),
-    default="codefilling",
+    type=click.Choice(method_names(aliases=True)),
+    default=DEFAULT_METHOD,
     show_default=True,
     help="What collaborators send.",
 )
@@ -162,7 +163,8 @@ def _nothing_fused_hint(r: dict) -> str | None:
 )
 @share_frame_option
 @precision_option
-@click.option("--frames", type=click.IntRange(min=1), help="Play only the first N frames.")
+@frames_option()
+@pick_option
 @click.option("--scene", "scenes", multiple=True, help="Only these scenes (repeatable).")
 @click.option(
     "--agents",
@@ -195,7 +197,7 @@ def _nothing_fused_hint(r: dict) -> str | None:
 @click.option(
     "--in-process", is_flag=True, help="Run the same frames in this process (run_frames), no nodes."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Channel seed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Channel seed (and --pick random's).")
 @click.option(
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads per node."
 )
@@ -215,6 +217,7 @@ def replay(
     share_frame,
     precision,
     frames,
+    pick,
     scenes,
     max_agents,
     realtime,
@@ -257,12 +260,13 @@ def replay(
             share_frame=share_frame,
             precision=precision,
             frames=frames,
+            pick=pick,
             seed=seed,
             max_agents=max_agents,
             weights=weights,
             codebook=codebook,
         )
-        if cfg.method in ("codebook", "codefilling"):
+        if cfg.spec.needs_codebook:
             from v2x.pipeline.stages import WEIGHTS
 
             book = Path(codebook) if codebook else WEIGHTS / "codebook.pt"

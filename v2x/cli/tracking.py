@@ -68,7 +68,7 @@ def _tracker_setup(weights: Path | None, config: Path | None, gate: float | None
 @_ORDER
 def track(detections, tracker, weights, config, gate, out, seqmap, order) -> None:
     """Track detections (other people's or ours) and write KITTI-tracking text."""
-    from v2x.tracking.sequences import track_dir
+    from v2x.experiments.tracking_files import track_dir
 
     cfg, noise = _tracker_setup(weights, config, gate)
     written = track_dir(
@@ -152,7 +152,7 @@ def eval_tracking(
         return
     if gt_dir is None or tracks_dir is None:
         raise click.UsageError("give --gt and --tracks (or --data to track a log)")
-    from v2x.tracking.sequences import evaluate_dirs
+    from v2x.experiments.tracking_files import evaluate_dirs
 
     result = evaluate_dirs(gt_dir, tracks_dir, seqmap, order)
     click.echo(_line("comparable", result))

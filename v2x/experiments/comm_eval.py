@@ -14,13 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from v2x.messages.codebook import Codebook, CodebookConfig, fit_from_maps
 from v2x.messages.codec import MessageCodec, exchange
+from v2x.messages.scheme import FeatureEncoding, FeatureScheme, Selection
 from v2x.metrics.detection import DetectionEvaluator
-from v2x.perception.cooperative import Perception, check_share_frame, encoding_frames, evaluation_ground_truth
+from v2x.perception.cooperative import Perception, encoding_frames, evaluation_ground_truth
 from v2x.perception.encoder import sanitize_points
+from v2x.perception.settings import check_share_frame
+from v2x.pipeline.frames import FrameSelection, FrameStep, drive, select_frames
+from v2x.pipeline.methods import get_method
 
 __all__ = ["CommSetting", "encoder_maps", "evaluate_comm", "fit_codebook", "plot_comm"]
 
@@ -39,13 +42,24 @@ class CommSetting:
     def name(self) -> str:
         return self.method + ("+boxes" if self.hybrid else "")
 
+    @property
+    def scheme(self) -> FeatureScheme:
+        """How the method sends features (the registry's word for it)."""
+        scheme = get_method(self.method).features
+        if scheme is None:
+            raise ValueError(f"method {self.method}: sends no features, nothing to compare by bytes")
+        return scheme
+
 
 def settings_for(methods: list[str], budgets: list[int], hybrid: bool = False) -> list[CommSetting]:
+    """A method that sends every cell runs once, unlimited; a threshold selection over its
+    thresholds; any other over the budgets (with ``hybrid``, also with the sender's boxes)."""
     out: list[CommSetting] = []
     for m in methods:
-        if m in ("raw", "raw-fp16"):
+        selection = CommSetting(m).scheme.selection
+        if selection is Selection.ALL:
             out.append(CommSetting(m))
-        elif m == "where2comm":
+        elif selection is Selection.THRESHOLD:
             out += [CommSetting(m, threshold=t) for t in WHERE2COMM_THRESHOLDS]
         else:
             out += [CommSetting(m, budget=b) for b in budgets]
@@ -59,41 +73,44 @@ def evaluate_comm(
     perception: Perception,
     codec: MessageCodec,
     settings: list[CommSetting],
-    frames: int | None = None,
+    frames: FrameSelection | None = None,
     progress: bool = True,
     share_frame: str = "ego",
 ) -> list[dict]:
-    """Every setting on the same frames; collaborators' maps encoded in ``share_frame`` (as the
-    pipeline's agents do), each agent's once for all settings."""
+    """Every setting on the same frames (``frames``, default all); collaborators' maps encoded in
+    ``share_frame`` (as the pipeline's agents do), each agent's once for all settings."""
     check_share_frame(share_frame)
-    indices = list(range(len(log)))
-    if frames and frames < len(indices):
-        indices = sorted(set(np.linspace(0, len(log) - 1, frames).round().astype(int).tolist()))
+    indices = select_frames(log, frames or FrameSelection())
     evals = {s: DetectionEvaluator(eval_range=perception.cfg.grid.xy_range) for s in settings}
     sent: dict[CommSetting, list[int]] = {s: [] for s in settings}
     cells: dict[CommSetting, list[int]] = {s: [] for s in settings}
-    for i in tqdm(indices, desc="frames", disable=not progress):
-        frame = log[i]
+
+    def evaluate(step: FrameStep) -> None:
+        frame = step.frame
         gt = evaluation_ground_truth(frame, perception.cfg.min_points_per_box)
         agents = [frame.ego, *frame.collaborators]
         results = perception.agent_steps(agents, detect=True, into=encoding_frames(frame, share_frame))
         ego, rest = results[0], results[1:]
         for s in settings:
-            shared, boxes, out = exchange(codec, s.method, ego, rest, s.budget, s.threshold or 0.3, s.hybrid)
+            shared, boxes, out = exchange(codec, s.scheme, ego, rest, s.budget, s.threshold or 0.3, s.hybrid)
             evals[s].add(perception.ego_step(ego, shared, boxes).boxes, gt)
             for o in out.values():
                 sent[s].append(o.bytes)
                 cells[s].append(o.cells_sent)
+
+    for _ in drive(log, evaluate, indices, progress=progress, desc="frames"):
+        pass
     rows = []
     c = perception.cfg.bev_channels
     for s in settings:
         r = evals[s].result()
         b = np.array(sent[s]) if sent[s] else np.zeros(1)
         n_cells = float(np.mean(cells[s])) if cells[s] else 0.0
-        if s.method in ("codebook", "codefilling"):
+        encoding = s.scheme.encoding
+        if encoding.needs_codebook:
             formula = n_cells * codec.codebook.cfg.bits_per_cell / 8
         else:
-            formula = n_cells * c * (2 if s.method == "raw-fp16" else 4)
+            formula = n_cells * c * (2 if encoding is FeatureEncoding.FP16 else 4)
         rows.append(
             {
                 "method": s.name,
@@ -108,7 +125,7 @@ def evaluate_comm(
                 "ap_3d": r["ap_3d"],
                 "frames": r["frames"],
                 "codebook": codec.codebook.cfg.label()
-                if codec.codebook is not None and s.method in ("codebook", "codefilling")
+                if codec.codebook is not None and encoding.needs_codebook
                 else None,
             }
         )
@@ -156,33 +173,38 @@ def plot_comm(rows: list[dict], path: Path, reference: dict | None = None) -> No
     plt.close(fig)
 
 
-def encoder_maps(log, perception: Perception, frames: int, seed: int = 0, progress: bool = True):
-    """(features, occupied) of every agent of ``frames`` randomly chosen frames, from the frozen encoder."""
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(log), min(frames, len(log)), replace=False)
+def encoder_maps(log, perception: Perception, frames: FrameSelection, progress: bool = True):
+    """(features, occupied) of every agent of the selected frames, from the frozen encoder, one
+    frame at a time (a few hundred frames' maps do not fit in memory at once)."""
+
+    def encode(step: FrameStep) -> list:
+        agents = step.frame.agents.values()
+        clouds = [sanitize_points(s.points_in_bev(), perception.cfg) for s in agents]
+        bev = perception.model.encode(clouds)
+        return [(bev.features[b], bev.occupied[b]) for b in range(len(clouds))]
+
     with torch.no_grad():
-        for i in tqdm(sorted(idx), desc="features", disable=not progress):
-            frame = log[int(i)]
-            clouds = [sanitize_points(s.points_in_bev(), perception.cfg) for s in frame.agents.values()]
-            bev = perception.model.encode(clouds)
-            for b in range(len(clouds)):
-                yield bev.features[b], bev.occupied[b]
+        for maps in drive(log, encode, select_frames(log, frames), progress=progress, desc="features"):
+            yield from maps
 
 
 def fit_codebook(
     log,
     perception: Perception,
     cfg: CodebookConfig,
-    frames: int = 300,
+    frames: FrameSelection | None = None,
     samples: int = 200_000,
     seed: int = 0,
     progress: bool = True,
     **kwargs,
 ) -> tuple[Codebook, dict]:
-    """Residual product k-means (and optional refinement) on occupied-cell features of the frozen encoder."""
-    per_map = max(1, samples // max(1, min(frames, len(log)) * 2))
+    """Residual product k-means (and optional refinement) on occupied-cell features of the frozen
+    encoder, over ``frames`` (default: 300 at random, seeded with ``seed``, as the shipped
+    codebook was sampled)."""
+    frames = frames or FrameSelection(300, "random", seed)
+    per_map = max(1, samples // max(1, len(select_frames(log, frames)) * 2))
     return fit_from_maps(
-        cfg, encoder_maps(log, perception, frames, seed, progress), cells_per_map=per_map, seed=seed, **kwargs
+        cfg, encoder_maps(log, perception, frames, progress), cells_per_map=per_map, seed=seed, **kwargs
     )
 
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from v2x.metrics.bootstrap import paired_ap_difference
 from v2x.metrics.detection import DetectionEvaluator
 from v2x.perception.cooperative import Perception, evaluation_ground_truth
 from v2x.perception.detector import load_detector
+from v2x.pipeline.frames import FrameSelection, FrameStep, drive, select_frames
+from v2x.pipeline.methods import fusion_mode
 
 __all__ = ["evaluate_fusion_modes"]
 
@@ -20,7 +21,7 @@ def evaluate_fusion_modes(
     root: Path,
     modes: list[str],
     weights: Path | None = None,
-    frames: int | None = None,
+    frames: FrameSelection | None = None,
     max_cav: int = 5,
     progress: bool = False,
     threads: int | None = None,
@@ -28,7 +29,8 @@ def evaluate_fusion_modes(
     bootstrap_block: int = 1,
     precision: str = "fp32",
 ) -> dict[str, dict]:
-    """AP (BEV and 3D, 0.3/0.5/0.7) and mean bytes per collaborator per frame, per mode.
+    """AP (BEV and 3D, 0.3/0.5/0.7) and mean bytes per collaborator per frame, per mode, on the
+    ``frames`` selected (default: all).
 
     With ``bootstrap`` resamples and two or more modes, the result also holds
     ``"paired_bootstrap"``: for each later mode against each earlier one, the BEV AP difference
@@ -42,18 +44,20 @@ def evaluate_fusion_modes(
     model = load_detector(weights, precision=precision)
     perception = Perception(model)
     log = open_log(root, max_cav=max_cav)
-    indices = list(range(len(log)))
-    if frames and frames < len(indices):
-        indices = sorted(set(np.linspace(0, len(log) - 1, frames).round().astype(int).tolist()))
+    indices = select_frames(log, frames or FrameSelection())
     evaluators = {m: DetectionEvaluator(eval_range=model.cfg.grid.xy_range) for m in modes}
     sent: dict[str, list[int]] = {m: [] for m in modes}
-    for i in tqdm(indices, desc="evaluate", disable=not progress):
-        frame = log[i]
-        gt = evaluation_ground_truth(frame, model.cfg.min_points_per_box)
+    runs = {m: fusion_mode(m) for m in modes}  # the registry's fusion modes, checked before any work
+
+    def evaluate(step: FrameStep) -> None:
+        gt = evaluation_ground_truth(step.frame, model.cfg.min_points_per_box)
         for m in modes:
-            res = perception.run_frame(frame, m)
+            res = runs[m].run(perception, step.frame)
             evaluators[m].add(res.boxes, gt)
             sent[m].extend(res.bytes_per_collaborator.values())
+
+    for _ in drive(log, evaluate, indices, progress=progress, desc="evaluate"):
+        pass
     out = {}
     for m in modes:
         r = evaluators[m].result()

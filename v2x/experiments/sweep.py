@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 from v2x import CONFIGS
-from v2x.comm.budget import parse_rate
+from v2x.comm.budget import parse_budget, parse_rate
+from v2x.pipeline.methods import DEFAULT_METHOD
 
 __all__ = [
     "AXES",
@@ -63,12 +64,15 @@ ALIASES = {
 }
 #: every cell names these explicitly (run_cell's own defaults), so a changed default in the
 #: pipeline cannot silently make old results look like new ones
-AXIS_DEFAULTS = {"method": "codefilling", "budget": "200kbps", "channel": "ideal"}
+AXIS_DEFAULTS = {"method": DEFAULT_METHOD, "budget": "200kbps", "channel": "ideal"}
 #: axes a cell may leave out, with the value the pipeline then uses (RunConfig's defaults)
 IMPLIED = {"late_policy": "drop"}
+#: which frames ``frames`` takes (v2x.pipeline.frames.PICKS, spelled out: no torch to read a config)
+PICKS = ("first", "spread", "random")
 #: settings shared by every cell (run_cell keys); paths are checked and made absolute
 SETTINGS = (
     "frames",
+    "pick",
     "seed",
     "tracker",
     "tracker_weights",
@@ -212,6 +216,10 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
         raise SweepError(f"{path}: share_frame: use ego or own, got {settings['share_frame']!r}")
     if settings.get("precision") not in (None, "fp32", "bf16"):
         raise SweepError(f"{path}: precision: use fp32 or bf16, got {settings['precision']!r}")
+    if settings.get("pick") not in (None, *PICKS):
+        raise SweepError(f"{path}: pick: use {', '.join(PICKS)}, got {settings['pick']!r}")
+    if settings.get("pick") == "first":  # the pipeline's own: cells keep the ids they had before `pick`
+        del settings["pick"]
     if settings.get("frame_hz") == 0:
         raise SweepError(f"{path}: frame_hz: must be positive")
     for key in PATH_SETTINGS:
@@ -281,15 +289,10 @@ def _log_spec(v: dict) -> dict[str, Any]:
 
 
 def _budget(v: Any) -> str:
-    """A budget in canonical spelling (so ``0.2Mbps`` and ``200kbps`` are the same cell)."""
-    if v is None or (isinstance(v, str) and v.strip().lower() in ("none", "unlimited")):
-        return UNLIMITED
-    if isinstance(v, bool):
-        raise ValueError(f"not a rate: {v!r}")
-    bps = parse_rate(v)
-    if bps <= 0:
-        raise ValueError(f"a budget must be positive (use 'unlimited' for none), got {v!r}")
-    return format_rate(bps)
+    """A budget in canonical spelling (so ``0.2Mbps`` and ``200kbps`` are the same cell), read by
+    the same parser the CLI and the channel node use."""
+    bps = parse_budget(v)
+    return UNLIMITED if bps is None else format_rate(bps)
 
 
 def format_rate(bps: float) -> str:

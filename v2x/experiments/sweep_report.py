@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from v2x.comm.budget import parse_rate
+from v2x.comm.budget import parse_budget
 
 __all__ = ["CSV_COLUMNS", "tidy_row", "write_outputs"]
 
@@ -82,7 +82,7 @@ def tidy_row(rec: dict) -> dict[str, Any]:
         "agents": conf.get("max_agents", cell.get("agents")),
         "scene": cell.get("scene", ""),
         "late_policy": conf.get("late_policy", cell.get("late_policy")),
-        "budget_bps": parse_rate(budget) if budget not in (None, "unlimited") else None,
+        "budget_bps": parse_budget(budget),
         "frames": res.get("frames"),
         "amota": res.get("amota"),
         "mota": res.get("mota"),

@@ -4,7 +4,7 @@ on.
 
 Configurations:
 
-* ``ab3dmot/none`` — the filterpy baseline on the ego's own detections;
+* ``ab3dmot-ego`` — the filterpy baseline on the ego's own detections;
 * ``ab3dmot/intermediate`` — the baseline on intermediate-fusion detections (the ego fuses
   every collaborator's BEV features first);
 * ``dmstrack/fixed`` — the multi-sensor filter on every agent's own detections, fixed noise;
@@ -30,11 +30,13 @@ from tqdm import tqdm
 from v2x import WEIGHTS
 from v2x.core.boxes import Boxes
 from v2x.perception.cooperative import Perception
+from v2x.perception.fusion_kind import FusionKind
 from v2x.pipeline.detections import frame_detections, in_ego_range
 from v2x.tracking.ab3dmot import AB3DMOT
 from v2x.tracking.dmstrack import MultiSensorKF
 from v2x.tracking.metrics import TrackingSequence, evaluate_tracking
 from v2x.tracking.records import FrameDetections, load_sequence, save_sequence
+from v2x.tracking.tracker import Tracker
 
 __all__ = [
     "CEILING",
@@ -50,7 +52,7 @@ __all__ = [
 DEFAULT_NOISE = WEIGHTS / "noise.pt"
 
 CONFIGURATIONS = (
-    "ab3dmot/none",
+    "ab3dmot-ego",
     "ab3dmot/intermediate",
     "dmstrack/fixed",
     "dmstrack/learned",
@@ -58,6 +60,8 @@ CONFIGURATIONS = (
 )
 #: the ground truth as tracks: what the protocol lets a perfect tracker score
 CEILING = "perfect/ground-truth"
+#: the detections the baseline tracks in each of its configurations: a key of the frames' ``extra``
+_AB3DMOT_INPUT = {"ab3dmot-ego": "none", "ab3dmot/intermediate": "intermediate"}
 #: a detection on the wire: quantised box, score, class and 7 variances (see docs/wire-format.md)
 DETECTION_BYTES = 24
 
@@ -95,7 +99,7 @@ def extract_sequences(
             none_boxes = ego.boxes.transformed(ego.world_from_bev)
             fd.extra = {"none": none_boxes}
             if with_intermediate:
-                inter = perception.run_frame(frame, "intermediate")
+                inter = perception.run_frame(frame, FusionKind.INTERMEDIATE)
                 fd.extra["intermediate"] = inter.boxes.transformed(inter.world_from_ego_bev)
                 fd.extra["intermediate_bytes"] = sum(inter.bytes_per_collaborator.values())
             fd.extra["world_from_ego_bev"] = ego.world_from_bev
@@ -141,20 +145,20 @@ def _run_config(
     scores: dict | None = None,
     sequence: str = "",
 ) -> dict[int, Boxes]:
-    tracker_name, source = config.split("/")
-    out = {}
     if config == CEILING:
         return _ground_truth_tracks(frames, {} if scores is None else scores, sequence)
-    if tracker_name == "ab3dmot":
-        tracker = AB3DMOT()
-        for k, f in enumerate(frames):
-            out[k] = tracker.step(f.extra[source], k)
+    if config in _AB3DMOT_INPUT:
+        source = _AB3DMOT_INPUT[config]
+        tracker: Tracker = AB3DMOT()
+        inputs = [
+            FrameDetections.of_boxes(k, f.timestamp_ns, f.extra[source], f.extra["world_from_ego_bev"])
+            for k, f in enumerate(frames)
+        ]
     else:
         # fixed and learned share the fitted prior: only the learned noise differs between them
-        kf = MultiSensorKF(tracker_cfg, noise=noise if source == "learned" else None)
-        for k, f in enumerate(frames):
-            out[k] = kf.step(FrameDetections(k, f.timestamp_ns, f.agents)).boxes
-    return out
+        tracker = MultiSensorKF(tracker_cfg, noise=noise if config == "dmstrack/learned" else None)
+        inputs = [FrameDetections(k, f.timestamp_ns, f.agents) for k, f in enumerate(frames)]
+    return {k: tracker.step(f).boxes for k, f in enumerate(inputs)}
 
 
 def _ground_truth_tracks(frames: list[FrameDetections], scores: dict, sequence: str) -> dict[int, Boxes]:
@@ -208,7 +212,7 @@ def compare_trackers(
 
 
 def _bytes(config: str, f: FrameDetections) -> float:
-    if config in ("ab3dmot/none", CEILING):
+    if config in ("ab3dmot-ego", CEILING):
         return 0.0
     if config == "ab3dmot/intermediate":
         return float(f.extra.get("intermediate_bytes", 0))

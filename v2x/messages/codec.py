@@ -1,6 +1,7 @@
 """Turning an agent's BEV map into wire-format messages under a byte budget, and back.
 
-One code path serves every method of the AP-versus-bytes experiment:
+One code path serves every method of the AP-versus-bytes experiment; the codec knows a method
+only by its :class:`~v2x.messages.scheme.FeatureScheme` (encoding and selection of cells):
 
 ======================  ==========================================================  ==========
 method                  what a collaborator sends                                   budget
@@ -24,7 +25,8 @@ Agent side (per frame)::
     demand = codec.read_demand(demand_bytes)                      # from the ego
     offer_bytes = codec.offer_message(me, demand)                 # codefilling: broadcast (None: silent)
     plan = codec.assign([codec.read_offer(b) for b in offers], demand)   # same answer everywhere
-    out = codec.feature_message("codefilling", me, budget, demand, plan.get(codec.sender_of(me)))
+    filling = FeatureScheme(FeatureEncoding.CODES, Selection.FILLING)   # codefilling's scheme
+    out = codec.feature_message(filling, me, budget, demand, plan.get(codec.sender_of(me)))
 
 Ego side::
 
@@ -56,6 +58,7 @@ from v2x.core.boxes import Boxes
 from v2x.core.geometry import inverse, pose_from_xyz_yaw, yaw_of
 from v2x.core.grid import BEVGrid
 from v2x.messages.codebook import Codebook
+from v2x.messages.scheme import FeatureEncoding, FeatureScheme, Selection
 from v2x.messages.selection import (
     SelectionConfig,
     assign_blocks,
@@ -71,7 +74,6 @@ from v2x.messages.selection import (
 from v2x.perception.cooperative import AgentPerception, SharedBoxes, SharedFeatures
 
 __all__ = [
-    "METHODS",
     "Demand",
     "Encoded",
     "MessageCodec",
@@ -82,11 +84,6 @@ __all__ = [
     "sender_code",
     "warp_cells",
 ]
-
-METHODS = ("raw", "raw-fp16", "where2comm", "codebook", "codefilling")
-CODE_METHODS = ("codebook", "codefilling")
-#: methods that start with the ego's demand message
-DEMAND_METHODS = ("where2comm", "codebook", "codefilling")
 
 
 def sender_code(agent_id: str) -> int:
@@ -293,31 +290,32 @@ class MessageCodec:
 
     def candidate_cells(
         self,
-        method: str,
+        scheme: FeatureScheme,
         agent: AgentPerception,
         demand: Demand | None = None,
         assigned_blocks: np.ndarray | None = None,
         threshold: float = 0.3,
     ) -> np.ndarray:
-        """Cells the method would send, most demand filled per byte first.
+        """Cells ``scheme`` would send, most demand filled per byte first.
 
         Every cell of one message costs the same payload bytes, so the order is by value: the
         ego's demand there times the agent's supply (its block maximum, then the cell's own
         confidence). The index coding's share is settled exactly when the budget is applied.
         """
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+        selection = scheme.selection
+        if not isinstance(selection, Selection):
+            raise ValueError(f"unknown selection {selection!r}: a scheme selects by a Selection")
         occ = agent.occupied.numpy().ravel()
         conf = np.asarray(agent.confidence, dtype=np.float32).ravel()
-        if method in ("raw", "raw-fp16"):
+        if selection is Selection.ALL:
             cells = np.flatnonzero(occ)
             return cells[np.argsort(-conf[cells], kind="stable")]
         wanted = self.cell_demand(agent, demand)
-        if method == "where2comm":
+        if selection is Selection.THRESHOLD:
             cells = where2comm_cells(agent.confidence, occ, threshold)
-        elif method == "codebook":
+        elif selection is Selection.CONFIDENT:
             cells = np.flatnonzero(occ)
-        else:
+        else:  # Selection.FILLING
             blocks = assigned_blocks if assigned_blocks is not None else np.zeros(0, np.int64)
             cells = blocks_to_cells(blocks, self.grid, self.sel.block)
             cells = cells[occ[cells]]
@@ -326,12 +324,12 @@ class MessageCodec:
         value = wanted[cells] * supply[cells]
         return cells[np.lexsort((cells, -conf[cells], -value))]
 
-    def _kind(self, method: str) -> MessageType:
-        if method in CODE_METHODS:
+    def _kind(self, encoding: FeatureEncoding) -> MessageType:
+        if encoding.needs_codebook:
             if self.codebook is None:
-                raise ValueError(f"method {method!r} needs a codebook")
+                raise ValueError(f"{encoding.value} encoding needs a codebook")
             return MessageType.CODEBOOK
-        return MessageType.RAW_FP16 if method == "raw-fp16" else MessageType.RAW_FP32
+        return MessageType.RAW_FP16 if encoding is FeatureEncoding.FP16 else MessageType.RAW_FP32
 
     def _size(self, kind: MessageType, cells: np.ndarray, channels: int, n_boxes: int | None) -> int:
         cb = self.codebook
@@ -353,7 +351,7 @@ class MessageCodec:
 
     def feature_message(
         self,
-        method: str,
+        scheme: FeatureScheme,
         agent: AgentPerception,
         budget: int | None = None,
         demand: Demand | None = None,
@@ -361,24 +359,25 @@ class MessageCodec:
         threshold: float = 0.3,
         boxes: Boxes | None = None,
     ) -> Encoded:
-        """The agent's feature message for ``method``, at most ``budget`` bytes long.
+        """The agent's feature message by ``scheme``, at most ``budget`` bytes long.
 
         With ``boxes`` (the hybrid), the most confident boxes go first (a box is 16 bytes and
         worth more than the cells under it when bytes are tight), then the most valuable cells.
         """
-        ranked = self.candidate_cells(method, agent, demand, assigned_blocks, threshold)
-        return self.fit_to_budget(method, agent, ranked, budget, boxes)
+        ranked = self.candidate_cells(scheme, agent, demand, assigned_blocks, threshold)
+        return self.fit_to_budget(scheme, agent, ranked, budget, boxes)
 
     def fit_to_budget(
         self,
-        method: str,
+        scheme: FeatureScheme,
         agent: AgentPerception,
         ranked_cells: np.ndarray,
         budget: int | None,
         boxes: Boxes | None = None,
     ) -> Encoded:
-        """The message with the longest prefix of ``ranked_cells`` whose exact size fits ``budget``."""
-        kind = self._kind(method)
+        """The message with the longest prefix of ``ranked_cells`` whose exact size fits ``budget``
+        (in ``scheme``'s encoding)."""
+        kind = self._kind(scheme.encoding)
         channels = agent.features.shape[0]
         if boxes is not None and len(boxes) and boxes.scores is not None:
             boxes = boxes[np.argsort(-boxes.scores, kind="stable")]
@@ -519,7 +518,7 @@ def _expect(h: Header, kind: MessageType, block: int) -> None:
 
 def exchange(
     codec: MessageCodec,
-    method: str,
+    scheme: FeatureScheme,
     ego: AgentPerception,
     collaborators: list[AgentPerception],
     budget: int | None = None,
@@ -532,9 +531,9 @@ def exchange(
     ego received and, per collaborator, the messages on its link.
     """
     out: dict[str, Outgoing] = {a.agent_id: Outgoing() for a in collaborators}
-    smallest = codec._size(codec._kind(method), np.zeros(0, np.int64), ego.features.shape[0], None)
+    smallest = codec._size(codec._kind(scheme.encoding), np.zeros(0, np.int64), ego.features.shape[0], None)
     demand = None
-    if method in DEMAND_METHODS:
+    if scheme.uses_demand:
         data = codec.demand_message(ego)
         if budget is not None and len(data) + smallest > budget:
             return [], [], out  # the budget cannot carry the request and a reply: nothing is exchanged
@@ -542,7 +541,7 @@ def exchange(
         for o in out.values():
             o.messages.append(data)
     plan: dict[int, np.ndarray] = {}
-    if method == "codefilling":
+    if scheme.uses_offers:
         offers = []
         for a in collaborators:
             data = codec.offer_message(a, demand)
@@ -556,12 +555,12 @@ def exchange(
     shared, shared_boxes = [], []
     channels = ego.features.shape[0]
     for a in collaborators:
-        if method == "codefilling" and codec.sender_of(a) not in plan:
+        if scheme.uses_offers and codec.sender_of(a) not in plan:
             continue
         allowance = None if budget is None else budget - out[a.agent_id].bytes
         boxes = _hybrid_boxes(codec, a, demand) if hybrid else None
         enc = codec.feature_message(
-            method, a, allowance, demand, plan.get(codec.sender_of(a)), threshold, boxes
+            scheme, a, allowance, demand, plan.get(codec.sender_of(a)), threshold, boxes
         )
         if enc.data is None or (len(enc.cells) == 0 and enc.boxes == 0):
             continue  # nothing fits, or nothing to say: no message

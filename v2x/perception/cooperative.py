@@ -3,8 +3,8 @@
 :class:`Perception` holds a detector and exposes the two halves of the system: what an agent
 computes from its own scan (:meth:`Perception.agent_step`) and what the ego computes from its
 own result plus whatever it received (:meth:`Perception.ego_step`). :meth:`Perception.run_frame`
-strings them together in-process for the fusion modes, so the modes differ only in what
-crosses the link: nothing, boxes, points, or BEV features.
+strings them together in-process for each :class:`~v2x.perception.fusion_kind.FusionKind`, so the
+kinds differ only in what crosses the link: nothing, boxes, points, or BEV features.
 
 Which frame a collaborator encodes its shared map in (``share_frame``): ``"ego"`` moves its
 points into the ego's BEV frame first (it knows the ego's pose from the ego's V2X pose beacon)
@@ -30,26 +30,23 @@ from v2x.core.geometry import inverse
 from v2x.perception.cache import PerceptionCache, scan_key
 from v2x.perception.detector import CooperativeDetector
 from v2x.perception.encoder import sanitize_points
+from v2x.perception.fusion_kind import FusionKind, fusion_kind
 from v2x.perception.head import HeadOutput, rotated_nms
+from v2x.perception.settings import check_share_frame
 
 __all__ = [
-    "FUSION_MODES",
-    "SHARE_FRAMES",
     "AgentPerception",
     "EgoResult",
     "FrameResult",
     "Perception",
     "SharedBoxes",
     "SharedFeatures",
-    "check_share_frame",
     "encoding_frames",
     "evaluation_ground_truth",
     "without_ego",
 ]
 
-FUSION_MODES = ("none", "late", "early", "intermediate", "intermediate-own")
 #: frames a collaborator may encode its shared BEV map in (see the module's docstring)
-SHARE_FRAMES = ("ego", "own")
 
 
 def encoding_frames(frame: Frame, share_frame: str) -> list[np.ndarray | None] | None:
@@ -58,13 +55,6 @@ def encoding_frames(frame: Frame, share_frame: str) -> list[np.ndarray | None] |
     if check_share_frame(share_frame) == "own":
         return None
     return [None] + [frame.ego.world_from_bev] * len(frame.collaborators)
-
-
-def check_share_frame(share_frame: str) -> str:
-    """``share_frame`` itself, or a ValueError naming the setting and what it may be."""
-    if share_frame not in SHARE_FRAMES:
-        raise ValueError(f"share_frame: use one of {', '.join(SHARE_FRAMES)}, not {share_frame!r}")
-    return share_frame
 
 
 @dataclass
@@ -264,18 +254,19 @@ class Perception:
 
     # -- in-process modes -----------------------------------------------------------------------
     @torch.no_grad()
-    def run_frame(self, frame: Frame, mode: str) -> FrameResult:
-        """Detections in the ego's BEV frame for one fusion mode, with what each link carried."""
-        if mode not in FUSION_MODES:
-            raise ValueError(f"unknown fusion mode {mode!r}: use one of {', '.join(FUSION_MODES)}")
+    def run_frame(self, frame: Frame, fusion: FusionKind | str, share_frame: str = "ego") -> FrameResult:
+        """Detections in the ego's BEV frame for one kind of fusion, with what each link carried.
+        Intermediate fusion sends every occupied cell; collaborators encode it in ``share_frame``."""
+        kind = fusion_kind(fusion)
+        check_share_frame(share_frame)
         ego_scan = frame.ego
         others = frame.collaborators
-        if mode == "none" or (not others and mode != "early"):
+        if kind is FusionKind.NONE or (not others and kind is not FusionKind.EARLY):
             ego = self.agent_step(ego_scan)
             return FrameResult(ego.boxes, ego.world_from_bev, {a.agent_id: 0 for a in others})
-        if mode == "early":
+        if kind is FusionKind.EARLY:
             return self._early(frame)
-        if mode == "late":
+        if kind is FusionKind.LATE:
             results = self._frame_batch(frame, detect=True)
             ego, rest = results[0], results[1:]
             shared = [SharedBoxes(r.agent_id, r.world_from_bev, r.boxes) for r in rest]
@@ -283,10 +274,8 @@ class Perception:
             sent = {r.agent_id: boxes_message_bytes(len(r.boxes), self.cfg.grid.shape) for r in rest}
             return FrameResult(boxes, ego.world_from_bev, sent)
         # intermediate: every occupied cell of every collaborator, as raw features, encoded in the
-        # ego's frame (OpenCOOD's proj_first) or, for intermediate-own, in the collaborator's own
-        results = self._frame_batch(
-            frame, detect=False, share_frame="own" if mode == "intermediate-own" else "ego"
-        )
+        # ego's frame (OpenCOOD's proj_first) or, for share_frame "own", in the collaborator's own
+        results = self._frame_batch(frame, detect=False, share_frame=share_frame)
         ego, rest = results[0], results[1:]
         shared = [
             SharedFeatures(r.agent_id, r.world_from_bev, r.features, r.occupied, r.timestamp_ns) for r in rest

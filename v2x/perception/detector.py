@@ -25,12 +25,11 @@ from v2x.perception.config import DetectorConfig
 from v2x.perception.encoder import BEVFeatures, PillarEncoder
 from v2x.perception.fusion import MaxFusion, make_fusion, warp_cells_to_ego, warp_to_ego
 from v2x.perception.head import CenterHead, HeadOutput, Neck, decode_boxes, fold_batch_norm
+from v2x.perception.settings import check_precision
 
 __all__ = [
     "DEFAULT_WEIGHTS",
-    "PRECISIONS",
     "CooperativeDetector",
-    "check_precision",
     "load_detector",
     "native_bf16",
 ]
@@ -38,7 +37,6 @@ __all__ = [
 DEFAULT_WEIGHTS = WEIGHTS / "detector.pt"
 
 #: inference precisions of the dense neck and head (see :meth:`CooperativeDetector.set_precision`)
-PRECISIONS = ("fp32", "bf16")
 
 
 def native_bf16() -> bool:
@@ -47,13 +45,6 @@ def native_bf16() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch without the probe: assume not
         return False
-
-
-def check_precision(precision: str) -> str:
-    """``precision`` itself, or a ValueError naming the setting and what it may be."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: use one of {', '.join(PRECISIONS)}, not {precision!r}")
-    return precision
 
 
 class CooperativeDetector(nn.Module):

@@ -16,6 +16,9 @@ only the transport differs. One frame on the simulated clock (``t`` = frame inde
                  drop``) or fused into the next frame, motion-compensated with the ego's track
                  velocities (``late_policy: compensate``), up to ``max_age_s`` old.
 
+Each collaborator's side of a frame (demand, offers, message and their times) is an
+:class:`~v2x.pipeline.exchange.AgentExchange`, the state machine the agent node drives too.
+
 Bytes per agent per frame count every message on a collaborator's link (the demand it received,
 its offer, its message), as :func:`v2x.messages.codec.exchange` and ``v2x eval comm`` count them.
 """
@@ -23,7 +26,7 @@ its offer, its message), as :func:`v2x.messages.codec.exchange` and ``v2x eval c
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -32,6 +35,8 @@ from v2x.core.frame import AgentScan, Frame
 from v2x.perception.cooperative import AgentPerception, evaluation_ground_truth
 from v2x.pipeline.config import RunConfig
 from v2x.pipeline.detections import tracking_ground_truth
+from v2x.pipeline.exchange import AgentExchange, Phase
+from v2x.pipeline.frames import FrameStep, drive
 from v2x.pipeline.scoring import Scorer
 from v2x.pipeline.stages import AgentStage, Arrival, EgoStage, Models
 
@@ -42,12 +47,15 @@ def _distance(a: AgentScan, b: AgentScan) -> float:
 
 
 def run_frames(
-    frames: Iterable[Frame],
+    frames: Sequence[Frame] | Iterable[Frame],
     cfg: RunConfig,
     models: Models | None = None,
     progress: Callable[[int, dict], None] | None = None,
+    indices: Sequence[int] | None = None,
+    bar: bool = False,
 ) -> dict:
-    """Run frames (in order; a new scenario starts new tracks) and score them."""
+    """Run frames (``frames[i]`` for each of ``indices``, or all of them, in order; a new
+    scenario starts new tracks) and score them; ``bar`` shows a progress bar."""
     models = models or Models.load(cfg)
     grid = models.codec.grid
     em = ChannelEmulator(
@@ -56,36 +64,50 @@ def run_frames(
     scorer = Scorer(cfg, grid.xy_range)
     agents: dict[str, AgentStage] = {}
     ego: EgoStage | None = None
-    detections: list[dict] = []
     min_points = models.perception.cfg.min_points_per_box
-    for k, frame in enumerate(frames):
+
+    def one(step: FrameStep) -> tuple[dict, float]:
+        """One frame on the clock: its detections, and the mean bytes on a collaborator's link."""
+        nonlocal ego
         t0 = time.perf_counter()
+        frame, k = step.frame, step.k
         t = k / cfg.frame_hz
-        if scorer.needs_new_sequence(frame.scenario, frame.ego_id, ego.ego_id if ego else None):
+        if step.new_sequence or ego is None:
             ego = EgoStage(frame.ego_id, models, cfg, ego)  # a new sequence: fresh tracks, nothing held
             scorer.new_sequence(frame.scenario)
-        me, arrivals, spent = exchange_frame(frame, k, t, cfg, agents, ego, em)
-        usable = ego.usable(arrivals, t, t + cfg.deadline_s)
-        result = ego.fuse(me, frame.ego, t, usable)
+        own, arrivals, spent = exchange_frame(frame, k, t, cfg, agents, ego, em)
+        fusable = ego.take_fusable(arrivals, t, t + cfg.deadline_s)
+        result = ego.fuse(own, frame.ego, t, fusable)
         gt_track = tracking_ground_truth(frame, min_points) if result.tracks is not None else None
         scorer.add(
-            result, usable, spent, evaluation_ground_truth(frame, min_points), gt_track, me.world_from_bev
+            result, fusable, spent, evaluation_ground_truth(frame, min_points), gt_track, own.world_from_bev
         )
-        detections.append(
-            {
-                "scenario": frame.scenario,
-                "index": frame.index,
-                "boxes": result.boxes,
-                "tracks": result.tracks,
-                "sent_cells": result.sent_cells,
-            }
-        )
+        detection = {
+            "scenario": frame.scenario,
+            "index": frame.index,
+            "boxes": result.boxes,
+            "tracks": result.tracks,
+            "sent_cells": result.sent_cells,
+        }
         scorer.acc.frame_ms.append((time.perf_counter() - t0) * 1000)
+        sent = float(np.mean(list(spent.values()))) if spent else 0.0
         if progress is not None:
-            progress(k, {"bytes": float(np.mean(list(spent.values()))) if spent else 0.0})
+            progress(k, {"bytes": sent})
+        return detection, sent
+
+    walk = drive(
+        frames,
+        one,
+        indices,
+        progress=bar,
+        desc=cfg.method,
+        leave=False,
+        postfix=lambda r: {"bytes_per_agent": f"{r[1]:.0f}"},
+    )
+    detections = [d for d, _ in walk]
     em.close()
     if ego is not None:
-        ego.close_books()
+        ego.expire_held()
     malformed = (ego.malformed if ego else 0) + sum(a.malformed for a in agents.values())
     out = scorer.summary(em, malformed, ego.late_dropped if ego else 0, ego.expired if ego else 0)
     out["_detections"] = detections
@@ -105,52 +127,48 @@ def exchange_frame(
     what reaches it (with delivery times) and the bytes on each collaborator's link."""
     models = ego.models
     collab = frame.collaborators[: max(0, cfg.max_agents - 1)]
+    peers = [s.agent_id for s in collab]
     for s in collab:
         agents.setdefault(s.agent_id, AgentStage(s.agent_id, models, cfg))
-    me = ego.perceive(frame.ego)
-    others = {s.agent_id: agents[s.agent_id].perceive(s, frame.ego.world_from_bev) for s in collab}
-    spent = {s.agent_id: 0 for s in collab}
-    act = {s.agent_id: t for s in collab}
-    demand = ego.demand(me)
+    own = ego.perceive(frame.ego)
+    exchanges = {s.agent_id: AgentExchange(agents[s.agent_id], s, t, peers) for s in collab}
+    for ex in exchanges.values():
+        ex.perceive(frame.ego.world_from_bev)
+    # the emulator draws its randomness per send: the sends keep this order (demands to each
+    # collaborator, then offers sender by sender to each receiver, then messages)
+    demand = ego.demand(own)
     if demand is not None:
         for s in collab:
-            stage = agents[s.agent_id]
-            stage.refresh_demand(t)
-            spent[s.agent_id] += len(demand)
+            ex = exchanges[s.agent_id]
+            ex.demand_noted(len(demand))
             d = em.send(ego.ego_id, s.agent_id, demand, t, _distance(frame.ego, s))
-            if d.reason is not None:
-                continue
-            if d.delivered_s <= t + cfg.coord_wait_s + 1e-9:
-                stage.take_demand(d.data)
-                act[s.agent_id] = d.delivered_s
+            if d.reason is None:
+                ex.demand_delivered(d.data, d.delivered_s)
             else:
-                stage.hold_demand(d.data, d.delivered_s)
-    offers: dict[str, bytes | None] = {}
-    heard: dict[str, list[tuple[float, bytes]]] = {s.agent_id: [] for s in collab}
-    if cfg.method == "codefilling":
-        for s in collab:
-            offers[s.agent_id] = agents[s.agent_id].offer(others[s.agent_id])
-        for s in collab:
-            data = offers[s.agent_id]
-            if data is None:
-                continue
-            spent[s.agent_id] += len(data)
-            for r in collab:
-                if r.agent_id == s.agent_id:
-                    continue
-                d = em.send(s.agent_id, r.agent_id, data, act[s.agent_id], _distance(s, r))
-                if d.reason is None and d.delivered_s <= act[r.agent_id] + cfg.coord_wait_s + 1e-9:
-                    heard[r.agent_id].append((d.delivered_s, d.data))
-    arrivals = []
-    for s in collab:
-        stage, got = agents[s.agent_id], sorted(heard[s.agent_id], key=lambda x: x[0])
-        assigned = stage.assigned(others[s.agent_id], offers.get(s.agent_id), [b for _, b in got])
-        send_s = max([act[s.agent_id], *[ts for ts, _ in got]])
-        data = stage.message(others[s.agent_id], s, spent[s.agent_id], assigned)
+                ex.demand_lost()
+            ex.act_on_demand()
+    offering = [s for s in collab if exchanges[s.agent_id].phase is Phase.OFFER]
+    offers = {s.agent_id: exchanges[s.agent_id].make_offer() for s in offering}
+    for s in offering:
+        data = offers[s.agent_id]
         if data is None:
             continue
-        spent[s.agent_id] += len(data)
-        d = em.send(s.agent_id, ego.ego_id, data, send_s, _distance(s, frame.ego))
+        for r in collab:
+            if r.agent_id == s.agent_id:
+                continue
+            d = em.send(s.agent_id, r.agent_id, data, exchanges[s.agent_id].acted_s, _distance(s, r))
+            if d.reason is None:
+                exchanges[r.agent_id].offer_delivered(s.agent_id, d.data, d.delivered_s)
+            else:
+                exchanges[r.agent_id].offer_lost(s.agent_id)
+    for s in offering:
+        exchanges[s.agent_id].hear_offers()
+    arrivals = []
+    for s in collab:
+        out = exchanges[s.agent_id].send()
+        if out is None:
+            continue
+        d = em.send(s.agent_id, ego.ego_id, out.data, out.send_s, _distance(s, frame.ego))
         if d.reason is None:
             arrivals.append(Arrival(d.data, s.agent_id, t, d.delivered_s, k))
-    return me, arrivals, spent
+    return own, arrivals, {agent_id: ex.spent for agent_id, ex in exchanges.items()}

@@ -7,14 +7,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from v2x.comm.budget import parse_rate
-from v2x.perception.cooperative import check_share_frame
-from v2x.perception.detector import check_precision
+from v2x.comm.budget import frame_allowance, parse_budget
+from v2x.perception.settings import check_precision, check_share_frame
+from v2x.pipeline.methods import DEFAULT_METHOD, METHODS, Method, UnknownMethodError, get_method
 from v2x.sim.channel import ChannelConfig, preset
 
-FEATURE_METHODS = ("raw", "raw-fp16", "where2comm", "codebook", "codefilling")
-METHODS = ("none", "late", "early", *FEATURE_METHODS)
-ALIASES = {"intermediate": "raw", "no-fusion": "none"}
 TRACKERS = ("dmstrack", "ab3dmot", "none")
 LATE_POLICIES = ("drop", "compensate")
 #: where the shipped weights live
@@ -26,7 +23,9 @@ class PipelineError(ValueError):
 
 @dataclass
 class RunConfig:
-    method: str = "codefilling"
+    #: a name of the method registry (``v2x.pipeline.methods``; aliases are resolved): kept as a
+    #: string so configs serialize as they read; :attr:`spec` is the method itself
+    method: str = DEFAULT_METHOD
     #: bits per second per directed link; None: unlimited
     budget_bps: float | None = 200e3
     channel: ChannelConfig = field(default_factory=lambda: preset("ideal"))
@@ -46,16 +45,20 @@ class RunConfig:
     seed: int = 0
     frame_hz: float = 10.0
     max_agents: int = 5
+    #: how many frames of the log (None: all), and which (v2x.pipeline.frames.PICKS; ``random``
+    #: is seeded with ``seed``)
     frames: int | None = None
+    pick: str = "first"
     weights: str | None = None
     codebook: str | None = None
     tracker_weights: str | None = None
     trace: str | None = None
 
     def __post_init__(self) -> None:
-        self.method = ALIASES.get(self.method, self.method)
-        if self.method not in METHODS:
-            raise PipelineError(f"method: unknown {self.method!r}; use one of {', '.join(METHODS)}")
+        try:
+            self.method = get_method(self.method).name
+        except UnknownMethodError:
+            raise PipelineError(f"method: unknown {self.method!r}; use one of {', '.join(METHODS)}") from None
         if self.tracker not in TRACKERS:
             raise PipelineError(f"tracker: unknown {self.tracker!r}; use one of {', '.join(TRACKERS)}")
         if self.late_policy not in LATE_POLICIES:
@@ -64,6 +67,10 @@ class RunConfig:
             )
         if self.budget_bps is not None and self.budget_bps <= 0:
             raise PipelineError(f"budget: must be positive, got {self.budget_bps}")
+        from v2x.pipeline.frames import PICKS  # frames.py raises PipelineError: imported here
+
+        if self.pick not in PICKS:
+            raise PipelineError(f"pick: use one of {', '.join(PICKS)}, not {self.pick!r}")
         for check, value in ((check_share_frame, self.share_frame), (check_precision, self.precision)):
             try:
                 check(value)
@@ -73,7 +80,7 @@ class RunConfig:
     @classmethod
     def from_options(
         cls,
-        method: str = "codefilling",
+        method: str = DEFAULT_METHOD,
         budget: str | float | None = "200kbps",
         channel: str | ChannelConfig = "ideal",
         latency_ms: float | None = None,
@@ -96,13 +103,10 @@ class RunConfig:
             over["loss"] = float(loss)
         if over:
             cfg = dataclasses.replace(cfg, **over)
-        if budget in (None, "none", "unlimited", 0):
-            bps = None
-        else:
-            try:
-                bps = parse_rate(budget)
-            except ValueError as exc:
-                raise PipelineError(f"budget: {exc}") from exc
+        try:
+            bps = parse_budget(budget)
+        except ValueError as exc:
+            raise PipelineError(f"budget: {exc}") from exc
         if deadline_ms is not None:
             rest["deadline_s"] = float(deadline_ms) / 1000
         known = {f.name for f in dataclasses.fields(cls)}
@@ -112,9 +116,15 @@ class RunConfig:
         return cls(method=method, budget_bps=bps, channel=cfg, **rest)
 
     @property
+    def spec(self) -> Method:
+        """The method's definition: what its agents send, how the ego fuses, what it needs."""
+        return get_method(self.method)
+
+    @property
     def frame_bytes(self) -> int | None:
-        """Bytes one link may carry per frame."""
-        return None if self.budget_bps is None else int(self.budget_bps / 8 / self.frame_hz)
+        """Bytes one link may carry per frame (:func:`~v2x.comm.budget.frame_allowance`, the
+        channel's token bucket holds the same); None: unlimited."""
+        return None if self.budget_bps is None else frame_allowance(self.budget_bps, self.frame_hz)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

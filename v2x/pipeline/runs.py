@@ -8,34 +8,12 @@ from typing import Any
 
 import torch
 
-from v2x.messages.codec import CODE_METHODS
 from v2x.perception.cache import PerceptionCache, memory_share_mb
 from v2x.pipeline.clock import run_frames
-from v2x.pipeline.config import PipelineError, RunConfig
+from v2x.pipeline.config import RunConfig
+from v2x.pipeline.frames import FrameSelection, select_frames
 from v2x.pipeline.replay.results import jsonable
 from v2x.pipeline.stages import Models
-
-
-def select_frames(log, frames: int | None, scenes: list[str] | None = None) -> list[int]:
-    """Indices of the first ``frames`` frames (of the named scenes, when given), in log order."""
-    if scenes:
-        known = log.scenarios()
-        resolved, missing = [], []
-        for name in scenes:
-            # "scene_x" also names "test/scene_x" (a preset root holds its split folders)
-            hits = [name] if name in known else [k for k in known if k.endswith("/" + name)]
-            if len(hits) == 1:
-                resolved.append(hits[0])
-            else:
-                missing.append(name)
-        if missing:
-            raise PipelineError(
-                f"scene: {', '.join(missing)} not in the log (it has {', '.join(known[:10])} ...)"
-            )
-        idx = sorted(i for s in resolved for i in log.scenario_indices(s))
-    else:
-        idx = list(range(len(log)))
-    return idx[:frames] if frames else idx
 
 
 def run_log(
@@ -45,23 +23,13 @@ def run_log(
     progress: bool = False,
     scenes: list[str] | None = None,
 ) -> dict:
-    """:func:`run_frames` over a log folder (any supported format)."""
-    from tqdm import tqdm
-
+    """:func:`run_frames` over a log folder (any supported format): its frames selected by
+    ``cfg.frames`` and ``cfg.pick`` (of ``scenes``, when given)."""
     from v2x.datasets import open_log
 
     log = open_log(data, max_cav=cfg.max_agents)
-    idx = select_frames(log, cfg.frames, scenes)
-    bar = tqdm(total=len(idx), desc=f"{cfg.method}", disable=not progress, leave=False)
-
-    def tick(_k: int, info: dict) -> None:
-        bar.update(1)
-        bar.set_postfix(bytes_per_agent=f"{info['bytes']:.0f}")
-
-    try:
-        out = run_frames((log[i] for i in idx), cfg, models, tick)
-    finally:
-        bar.close()
+    idx = select_frames(log, FrameSelection.of_run(cfg, scenes))
+    out = run_frames(log, cfg, models, indices=idx, bar=progress)
     out["data"] = str(data)
     return out
 
@@ -79,7 +47,7 @@ def _cached_models(cfg: RunConfig, cache_mb: int = PERCEPTION_CACHE_MB) -> Model
     """A sweep worker runs many cells: load each set of weights once per process, and reuse
     each agent's perception of a scan across cells (``cache_mb`` of it; 0: none)."""
     global _PERCEPTION_CACHE
-    needs_codebook = cfg.method in CODE_METHODS
+    needs_codebook = cfg.spec.needs_codebook
     key = (
         cfg.weights,
         cfg.precision,

@@ -1,4 +1,4 @@
-"""The books of a run: detection AP, tracking sequences, bytes per link and frame, latencies;
+"""The scorer of a run: detection AP, tracking sequences, bytes per link and frame, latencies;
 kept alike by the simulated clock and the replay's ego node."""
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def summarise(
             "fused": acc.fused,
             "fused_stale": acc.fused_stale,
         },
-        "latency_ms": _percentiles(acc.latency_ms),
-        "compute_ms_per_frame": _percentiles(acc.frame_ms),
+        "latency_ms": percentiles(acc.latency_ms),
+        "compute_ms_per_frame": percentiles(acc.frame_ms),
         "links": em.summary(),
     }
     if cfg.tracker != "none" and sequences and any(s.tracks for s in sequences):
@@ -73,9 +73,9 @@ def summarise(
 
 
 class Scorer:
-    """The books of one run, frame by frame: detection AP, tracking sequences, bytes per link per
-    frame, capture-to-delivery latencies. The in-process run and the replay's ego node both keep
-    them here, so both report the same figures for the same detections."""
+    """Scores one run frame by frame: detection AP, tracking sequences, bytes per link per
+    frame, capture-to-delivery latencies. The in-process run and the replay's ego node both score
+    with it, so both report the same figures for the same detections."""
 
     def __init__(self, cfg: RunConfig, xy_range) -> None:
         self.cfg = cfg
@@ -96,14 +96,14 @@ class Scorer:
     def add(
         self,
         result: EgoOutput,
-        usable: list[tuple[Arrival, bool]],
+        fused: list[tuple[Arrival, bool]],
         spent: dict[str, int],
         gt_eval: Boxes,
         gt_track: Boxes | None,
         world_from_ego_bev: np.ndarray,
     ) -> None:
         acc, seq = self.acc, self.seq
-        acc.latency_ms.extend((a.delivered_s - a.captured_s) * 1000 for a, _ in usable)
+        acc.latency_ms.extend((a.delivered_s - a.captured_s) * 1000 for a, _ in fused)
         acc.fused += result.fused
         acc.fused_stale += result.stale
         acc.link_bytes.extend(spent.values())
@@ -123,7 +123,8 @@ class Scorer:
         return summarise(self.cfg, self.det_eval, self.sequences, links, self.acc, malformed, late, expired)
 
 
-def _percentiles(values: list[float]) -> dict:
+def percentiles(values: list[float]) -> dict:
+    """p50, p95 and mean (rounded to 3 decimals) and the count, as results report them."""
     if not values:
         return {"p50": None, "p95": None, "mean": None, "n": 0}
     v = np.asarray(values)

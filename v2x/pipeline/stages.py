@@ -6,7 +6,7 @@ only the transport differs."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,18 @@ from v2x.comm.wire_points import PointsMessageError, decode_points, encode_point
 from v2x.core.boxes import Boxes
 from v2x.core.frame import AgentScan
 from v2x.core.geometry import inverse, transform_points
-from v2x.messages.codec import CODE_METHODS, DEMAND_METHODS, Demand, MessageCodec, Offer, sender_code
+from v2x.messages.codec import Demand, MessageCodec, Offer, sender_code
+from v2x.messages.scheme import Selection
 from v2x.perception.compensation import MotionModel, compensate_boxes, compensate_features, compensate_points
 from v2x.perception.cooperative import AgentPerception, Perception, SharedBoxes, SharedFeatures
 from v2x.perception.detector import load_detector
 from v2x.perception.encoder import sanitize_points
-from v2x.pipeline.config import FEATURE_METHODS, PipelineError, RunConfig
+from v2x.perception.fusion_kind import FusionKind
+from v2x.pipeline.config import PipelineError, RunConfig
 from v2x.pipeline.detections import agent_detections, crop_patches
-from v2x.tracking import AB3DMOT, AgentDetections, FrameDetections, MultiSensorKF, load_tracker
+from v2x.pipeline.methods import Sends
+from v2x.pipeline.timing import within
+from v2x.tracking import AB3DMOT, AgentDetections, FrameDetections, MultiSensorKF, Tracker, load_tracker
 
 
 @dataclass
@@ -43,7 +47,7 @@ class Models:
     def load(cls, cfg: RunConfig) -> Models:
         model = load_detector(cfg.weights, precision=cfg.precision)
         codebook = None
-        if cfg.method in CODE_METHODS:
+        if cfg.spec.needs_codebook:
             from v2x.messages.codebook import load_codebook
 
             path = Path(cfg.codebook) if cfg.codebook else WEIGHTS / "codebook.pt"
@@ -56,12 +60,6 @@ class Models:
             if path.is_file():
                 tracker_cfg, noise = load_tracker(path)
         return cls(Perception(model), MessageCodec(model.cfg.grid, codebook), tracker_cfg, noise)
-
-
-def needs_detection(method: str) -> bool:
-    """Whether an agent must run its head: for boxes (late) or for its confidence (selection and
-    the order of cells under a budget)."""
-    return method == "late" or method in FEATURE_METHODS
 
 
 # -- the agent ---------------------------------------------------------------------------------------
@@ -89,21 +87,19 @@ class AgentStage:
         Features to share are encoded in the ego's BEV frame when ``share_frame`` is "ego" and
         the ego's pose ``world_from_ego`` is known (from its pose beacon; without one, in the
         agent's own frame); boxes for late fusion always in the agent's own."""
-        if self.cfg.method in ("none", "early"):
+        spec = self.cfg.spec
+        if spec.sends not in (Sends.BOXES, Sends.FEATURES):
             return None
         into = None
-        if (
-            self.cfg.method in FEATURE_METHODS
-            and self.cfg.share_frame == "ego"
-            and world_from_ego is not None
-        ):
+        if spec.sends is Sends.FEATURES and self.cfg.share_frame == "ego" and world_from_ego is not None:
             into = np.asarray(world_from_ego, dtype=np.float64)
             if into.shape != (4, 4) or not np.isfinite(into).all():
                 self.bad_ego_poses += 1  # counted; this frame is encoded in the agent's own frame
                 into = None
-        detect = needs_detection(self.cfg.method)
         # only late fusion sends boxes: feature methods select cells by confidence alone
-        return self.models.perception.agent_step(scan, detect, into, boxes=self.cfg.method == "late")
+        return self.models.perception.agent_step(
+            scan, spec.agent_detects, into, boxes=spec.sends is Sends.BOXES
+        )
 
     def variances(self, me: AgentPerception) -> np.ndarray | None:
         """(N, 7) measurement variances of the agent's boxes from the learned noise model, sent
@@ -139,7 +135,7 @@ class AgentStage:
     def refresh_demand(self, now_s: float) -> None:
         """At a frame's start: take the newest held demand that has arrived by ``now_s``, and
         forget the older ones."""
-        arrived = [k for k, (t, _) in enumerate(self._late_demands) if t <= now_s + 1e-9]
+        arrived = [k for k, (t, _) in enumerate(self._late_demands) if within(t, now_s)]
         if arrived:
             newest = arrived[-1]
             data = self._late_demands[newest][1]
@@ -147,7 +143,7 @@ class AgentStage:
             self._read_demand(data)
 
     def offer(self, me: AgentPerception) -> bytes | None:
-        if self.cfg.method != "codefilling" or self.demand is None:
+        if not self.cfg.spec.uses_offers or self.demand is None:
             return None
         return self.models.codec.offer_message(me, self.demand)
 
@@ -155,7 +151,7 @@ class AgentStage:
         self, me: AgentPerception, own_offer: bytes | None, offers: Iterable[bytes]
     ) -> np.ndarray | None:
         """Blocks information filling gives this agent, from its own and the offers it received."""
-        if self.cfg.method != "codefilling" or self.demand is None or own_offer is None:
+        if not self.cfg.spec.uses_offers or self.demand is None or own_offer is None:
             return None
         codec = self.models.codec
         read: list[Offer] = [codec.read_offer(own_offer)]
@@ -175,14 +171,14 @@ class AgentStage:
         assigned: np.ndarray | None = None,
     ) -> bytes | None:
         """The frame's message, at most the link's per-frame allowance less ``spent`` bytes."""
-        cfg, codec = self.cfg, self.models.codec
+        cfg, codec, spec = self.cfg, self.models.codec, self.cfg.spec
         allowance = None if cfg.frame_bytes is None else cfg.frame_bytes - spent
-        if cfg.method == "none" or (allowance is not None and allowance <= 0):
+        if spec.sends is Sends.NOTHING or (allowance is not None and allowance <= 0):
             return None
-        if cfg.method in ("late", "early"):
+        if spec.sends in (Sends.BOXES, Sends.POINTS):
             data = (
                 codec.detections_message(me, allowance, self.variances(me))
-                if cfg.method == "late"
+                if spec.sends is Sends.BOXES
                 else encode_points(
                     sender_code(scan.agent_id),
                     scan.timestamp_ns,
@@ -193,11 +189,12 @@ class AgentStage:
             )
             # even an empty message has a header: when that alone exceeds the allowance, say nothing
             return None if allowance is not None and len(data) > allowance else data
-        method = cfg.method
-        if method == "codefilling" and (self.demand is None or assigned is None):
-            method = "codebook"  # no demand yet (or no offer accepted): the most confident cells
-        blocks = assigned if method == "codefilling" else None
-        enc = codec.feature_message(method, me, allowance, self.demand, blocks, cfg.threshold)
+        scheme = spec.features
+        if scheme.uses_offers and (self.demand is None or assigned is None):
+            # no demand yet (or no offer accepted): the most confident cells, in the same encoding
+            scheme = replace(scheme, selection=Selection.CONFIDENT)
+        blocks = assigned if scheme.uses_offers else None
+        enc = codec.feature_message(scheme, me, allowance, self.demand, blocks, cfg.threshold)
         if enc.data is None or (len(enc.cells) == 0 and enc.boxes == 0):
             return None
         return enc.data
@@ -237,20 +234,20 @@ class EgoStage:
         self.cfg = cfg
         self.malformed = self.late_dropped = self.expired = 0
         if previous is not None:
-            previous.close_books()
+            previous.expire_held()
             self.malformed, self.late_dropped = previous.malformed, previous.late_dropped
             self.expired = previous.expired
         self.held: dict[str, Arrival] = {}
         self.reset_tracking()
 
-    def close_books(self) -> None:
-        """The run or sequence is over: held late messages will never be fused."""
+    def expire_held(self) -> None:
+        """The run or sequence is over: held late messages will never be fused (counted expired)."""
         self.expired += len(self.held)
         self.held.clear()
 
     def reset_tracking(self) -> None:
         """A new sequence: fresh tracks, no motion model, no held messages."""
-        self.tracker: MultiSensorKF | AB3DMOT | None = None
+        self.tracker: Tracker | None = None
         if self.cfg.tracker == "dmstrack":
             self.tracker = MultiSensorKF(self.models.tracker_cfg, noise=self.models.noise)
         elif self.cfg.tracker == "ab3dmot":
@@ -258,36 +255,40 @@ class EgoStage:
         self.motion = MotionModel.empty()
         self._tracked = 0
         self._last_tracks: tuple[Boxes, float] | None = None
-        self.close_books()
+        self.expire_held()
 
     def perceive(self, scan: AgentScan) -> AgentPerception:
         # the ego detects on its own map for no fusion, late fusion and its demand map; for the
         # demand alone its boxes are decoded only if nothing arrives to fuse (fuse, boxes_of)
-        method = self.cfg.method
-        detect = method in ("none", "late", *DEMAND_METHODS)
-        return self.models.perception.agent_step(scan, detect, boxes=method in ("none", "late"))
+        spec = self.cfg.spec
+        detect = spec.ego_detects_alone or spec.uses_demand
+        return self.models.perception.agent_step(scan, detect, boxes=spec.ego_detects_alone)
 
     def demand(self, me: AgentPerception) -> bytes | None:
-        return self.models.codec.demand_message(me) if self.cfg.method in DEMAND_METHODS else None
+        return self.models.codec.demand_message(me) if self.cfg.spec.uses_demand else None
 
-    def usable(self, arrivals: list[Arrival], now_s: float, fuse_s: float) -> list[tuple[Arrival, bool]]:
-        """(message, stale?) to fuse at ``fuse_s``: this frame's on-time ones, else the newest held
-        late one per sender (compensate policy). Late ones are held or counted as dropped."""
+    def take_fusable(
+        self, arrivals: list[Arrival], now_s: float, fuse_s: float
+    ) -> list[tuple[Arrival, bool]]:
+        """Take ``arrivals`` in and return the (message, stale?) pairs to fuse at ``fuse_s``: this
+        frame's on-time ones, else the newest held late one per sender (compensate policy).
+        Changes the ego's state: late arrivals are held for a later frame or counted as dropped,
+        and held ones taken, superseded or too old leave ``held`` (the last two counted expired)."""
         chosen: dict[str, tuple[Arrival, bool]] = {}
         for a in arrivals:
-            if a.delivered_s <= fuse_s + 1e-9:
+            if within(a.delivered_s, fuse_s):
                 chosen[a.sender] = (a, False)
         # held late messages that have arrived by now, unless a fresher one came in time
         for sender, a in list(self.held.items()):
-            if a.delivered_s > fuse_s + 1e-9:
+            if not within(a.delivered_s, fuse_s):
                 continue
             del self.held[sender]
-            if sender in chosen or now_s - a.captured_s > self.cfg.max_age_s + 1e-9:
+            if sender in chosen or not within(now_s - a.captured_s, self.cfg.max_age_s):
                 self.expired += 1
                 continue
             chosen[sender] = (a, True)
         for a in arrivals:
-            if a.delivered_s <= fuse_s + 1e-9:
+            if within(a.delivered_s, fuse_s):
                 continue
             if self.cfg.late_policy == "compensate":
                 if a.sender in self.held:
@@ -301,6 +302,7 @@ class EgoStage:
         self, me: AgentPerception, scan: AgentScan, now_s: float, messages: list[tuple[Arrival, bool]]
     ) -> EgoOutput:
         cfg, codec, perception = self.cfg, self.models.codec, self.models.perception
+        spec = cfg.spec
         shared: list[SharedFeatures] = []
         boxes_in: list[SharedBoxes] = []
         clouds: list[torch.Tensor] = []
@@ -309,12 +311,12 @@ class EgoStage:
         for arrival, is_stale in messages:
             age = now_s - arrival.captured_s
             try:
-                if cfg.method == "late":
+                if spec.sends is Sends.BOXES:
                     got = codec.read_detections(arrival.data)
                     if is_stale:
                         got = compensate_boxes(got, self.motion, arrival.captured_s, age)
                     boxes_in.append(got)
-                elif cfg.method == "early":
+                elif spec.sends is Sends.POINTS:
                     msg = decode_points(arrival.data)
                     pts = msg.points
                     if is_stale:
@@ -341,13 +343,13 @@ class EgoStage:
             used += 1
         fused_map = None
         with torch.no_grad():
-            if cfg.method == "early":
+            if spec.fusion is FusionKind.EARLY:
                 own = sanitize_points(scan.points_in_bev(), perception.cfg)
                 bev = perception.model.encode([torch.cat([own, *clouds])])
                 out = perception.model.detect(bev.features)
                 boxes = perception.model.decode(out)[0]
                 fused_map = bev.features[0]
-            elif cfg.method in ("none", "late"):
+            elif spec.ego_detects_alone:
                 boxes = (
                     perception.merge_boxes(me.world_from_bev, me.boxes, boxes_in) if boxes_in else me.boxes
                 )
@@ -367,27 +369,29 @@ class EgoStage:
         if self.tracker is None:
             return None
         world = boxes.transformed(me.world_from_bev)
-        if isinstance(self.tracker, AB3DMOT):
-            tracks = self.tracker.step(world, self._tracked, me.timestamp_ns)
-        else:
-            grid = self.models.codec.grid
-            if self.cfg.method == "late":
-                agents = [agent_detections(me, grid)] + [
-                    AgentDetections(
-                        s.agent_id,
-                        "vehicle",
-                        s.world_from_bev,
-                        s.boxes.transformed(s.world_from_bev),
-                        variances=s.variances,
-                    )
-                    for s in received
-                ]
-            else:
-                patches = (
-                    crop_patches(fused_map, boxes.xyzlwhy[:, :2], grid, 5) if fused_map is not None else None
+        grid = self.models.codec.grid
+        per_agent = self.tracker.per_agent
+        if per_agent and self.cfg.spec.fusion is FusionKind.LATE:
+            # a multi-sensor filter weighs each agent's boxes itself: hand them over apart
+            agents = [agent_detections(me, grid)] + [
+                AgentDetections(
+                    s.agent_id,
+                    "vehicle",
+                    s.world_from_bev,
+                    s.boxes.transformed(s.world_from_bev),
+                    variances=s.variances,
                 )
-                agents = [AgentDetections(self.ego_id, me.kind.value, me.world_from_bev, world, patches)]
-            tracks = self.tracker.step(FrameDetections(self._tracked, me.timestamp_ns, agents)).boxes
+                for s in received
+            ]
+        else:
+            # one stream, the ego's (fused) detections; patches only feed a per-agent noise model
+            patches = (
+                crop_patches(fused_map, boxes.xyzlwhy[:, :2], grid, 5)
+                if per_agent and fused_map is not None
+                else None
+            )
+            agents = [AgentDetections(self.ego_id, me.kind.value, me.world_from_bev, world, patches)]
+        tracks = self.tracker.step(FrameDetections(self._tracked, me.timestamp_ns, agents)).boxes
         self._tracked += 1  # frame numbers must rise: the trackers refuse a repeated frame
         stamp = now_s  # the clock message ages are measured on, so compensation is consistent
         if self._last_tracks is not None:

@@ -23,18 +23,30 @@ from v2x.core.frame import Frame
 from v2x.core.geometry import inverse
 from v2x.perception.config import DetectorConfig
 from v2x.perception.encoder import sanitize_points
+from v2x.perception.fusion_kind import FusionKind
 from v2x.training.augment import augment_frame
 
 __all__ = ["CooperativeSample", "CooperativeTrainingSet", "collate_samples"]
 
 
+def sample_mode(fusion: FusionKind, on_ego_grid: bool = False) -> str:
+    """A sample's mode as its key spells it: "early", "intermediate" or "intermediate-ego"."""
+    return fusion.value + ("-ego" if on_ego_grid else "")
+
+
 @dataclass
 class CooperativeSample:
-    mode: str  # "intermediate", "intermediate-ego" (collaborators on the ego's grid) or "early"
+    fusion: FusionKind  # INTERMEDIATE (per-agent maps fused on the ego) or EARLY (one merged cloud)
     clouds: list[torch.Tensor]  # first is the ego's; early mode: one merged cloud
     ego_from_agent: list[np.ndarray]  # for clouds[1:], BEV frame to BEV frame
     boxes: np.ndarray  # (N, 7) targets in the ego's BEV frame
     key: str
+    #: intermediate: collaborators encoded on the ego's grid rather than their own
+    on_ego_grid: bool = False
+
+    @property
+    def mode(self) -> str:
+        return sample_mode(self.fusion, self.on_ego_grid)
 
 
 class CooperativeTrainingSet(Dataset):
@@ -78,19 +90,19 @@ class CooperativeTrainingSet(Dataset):
         rng.shuffle(others)
         n_others = int(rng.integers(0, min(len(others), self.max_agents - 1) + 1))
         chosen = [ego_id, *others[:n_others]]
-        mode = "early" if n_others > 0 and rng.random() < self.early_probability else "intermediate"
+        early = n_others > 0 and rng.random() < self.early_probability
+        fusion = FusionKind.EARLY if early else FusionKind.INTERMEDIATE
         # drawn only when asked for, so older configurations see the same random stream
-        asked = mode == "intermediate" and n_others > 0 and self.ego_grid_probability > 0
-        if asked and rng.random() < self.ego_grid_probability:
-            mode = "intermediate-ego"
+        asked = not early and n_others > 0 and self.ego_grid_probability > 0
+        on_ego_grid = bool(asked and rng.random() < self.ego_grid_probability)
         ego = frame.agents[ego_id]
         ego_bev_inv = inverse(ego.world_from_bev)
 
-        if mode == "early":
+        if fusion is FusionKind.EARLY:
             merged = [frame.agents[a].points_in(ego.world_from_bev) for a in chosen]
             clouds = [sanitize_points(np.concatenate(merged), self.cfg)]
             ego_from_agent: list[np.ndarray] = []
-        elif mode == "intermediate-ego":
+        elif on_ego_grid:
             clouds = [sanitize_points(ego.points_in_bev(), self.cfg)] + [
                 sanitize_points(frame.agents[a].points_in(ego.world_from_bev), self.cfg) for a in chosen[1:]
             ]
@@ -115,8 +127,8 @@ class CooperativeTrainingSet(Dataset):
         counts = sum(sub.points_per_gt_box().values()) if len(gt) else np.zeros(0)
         boxes = local[counts >= self.cfg.min_points_per_box]
         in_grid = boxes.in_range(self.cfg.grid.xy_range)
-        key = f"{frame.scenario}/{frame.index}/{ego_id}/{mode}/{len(chosen)}"
-        return CooperativeSample(mode, clouds, ego_from_agent, boxes.xyzlwhy[in_grid], key)
+        key = f"{frame.scenario}/{frame.index}/{ego_id}/{sample_mode(fusion, on_ego_grid)}/{len(chosen)}"
+        return CooperativeSample(fusion, clouds, ego_from_agent, boxes.xyzlwhy[in_grid], key, on_ego_grid)
 
 
 def collate_samples(samples: list[CooperativeSample]) -> list[CooperativeSample]:

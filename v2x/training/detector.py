@@ -26,6 +26,7 @@ from v2x.metrics.detection import DetectionEvaluator
 from v2x.perception.config import DetectorConfig, load_config
 from v2x.perception.cooperative import Perception, evaluation_ground_truth
 from v2x.perception.detector import CooperativeDetector
+from v2x.pipeline.methods import fusion_mode
 from v2x.training.data import CooperativeSample, CooperativeTrainingSet, collate_samples
 from v2x.training.targets import build_targets, detection_loss
 
@@ -98,14 +99,16 @@ def evaluate_detector(
     modes=("none", "intermediate"),
     progress: bool = False,
 ) -> dict[str, dict]:
-    """AP per fusion mode on the given frames of a log (ego of each frame as the log defines it)."""
+    """AP per fusion mode (names of ``v2x.pipeline.methods.FUSION_MODES``) on the given frames of a
+    log (ego of each frame as the log defines it)."""
     perception = Perception(model)
     evaluators = {m: DetectionEvaluator(eval_range=model.cfg.grid.xy_range) for m in modes}
+    runs = {m: fusion_mode(m) for m in modes}
     for i in tqdm(frame_indices, desc="validate", disable=not progress, leave=False):
         frame = log_[i]
         gt = evaluation_ground_truth(frame, model.cfg.min_points_per_box)
         for m in modes:
-            evaluators[m].add(perception.run_frame(frame, m).boxes, gt)
+            evaluators[m].add(runs[m].run(perception, frame).boxes, gt)
     return {m: e.result() for m, e in evaluators.items()}
 
 

@@ -1,6 +1,7 @@
 """An agent node: one collaborator slot, its own process, running :class:`~v2x.pipeline.stages.AgentStage`.
 
-Per frame (what ``exchange_frame`` does for one agent, with real messages):
+Per frame it drives the agent's :class:`~v2x.pipeline.exchange.AgentExchange`, the state machine
+``exchange_frame`` drives on the simulated clock, with real packets, notes and waits:
 
 1. perceive its scan;
 2. demand methods: wait for the ego's demand (delivered, or announced lost by the channel) and
@@ -9,7 +10,7 @@ Per frame (what ``exchange_frame`` does for one agent, with real messages):
 3. codefilling: offer, then wait for the other collaborators' offers (each says on
    ``/replay/note/offer`` whether it has one, so nobody waits for an offer never sent);
 4. send its message, sized to what is left of its link's per-frame allowance, at the time the
-   simulated clock says (``max(act time, offers' arrival)``), and tell the ego what it sent.
+   simulated clock says (``max(acted_s, offers' arrival)``), and tell the ego what it sent.
 
 On the simulated clock every wait is for a message or the channel's word that it was lost, so
 nothing depends on how fast the processes are; a peer that is gone is waited for at most
@@ -23,8 +24,8 @@ from dataclasses import dataclass, field
 
 from v2x.comm.envelope import Json, Packet, PointCloud
 from v2x.core.frame import AgentScan
-from v2x.messages.codec import DEMAND_METHODS
-from v2x.pipeline.replay.base import WAKE_PERIOD_S, ReplayNode, within
+from v2x.pipeline.exchange import AgentExchange, Phase
+from v2x.pipeline.replay.base import WAKE_PERIOD_S, ReplayNode
 from v2x.pipeline.replay.protocol import (
     DEMAND_NOTE,
     OFFER_NOTE,
@@ -39,19 +40,13 @@ __all__ = ["AgentNode"]
 
 
 @dataclass
-class _Work:
-    """One frame in progress."""
+class _AgentFrame:
+    """The frame this node is working on: the player's word of it and the agent's exchange."""
 
     k: int
-    t: float
     info: dict
-    scan: AgentScan
-    phase: str = "perceive"
-    me: object = None
-    act: float = 0.0
-    spent: int = 0
-    offer: bytes | None = None
-    heard: list[tuple[float, bytes]] = field(default_factory=list)
+    exchange: AgentExchange
+    #: when the current wait began (wall clock): a live peer is waited for at most ``wait_s``
     since: float = field(default_factory=time.monotonic)
 
     @property
@@ -67,16 +62,16 @@ class AgentNode(ReplayNode):
         self.slot = self.param("slot", 0, required=True)
         depth = 2 if self.realtime else 64
         # subscriptions first: they reach the senders while the models load
-        self.create_subscription(slot_scan(self.slot), PointCloud, self.on_scan, depth=depth)
-        self.create_subscription(slot_frame(self.slot), Json, self.on_frame, depth=depth)
-        self.create_subscription(DEMAND_NOTE, Json, self.on_demand_note, depth=64)
-        if self.cfg.method == "codefilling":
-            self.create_subscription(OFFER_NOTE, Json, self.on_offer_note, depth=256)
+        self.create_subscription(PointCloud, slot_scan(self.slot), self.on_scan, depth=depth)
+        self.create_subscription(Json, slot_frame(self.slot), self.on_frame, depth=depth)
+        self.create_subscription(Json, DEMAND_NOTE, self.on_demand_note, depth=64)
+        if self.cfg.spec.uses_offers:
+            self.create_subscription(Json, OFFER_NOTE, self.on_offer_note, depth=256)
         self.listening: set[str] = set()
         for agent_id in self.param("agent_ids", []):
             self._listen(agent_id)
-        self.status = self.create_publisher(slot_status(self.slot), Json)
-        self.offer_note = self.create_publisher(OFFER_NOTE, Json)
+        self.status = self.create_publisher(Json, slot_status(self.slot))
+        self.offer_note = self.create_publisher(Json, OFFER_NOTE)
         self.models = self.load_models()
         self.stages: dict = {}
         self.scans: dict[int, AgentScan] = {}
@@ -85,7 +80,7 @@ class AgentNode(ReplayNode):
         self.demand_bytes: dict[int, int] = {}
         self.offers: dict[tuple[int, str, str], Packet] = {}
         self.offer_notes: dict[tuple[int, str], int] = {}
-        self.work: _Work | None = None
+        self.work: _AgentFrame | None = None
         self._pubs: dict[str, object] = {}
         # every message that can move a frame on calls advance(); in real time each wait for a
         # moment on the wall clock sets this timer to fire then (fire_by), so the period is only
@@ -100,11 +95,11 @@ class AgentNode(ReplayNode):
         if agent_id is None or agent_id in self.listening:
             return
         self.listening.add(agent_id)
-        self.create_subscription(f"/rx/{agent_id}/", Packet, self.on_packet, depth=64)
+        self.create_subscription(Packet, f"/rx/{agent_id}/", self.on_packet, depth=64)
 
     def _publisher(self, topic: str):
         if topic not in self._pubs:
-            self._pubs[topic] = self.create_publisher(topic, Packet)
+            self._pubs[topic] = self.create_publisher(Packet, topic)
         return self._pubs[topic]
 
     # -- messages -----------------------------------------------------------------------------------
@@ -160,24 +155,79 @@ class AgentNode(ReplayNode):
         if info["agent_id"] is None:
             self.scans.pop(k, None)
             return self._next_work()
-        self.work = _Work(k, float(info["t"]), info, self.scans.pop(k))
+        exchange = AgentExchange(
+            self._stage(info["agent_id"]), self.scans.pop(k), float(info["t"]), info["collaborators"]
+        )
+        self.work = _AgentFrame(k, info, exchange)
         return True
 
-    def _step(self, w: _Work) -> bool:
-        """One step of the frame; False while it waits for something."""
-        if w.phase == "perceive":
-            return self._perceive(w)
-        if w.phase == "demand":
-            return self._demand(w)
-        if w.phase == "offer":
-            return self._offer(w)
-        if w.phase == "offers":
-            return self._offers(w)
-        self._send(w)
-        self.work = None
+    def _stage(self, agent_id: str):
+        """The agent's stage: what outlives a frame (the demand it follows, held late demands)."""
+        from v2x.pipeline.stages import AgentStage
+
+        stage = self.stages.get(agent_id)
+        if stage is None:
+            stage = self.stages[agent_id] = AgentStage(agent_id, self.models, self.cfg)
+        return stage
+
+    def _step(self, w: _AgentFrame) -> bool:
+        """One step of the frame (its exchange's phase); False while it waits for something."""
+        ex = w.exchange
+        if ex.phase is Phase.PERCEIVE:
+            self._perceive(w)
+        elif ex.phase is Phase.DEMAND:
+            if self._waits(w):
+                return False
+            ex.act_on_demand()
+        elif ex.phase is Phase.OFFER:
+            self._offer(w)
+        elif ex.phase is Phase.OFFERS:
+            if self._waits(w):
+                return False
+            ex.hear_offers()
+        else:
+            self._send(w)
+            self.work = None
         return True
 
-    def _waited_too_long(self, w: _Work, what: str) -> bool:
+    def _waits(self, w: _AgentFrame) -> bool:
+        """Whether the frame's exchange still waits, told what has come. Real time: until the
+        window's end on the wall clock (the timer is set to fire then); simulated clock: for
+        every message or the channel's word that it was lost, giving up on a peer after ``wait_s``."""
+        ex = w.exchange
+        self._tell(w)
+        if self.realtime:
+            if ex.waits(self._now()):
+                self._advance_timer.fire_by(ex.window_end_s)
+                return True
+            return False
+        return ex.waits() and not self._waited_too_long(w, ex.phase.value)
+
+    def _tell(self, w: _AgentFrame) -> None:
+        """Pass what has come for the frame's current phase to its exchange: the ego's note of
+        the demand's size and the demand, or the peers' offer notes and offers."""
+        ex = w.exchange
+        if ex.phase is Phase.DEMAND:
+            note = self.demand_bytes.get(w.k)
+            if note is not None:
+                ex.demand_noted(note)
+            pkt = self.demands.get((w.k, w.agent_id))
+            if pkt is not None and pkt.kind.startswith("lost:"):
+                ex.demand_lost()
+            elif pkt is not None:
+                ex.demand_delivered(pkt.data, pkt.delivered_ns / 1e9)
+        elif ex.phase is Phase.OFFERS:
+            for sender in ex.peers:
+                size = self.offer_notes.get((w.k, sender))
+                if size is not None:
+                    ex.offer_noted(sender, size)
+                pkt = self.offers.get((w.k, w.agent_id, sender))
+                if pkt is not None and pkt.kind.startswith("lost:"):
+                    ex.offer_lost(sender)
+                elif pkt is not None:
+                    ex.offer_delivered(sender, pkt.data, pkt.delivered_ns / 1e9)
+
+    def _waited_too_long(self, w: _AgentFrame, what: str) -> bool:
         if time.monotonic() - w.since <= self.wait_s:
             return False
         self.counters[f"{what}_timeouts"] += 1
@@ -187,53 +237,17 @@ class AgentNode(ReplayNode):
     def _now(self) -> float:
         return time.time()
 
-    def _perceive(self, w: _Work) -> bool:
-        from v2x.pipeline.stages import AgentStage
-
+    def _perceive(self, w: _AgentFrame) -> None:
         if w.agent_id not in self.listening:
             # a node that (re)started mid-run: this frame's demand may have gone by already
             self._listen(w.agent_id)
             self.status.publish(Json({"k": w.k, "agent_id": w.agent_id, "skipped": "joining"}))
             self.work = None
-            return True
-        stage = self.stages.get(w.agent_id)
-        if stage is None:
-            stage = self.stages[w.agent_id] = AgentStage(w.agent_id, self.models, self.cfg)
-        w.me = stage.perceive(w.scan, w.info.get("world_from_ego"))
-        w.act = w.t
-        w.phase = "demand" if self.cfg.method in DEMAND_METHODS else self._after_demand()
+            return
+        w.exchange.perceive(w.info.get("world_from_ego"))
         w.since = time.monotonic()
-        return True
 
-    def _after_demand(self) -> str:
-        return "offer" if self.cfg.method == "codefilling" else "send"
-
-    def _demand(self, w: _Work) -> bool:
-        stage = self.stages[w.agent_id]
-        stage.refresh_demand(w.t)  # the newest late demand of an earlier frame that has arrived
-        pkt = self.demands.get((w.k, w.agent_id))
-        note = self.demand_bytes.get(w.k)
-        if self.realtime:
-            if pkt is None and self._now() < w.t + self.cfg.coord_wait_s:
-                self._advance_timer.fire_by(w.t + self.cfg.coord_wait_s)
-                return False
-        elif (pkt is None or note is None) and not self._waited_too_long(w, "demand"):
-            return False
-        if note is not None:
-            w.spent += note
-        elif pkt is not None and not pkt.kind.startswith("lost:"):
-            w.spent += int(pkt.payload.size)
-        if pkt is not None and not pkt.kind.startswith("lost:"):
-            delivered = pkt.delivered_ns / 1e9
-            if within(delivered, w.t, self.cfg.coord_wait_s):
-                stage.take_demand(pkt.data)
-                w.act = delivered
-            else:
-                stage.hold_demand(pkt.data, delivered)
-        w.phase = self._after_demand()
-        return True
-
-    def _packet(self, w: _Work, data: bytes, receiver: str, kind: str, sent_s: float) -> Packet:
+    def _packet(self, w: _AgentFrame, data: bytes, receiver: str, kind: str, sent_s: float) -> Packet:
         sent_ns = time.time_ns() if self.realtime else round(sent_s * 1e9)
         return Packet.of(
             data,
@@ -243,63 +257,33 @@ class AgentNode(ReplayNode):
             frame=w.k,
             stamp_ns=int(w.info["t_ns"]),
             sent_ns=sent_ns,
-            sender_position=w.scan.position.tolist(),
+            sender_position=w.exchange.scan.position.tolist(),
         )
 
-    def _offer(self, w: _Work) -> bool:
-        stage = self.stages[w.agent_id]
-        w.offer = stage.offer(w.me)
-        size = len(w.offer) if w.offer is not None else 0
-        self.offer_note.publish(Json({"k": w.k, "sender": w.agent_id, "bytes": size}))
-        if w.offer is not None:
-            w.spent += size
+    def _offer(self, w: _AgentFrame) -> None:
+        """Say whether it offers (so nobody waits for an offer never sent), and broadcast it."""
+        ex = w.exchange
+        offer = ex.make_offer()
+        self.offer_note.publish(Json({"k": w.k, "sender": w.agent_id, "bytes": len(offer) if offer else 0}))
+        if offer is not None:
             pub = self._publisher(f"/agents/{w.agent_id}/offer")
-            for r in w.info["collaborators"]:
-                if r != w.agent_id:
-                    pub.publish(self._packet(w, w.offer, r, "offer", w.act))
-        w.phase, w.since = "offers", time.monotonic()
-        return True
+            for receiver in ex.peers:
+                pub.publish(self._packet(w, offer, receiver, "offer", ex.acted_s))
+        w.since = time.monotonic()
 
-    def _offers(self, w: _Work) -> bool:
-        others = [s for s in w.info["collaborators"] if s != w.agent_id]
-        pending = []
-        for s in others:
-            size = self.offer_notes.get((w.k, s))
-            if size is None or (size > 0 and (w.k, w.agent_id, s) not in self.offers):
-                pending.append(s)
-        if pending:
-            if self.realtime:
-                if self._now() < w.act + self.cfg.coord_wait_s:
-                    self._advance_timer.fire_by(w.act + self.cfg.coord_wait_s)
-                    return False
-            elif not self._waited_too_long(w, "offers"):
-                return False
-        for s in others:
-            pkt = self.offers.get((w.k, w.agent_id, s))
-            if pkt is None or pkt.kind.startswith("lost:"):
-                continue
-            delivered = pkt.delivered_ns / 1e9
-            if within(delivered, w.act, self.cfg.coord_wait_s):
-                w.heard.append((delivered, pkt.data))
-        w.phase = "send"
-        return True
-
-    def _send(self, w: _Work) -> None:
-        stage = self.stages[w.agent_id]
-        got = sorted(w.heard, key=lambda x: x[0])
-        assigned = stage.assigned(w.me, w.offer, [b for _, b in got])
-        send_s = max([w.act, *[ts for ts, _ in got]])
-        data = stage.message(w.me, w.scan, w.spent, assigned)
-        status = {"k": w.k, "agent_id": w.agent_id, "sent": data is not None, "malformed": stage.malformed}
+    def _send(self, w: _AgentFrame) -> None:
+        ex = w.exchange
+        out = ex.send()
+        stage = ex.stage
+        status = {"k": w.k, "agent_id": w.agent_id, "sent": out is not None, "malformed": stage.malformed}
         if stage.bad_ego_poses:
             status["bad_ego_poses"] = stage.bad_ego_poses  # frames encoded in its own frame instead
-        if data is not None:
-            w.spent += len(data)
-            topic = message_topic(w.agent_id, self.cfg.method)
+        if out is not None:
+            topic = message_topic(w.agent_id, self.cfg.spec)
             kind = topic.rsplit("/", 1)[1]
-            self._publisher(topic).publish(self._packet(w, data, w.info["ego_id"], kind, send_s))
-            status["bytes"] = len(data)
-        status["spent"] = w.spent
+            self._publisher(topic).publish(self._packet(w, out.data, w.info["ego_id"], kind, out.send_s))
+            status["bytes"] = len(out.data)
+        status["spent"] = ex.spent
         status["done_wall"] = time.time()
         self.status.publish(Json(status))
 

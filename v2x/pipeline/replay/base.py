@@ -10,13 +10,7 @@ from v2x.comm.envelope import Json
 from v2x.comm.node import Node
 from v2x.pipeline.replay.protocol import END, READY, config_from_dict
 
-__all__ = ["ReplayNode", "within"]
-
-
-def within(delivered_s: float, start_s: float, wait_s: float) -> bool:
-    """Whether a message delivered at ``delivered_s`` came within ``wait_s`` of ``start_s``
-    (``run_frames``' test, tolerance included)."""
-    return delivered_s <= start_s + wait_s + 1e-9
+__all__ = ["WAKE_PERIOD_S", "ReplayNode"]
 
 
 #: the wall-clock timer period of the replay's nodes: a safety net only. Messages that move a
@@ -40,8 +34,8 @@ class ReplayNode(Node):
         self.wait_s = self.param("wait_s", 120.0)  # the longest wait for a live peer, wall clock
         self.started = False
         self.ended = False
-        self._ready = self.create_publisher(READY, Json)
-        self.create_subscription(END, Json, self._on_end)
+        self._ready = self.create_publisher(Json, READY)
+        self.create_subscription(Json, END, self._on_end)
 
     def load_models(self):
         """The models, on the thread count the launch gives (one per node on a small machine)."""

@@ -5,7 +5,7 @@ three things a replay needs.
   plain node knows a receiver's position only from the last packet it sent, which for the
   ego's demand is the previous frame's).
 * Its emulator's counts on request (``/replay/channel/request`` -> ``/replay/channel/stats``),
-  so the ego's results carry the channel's own books, as ``run_frames`` carries its emulator's.
+  so the ego's results carry the channel's own counts, as ``run_frames`` carries its emulator's.
 * The replay's ready message, so the player starts only once it listens.
 """
 
@@ -27,10 +27,10 @@ class ReplayChannelNode(ChannelNode, ReplayNode):
     def on_configure(self) -> None:
         super().on_configure()
         self.started = False
-        self._ready = self.create_publisher(READY, Json)
-        self._stats = self.create_publisher(CHANNEL_STATS, Json)
-        self.create_subscription(POSITIONS, Json, self.on_positions, depth=64)
-        self.create_subscription(CHANNEL_STATS_REQUEST, Json, self.on_request)
+        self._ready = self.create_publisher(Json, READY)
+        self._stats = self.create_publisher(Json, CHANNEL_STATS)
+        self.create_subscription(Json, POSITIONS, self.on_positions, depth=64)
+        self.create_subscription(Json, CHANNEL_STATS_REQUEST, self.on_request)
 
     def on_positions(self, _topic: str, msg: Json) -> None:
         self.started = True

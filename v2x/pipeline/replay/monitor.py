@@ -17,11 +17,11 @@ class Monitor(Node):
         self.finished: dict | None = None
         self.ended: dict | None = None
         self.recording_closed = False
-        self.nodes = self.create_publisher(NODES, Json)
-        self.create_subscription(EGO_DONE, Json, self.on_done, keep_latest=True)
-        self.create_subscription(EGO_FINISHED, Json, self.on_finished)
-        self.create_subscription(END, Json, self.on_end)
-        self.create_subscription(RECORDER_CLOSED, Json, self.on_closed)
+        self.nodes = self.create_publisher(Json, NODES)
+        self.create_subscription(Json, EGO_DONE, self.on_done, keep_latest=True)
+        self.create_subscription(Json, EGO_FINISHED, self.on_finished)
+        self.create_subscription(Json, END, self.on_end)
+        self.create_subscription(Json, RECORDER_CLOSED, self.on_closed)
 
     def on_done(self, _t: str, msg: Json) -> None:
         self.progress = dict(msg.data)

@@ -60,19 +60,19 @@ class PlayerNode(ReplayNode):
         self.ready_slots: set[int] = set()
         self.done: dict[int, dict] = {}
         self.finished = self.closed = False
-        self.frame_pubs = [self.create_publisher(slot_frame(i), Json) for i in range(self.slots)]
-        self.scan_pubs = [self.create_publisher(slot_scan(i), PointCloud) for i in range(self.slots)]
-        self.ego_frame = self.create_publisher(EGO_FRAME, Json)
-        self.ego_scan = self.create_publisher(EGO_SCAN, PointCloud)
-        self.ego_gt = self.create_publisher(EGO_GT, Boxes3D)
-        self.ego_gt_track = self.create_publisher(EGO_GT_TRACK, Boxes3D)
-        self.positions = self.create_publisher(POSITIONS, Json)
-        self.clock = self.create_publisher("/clock", Clock)
-        self.end_pub = self.create_publisher(END, Json)
-        self.create_subscription(READY, Json, self.on_ready)
-        self.create_subscription(EGO_DONE, Json, self.on_done, depth=256)
-        self.create_subscription(EGO_FINISHED, Json, lambda _t, _m: setattr(self, "finished", True))
-        self.create_subscription(RECORDER_CLOSED, Json, lambda _t, _m: setattr(self, "closed", True))
+        self.frame_pubs = [self.create_publisher(Json, slot_frame(i)) for i in range(self.slots)]
+        self.scan_pubs = [self.create_publisher(PointCloud, slot_scan(i)) for i in range(self.slots)]
+        self.ego_frame = self.create_publisher(Json, EGO_FRAME)
+        self.ego_scan = self.create_publisher(PointCloud, EGO_SCAN)
+        self.ego_gt = self.create_publisher(Boxes3D, EGO_GT)
+        self.ego_gt_track = self.create_publisher(Boxes3D, EGO_GT_TRACK)
+        self.positions = self.create_publisher(Json, POSITIONS)
+        self.clock = self.create_publisher(Clock, "/clock")
+        self.end_pub = self.create_publisher(Json, END)
+        self.create_subscription(Json, READY, self.on_ready)
+        self.create_subscription(Json, EGO_DONE, self.on_done, depth=256)
+        self.create_subscription(Json, EGO_FINISHED, lambda _t, _m: setattr(self, "finished", True))
+        self.create_subscription(Json, RECORDER_CLOSED, lambda _t, _m: setattr(self, "closed", True))
         self._open_log()
         self.slot_map = SlotMap(self.slots)
         self.phase = "starting"
@@ -85,10 +85,10 @@ class PlayerNode(ReplayNode):
 
     def _open_log(self) -> None:
         from v2x.datasets import open_log
-        from v2x.pipeline.runs import select_frames
+        from v2x.pipeline.frames import FrameSelection, select_frames
 
         self.log_ = open_log(self.param("data", "", required=True), max_cav=self.cfg.max_agents)
-        self.indices = select_frames(self.log_, self.cfg.frames, self.param("scenes", None))
+        self.indices = select_frames(self.log_, FrameSelection.of_run(self.cfg, self.param("scenes", None)))
         # read ahead, off the node's thread; in real time far enough that reading never holds
         # back the 10 Hz (a scan takes a good fraction of a frame period to read)
         self.preload = min(len(self.indices) + 1, self.param("preload", 200)) if self.realtime else 8

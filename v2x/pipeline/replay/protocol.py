@@ -23,6 +23,7 @@ import numpy as np
 from v2x.comm.envelope import Boxes3D, PointCloud
 from v2x.core.boxes import Boxes
 from v2x.core.frame import AgentScan
+from v2x.pipeline.methods import Method
 from v2x.sim.channel import ChannelConfig, GilbertElliott
 
 __all__ = [
@@ -90,10 +91,11 @@ def slot_status(slot: int) -> str:
     return f"/replay/status/slot{slot}"
 
 
-def message_topic(agent_id: str, method: str) -> str:
+def message_topic(agent_id: str, method: Method) -> str:
     """Where a collaborator's message goes on the air (the design's topic names)."""
-    kind = {"late": "detections", "early": "points"}.get(method, "features")
-    return f"/agents/{agent_id}/{kind}"
+    if method.topic_kind is None:
+        raise ValueError(f"method {method.name}: collaborators send nothing, on no topic")
+    return f"/agents/{agent_id}/{method.topic_kind}"
 
 
 # -- conversions ------------------------------------------------------------------------------------

@@ -39,17 +39,17 @@ class RecorderNode(ReplayNode):
         self.slots = self.param("slots", 0)
         self.stride = max(1, self.param("points_stride", 1))
         self.rec = McapRecorder(self.param("path", "", required=True))
-        self.closed_pub = self.create_publisher(RECORDER_CLOSED, Json)
+        self.closed_pub = self.create_publisher(Json, RECORDER_CLOSED)
         self.ego_ids: dict[int, str] = {}
         self.stamps: dict[int, int] = {}
         for topic in [EGO_SCAN] + [slot_scan(i) for i in range(self.slots)]:
-            self.create_subscription(topic, PointCloud, self.on_scan, depth=64)
-        self.create_subscription(EGO_GT_TRACK, Boxes3D, self.on_gt, depth=64)
-        self.create_subscription(EGO_DETECTIONS, Boxes3D, self.on_boxes, depth=64)
-        self.create_subscription(EGO_TRACKS, Boxes3D, self.on_boxes, depth=64)
-        self.create_subscription(EGO_LINKS, Json, self.on_links, depth=64)
-        self.create_subscription("/diagnostics", Diagnostics, self.on_diagnostics, depth=16)
-        self.create_subscription(EGO_FINISHED, Json, self.on_finished)
+            self.create_subscription(PointCloud, topic, self.on_scan, depth=64)
+        self.create_subscription(Boxes3D, EGO_GT_TRACK, self.on_gt, depth=64)
+        self.create_subscription(Boxes3D, EGO_DETECTIONS, self.on_boxes, depth=64)
+        self.create_subscription(Boxes3D, EGO_TRACKS, self.on_boxes, depth=64)
+        self.create_subscription(Json, EGO_LINKS, self.on_links, depth=64)
+        self.create_subscription(Diagnostics, "/diagnostics", self.on_diagnostics, depth=16)
+        self.create_subscription(Json, EGO_FINISHED, self.on_finished)
         self.closed = False
         self.errors = 0
 

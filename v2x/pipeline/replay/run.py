@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from v2x.pipeline.config import RunConfig
+from v2x.pipeline.frames import FrameSelection, select_frames
 from v2x.pipeline.replay.results import (
     DETECTIONS,
     RESULTS,
@@ -33,7 +34,6 @@ from v2x.pipeline.replay.results import (
     write_results,
 )
 from v2x.pipeline.replay.slots import SlotMap, count_slots
-from v2x.pipeline.runs import select_frames
 
 __all__ = [
     "ESSENTIAL",
@@ -236,7 +236,7 @@ def _plan(opts: ReplayOptions):
     from v2x.datasets import open_log
 
     log = open_log(opts.data, max_cav=opts.cfg.max_agents)
-    idx = select_frames(log, opts.cfg.frames, opts.scenes)
+    idx = select_frames(log, FrameSelection.of_run(opts.cfg, opts.scenes))
     if not idx:
         raise ValueError(f"{opts.data}: no frames to replay")
     slots = count_slots(log, opts.cfg.max_agents)
@@ -411,7 +411,7 @@ def run_in_process(opts: ReplayOptions, progress: Progress | None = None) -> dic
     t0 = time.perf_counter()
     torch.set_num_threads(opts.threads)  # as the nodes run: same arithmetic, same boxes
     log = open_log(opts.data, max_cav=opts.cfg.max_agents)
-    idx = select_frames(log, opts.cfg.frames, opts.scenes)
+    idx = select_frames(log, FrameSelection.of_run(opts.cfg, opts.scenes))
     opts.out.mkdir(parents=True, exist_ok=True)
     models = Models.load(opts.cfg)
     bytes_seen: list[float] = []
@@ -422,7 +422,7 @@ def run_in_process(opts: ReplayOptions, progress: Progress | None = None) -> dic
             mean = sum(bytes_seen) / len(bytes_seen)
             progress({"k": k, "frames": k + 1, "total": len(idx), "bytes_per_agent_frame": mean})
 
-    out = run_frames((log[i] for i in idx), opts.cfg, models, tick)
+    out = run_frames(log, opts.cfg, models, tick, indices=idx)
     dets = out.pop("_detections")
     with open(opts.out / DETECTIONS, "w") as fh:
         for k, d in enumerate(dets):

@@ -1,8 +1,11 @@
 """Figures and checks for ``docs/tracking.md``: what the two evaluation modes see, what the noise
 net learned, and the evaluator on V2V4Real's real ground truth against a perturbed copy.
 
-``python -m v2x.tracking.figures --records DIR --weights noise.pt --out docs/images``
-``python -m v2x.tracking.figures --v2v4real ../shared/realdata/v2v4real``
+A documentation script, not part of the installed package (it reads dataset files, which
+``v2x.tracking`` never does)::
+
+    .venv/bin/python scripts/tracking_figures.py --records DIR --weights noise.pt --out docs/images
+    .venv/bin/python scripts/tracking_figures.py --v2v4real ../shared/realdata/v2v4real
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from v2x.tracking.metrics import evaluate_tracking
+from v2x.core.boxes import Boxes
+from v2x.datasets.kitti_tracking import read_kitti_tracking, read_seqmap
+from v2x.tracking.metrics import TrackingSequence, evaluate_tracking
 from v2x.tracking.noise_net import agent_frame_boxes, detection_features
 from v2x.tracking.records import load_sequence, record_files
 from v2x.tracking.sequences import ego_sequence, run_tracker
 from v2x.tracking.train import assign_gt_ids, load_tracker
 
-__all__ = ["mota_recall_figure", "noise_figure"]
+__all__ = ["mota_recall_figure", "noise_figure", "v2v4real_check"]
 
 
 def mota_recall_figure(sequences, out: Path, tracker: str = "ab3dmot") -> None:
@@ -114,10 +119,6 @@ def noise_figure(sequences, weights: Path, out: Path) -> None:
 def v2v4real_check(root: Path, seed: int = 0) -> dict:
     """Real V2V4Real train ground truth against a copy with 0.4 m noise, 10 % of boxes missed and
     0.5 low-score phantom boxes per frame, in every mode and geometry (test data, never trained on)."""
-    from v2x.core.boxes import Boxes
-    from v2x.datasets.kitti_tracking import read_kitti_tracking, read_seqmap
-    from v2x.tracking.metrics import TrackingSequence
-
     rng = np.random.default_rng(seed)
     seqs = []
     for name, (_, last) in read_seqmap(root / "train.seqmap").items():
