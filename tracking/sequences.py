@@ -14,6 +14,7 @@ import numpy as np
 
 from v2x.core.boxes import VEHICLE_CLASSES, Boxes
 from v2x.core.geometry import inverse
+from v2x.core.grid import DEFAULT_XY_RANGE
 from v2x.tracking.ab3dmot import AB3DMOT
 from v2x.tracking.config import TrackerConfig
 from v2x.tracking.dmstrack import MultiSensorKF
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 #: tracks and ground truth are scored within this ego-frame area (x0, y0, x1, y1), metres
-EGO_RANGE = (-70.4, -40.0, 70.4, 40.0)
+EGO_RANGE = DEFAULT_XY_RANGE
 TRACKERS = ("ab3dmot", "ab3dmot-ego", "dmstrack")
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from v2x.core.grid import DEFAULT_XY_RANGE
+
 
 @click.command("viz")
 @click.argument("source", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -40,7 +42,7 @@ import click
     "half_range",
     type=float,
     nargs=2,
-    default=(70.4, 40.0),
+    default=(DEFAULT_XY_RANGE[2], DEFAULT_XY_RANGE[3]),
     show_default=True,
     help="Half extents in x and y (m) around the ego.",
 )

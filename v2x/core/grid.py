@@ -97,3 +97,7 @@ class BEVGrid:
         """32-bit identity of the grid geometry, carried in every feature message."""
         blob = json.dumps({k: round(float(v), 6) for k, v in asdict(self).items()}, sort_keys=True)
         return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:4], "little")
+
+
+#: the shipped grid's x, y extent (x_min, y_min, x_max, y_max): OPV2V's evaluation range
+DEFAULT_XY_RANGE = BEVGrid().xy_range

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from v2x import WEIGHTS
 from v2x.core.boxes import Boxes
+from v2x.core.grid import DEFAULT_XY_RANGE
 from v2x.perception.cooperative import Perception
 from v2x.perception.fusion_kind import FusionKind
 from v2x.pipeline.detections import frame_detections, in_ego_range
@@ -183,7 +184,7 @@ def _ground_truth_tracks(frames: list[FrameDetections], scores: dict, sequence: 
 def compare_trackers(
     sequences: list[Path],
     noise=None,
-    xy_range=(-70.4, -40.0, 70.4, 40.0),
+    xy_range=DEFAULT_XY_RANGE,
     tracker_cfg=None,
     configs=CONFIGURATIONS,
     progress: bool = True,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from v2x.core.boxes import VEHICLE_CLASSES, Boxes
+from v2x.core.grid import DEFAULT_XY_RANGE
 from v2x.core.iou import bev_and_3d_iou
 
 __all__ = ["IOU_THRESHOLDS", "DetectionEvaluator", "voc_ap"]
@@ -94,7 +95,7 @@ class DetectionEvaluator:
 
     def __init__(
         self,
-        eval_range: tuple[float, float, float, float] = (-70.4, -40.0, 70.4, 40.0),
+        eval_range: tuple[float, float, float, float] = DEFAULT_XY_RANGE,
         thresholds: tuple[float, ...] = IOU_THRESHOLDS,
         distance_bins: tuple[tuple[float, float], ...] = DEFAULT_DISTANCE_BINS,
         classes=VEHICLE_CLASSES,

@@ -18,6 +18,7 @@ import numpy as np
 from v2x.core.boxes import Boxes, bev_corners
 from v2x.core.frame import AgentKind, Frame
 from v2x.core.geometry import inverse, transform_points
+from v2x.core.grid import DEFAULT_XY_RANGE
 
 __all__ = [
     "AGENT_COLOURS",
@@ -51,8 +52,8 @@ DETECTION = (60, 60, 255)
 class BEVCanvas:
     """Maps metres in the view frame to pixels."""
 
-    x_range: tuple[float, float] = (-70.4, 70.4)
-    y_range: tuple[float, float] = (-40.0, 40.0)
+    x_range: tuple[float, float] = (DEFAULT_XY_RANGE[0], DEFAULT_XY_RANGE[2])
+    y_range: tuple[float, float] = (DEFAULT_XY_RANGE[1], DEFAULT_XY_RANGE[3])
     pixels_per_metre: float = 8.0
 
     @property
@@ -180,8 +181,8 @@ def render_bev(
     sent_cells: Mapping[str, np.ndarray] | None = None,
     *,
     view: str | np.ndarray = "ego",
-    x_range: tuple[float, float] = (-70.4, 70.4),
-    y_range: tuple[float, float] = (-40.0, 40.0),
+    x_range: tuple[float, float] = (DEFAULT_XY_RANGE[0], DEFAULT_XY_RANGE[2]),
+    y_range: tuple[float, float] = (DEFAULT_XY_RANGE[1], DEFAULT_XY_RANGE[3]),
     pixels_per_metre: float = 8.0,
     cell: float = 0.8,
     agent_positions: Mapping[str, np.ndarray] | None = None,

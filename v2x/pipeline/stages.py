@@ -101,15 +101,15 @@ class AgentStage:
             scan, spec.agent_detects, into, boxes=spec.sends is Sends.BOXES
         )
 
-    def variances(self, me: AgentPerception) -> np.ndarray | None:
+    def variances(self, percept: AgentPerception) -> np.ndarray | None:
         """(N, 7) measurement variances of the agent's boxes from the learned noise model, sent
         with them so the ego's multi-sensor filter weighs each detection (DMSTrack); None
         without a noise model."""
-        if self.models.noise is None or self.cfg.tracker != "dmstrack" or me.boxes is None:
+        if self.models.noise is None or self.cfg.tracker != "dmstrack" or percept.boxes is None:
             return None
         if self._noise_filter is None:
             self._noise_filter = MultiSensorKF(self.models.tracker_cfg, noise=self.models.noise)
-        det = agent_detections(me, self.models.codec.grid)
+        det = agent_detections(percept, self.models.codec.grid)
         with torch.no_grad():
             return self._noise_filter.measurement_variances(det).numpy()
 
@@ -142,13 +142,13 @@ class AgentStage:
             del self._late_demands[: newest + 1]
             self._read_demand(data)
 
-    def offer(self, me: AgentPerception) -> bytes | None:
+    def offer(self, percept: AgentPerception) -> bytes | None:
         if not self.cfg.spec.uses_offers or self.demand is None:
             return None
-        return self.models.codec.offer_message(me, self.demand)
+        return self.models.codec.offer_message(percept, self.demand)
 
     def assigned(
-        self, me: AgentPerception, own_offer: bytes | None, offers: Iterable[bytes]
+        self, percept: AgentPerception, own_offer: bytes | None, offers: Iterable[bytes]
     ) -> np.ndarray | None:
         """Blocks information filling gives this agent, from its own and the offers it received."""
         if not self.cfg.spec.uses_offers or self.demand is None or own_offer is None:
@@ -161,11 +161,11 @@ class AgentStage:
             except WireError:
                 self.malformed += 1
         plan = codec.assign(read, self.demand)
-        return plan.get(codec.sender_of(me), np.zeros(0, np.int64))
+        return plan.get(codec.sender_of(percept), np.zeros(0, np.int64))
 
     def message(
         self,
-        me: AgentPerception | None,
+        percept: AgentPerception | None,
         scan: AgentScan,
         spent: int = 0,
         assigned: np.ndarray | None = None,
@@ -177,7 +177,7 @@ class AgentStage:
             return None
         if spec.sends in (Sends.BOXES, Sends.POINTS):
             data = (
-                codec.detections_message(me, allowance, self.variances(me))
+                codec.detections_message(percept, allowance, self.variances(percept))
                 if spec.sends is Sends.BOXES
                 else encode_points(
                     sender_code(scan.agent_id),
@@ -194,7 +194,7 @@ class AgentStage:
             # no demand yet (or no offer accepted): the most confident cells, in the same encoding
             scheme = replace(scheme, selection=Selection.CONFIDENT)
         blocks = assigned if scheme.uses_offers else None
-        enc = codec.feature_message(scheme, me, allowance, self.demand, blocks, cfg.threshold)
+        enc = codec.feature_message(scheme, percept, allowance, self.demand, blocks, cfg.threshold)
         if enc.data is None or (len(enc.cells) == 0 and enc.boxes == 0):
             return None
         return enc.data
@@ -264,8 +264,8 @@ class EgoStage:
         detect = spec.ego_detects_alone or spec.uses_demand
         return self.models.perception.agent_step(scan, detect, boxes=spec.ego_detects_alone)
 
-    def demand(self, me: AgentPerception) -> bytes | None:
-        return self.models.codec.demand_message(me) if self.cfg.spec.uses_demand else None
+    def demand(self, percept: AgentPerception) -> bytes | None:
+        return self.models.codec.demand_message(percept) if self.cfg.spec.uses_demand else None
 
     def take_fusable(
         self, arrivals: list[Arrival], now_s: float, fuse_s: float
@@ -299,7 +299,7 @@ class EgoStage:
         return list(chosen.values())
 
     def fuse(
-        self, me: AgentPerception, scan: AgentScan, now_s: float, messages: list[tuple[Arrival, bool]]
+        self, percept: AgentPerception, scan: AgentScan, now_s: float, messages: list[tuple[Arrival, bool]]
     ) -> EgoOutput:
         cfg, codec, perception = self.cfg, self.models.codec, self.models.perception
         spec = cfg.spec
@@ -323,10 +323,10 @@ class EgoStage:
                         pts = compensate_points(
                             pts, msg.world_from_lidar, self.motion, arrival.captured_s, age
                         )
-                    local = transform_points(inverse(me.world_from_bev) @ msg.world_from_lidar, pts)
+                    local = transform_points(inverse(percept.world_from_bev) @ msg.world_from_lidar, pts)
                     clouds.append(sanitize_points(local, perception.cfg))
                 else:
-                    feats, bx = codec.read_features(arrival.data, me.features.shape[0])
+                    feats, bx = codec.read_features(arrival.data, percept.features.shape[0])
                     if is_stale:
                         feats = compensate_features(feats, self.motion, arrival.captured_s, age, codec.grid)
                     shared.append(feats)
@@ -351,29 +351,31 @@ class EgoStage:
                 fused_map = bev.features[0]
             elif spec.ego_detects_alone:
                 boxes = (
-                    perception.merge_boxes(me.world_from_bev, me.boxes, boxes_in) if boxes_in else me.boxes
+                    perception.merge_boxes(percept.world_from_bev, percept.boxes, boxes_in)
+                    if boxes_in
+                    else percept.boxes
                 )
-            elif not shared and not boxes_in and (own := perception.boxes_of(me)) is not None:
+            elif not shared and not boxes_in and (own := perception.boxes_of(percept)) is not None:
                 # nothing usable arrived and the ego detected on its own map already (for its
                 # demand): fusing its map alone would give that map and those boxes again
-                boxes, fused_map = own, me.features
+                boxes, fused_map = own, percept.features
             else:
-                res = perception.ego_step(me, shared, boxes_in)
+                res = perception.ego_step(percept, shared, boxes_in)
                 boxes, fused_map = res.boxes, res.features
-        tracks = self._track(me, boxes, boxes_in, fused_map, now_s)
+        tracks = self._track(percept, boxes, boxes_in, fused_map, now_s)
         return EgoOutput(boxes, tracks, used, stale, sent_cells)
 
     def _track(
-        self, me: AgentPerception, boxes: Boxes, received: list[SharedBoxes], fused_map, now_s: float
+        self, percept: AgentPerception, boxes: Boxes, received: list[SharedBoxes], fused_map, now_s: float
     ) -> Boxes | None:
         if self.tracker is None:
             return None
-        world = boxes.transformed(me.world_from_bev)
+        world = boxes.transformed(percept.world_from_bev)
         grid = self.models.codec.grid
         per_agent = self.tracker.per_agent
         if per_agent and self.cfg.spec.fusion is FusionKind.LATE:
             # a multi-sensor filter weighs each agent's boxes itself: hand them over apart
-            agents = [agent_detections(me, grid)] + [
+            agents = [agent_detections(percept, grid)] + [
                 AgentDetections(
                     s.agent_id,
                     "vehicle",
@@ -390,8 +392,10 @@ class EgoStage:
                 if per_agent and fused_map is not None
                 else None
             )
-            agents = [AgentDetections(self.ego_id, me.kind.value, me.world_from_bev, world, patches)]
-        tracks = self.tracker.step(FrameDetections(self._tracked, me.timestamp_ns, agents)).boxes
+            agents = [
+                AgentDetections(self.ego_id, percept.kind.value, percept.world_from_bev, world, patches)
+            ]
+        tracks = self.tracker.step(FrameDetections(self._tracked, percept.timestamp_ns, agents)).boxes
         self._tracked += 1  # frame numbers must rise: the trackers refuse a repeated frame
         stamp = now_s  # the clock message ages are measured on, so compensation is consistent
         if self._last_tracks is not None:
@@ -422,13 +426,15 @@ def warm_up(models: Models, cfg: RunConfig) -> int:
         pose = np.eye(4)
         pose[:2, 3] = (8.0 + k, 3.0)
         other = AgentScan("990002", "vehicle", points, pose, timestamp_ns=stamp)
-        me = ego.perceive(ego_scan)
-        demand = ego.demand(me)
+        percept = ego.perceive(ego_scan)
+        demand = ego.demand(percept)
         if demand is not None:
             agent.take_demand(demand)
-        them = agent.perceive(other, me.world_from_bev)
-        offer = agent.offer(them) if them is not None else None
-        data = agent.message(them, other, 0, agent.assigned(them, offer, []) if offer else None)
+        collaborator = agent.perceive(other, percept.world_from_bev)
+        offer = agent.offer(collaborator) if collaborator is not None else None
+        data = agent.message(
+            collaborator, other, 0, agent.assigned(collaborator, offer, []) if offer else None
+        )
         arrivals = [(Arrival(data, "990002", k * 0.1, k * 0.1, k), k > 0)] if data else []
-        fused += ego.fuse(me, ego_scan, k * 0.1, arrivals).fused
+        fused += ego.fuse(percept, ego_scan, k * 0.1, arrivals).fused
     return fused
