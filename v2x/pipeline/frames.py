@@ -24,7 +24,7 @@ from v2x.pipeline.config import PipelineError
 if TYPE_CHECKING:
     from v2x.pipeline.config import RunConfig
 
-__all__ = ["PICKS", "FrameSelection", "FrameStep", "drive", "select_frames"]
+__all__ = ["PICKS", "FrameSelection", "FrameStep", "drive", "select_frames", "starts_sequence"]
 
 #: how ``count`` frames are picked from a log (the command line's ``--pick``)
 PICKS = ("first", "spread", "random")
@@ -93,6 +93,12 @@ def select_frames(log, selection: FrameSelection) -> list[int]:
     return [idx[j] for j in sorted(set(at))]
 
 
+def starts_sequence(scenario: str, ego_id: str, previous: tuple[str, str] | None) -> bool:
+    """Whether a frame of ``scenario`` seen by ``ego_id`` starts fresh tracks after ``previous``
+    (the last frame's scenario and ego; None before the first): another scenario or another ego."""
+    return previous is None or (scenario, ego_id) != previous
+
+
 @dataclass(frozen=True)
 class FrameStep:
     """One frame of a walk: its position ``k`` (the simulated clock's tick), its log ``index``,
@@ -129,7 +135,9 @@ def drive(
     prev: Frame | None = None
     try:
         for k, (i, frame) in enumerate(walk):
-            new = prev is None or frame.scenario != prev.scenario or frame.ego_id != prev.ego_id
+            new = starts_sequence(
+                frame.scenario, frame.ego_id, None if prev is None else (prev.scenario, prev.ego_id)
+            )
             out = step(FrameStep(k, int(i), frame, new))
             bar.update(1)
             if postfix is not None:

@@ -13,6 +13,7 @@ from v2x.core.boxes import Boxes
 from v2x.metrics.detection import DetectionEvaluator
 from v2x.pipeline.config import RunConfig
 from v2x.pipeline.detections import in_ego_range
+from v2x.pipeline.frames import starts_sequence
 from v2x.pipeline.stages import Arrival, EgoOutput
 from v2x.tracking import TrackingSequence, evaluate_tracking
 
@@ -86,8 +87,9 @@ class Scorer:
         self.seq: TrackingSequence | None = None
 
     def needs_new_sequence(self, scenario: str, ego_id: str, current_ego: str | None) -> bool:
-        """A new scenario or another ego starts fresh tracks."""
-        return current_ego is None or ego_id != current_ego or self.seq is None or scenario != self.seq.name
+        """A new scenario or another ego starts fresh tracks (the rule :func:`drive` applies too)."""
+        previous = None if current_ego is None or self.seq is None else (self.seq.name, current_ego)
+        return starts_sequence(scenario, ego_id, previous)
 
     def new_sequence(self, scenario: str) -> None:
         self.seq = TrackingSequence(scenario, 0)
