@@ -14,4 +14,4 @@ for part in comm tracking datasets sim; do
     cp -r "$src/$part" "$tmp/v2x/$part"
 done
 cd "$tmp"
-PYTHONPATH="$tmp" "$bin" --config "$src/pyproject.toml" --no-cache
+PYTHONPATH="$tmp" "$bin" "$src/pyproject.toml" --no-cache
