@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from v2x.sim.lidar import LidarConfig
 from v2x.sim.realism import occlusion
+from v2x.sim.sensors import SENSORS
 from v2x.sim.town import TownConfig
 from v2x.sim.world import SceneConfig, World, planned_cars
 
@@ -74,6 +75,10 @@ class GenerateConfig:
     #: chance of a town with two lanes per direction
     two_lanes: float = 0.33
     channels: int = 64
+    #: the LiDARs and their mounting (``v2x.sim.sensors.SENSORS``): "opv2v" or "dair"
+    sensors: str = "opv2v"
+    #: fixed ``TownConfig`` values that replace the drawn ones (e.g. DAIR-V2X-C's wide crossings)
+    town: dict[str, Any] = field(default_factory=dict)
     pcd_encoding: str = "binary_compressed"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +87,27 @@ VEHICLE_MIXES = {
     "normal": {"car": 0.70, "van": 0.13, "truck": 0.09, "bus": 0.03, "cyclist": 0.05},
     "heavy": {"car": 0.56, "van": 0.19, "truck": 0.14, "bus": 0.06, "cyclist": 0.05},
 }
+
+#: scenes like DAIR-V2X-C's (the ``dair`` preset): its sensors, one vehicle and one roadside
+#: unit, open suburban crossings (docs/simulator.md, "DAIR-V2X-C sensors")
+DAIR_SCENES: dict[str, Any] = dict(
+    format="dair",
+    sensors="dair",
+    frame_step=1,
+    cavs=1,
+    rsus=1,
+    blocks=(3, 3),
+    block_min=(80.0, 95.0),
+    traffic_density=(22.0, 30.0),
+    town=dict(
+        lanes_per_direction=3,
+        parking=False,
+        setback=(5.0, 25.0),
+        built_up=0.5,
+        building_height=(6.0, 25.0),
+        wall_probability=0.3,
+    ),
+)
 
 #: named configurations (``--preset``). Seeds of train, validate and test never overlap, and the
 #: test towns are drawn from a different distribution (shorter blocks, more two-lane roads,
@@ -155,6 +181,13 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
         dict(scenes=10, frames=60, frame_step=1, cavs=(3, 4), rsus=(0, 1), seed=20000, only_split="train"),
         dict(scenes=3, frames=60, frame_step=1, cavs=4, rsus=1, seed=30000, only_split="validate"),
     ],
+    # DAIR-V2X-C: its vehicle and roadside LiDARs, one vehicle near a crossing and the pole at
+    # that crossing, wide three-lane roads with buildings set far back, 10 Hz, DAIR layout
+    "dair": [
+        dict(scenes=40, frames=20, seed=40000, only_split="train", **DAIR_SCENES),
+        dict(scenes=4, frames=20, seed=45000, only_split="validate", **DAIR_SCENES),
+        dict(scenes=6, frames=20, seed=47000, only_split="test", **DAIR_SCENES),
+    ],
 }
 
 
@@ -193,6 +226,9 @@ def scene_configs(g: GenerateConfig) -> list[tuple[str, SceneConfig]]:
             wall_probability=float(rng.uniform(0.3, 0.7)),
             tree_spacing=float(rng.uniform(12.0, 25.0)),
         )
+        if g.town:
+            town = replace(town, **g.town)
+        sensors = SENSORS[g.sensors]
         cavs = _pick(g.cavs, rng)
         rsus = _pick(g.rsus, rng)
         if g.max_agents is not None:
@@ -210,7 +246,9 @@ def scene_configs(g: GenerateConfig) -> list[tuple[str, SceneConfig]]:
             parked_density=_pick(g.parked_density, rng),
             vehicle_mix=dict(VEHICLE_MIXES[g.vehicle_mix]),
             town=town,
-            lidar=LidarConfig(channels=g.channels),
+            lidar=LidarConfig(channels=g.channels) if g.sensors == "opv2v" else sensors.vehicle,
+            rsu_lidar=sensors.rsu,
+            rsu_height=sensors.rsu_height,
         )
         out.append((split, cfg))
     return out
@@ -257,6 +295,15 @@ def validate(g: GenerateConfig) -> None:
         problems.append(f"--workers must be >= 1, got {g.workers}")
     if g.channels not in (16, 32, 64, 128):
         problems.append(f"--channels must be 16, 32, 64 or 128, got {g.channels}")
+    if g.sensors not in SENSORS:
+        problems.append(f"--sensors must be one of {', '.join(SENSORS)}, not {g.sensors!r}")
+    elif g.sensors != "opv2v" and g.channels != 64:
+        problems.append(
+            f"--channels applies to the opv2v sensors only; the {g.sensors} sensors have their own"
+        )
+    unknown = sorted(set(g.town) - {f.name for f in fields(TownConfig)})
+    if unknown:
+        problems.append(f"town settings {', '.join(unknown)} are not TownConfig fields")
     problems += _output_problems(Path(g.out))
     if not problems:  # per scene: its town must hold enough cars to pick the CAVs from
         try:

@@ -8,6 +8,14 @@ Returns carry range noise and random dropout. Intensity (0..1) is either
   tyres dark — so intensity carries information as on a real sensor; or
 * ``"carla"``: CARLA's model, ``exp(-0.004 d)`` only, which is what OPV2V's intensities are
   (the real samples span 0.62..0.99 over 0..120 m).
+
+Real sensors need more than evenly spread channels: ``elevations_deg`` gives the beams' own
+vertical angles (a Hesai Pandar40's are uneven), ``azimuth_fov_deg`` a forward-looking field of
+view, ``pattern="non_repetitive"`` a scanner whose rays move from sweep to sweep (each ray
+jittered within its cell, so no rings form), ``intensity_gain``/``intensity_gamma`` the
+sensor's response curve, and ``frame_height`` a frame the points are given in that is not the
+sensor's own (DAIR-V2X's roadside "virtual LiDAR"). The defaults leave OPV2V's sensor and its
+rays exactly as they were.
 """
 
 from __future__ import annotations
@@ -17,9 +25,10 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["LidarConfig", "Scene", "cast_scan", "ray_directions"]
+__all__ = ["LidarConfig", "Scene", "cast_scan", "ray_directions", "scan_directions"]
 
 INTENSITY_MODELS = ("material", "carla")
+PATTERNS = ("spinning", "non_repetitive")
 
 
 @dataclass(frozen=True)
@@ -37,8 +46,43 @@ class LidarConfig:
     intensity: str = "material"
     #: relative standard deviation of the material intensity
     intensity_noise: float = 0.1
+    #: the beams' vertical angles (degrees, any order); set, they replace the even spread and
+    #: ``channels``, ``fov_down_deg`` and ``fov_up_deg`` follow from them
+    elevations_deg: tuple[float, ...] | None = None
+    #: horizontal field of view (degrees, 0 = the sensor's forward axis)
+    azimuth_fov_deg: tuple[float, float] = (-180.0, 180.0)
+    #: "spinning": the same rays every sweep; "non_repetitive": each ray jittered within its
+    #: cell (half-way to the neighbouring beams and steps), drawn afresh every sweep
+    pattern: str = "spinning"
+    #: the sensor's response: reported intensity = gain * modelled ** gamma (clipped to 0..1)
+    intensity_gain: float = 1.0
+    intensity_gamma: float = 1.0
+    #: height above the ground of the frame points are given in (level, straight below the
+    #: sensor); None: the sensor's own frame
+    frame_height: float | None = None
 
     def __post_init__(self) -> None:
+        if self.elevations_deg is not None:
+            table = tuple(sorted(float(e) for e in self.elevations_deg))
+            if len(table) < 2 or len(set(table)) < len(table):
+                raise ValueError(f"LiDAR elevation table needs >= 2 distinct angles: {self.elevations_deg}")
+            object.__setattr__(self, "elevations_deg", table)
+            object.__setattr__(self, "channels", len(table))
+            object.__setattr__(self, "fov_down_deg", table[0])
+            object.__setattr__(self, "fov_up_deg", table[-1])
+        lo, hi = self.azimuth_fov_deg
+        if not -180.0 <= lo < hi <= 180.0:
+            raise ValueError(
+                f"LiDAR azimuth FOV must lie in -180..180 and not be empty: {self.azimuth_fov_deg}"
+            )
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"LiDAR pattern {self.pattern!r}: use one of {PATTERNS}")
+        if self.intensity_gain <= 0 or self.intensity_gamma <= 0:
+            raise ValueError(f"LiDAR intensity gain and gamma must be > 0: {self}")
+        if self.frame_height is not None and not 0.0 <= self.frame_height <= self.mount_height:
+            raise ValueError(
+                f"LiDAR frame height {self.frame_height} must be in 0..mount height {self.mount_height}"
+            )
         if self.channels < 1 or self.horizontal_steps < 8:
             raise ValueError(f"LiDAR needs >= 1 channel and >= 8 horizontal steps: {self}")
         if self.fov_up_deg <= self.fov_down_deg:
@@ -51,15 +95,50 @@ class LidarConfig:
             raise ValueError(f"LiDAR intensity model {self.intensity!r}: use one of {INTENSITY_MODELS}")
 
 
+def _beam_angles(cfg: LidarConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Elevations and azimuths (radians) of the beams and steps, before any jitter."""
+    if cfg.elevations_deg is None:
+        el = np.radians(np.linspace(cfg.fov_down_deg, cfg.fov_up_deg, cfg.channels))
+    else:
+        el = np.radians(np.asarray(cfg.elevations_deg, dtype=np.float64))
+    lo, hi = cfg.azimuth_fov_deg
+    if (lo, hi) == (-180.0, 180.0):
+        az = np.linspace(-np.pi, np.pi, cfg.horizontal_steps, endpoint=False)
+    else:  # a forward-looking sensor: steps centred in their cells, edges included
+        step = (hi - lo) / cfg.horizontal_steps
+        az = np.radians(lo + step * (np.arange(cfg.horizontal_steps) + 0.5))
+    return el, az
+
+
+def _directions(E: np.ndarray, A: np.ndarray) -> np.ndarray:
+    return np.stack([np.cos(E) * np.cos(A), np.cos(E) * np.sin(A), np.sin(E)], axis=-1).reshape(-1, 3)
+
+
 @lru_cache(maxsize=8)
 def ray_directions(cfg: LidarConfig) -> np.ndarray:
-    """(channels * steps, 3) unit directions in the sensor frame."""
-    el = np.radians(np.linspace(cfg.fov_down_deg, cfg.fov_up_deg, cfg.channels))
-    az = np.linspace(-np.pi, np.pi, cfg.horizontal_steps, endpoint=False)
+    """(channels * steps, 3) unit directions in the sensor frame (the cells' centres)."""
+    el, az = _beam_angles(cfg)
     E, A = np.meshgrid(el, az, indexing="ij")
-    d = np.stack([np.cos(E) * np.cos(A), np.cos(E) * np.sin(A), np.sin(E)], axis=-1).reshape(-1, 3)
+    d = _directions(E, A)
     d.setflags(write=False)
     return d
+
+
+def scan_directions(cfg: LidarConfig, rng: np.random.Generator) -> np.ndarray:
+    """One sweep's ray directions: :func:`ray_directions` for a spinning sensor (no draw from
+    ``rng``); for a non-repetitive one every ray moved uniformly within its cell, afresh."""
+    if cfg.pattern == "spinning":
+        return ray_directions(cfg)
+    el, az = _beam_angles(cfg)
+    mid = (el[1:] + el[:-1]) / 2  # cell edges half-way between beams; the end cells symmetric
+    lo = np.concatenate([[2 * el[0] - mid[0]], mid])
+    hi = np.concatenate([mid, [2 * el[-1] - mid[-1]]])
+    n, m = len(el), len(az)
+    step = (az[1] - az[0]) if m > 1 else 2 * np.pi
+    u = rng.random((2, n, m))
+    E = lo[:, None] + (hi - lo)[:, None] * u[0]
+    A = az[None, :] + step * (u[1] - 0.5)
+    return _directions(E, A)
 
 
 class Scene:
@@ -142,7 +221,7 @@ def cast_scan(
     """One sweep: (N, 4) float32 points ``x, y, z, intensity`` in the sensor frame, and the
     id of the object each point hit (-1 for background). Hits on ``ignore_owner`` (the
     sensor's own vehicle) are not returned."""
-    dirs_local = ray_directions(cfg)
+    dirs_local = scan_directions(cfg, rng)
     R, t = world_from_lidar[:3, :3], world_from_lidar[:3, 3]
     dirs = dirs_local @ R.T
     rays = np.concatenate([np.broadcast_to(t, dirs.shape), dirs], axis=1)
@@ -174,5 +253,7 @@ def cast_scan(
         lambert = 0.35 + 0.65 * best_cos[keep]
         noise = 1.0 + cfg.intensity_noise * rng.standard_normal(len(rng_t))
         intensity = np.clip(best_refl[keep] * lambert * falloff * noise, 0.0, 1.0)
+    if cfg.intensity_gain != 1.0 or cfg.intensity_gamma != 1.0:
+        intensity = np.clip(cfg.intensity_gain * intensity**cfg.intensity_gamma, 0.0, 1.0)
     out = np.concatenate([pts, intensity[:, None]], axis=1).astype(np.float32)
     return out, best_owner[keep]

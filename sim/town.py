@@ -43,6 +43,9 @@ class TownConfig:
     wall_probability: float = 0.5
     parked_density: float = 0.35  # parked cars per parking slot
     tree_spacing: float = 18.0
+    #: buildings stand this far (drawn per building, metres) behind the sidewalk; DAIR-V2X-C's
+    #: wide suburban crossings have them far back
+    setback: tuple[float, float] = (0.0, 1.5)
 
 
 @dataclass
@@ -299,7 +302,7 @@ def _build_statics(
                     width = rng.uniform(10, 28)
                     if pos + width > hi:
                         width = hi - pos
-                    setback = rng.uniform(0.0, 1.5)
+                    setback = rng.uniform(*cfg.setback)
                     depth = rng.uniform(10, 22)
                     a, b = pos, pos + width
                     if side == "S":

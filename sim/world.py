@@ -277,15 +277,17 @@ class World:
             pose = pose_from_xyz_rpy(a.x, a.y, lidar.mount_height, 0.0, 0.0, a.yaw)
             pts, owner = cast_scan(scenes, pose, lidar, rng, ignore_owner=a.id)
             hits[str(cav_id)] = _count(owner)
+            pts, pose, mount = _as_written(pts, pose, lidar)
             agents[str(cav_id)] = AgentScan(
-                str(cav_id), AgentKind.VEHICLE, pts, pose, ts, lidar.mount_height, hits=hits[str(cav_id)]
+                str(cav_id), AgentKind.VEHICLE, pts, pose, ts, mount, hits=hits[str(cav_id)]
             )
             speeds[str(cav_id)] = round(3.6 * a.speed, 3)
         for k, (pose, rsu_lidar) in enumerate(zip(self.rsu_poses, self.rsu_lidars, strict=True)):
             rid = str(-(k + 1))
             pts, owner = cast_scan(scenes, pose, rsu_lidar, rng)
             hits[rid] = _count(owner)
-            agents[rid] = AgentScan(rid, AgentKind.RSU, pts, pose, ts, rsu_lidar.mount_height, hits=hits[rid])
+            pts, written_pose, mount = _as_written(pts, pose, rsu_lidar)
+            agents[rid] = AgentScan(rid, AgentKind.RSU, pts, written_pose, ts, mount, hits=hits[rid])
             speeds[rid] = 0.0
         actors = self.traffic.actors
         gt = Boxes(
@@ -295,6 +297,22 @@ class World:
         )
         frame = Frame(self.cfg.name, index, ts, agents, str(self.cav_ids[0]), gt)
         return SimFrame(frame, hits, speeds)
+
+
+def _as_written(
+    pts: np.ndarray, pose: np.ndarray, lidar: LidarConfig
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Points, pose and mount height as the log gives them: the sensor's own frame, or, with
+    ``frame_height``, a level frame that high above the ground straight below the (level)
+    sensor, as DAIR-V2X's roadside "virtual LiDAR" is."""
+    if lidar.frame_height is None:
+        return pts, pose, lidar.mount_height
+    drop = lidar.mount_height - lidar.frame_height
+    pts = pts.copy()
+    pts[:, 2] += drop
+    pose = pose.copy()
+    pose[2, 3] -= drop
+    return pts, pose, lidar.frame_height
 
 
 def _count(owner: np.ndarray) -> dict[int, int]:
