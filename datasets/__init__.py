@@ -38,7 +38,13 @@ def _unknown_format(path: Path) -> DatasetError:
     )
 
 
-def open_log(path: str | Path, max_cav: int = 5, comm_range: float | None = None, skip_bad: bool = False):
+def open_log(
+    path: str | Path,
+    max_cav: int = 5,
+    comm_range: float | None = None,
+    skip_bad: bool = False,
+    max_time_offset_ms: float | None = None,
+):
     """A lazily loaded log: ``len``, indexing and iteration give frames, ego first.
 
     ``max_cav`` caps the agents per frame (the papers use 5; DAIR-V2X-C has 2),
@@ -47,6 +53,8 @@ def open_log(path: str | Path, max_cav: int = 5, comm_range: float | None = None
     iteration skips frames with a broken file and lists them in ``log.skipped``, and NaN/inf
     points are dropped and counted in ``log.dropped_points``; without it both raise
     :class:`DatasetError`. Point clouds are read when a frame is accessed, never up front.
+    ``max_time_offset_ms`` (DAIR-V2X-C; default 100 ms) is the vehicle/roadside scan time
+    offset beyond which a pair is listed in ``log.offsets_over_limit``.
     """
     from v2x.datasets.dair import DairLog, is_dair_root
     from v2x.datasets.opv2v import OPV2VLog, is_opv2v_root
@@ -54,11 +62,13 @@ def open_log(path: str | Path, max_cav: int = 5, comm_range: float | None = None
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(path, "folder", "missing or not a folder")
+    dair = {"max_cav": min(max_cav, 2), "comm_range": comm_range, "skip_bad": skip_bad}
+    dair["max_time_offset_ms"] = max_time_offset_ms
     if is_dair_root(path):
-        return DairLog(path, max_cav=min(max_cav, 2), comm_range=comm_range, skip_bad=skip_bad)
+        return DairLog(path, **dair)
     roots = _dair_roots(path)
     if roots:
-        parts = [DairLog(r, max_cav=min(max_cav, 2), comm_range=comm_range, skip_bad=skip_bad) for r in roots]
+        parts = [DairLog(r, **dair) for r in roots]
         return ConcatLog(parts, [r.relative_to(path).as_posix() for r in roots])
     if is_opv2v_root(path):
         return OPV2VLog(path, max_cav=max_cav, comm_range=comm_range, skip_bad=skip_bad)
@@ -68,13 +78,14 @@ def open_log(path: str | Path, max_cav: int = 5, comm_range: float | None = None
 def _dair_roots(path: Path) -> list[Path]:
     """DAIR-V2X-C trees one or two levels below ``path`` (our simulator writes one per scene)."""
     from v2x.datasets.dair import is_dair_root
+    from v2x.datasets.opv2v import _subdirs
 
     found = []
-    for child in sorted(p for p in path.iterdir() if p.is_dir()):
+    for child in _subdirs(path):
         if is_dair_root(child):
             found.append(child)
         else:
-            found.extend(g for g in sorted(q for q in child.iterdir() if q.is_dir()) if is_dair_root(g))
+            found.extend(g for g in _subdirs(child) if is_dair_root(g))
     return found
 
 
@@ -103,6 +114,38 @@ class ConcatLog:
     @property
     def dropped_points(self) -> int:
         return sum(getattr(log, "dropped_points", 0) for log in self.parts)
+
+    @property
+    def dropped_objects(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for log in self.parts:
+            for reason, count in getattr(log, "dropped_objects", {}).items():
+                out[reason] = out.get(reason, 0) + count
+        return out
+
+    @property
+    def gt_out_of_range(self) -> int:
+        return sum(getattr(log, "gt_out_of_range", 0) for log in self.parts)
+
+    @property
+    def ignored(self) -> list:
+        return [x for log in self.parts for x in getattr(log, "ignored", [])]
+
+    @property
+    def time_offsets_ms(self) -> dict[str, float]:
+        return {
+            f"{n}/{k}": v
+            for n, log in zip(self.names, self.parts, strict=True)
+            for k, v in getattr(log, "time_offsets_ms", {}).items()
+        }
+
+    @property
+    def offsets_over_limit(self) -> list[tuple[str, float]]:
+        return [
+            (f"{n}/{k}", v)
+            for n, log in zip(self.names, self.parts, strict=True)
+            for k, v in getattr(log, "offsets_over_limit", [])
+        ]
 
     def __len__(self) -> int:
         return len(self._index)

@@ -10,18 +10,23 @@ Layout (paths in ``cooperative/data_info.json`` are relative to the root)::
 
 Poses: world <- vehicle = novatel_to_world . lidar_to_novatel; world <- infrastructure =
 virtuallidar_to_world with ``system_error_offset`` added to its x and y translation. When the
-world calibrations are absent (the public cooperative calibration alone, as in our sample),
-the vehicle LiDAR frame *is* the world and the infrastructure sits at ``lidar_i2v``. The
+log has no world calibrations at all (no ``novatel_to_world`` nor ``virtuallidar_to_world``
+folder: the public cooperative calibration alone, as in our sample), the vehicle LiDAR frame
+*is* the world and the infrastructure sits at ``lidar_i2v``; in a log that has them, a pair
+missing one is an error naming the file, never a silent move into that other frame. The
 vehicle is the ego (agent id ``"vehicle"``), the roadside unit the collaborator
 (``"infrastructure"``), dropped beyond 100 m as in the reference protocol.
 
 Ground truth: ``cooperative/label_world`` (its ``world_8_points``, as the reference loaders read
 it) when the world calibrations exist; otherwise the vehicle's labels plus the infrastructure
-labels that overlap none of them. Each side's own labels are ``AgentScan.labels``.
+labels that overlap none of them. Boxes outside DAIR's evaluation range (all corners within
+:data:`~v2x.datasets.dair_labels.DAIR_GT_RANGE` in the vehicle LiDAR frame) are left out and
+counted. Each side's own labels are ``AgentScan.labels``; objects without a 3D box are dropped
+and counted (:mod:`v2x.datasets.dair_labels`).
 
-Labels may hold numbers as strings (the infrastructure side does): they are parsed, and a
-string that is not a number is a :class:`DatasetError` naming the field. Time stamps come from
-each side's ``data_info.json`` (microseconds); without them they are 0.
+Time stamps come from each side's ``data_info.json`` (microseconds); without them they are 0.
+DAIR's two scans of a pair are not simultaneous: each agent keeps its own time stamp, and
+offsets beyond ``max_time_offset_ms`` are reported.
 """
 
 from __future__ import annotations
@@ -29,56 +34,60 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from v2x.core.boxes import Boxes, ObjectClass, box_corners, class_from_name
+from v2x.core.boxes import Boxes, ObjectClass, box_corners
 from v2x.core.frame import AgentKind, AgentScan, Frame, estimate_mount_height
 from v2x.core.geometry import NotRigidError, check_rigid, inverse
 from v2x.core.iou import bev_iou_matrix
+from v2x.datasets.dair_labels import (
+    DAIR_GT_RANGE,
+    in_eval_range,
+    parse_labels,
+    parse_labels_counted,
+    world_label_boxes,
+)
 from v2x.datasets.errors import DatasetError
+from v2x.datasets.files import exists, read_json
 from v2x.datasets.pcd import read_pcd_counted, write_pcd
+from v2x.datasets.values import number, whole
 
-__all__ = ["DairLog", "DairWriter", "is_dair_root"]
+__all__ = [
+    "DAIR_GT_RANGE",
+    "DEFAULT_MAX_TIME_OFFSET_MS",
+    "DairLog",
+    "DairWriter",
+    "is_dair_root",
+    "parse_labels",
+]
 
 VEHICLE, INFRA = "vehicle", "infrastructure"
 _INFO_NAMES = ("data_info.json", "selected_data_info.json")
+#: folders whose presence means the log has world calibrations (the full DAIR-V2X-C release)
+_WORLD_CALIB_DIRS = ("vehicle-side/calib/novatel_to_world", "infrastructure-side/calib/virtuallidar_to_world")
+#: a roadside scan further than this from the vehicle's (one 10 Hz LiDAR period) is reported
+DEFAULT_MAX_TIME_OFFSET_MS = 100.0
+MAX_TIMESTAMP_US = (2**63 - 1) // 1000  # so that nanoseconds fit int64
 
 
 def is_dair_root(root: Path) -> bool:
-    return any((root / "cooperative" / n).is_file() for n in _INFO_NAMES)
+    """Whether ``root`` has a cooperative index (anything by that name: a FIFO or folder there is
+    reported by the reader); a ``cooperative`` folder that cannot be read is an error."""
+    return any(exists(root / "cooperative" / n) for n in _INFO_NAMES)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise DatasetError(path, "file", "missing") from exc
-    except OSError as exc:
-        raise DatasetError(path, "file", f"cannot read: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise DatasetError(path, "json", f"invalid JSON: {exc}") from exc
-
-
-def _num(value: Any, path: Path, field: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise DatasetError(path, field, f"not a number: {value!r}") from exc
-    if not np.isfinite(v):
-        raise DatasetError(path, field, f"not finite: {value!r}")
-    return v
-
-
-def _rt(d: dict, path: Path, field: str) -> np.ndarray:
+def _rt(d: Any, path: Path, field: str) -> np.ndarray:
     """4x4 from ``{"rotation": 3x3, "translation": 3x1}``."""
     try:
         R = np.asarray(d["rotation"], dtype=np.float64).reshape(3, 3)
         t = np.asarray(d["translation"], dtype=np.float64).reshape(3)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise DatasetError(path, field, f"expected rotation (3x3) and translation (3): {exc}") from exc
+    if not (np.isfinite(R).all() and np.isfinite(t).all()):
+        raise DatasetError(path, field, "not finite")
     T = np.eye(4)
     T[:3, :3], T[:3, 3] = R, t
     try:
@@ -87,162 +96,184 @@ def _rt(d: dict, path: Path, field: str) -> np.ndarray:
         raise DatasetError(path, field, str(exc)) from exc
 
 
-def _label_row(obj: Any, path: Path, where: str) -> list[float]:
-    try:
-        dims, loc = obj["3d_dimensions"], obj["3d_location"]
-        row = [_num(loc[k], path, f"{where}.3d_location.{k}") for k in "xyz"]
-        row += [_num(dims[k], path, f"{where}.3d_dimensions.{k}") for k in "lwh"]
-        row.append(_num(obj["rotation"], path, f"{where}.rotation"))
-    except (KeyError, TypeError) as exc:
-        raise DatasetError(path, where, f"missing key {exc}") from exc
-    if min(row[3:6]) <= 0:
-        raise DatasetError(path, f"{where}.3d_dimensions", f"sizes must be positive: {row[3:6]}")
-    return row
-
-
-def parse_labels(path: Path) -> Boxes:
-    """A DAIR label file (list of objects, sensor frame) as :class:`Boxes`."""
-    items = _read_json(path)
-    if not isinstance(items, list):
-        raise DatasetError(path, "labels", "expected a list of objects")
-    rows = [_label_row(obj, path, f"[{i}]") for i, obj in enumerate(items)]
-    classes = [int(class_from_name(obj.get("type", ""))) for obj in items]
-    return Boxes(np.array(rows).reshape(-1, 7), labels=classes)
-
-
-def _box_from_corners(corners: np.ndarray) -> list[float]:
-    """An upright box from its 8 corners in any order.
-
-    Seen from above, one corner's nearest neighbours are: the corner straight above it, then
-    the two ends of its shorter and longer edges (each with its twin above), then the diagonal.
-    """
-    c = np.asarray(corners, dtype=np.float64).reshape(8, 3)
-    order = np.argsort(np.linalg.norm(c[:, :2] - c[0, :2], axis=1), kind="stable")
-    e_short, e_long = c[order[2]] - c[0], c[order[4]] - c[0]
-    yaw = float(np.arctan2(e_long[1], e_long[0]))
-    height = float(c[:, 2].max() - c[:, 2].min())
-    return [
-        *c.mean(axis=0),
-        float(np.linalg.norm(e_long[:2])),
-        float(np.linalg.norm(e_short[:2])),
-        height,
-        yaw,
-    ]
-
-
-def _world_label_boxes(path: Path) -> Boxes:
-    """``cooperative/label_world`` boxes in the world frame.
-
-    DAIR-V2X documents only ``world_8_points`` as valid in these files (the reference loaders
-    read nothing else), and corners fix a box only up to a half turn of heading. So the
-    location/size/rotation entries are used when their corners agree with ``world_8_points``
-    within 2 cm (files our writer made: exact heading), else the box comes from the corners.
-    """
-    items = _read_json(path)
-    if not isinstance(items, list):
-        raise DatasetError(path, "labels", "expected a list of objects")
-    rows = []
-    for i, obj in enumerate(items):
-        if isinstance(obj, dict) and "world_8_points" in obj:
-            try:
-                corners = np.asarray(obj["world_8_points"], dtype=np.float64).reshape(8, 3)
-            except (TypeError, ValueError) as exc:
-                raise DatasetError(path, f"[{i}].world_8_points", f"expected 8 x 3 numbers: {exc}") from exc
-            if not np.isfinite(corners).all():
-                raise DatasetError(path, f"[{i}].world_8_points", "not finite")
-            row = _box_from_corners(corners)
-            if "3d_location" in obj:
-                try:
-                    param = _label_row(obj, path, f"[{i}]")
-                except DatasetError:
-                    param = None
-                if param is not None:
-                    d = np.linalg.norm(box_corners(np.array(param))[0][:, None] - corners[None], axis=2)
-                    if d.min(axis=1).max() < 0.02:
-                        row = param
-            rows.append(row)
-        else:
-            rows.append(_label_row(obj, path, f"[{i}]"))
-    classes = [int(class_from_name(obj.get("type", ""))) for obj in items]
-    return Boxes(np.array(rows).reshape(-1, 7), labels=classes)
-
-
 class DairLog:
-    """Lazily loaded frames of a DAIR-V2X-C cooperative log."""
+    """Lazily loaded frames of a DAIR-V2X-C cooperative log.
+
+    Bad input is named, never guessed around: an index entry that cannot be a pair (wrong
+    types, a path outside the log, a time stamp that is no time) is a :class:`DatasetError`
+    when its frame is read (so ``skip_bad`` skips just that pair); a pair of a log with world
+    calibrations that lacks one of its own is an error, not a silent move into the
+    ``lidar_i2v`` fallback's frame. Label objects without a 3D box are dropped and counted
+    (``dropped_objects``, ``dropped_per_frame``), and so are ground-truth boxes outside
+    :data:`DAIR_GT_RANGE` (``gt_out_of_range``). The roadside scan's time offset from the
+    vehicle's is read from the side indexes (``time_offsets_ms``); offsets beyond
+    ``max_time_offset_ms`` are listed in ``offsets_over_limit``.
+    """
 
     format = "dair-v2x-c"
 
     def __init__(
-        self, root: str | Path, max_cav: int = 2, comm_range: float | None = None, skip_bad: bool = False
+        self,
+        root: str | Path,
+        max_cav: int = 2,
+        comm_range: float | None = None,
+        skip_bad: bool = False,
+        max_time_offset_ms: float | None = None,
+        gt_range: tuple[float, ...] | None = DAIR_GT_RANGE,
     ):
         self.root = Path(root)
-        info_path = next(
-            (self.root / "cooperative" / n for n in _INFO_NAMES if (self.root / "cooperative" / n).is_file()),
-            None,
-        )
+        coop = self.root / "cooperative"
+        info_path = next((coop / n for n in _INFO_NAMES if exists(coop / n)), None)
         if info_path is None:
-            raise DatasetError(self.root / "cooperative" / "data_info.json", "file", "missing")
+            raise DatasetError(coop / "data_info.json", "file", "missing")
         self.info_path = info_path
-        entries = _read_json(info_path)
+        entries = read_json(info_path)
         if not isinstance(entries, list):
             raise DatasetError(info_path, "entries", "expected a list")
+        if not entries:
+            raise DatasetError(info_path, "entries", "the index lists no pairs")
         self.max_cav = max_cav
         self.comm_range = float(comm_range) if comm_range is not None else 100.0
         self.skip_bad = skip_bad
+        self.gt_range = gt_range
+        self.max_time_offset_ms = (
+            DEFAULT_MAX_TIME_OFFSET_MS if max_time_offset_ms is None else float(max_time_offset_ms)
+        )
+        #: world calibrations present: every pair must have its own (no lidar_i2v fallback)
+        self.world_calibrated = any(exists(self.root / d) for d in _WORLD_CALIB_DIRS)
         self.skipped: list[tuple[str, str]] = []
         self.dropped_agents = 0
         self.dropped_points = 0
         self.out_of_range_agents = 0
         self.missing: list[tuple[str, str]] = []
+        #: index entries left out, as (path, field, message): counted warnings
+        self.ignored: list[tuple[str, str, str]] = []
+        #: frame name -> {reason: objects dropped from its labels}; frame name -> GT boxes out of range
+        self.dropped_per_frame: dict[str, dict[str, int]] = {}
+        self.gt_out_of_range_per_frame: dict[str, int] = {}
         side_info = {s: self._side_info(s) for s in ("vehicle-side", "infrastructure-side")}
         self._entries: list[dict] = []
-        for i, e in enumerate(entries):
-            try:
-                vpath = e["vehicle_pointcloud_path"]
-                ipath = e["infrastructure_pointcloud_path"]
-            except (KeyError, TypeError):
+        for n, e in enumerate(entries):
+            entry = self._entry(n, e, side_info)
+            if entry is not None:
+                self._entries.append(entry)
+        self._entries.sort(key=lambda e: (e["_batch"] is None, e["_batch"] or "", e["_ts"], e["_vid"]))
+        self.time_offsets_ms: dict[str, float] = {
+            self.frame_name(i): (e["_its"] - e["_ts"]) / 1000.0
+            for i, e in enumerate(self._entries)
+            if e["_error"] is None and e["_ts"] > 0 and e["_its"] > 0
+        }
+        self.offsets_over_limit = [
+            (name, off) for name, off in self.time_offsets_ms.items() if abs(off) > self.max_time_offset_ms
+        ]
+
+    # -- the index ------------------------------------------------------------------------------
+    def _path_field(self, e: dict, key: str, where: str, required: bool = True) -> str | None:
+        """A path of an index entry: a string, relative, inside the log."""
+        if key not in e and not required:
+            return None
+        value = e.get(key)
+        field = f"{where}.{key}"
+        if not isinstance(value, str) or not value:
+            raise DatasetError(self.info_path, field, f"expected a relative path, got {value!r}")
+        p = PurePosixPath(value)
+        if p.is_absolute() or ".." in p.parts:
+            raise DatasetError(self.info_path, field, f"{value!r} points outside the log")
+        return value
+
+    def _entry(self, n: int, e: Any, side_info: dict[str, dict]) -> dict | None:
+        """One pair of the index, or an entry holding the error its frame raises; None when its
+        vehicle point cloud is absent (listed in ``missing``)."""
+        where = f"[{n}]"
+        bad = {"_n": n, "_batch": None, "_ts": 0, "_its": 0, "_vid": f"entry{where}", "_iid": ""}
+        try:
+            if not isinstance(e, dict):
+                raise DatasetError(self.info_path, where, f"expected an object, got {type(e).__name__}")
+            vpath = self._path_field(e, "vehicle_pointcloud_path", where)
+            ipath = self._path_field(e, "infrastructure_pointcloud_path", where)
+            label = self._path_field(e, "cooperative_label_path", where, required=False)
+        except DatasetError as exc:
+            return {**bad, "_error": exc}
+        if not exists(self.root / vpath):
+            self.missing.append((vpath, "vehicle point cloud missing"))
+            return None
+        vid, iid = PurePosixPath(vpath).stem, PurePosixPath(ipath).stem
+        try:
+            vj, vinfo = side_info["vehicle-side"].get(vid, (None, {}))
+            ij, iinfo = side_info["infrastructure-side"].get(iid, (None, {}))
+            batch = vinfo.get("batch_id", "dair")
+            if isinstance(batch, bool) or not isinstance(batch, str | int):
                 raise DatasetError(
-                    info_path, f"[{i}]", "entry without vehicle/infrastructure point cloud paths"
-                ) from None
-            if not (self.root / vpath).is_file():
-                self.missing.append((vpath, "vehicle point cloud missing"))
-                continue
-            vid, iid = Path(vpath).stem, Path(ipath).stem
-            vinfo = side_info["vehicle-side"].get(vid, {})
-            iinfo = side_info["infrastructure-side"].get(iid, {})
-            e = dict(
-                e,
-                _vid=vid,
-                _iid=iid,
-                _batch=str(vinfo.get("batch_id", "dair")),
-                _ts=self._timestamp_us(vinfo, "vehicle-side"),
-                _its=self._timestamp_us(iinfo, "infrastructure-side"),
-            )
-            self._entries.append(e)
-        self._entries.sort(key=lambda e: (e["_batch"], e["_ts"], e["_vid"]))
+                    self._side_path("vehicle-side"), f"[{vj}].batch_id", f"not an id: {batch!r}"
+                )
+            ts = self._timestamp_us(vinfo, vj, "vehicle-side")
+            its = self._timestamp_us(iinfo, ij, "infrastructure-side")
+        except DatasetError as exc:
+            return {**bad, "_vid": vid, "_error": exc}
+        return dict(
+            e,
+            _n=n,
+            _vid=vid,
+            _iid=iid,
+            _batch=str(batch),
+            _ts=ts,
+            _its=its,
+            _label=label,
+            _error=None,
+            _vpath=vpath,
+            _ipath=ipath,
+        )
 
-    def _timestamp_us(self, info: dict, side: str) -> int:
+    def _side_path(self, side: str) -> Path:
+        return self.root / side / "data_info.json"
+
+    def _timestamp_us(self, info: dict, j: int | None, side: str) -> int:
         raw = info.get("pointcloud_timestamp", 0) or 0
-        return int(_num(raw, self.root / side / "data_info.json", "pointcloud_timestamp"))
+        return whole(raw, self._side_path(side), f"[{j}].pointcloud_timestamp", 0, MAX_TIMESTAMP_US)
 
-    def _side_info(self, side: str) -> dict[str, dict]:
-        path = self.root / side / "data_info.json"
-        if not path.is_file():
+    def _side_info(self, side: str) -> dict[str, tuple[int, dict]]:
+        """``{frame id: (position in the side index, entry)}``; entries that name no point cloud
+        are left out and listed in ``ignored``."""
+        path = self._side_path(side)
+        if not exists(path):
             return {}
-        items = _read_json(path)
-        return {Path(it.get("pointcloud_path", "")).stem: it for it in items if isinstance(it, dict)}
+        items = read_json(path)
+        if not isinstance(items, list):
+            raise DatasetError(path, "entries", "expected a list")
+        out = {}
+        for j, it in enumerate(items):
+            pc = it.get("pointcloud_path") if isinstance(it, dict) else None
+            if not isinstance(pc, str) or not pc:
+                self.ignored.append((str(path), f"[{j}]", "not an entry with a pointcloud_path: ignored"))
+                continue
+            out[PurePosixPath(pc).stem] = (j, it)
+        return out
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def scenarios(self) -> list[str]:
-        return list(dict.fromkeys(e["_batch"] for e in self._entries))
+        return list(dict.fromkeys(e["_batch"] for e in self._entries if e["_batch"] is not None))
 
     def scenario_indices(self, scenario: str) -> list[int]:
         return [i for i, e in enumerate(self._entries) if e["_batch"] == scenario]
 
     def frame_name(self, i: int) -> str:
-        return f"{self._entries[i]['_batch']}/{self._entries[i]['_vid']}"
+        e = self._entries[i]
+        return e["_vid"] if e["_batch"] is None else f"{e['_batch']}/{e['_vid']}"
+
+    @property
+    def dropped_objects(self) -> dict[str, int]:
+        """Objects dropped from the labels of the frames read so far, by reason."""
+        out: dict[str, int] = {}
+        for drops in self.dropped_per_frame.values():
+            for reason, count in drops.items():
+                out[reason] = out.get(reason, 0) + count
+        return out
+
+    @property
+    def gt_out_of_range(self) -> int:
+        return sum(self.gt_out_of_range_per_frame.values())
 
     def iter_scenario(self, scenario: str) -> Iterator[Frame]:
         """One batch's frames in time order (``skip_bad`` applies as in iteration)."""
@@ -261,29 +292,52 @@ class DairLog:
                 self.skipped.append((self.frame_name(i), str(exc)))
 
     # -- poses ----------------------------------------------------------------------------------
+    def calib_paths(self, e: dict) -> dict[str, Path]:
+        r, vid, iid = self.root, e["_vid"], e["_iid"]
+        return {
+            "lidar_to_novatel": r / "vehicle-side" / "calib" / "lidar_to_novatel" / f"{vid}.json",
+            "novatel_to_world": r / "vehicle-side" / "calib" / "novatel_to_world" / f"{vid}.json",
+            "virtuallidar_to_world": r
+            / "infrastructure-side"
+            / "calib"
+            / "virtuallidar_to_world"
+            / f"{iid}.json",
+            "lidar_i2v": r / "cooperative" / "calib" / "lidar_i2v" / f"{vid}.json",
+        }
+
     def _poses(self, e: dict) -> tuple[np.ndarray, np.ndarray, bool]:
         """world <- vehicle, world <- infrastructure, and whether those are real world poses."""
-        vid, iid = e["_vid"], e["_iid"]
-        r = self.root
-        l2n = r / "vehicle-side" / "calib" / "lidar_to_novatel" / f"{vid}.json"
-        n2w = r / "vehicle-side" / "calib" / "novatel_to_world" / f"{vid}.json"
-        v2w = r / "infrastructure-side" / "calib" / "virtuallidar_to_world" / f"{iid}.json"
-        if l2n.is_file() and n2w.is_file() and v2w.is_file():
-            lidar_to_novatel = _read_json(l2n)
-            world_from_vehicle = _rt(_read_json(n2w), n2w, "novatel_to_world") @ _rt(
-                lidar_to_novatel.get("transform", lidar_to_novatel), l2n, "transform"
-            )
-            world_from_infra = _rt(_read_json(v2w), v2w, "virtuallidar_to_world")
-            off = e.get("system_error_offset") or {}
-            world_from_infra[0, 3] += _num(
-                off.get("delta_x", 0.0), self.info_path, "system_error_offset.delta_x"
-            )
-            world_from_infra[1, 3] += _num(
-                off.get("delta_y", 0.0), self.info_path, "system_error_offset.delta_y"
-            )
-            return world_from_vehicle, world_from_infra, True
-        i2v = r / "cooperative" / "calib" / "lidar_i2v" / f"{vid}.json"
-        return np.eye(4), _rt(_read_json(i2v), i2v, "lidar_i2v"), False
+        paths = self.calib_paths(e)
+        i2v = paths["lidar_i2v"]
+        if not self.world_calibrated:
+            return np.eye(4), _rt(read_json(i2v), i2v, "lidar_i2v"), False
+        calib = {}
+        for name in ("lidar_to_novatel", "novatel_to_world", "virtuallidar_to_world"):
+            if not exists(paths[name]):
+                raise DatasetError(
+                    paths[name],
+                    "file",
+                    "missing: the log has world calibrations, and this pair has no world pose without it",
+                )
+            calib[name] = read_json(paths[name])
+            if not isinstance(calib[name], dict):
+                raise DatasetError(paths[name], name, "expected an object with rotation and translation")
+        l2n = calib["lidar_to_novatel"]
+        world_from_vehicle = _rt(
+            calib["novatel_to_world"], paths["novatel_to_world"], "novatel_to_world"
+        ) @ _rt(l2n.get("transform", l2n), paths["lidar_to_novatel"], "transform")
+        world_from_infra = _rt(
+            calib["virtuallidar_to_world"], paths["virtuallidar_to_world"], "virtuallidar_to_world"
+        )
+        where = f"[{e['_n']}].system_error_offset"
+        off = e.get("system_error_offset") or {}
+        if not isinstance(off, dict):
+            raise DatasetError(self.info_path, where, f"expected delta_x and delta_y, got {off!r}")
+        world_from_infra[0, 3] += number(off.get("delta_x", 0.0), self.info_path, f"{where}.delta_x")
+        world_from_infra[1, 3] += number(off.get("delta_y", 0.0), self.info_path, f"{where}.delta_y")
+        if exists(i2v):  # not used with world poses, but a broken one is still a broken file
+            _rt(read_json(i2v), i2v, "lidar_i2v")
+        return world_from_vehicle, world_from_infra, True
 
     def _read_points(self, path: Path) -> np.ndarray:
         points, dropped = read_pcd_counted(path, drop_nonfinite=self.skip_bad)
@@ -292,10 +346,15 @@ class DairLog:
 
     def __getitem__(self, i: int) -> Frame:
         e = self._entries[i]
+        if e["_error"] is not None:
+            raise e["_error"]
         world_from_vehicle, world_from_infra, in_world = self._poses(e)
         ts = e["_ts"] * 1000
-        vpts = self._read_points(self.root / e["vehicle_pointcloud_path"])
-        vlab = parse_labels(self.root / "vehicle-side" / "label" / "lidar" / f"{e['_vid']}.json")
+        vpts = self._read_points(self.root / e["_vpath"])
+        vlab, drops = parse_labels_counted(
+            self.root / "vehicle-side" / "label" / "lidar" / f"{e['_vid']}.json"
+        )
+        counts = {k: len(v) for k, v in drops.items()}
         agents = {
             VEHICLE: AgentScan(
                 VEHICLE,
@@ -309,10 +368,12 @@ class DairLog:
         }
         far = np.hypot(*(world_from_infra[:2, 3] - world_from_vehicle[:2, 3])) > self.comm_range
         if self.max_cav >= 2 and not far:
-            ipts = self._read_points(self.root / e["infrastructure_pointcloud_path"])
-            ilab = parse_labels(
+            ipts = self._read_points(self.root / e["_ipath"])
+            ilab, drops = parse_labels_counted(
                 self.root / "infrastructure-side" / "label" / "virtuallidar" / f"{e['_iid']}.json"
             )
+            for k, v in drops.items():
+                counts[k] = counts.get(k, 0) + len(v)
             agents[INFRA] = AgentScan(
                 INFRA,
                 AgentKind.RSU,
@@ -324,9 +385,10 @@ class DairLog:
             )
         elif far:
             self.out_of_range_agents += 1
-        coop = self.root / e.get("cooperative_label_path", "")
-        if in_world and e.get("cooperative_label_path") and coop.is_file():
-            gt = _world_label_boxes(coop)
+        if in_world and e["_label"]:
+            gt, drops = world_label_boxes(self.root / e["_label"], inverse(world_from_vehicle))
+            for k, v in drops.items():
+                counts[k] = counts.get(k, 0) + len(v)
         else:
             gt = agents[VEHICLE].labels
             if INFRA in agents and len(agents[INFRA].labels):
@@ -335,6 +397,13 @@ class DairLog:
                     overlap = bev_iou_matrix(extra.xyzlwhy, gt.xyzlwhy).max(axis=1) > 0.1
                     extra = extra[~overlap]
                 gt = Boxes.concat([gt, extra])
+        name = self.frame_name(i)
+        if self.gt_range is not None:
+            keep = in_eval_range(gt.transformed(inverse(world_from_vehicle)), self.gt_range)
+            self.gt_out_of_range_per_frame[name] = int((~keep).sum())
+            gt = gt[keep]
+        if counts:
+            self.dropped_per_frame[name] = counts
         return Frame(e["_batch"], i, ts, agents, VEHICLE, gt)
 
 

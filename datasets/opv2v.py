@@ -39,8 +39,11 @@ from v2x.core.boxes import Boxes, ObjectClass, class_from_name, wrap_angle
 from v2x.core.frame import AgentKind, AgentScan, Frame, estimate_mount_height
 from v2x.core.geometry import NotRigidError, check_rigid, inverse
 from v2x.datasets.errors import DatasetError
+from v2x.datasets.files import exists, list_dir, stat_file
 from v2x.datasets.meta_cache import MetaDiskCache
 from v2x.datasets.pcd import read_pcd_counted, write_pcd
+from v2x.datasets.values import number as _num
+from v2x.datasets.values import whole as _int
 from v2x.datasets.yamlio import dump_yaml, load_yaml
 
 __all__ = [
@@ -58,6 +61,11 @@ _FRAME = re.compile(r"^(\d+)\.yaml$")
 FRAME_PERIOD_NS = 100_000_000
 #: communication range of the reference loaders (OpenCOOD and V2V4Real's fork: COM_RANGE = 70)
 COMM_RANGE_M = 70.0
+#: bounds checked before a number from a file becomes an index, a time or an array size
+MAX_FRAME_NUMBER = 2**31 - 1
+MAX_TIMESTAMP_NS = 2**63 - 1
+MAX_ID = 2**53  # object and track ids: exact in float64 and int64
+MAX_HITS = 2**31 - 1
 
 
 def carla_pose_to_matrix(pose: list[float]) -> np.ndarray:
@@ -86,7 +94,12 @@ def matrix_to_carla_pose(T: np.ndarray) -> list[float]:
 
 
 def _is_cav_dir(p: Path) -> bool:
-    return p.is_dir() and re.fullmatch(r"-?\d+", p.name) is not None
+    if re.fullmatch(r"-?\d+", p.name) is None:
+        return False
+    try:
+        return p.is_dir()
+    except OSError as exc:
+        raise DatasetError(p, "folder", f"cannot read: {exc.strerror or exc}") from exc
 
 
 def protocol_order(agent_ids: list[str]) -> list[str]:
@@ -100,52 +113,55 @@ def protocol_order(agent_ids: list[str]) -> list[str]:
 
 
 def _cav_order(scenario: Path) -> list[str]:
-    return protocol_order([p.name for p in scenario.iterdir() if _is_cav_dir(p)])
+    return protocol_order([p.name for p in list_dir(scenario) if _is_cav_dir(p)])
 
 
-def _frame_names(cav_dir: Path) -> list[str]:
+def _frame_names(cav_dir: Path, ignored: list[tuple[str, str, str]] | None = None) -> list[str]:
+    """Frame names of an agent folder in number order. A name whose number is beyond
+    ``MAX_FRAME_NUMBER`` (it would overflow the time stamps made from it) is left out and
+    listed in ``ignored``."""
     names = []
-    for f in cav_dir.iterdir():
+    for f in list_dir(cav_dir):
         if "additional" in f.name:
             continue
         m = _FRAME.match(f.name)
         if m:
+            if int(m.group(1)) > MAX_FRAME_NUMBER:
+                if ignored is not None:
+                    ignored.append((str(f), "name", f"frame number beyond {MAX_FRAME_NUMBER}: not read"))
+                continue
             names.append(m.group(1))
     return sorted(names, key=int)
 
 
+def _subdirs(folder: Path) -> list[Path]:
+    out = []
+    for p in list_dir(folder):
+        try:
+            if p.is_dir():
+                out.append(p)
+        except OSError as exc:
+            raise DatasetError(p, "folder", f"cannot read: {exc.strerror or exc}") from exc
+    return out
+
+
 def _scenario_dirs(root: Path) -> list[Path]:
     """Scenario folders under a split folder, or under every split of a data-set root."""
-    if any(_is_cav_dir(p) for p in root.iterdir()):
+    if any(_is_cav_dir(p) for p in list_dir(root)):
         return [root]
     found = []
-    for child in sorted(p for p in root.iterdir() if p.is_dir()):
-        if any(_is_cav_dir(p) for p in child.iterdir()):
+    for child in _subdirs(root):
+        if any(_is_cav_dir(p) for p in list_dir(child)):
             found.append(child)
         else:
-            found.extend(
-                s
-                for s in sorted(q for q in child.iterdir() if q.is_dir())
-                if any(_is_cav_dir(p) for p in s.iterdir())
-            )
+            found.extend(s for s in _subdirs(child) if any(_is_cav_dir(p) for p in list_dir(s)))
     return found
 
 
 def is_opv2v_root(root: Path) -> bool:
-    try:
-        return bool(_scenario_dirs(root))
-    except OSError:
-        return False
-
-
-def _num(value: Any, path: Path, field: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise DatasetError(path, field, f"not a number: {value!r}") from exc
-    if not np.isfinite(v):
-        raise DatasetError(path, field, f"not finite: {value!r}")
-    return v
+    """Whether ``root`` holds OPV2V scenario folders; a folder on the way that cannot be read is a
+    :class:`DatasetError` naming it."""
+    return bool(_scenario_dirs(root))
 
 
 def _vector(value: Any, n: int, path: Path, field: str) -> list[float]:
@@ -239,12 +255,14 @@ class OPV2VLog:
         self.out_of_range_agents = 0
         self._keys: list[_FrameKey] = []
         self._scenario_cavs: dict[Path, list[str]] = {}
+        #: files left out because of their names: (path, field, message)
+        self.ignored: list[tuple[str, str, str]] = []
         for sdir in _scenario_dirs(self.root):
             cavs = _cav_order(sdir)
             if not cavs:
                 continue
             self._scenario_cavs[sdir] = cavs
-            names = _frame_names(sdir / cavs[0])
+            names = _frame_names(sdir / cavs[0], self.ignored)
             numbers = [int(n) for n in names]
             step = int(np.median(np.diff(numbers))) if len(numbers) > 1 else 1
             rel = sdir.relative_to(self.root).as_posix() if sdir != self.root else sdir.name
@@ -254,11 +272,15 @@ class OPV2VLog:
         self.comm_range = float(comm_range) if comm_range is not None else COMM_RANGE_M
 
     def _detect_variant(self) -> str:
-        for key in self._keys[:1]:
+        """From the first ego YAML that parses: a broken one is the frame's problem, found when
+        the frame is read, not the whole log's."""
+        for key in self._keys[:8]:
             cav = self._scenario_cavs[key.scenario_dir][0]
-            pose = load_yaml(key.scenario_dir / cav / f"{key.name}.yaml").get("lidar_pose")
-            if pose is not None and np.asarray(pose, dtype=object).size == 16:
-                return "v2v4real"
+            try:
+                pose = load_yaml(key.scenario_dir / cav / f"{key.name}.yaml").get("lidar_pose")
+            except DatasetError:
+                continue
+            return "v2v4real" if pose is not None and np.asarray(pose, dtype=object).size == 16 else "opv2v"
         return "opv2v"
 
     # -- index --------------------------------------------------------------------------------
@@ -303,7 +325,7 @@ class OPV2VLog:
         ego_xy = None
         for cav in cavs:
             ypath = key.scenario_dir / cav / f"{key.name}.yaml"
-            if cav != ego_id and not ypath.is_file():
+            if cav != ego_id and not exists(ypath):
                 self.dropped_agents += 1  # an agent without this frame: fewer agents, not a broken frame
                 continue
             loaded = self._load_agent(key, cav, ego_xy)
@@ -358,10 +380,7 @@ class OPV2VLog:
         point cloud, and training reads the same frames every epoch. Cached per file (path,
         modification time, size) in a bounded LRU, and on disk for other processes and runs
         (:mod:`v2x.datasets.meta_cache`)."""
-        try:
-            st = ypath.stat()
-        except FileNotFoundError as exc:
-            raise DatasetError(ypath, "file", "missing") from exc
+        st = stat_file(ypath)
         stamp = (str(ypath), st.st_mtime_ns, st.st_size)
         hit = self._meta_cache.get(stamp)
         if hit is not None:
@@ -410,23 +429,27 @@ class OPV2VLog:
         if "mount_height" in meta:
             mount = _num(meta["mount_height"], ypath, "mount_height")
         if "timestamp_ns" in meta:
-            ts = int(_num(meta["timestamp_ns"], ypath, "timestamp_ns"))
+            ts = _int(meta["timestamp_ns"], ypath, "timestamp_ns", 0, MAX_TIMESTAMP_NS)
         else:
             ts = key.number * key.period_ns
         vehicles = meta.get("vehicles") or {}
         boxes = self._boxes(vehicles, ypath, world_from_lidar if lidar_frame_labels else None, cav)
-        return _AgentMeta(world_from_lidar, not lidar_frame_labels, mount, ts, boxes, self._hits(vehicles))
+        hits = self._hits(vehicles, ypath)
+        return _AgentMeta(world_from_lidar, not lidar_frame_labels, mount, ts, boxes, hits)
 
     @staticmethod
-    def _hits(vehicles: dict) -> dict[int, int] | None:
-        """Per-object LiDAR hit counts of this agent, when the log records them (our simulator)."""
+    def _hits(vehicles: dict, ypath: Path) -> dict[int, int] | None:
+        """Per-object LiDAR hit counts of this agent, when the log records them (our simulator).
+        Called after :meth:`_boxes` has checked the ids."""
         if not any(isinstance(v, dict) and "num_lidar_points" in v for v in vehicles.values()):
             return None
         out = {}
         for obj_id, v in vehicles.items():
-            track = int(v.get("ass_id", -1))
-            key = track if track != -1 else int(obj_id)
-            out[key] = int(v.get("num_lidar_points", 0))  # listed without a count: not hit
+            where = f"vehicles.{obj_id}"
+            track = _int(v.get("ass_id", -1), ypath, f"{where}.ass_id", -1, MAX_ID)
+            key = track if track != -1 else _int(obj_id, ypath, where, -MAX_ID, MAX_ID)
+            # listed without a count: not hit
+            out[key] = _int(v.get("num_lidar_points", 0), ypath, f"{where}.num_lidar_points", 0, MAX_HITS)
         return out
 
     @staticmethod
@@ -456,13 +479,13 @@ class OPV2VLog:
             if min(ext) <= 0:
                 raise DatasetError(ypath, f"{where}.extent", f"sizes must be positive: {ext}")
             x, y, z = (a + b for a, b in zip(loc, centre, strict=True))
+            if "obj_type" in v and not isinstance(v["obj_type"], str):
+                raise DatasetError(ypath, f"{where}.obj_type", f"not a class name: {v['obj_type']!r}")
             cls = class_from_name(v["obj_type"]) if "obj_type" in v else ObjectClass.CAR
-            track = int(_num(v.get("ass_id", -1), ypath, f"{where}.ass_id"))
+            number = _int(obj_id, ypath, where, -MAX_ID, MAX_ID)  # CARLA actor ids are integers
+            track = _int(v.get("ass_id", -1), ypath, f"{where}.ass_id", -1, MAX_ID)
             if track == -1:
-                try:
-                    track = int(obj_id) + (100 * int(cav) if world_from_lidar is not None else 0)
-                except (TypeError, ValueError):
-                    track = -1
+                track = number + (100 * int(cav) if world_from_lidar is not None else 0)
             key = str(track) if track != -1 else f"{cav}:{obj_id}"
             if world_from_lidar is None:  # OPV2V: CARLA world, mirror into right-handed
                 box = np.array([x, -y, z, 2 * ext[0], 2 * ext[1], 2 * ext[2], wrap_angle(-np.radians(yaw))])

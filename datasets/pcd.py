@@ -14,12 +14,14 @@ decoded as each data set stores it:
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
 from pypcd4 import Encoding, PointCloud
 
 from v2x.datasets.errors import DatasetError
+from v2x.datasets.files import stat_file
 
 __all__ = ["read_pcd", "read_pcd_counted", "read_pcd_header", "write_pcd"]
 
@@ -28,16 +30,23 @@ _ENCODINGS = {
     "binary": Encoding.BINARY,
     "binary_compressed": Encoding.BINARY_COMPRESSED,
 }
+#: the most points a file may declare, checked before anything is allocated from the header
+#: (real scans hold 30k-260k points)
+MAX_POINTS = 20_000_000
+MAX_PCD_BYTES = 4 * 1024**3
+_TYPE_SIZES = {"F": (4, 8), "U": (1, 2, 4, 8), "I": (1, 2, 4, 8)}
+_MAX_ENTRIES = 10  # VERSION FIELDS SIZE TYPE COUNT WIDTH HEIGHT VIEWPOINT POINTS DATA (pypcd4 reads no more)
 
 
 def _parse_header(path: str | Path) -> tuple[dict[str, str], int]:
     """Header entries (upper-case keys, raw values) up to DATA, and the byte offset of the data."""
+    stat_file(path, MAX_PCD_BYTES)
     header: dict[str, str] = {}
     offset = 0
     try:
         with open(path, "rb") as fh:
             for _ in range(64):
-                line = fh.readline()
+                line = fh.readline(4096)
                 if not line:
                     break
                 offset += len(line)
@@ -52,6 +61,10 @@ def _parse_header(path: str | Path) -> tuple[dict[str, str], int]:
         raise DatasetError(path, "file", f"cannot read: {exc.strerror or exc}") from exc
     if "DATA" not in header or "FIELDS" not in header:
         raise DatasetError(path, "header", "not a PCD file (no FIELDS/DATA entries)")
+    if len(header) > _MAX_ENTRIES:
+        raise DatasetError(
+            path, "header", f"{len(header)} entries before DATA; a PCD header has {_MAX_ENTRIES}"
+        )
     return header, offset
 
 
@@ -60,36 +73,91 @@ def read_pcd_header(path: str | Path) -> dict[str, str]:
     return _parse_header(path)[0]
 
 
+def _ints(path: Path, header: dict[str, str], key: str, default: str, lo: int, hi: int) -> list[int]:
+    try:
+        values = [int(v) for v in header.get(key, default).split()]
+    except ValueError:
+        raise DatasetError(path, key, f"not an integer: {header.get(key)!r}") from None
+    for v in values:
+        if not lo <= v <= hi:
+            raise DatasetError(path, key, f"{v} is outside {lo}..{hi}")
+    return values
+
+
 def _check_header(path: Path, header: dict[str, str], data_offset: int) -> int:
-    """Header entries that contradict each other or the file size; returns the declared point count."""
+    """Header entries that contradict each other or the payload, checked before anything is read
+    or allocated from them; returns the declared point count."""
     fields = header["FIELDS"].split()
+    for key in ("SIZE", "TYPE"):
+        if key not in header:
+            raise DatasetError(path, key, "missing")
     for key in ("SIZE", "TYPE", "COUNT"):
         if key in header and len(header[key].split()) != len(fields):
             raise DatasetError(
                 path, key, f"{len(header[key].split())} entries for {len(fields)} FIELDS ({header['FIELDS']})"
             )
-    try:
-        width = int(header.get("WIDTH", "-1"))
-        height = int(header.get("HEIGHT", "1"))
-        declared = int(header.get("POINTS", str(width * height)))
-        sizes = [int(v) for v in header.get("SIZE", "").split()]
-        counts = [int(v) for v in header.get("COUNT", " ".join("1" for _ in fields)).split()]
-    except ValueError as exc:
-        raise DatasetError(path, "header", f"non-numeric size entry: {exc}") from exc
+    (width,) = _ints(path, header, "WIDTH", "-1", -1, MAX_POINTS)
+    (height,) = _ints(path, header, "HEIGHT", "1", 0, MAX_POINTS)
+    (declared,) = _ints(path, header, "POINTS", str(max(width, 0) * height), 0, MAX_POINTS)
+    sizes = _ints(path, header, "SIZE", "", 1, 8)
+    counts = _ints(path, header, "COUNT", " ".join("1" for _ in fields), 1, 1024)
+    for t, size in zip(header["TYPE"].split(), sizes, strict=True):
+        if size not in _TYPE_SIZES.get(t, ()):
+            raise DatasetError(
+                path, "TYPE", f"type {t!r} of {size} bytes: expected F (4, 8), U or I (1, 2, 4, 8)"
+            )
+    encoding = header["DATA"].lower()
+    if encoding not in _ENCODINGS:
+        raise DatasetError(
+            path, "DATA", f"unknown encoding {header['DATA']!r}: expected {', '.join(_ENCODINGS)}"
+        )
     if width >= 0 and declared != width * height:
         raise DatasetError(
             path, "POINTS", f"header says {declared} points but WIDTH x HEIGHT = {width * height}"
         )
-    if header["DATA"].lower() == "binary" and sizes:
-        expected = declared * sum(s * c for s, c in zip(sizes, counts, strict=True))
-        actual = os.path.getsize(path) - data_offset
-        if actual != expected:
+    expected = declared * sum(s * c for s, c in zip(sizes, counts, strict=True))
+    actual = os.path.getsize(path) - data_offset
+    if encoding == "binary" and actual != expected:
+        raise DatasetError(
+            path,
+            "POINTS",
+            f"header says {declared} points ({expected} bytes) but the file holds {actual} data bytes",
+        )
+    if encoding == "binary_compressed" and (declared or actual):
+        _check_compressed(path, data_offset, actual, declared, expected)
+    if encoding == "ascii":
+        rows = _ascii_rows(path, data_offset)
+        if rows != declared:
             raise DatasetError(
-                path,
-                "POINTS",
-                f"header says {declared} points ({expected} bytes) but the file holds {actual} data bytes",
+                path, "POINTS", f"header says {declared} points but the file holds {rows} rows"
             )
     return declared
+
+
+def _check_compressed(path: Path, offset: int, actual: int, declared: int, expected: int) -> None:
+    """A binary_compressed payload opens with its compressed and uncompressed sizes: both must
+    agree with the header and the file before the decompressor allocates from them."""
+    if actual < 8:
+        raise DatasetError(path, "data", f"{actual} data bytes: too short for a binary_compressed block")
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        compressed, uncompressed = struct.unpack("<II", fh.read(8))
+    if uncompressed != expected:
+        raise DatasetError(
+            path,
+            "POINTS",
+            f"header says {declared} points ({expected} bytes) but the compressed block holds {uncompressed} bytes",
+        )
+    if compressed > actual - 8:
+        raise DatasetError(
+            path, "data", f"compressed block of {compressed} bytes but only {actual - 8} bytes follow"
+        )
+
+
+def _ascii_rows(path: Path, offset: int) -> int:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return sum(1 for line in fh if line.strip())
 
 
 def _intensity(pc_data: np.ndarray) -> np.ndarray:
@@ -115,8 +183,6 @@ def _intensity(pc_data: np.ndarray) -> np.ndarray:
 def read_pcd_counted(path: str | Path, drop_nonfinite: bool = False) -> tuple[np.ndarray, int]:
     """:func:`read_pcd` plus the number of non-finite points dropped (0 unless ``drop_nonfinite``)."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(path, "file", "missing")
     header, offset = _parse_header(path)
     declared = _check_header(path, header, offset)
     try:

@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from v2x.datasets.errors import DatasetError
+from v2x.datasets.files import read_regular
 
 __all__ = ["dump_yaml", "load_yaml"]
 
@@ -66,16 +67,13 @@ _NumpyLoader.add_multi_constructor("tag:yaml.org,2002:python/object/apply:", _co
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping; a file that is not one (or not a regular file, or too large) is a
+    :class:`DatasetError`."""
     path = Path(path)
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise DatasetError(path, "file", "missing") from exc
-    except OSError as exc:
-        raise DatasetError(path, "file", f"cannot read: {exc.strerror or exc}") from exc
+    text = read_regular(path)
     try:
         data = yaml.load(text, Loader=_NumpyLoader)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
         raise DatasetError(path, "yaml", f"invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise DatasetError(path, "yaml", "top level is not a mapping")

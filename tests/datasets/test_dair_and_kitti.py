@@ -6,7 +6,7 @@ from scipy.optimize import linear_sum_assignment
 
 from v2x.core.geometry import inverse
 from v2x.datasets import DatasetError, open_log
-from v2x.datasets.dair import DairWriter
+from v2x.datasets.dair import DairLog, DairWriter
 from v2x.datasets.kitti_tracking import read_kitti_tracking, read_seqmap, write_kitti_tracking
 
 
@@ -28,8 +28,10 @@ def test_real_dair_pair_labels_agree_through_lidar_i2v(realdata):
     assert d[rows, cols][matched].max() < 0.5
     # without lidar_i2v (identity) the same objects would be ~13 m apart: the test can fail
     assert np.hypot(*(f.agents["infrastructure"].world_from_lidar[:2, 3])) > 10
-    # ground truth: the vehicle's 23 labels plus the infrastructure's one object it did not label
-    assert len(f.gt) == 24
+    # ground truth: the vehicle's 23 labels plus the infrastructure's one object it did not label,
+    # of which one lies outside DAIR's evaluation range (all corners in |x| <= 100.8, |y| <= 40 m)
+    assert len(DairLog(realdata / "dair-v2x-c" / "DAIR-V2X", gt_range=None)[0].gt) == 24
+    assert len(f.gt) == 23 and log.gt_out_of_range == 1
 
 
 def test_string_numbers_parse_and_bad_strings_name_the_field(realdata, tmp_path):
@@ -96,6 +98,7 @@ def test_dair_world_labels_are_ignored_without_world_calibration(tmp_path, make_
 
     DairWriter(tmp_path).write(make_frame(n_agents=3, rsu=True))
     shutil.rmtree(tmp_path / "vehicle-side" / "calib" / "novatel_to_world")
+    shutil.rmtree(tmp_path / "infrastructure-side" / "calib" / "virtuallidar_to_world")
     f = open_log(tmp_path)[0]
     assert np.allclose(f.ego.world_from_lidar, np.eye(4))  # fell back to lidar_i2v
     # ground truth now comes from the side labels, in the vehicle frame

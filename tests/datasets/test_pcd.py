@@ -112,3 +112,36 @@ def test_missing_and_non_pcd_files(tmp_path):
     (tmp_path / "junk.pcd").write_text("hello\n")
     with pytest.raises(DatasetError, match="not a PCD"):
         read_pcd(tmp_path / "junk.pcd")
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "binary_compressed"])
+def test_points_0_over_a_full_payload_is_refused(tmp_path, encoding):
+    """A header saying 0 points over real data read as an empty scan before (and passed check)."""
+    path = tmp_path / "zero.pcd"
+    write_pcd(path, np.ones((40, 4), np.float32), encoding)
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"WIDTH 40\n", b"WIDTH 0\n").replace(b"POINTS 40\n", b"POINTS 0\n"))
+    with pytest.raises(DatasetError) as err:
+        read_pcd(path)
+    assert err.value.path == str(path) and err.value.field == "POINTS"
+    assert "0 points" in err.value.message
+
+
+def test_sizes_from_the_header_are_bounded_before_reading(tmp_path):
+    path = tmp_path / "huge.pcd"
+    write_pcd(path, np.ones((40, 4), np.float32), "binary_compressed")
+    data = path.read_bytes()
+    n = str(10**12).encode()
+    path.write_bytes(
+        data.replace(b"WIDTH 40\n", b"WIDTH " + n + b"\n").replace(b"POINTS 40\n", b"POINTS " + n + b"\n")
+    )
+    with pytest.raises(DatasetError) as err:
+        read_pcd(path)
+    assert err.value.field == "WIDTH" and "outside" in err.value.message
+    # the size word of the compressed block must agree with the header before it is decompressed
+    head, _, payload = data.partition(b"DATA binary_compressed\n")
+    bad = head + b"DATA binary_compressed\n" + payload[:4] + (2**32 - 1).to_bytes(4, "little") + payload[8:]
+    path.write_bytes(bad)
+    with pytest.raises(DatasetError) as err:
+        read_pcd(path)
+    assert err.value.field == "POINTS" and str(2**32 - 1) in err.value.message
