@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: install demo test test-fast bench lint format clean
+.PHONY: install demo test test-fast bench fuzz lint format clean
 
 $(STAMP): Makefile pyproject.toml constraints.txt scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -30,6 +30,11 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m bench.run_all
+
+# every decoder on a node's receive path, FUZZ_N mutated messages each, JOBS workers (scripts/fuzz.py)
+FUZZ_N ?= 1000000
+fuzz: install
+	$(BIN)/python scripts/fuzz.py --per-decoder $(FUZZ_N) --workers $(JOBS) --out bench/results/fuzz.json
 
 lint: install
 	$(BIN)/ruff check .

@@ -5,7 +5,9 @@ A message on the wire is ``[topic, header, *buffers]``:
 * ``topic``: the UTF-8 topic name (``/agents/3/features``); ZeroMQ filters subscriptions on it.
 * ``header``: msgpack ``{"t": type name, "v": 1, "src": sending node, "i": its process
   incarnation (random per start), "n": per-topic sequence number, "s": wall-clock send time in ns, "m": the scalar fields, "a": [[dtype, shape], ...]
-  for the array fields, "b": number of blob frames}``.
+  for the array fields, "b": number of blob frames}``, and from nodes ``"e"``: the sender's
+  epoch (wall-clock ns at its start) and ``"q"``: its count of every message it published, on
+  any topic (what identifies a message to a receiver, :mod:`v2x.comm.freshness`).
 * one frame per numpy array field (its own buffer, sent without a copy when it is 64 KiB or
   more; pyzmq copies smaller frames anyway) and one per ``bytes`` blob field.
 
@@ -16,22 +18,31 @@ received frames (bit-exact; copy before writing into them).
 
 Decoding never trusts the sender: every length, dtype and shape is checked before an array is
 made, and anything that is not a valid message of the expected type raises
-:class:`MessageError` (:class:`WrongTypeError` for a valid message of another type). Nodes
-count such messages and drop them; they never crash on them.
+:class:`MessageError` (:class:`WrongTypeError` for a valid message of another type), a
+:class:`~v2x.comm.errors.DecodeError` whose ``reason`` is one of :data:`REASONS`. Nodes
+count such messages by reason and sender and drop them; they never crash on them.
+
+Memory: arrays are views of the received frames (no copy), blobs are copied once, and the
+msgpack header (at most :data:`MAX_HEADER_BYTES`) becomes Python objects: at worst about 80
+times its bytes (a header of nothing but empty lists), typically a few times.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import msgpack
 import numpy as np
 
+from v2x.comm.errors import DecodeError
+
 __all__ = [
     "MAX_ARRAY_BYTES",
     "MAX_HEADER_BYTES",
+    "REASONS",
     "REGISTRY",
     "Boxes3D",
     "Bytes",
@@ -58,12 +69,34 @@ MAX_ARRAY_BYTES = 1 << 30  # per array; the socket's MAXMSGSIZE bounds what is r
 _ARRAY_KINDS = set("biufc")  # bool, signed, unsigned, float, complex: no objects, no strings
 
 
-class MessageError(ValueError):
-    """Frames that are not a valid message (names the topic and what is wrong)."""
+class MessageError(DecodeError):
+    """Frames that are not a valid message (names the topic and what is wrong; ``reason``)."""
+
+    decoder = "envelope"
 
 
 class WrongTypeError(MessageError):
     """A valid message, but not of the type the topic carries."""
+
+    reason = "wrong_type"
+
+
+#: every ``MessageError.reason`` decoding raises, each for one condition (docs/wire-format.md)
+REASONS = frozenset(
+    {
+        "missing_frames",  # fewer than two frames (a topic and a header)
+        "bad_topic",  # the topic frame is not UTF-8, does not start with "/" or is over 512 bytes
+        "over_limit",  # a header frame over MAX_HEADER_BYTES, or an array over MAX_ARRAY_BYTES
+        "bad_header",  # not msgpack, not a map, or t / src / i / n / s of the wrong type
+        "unsupported_version",  # a header version other than WIRE_VERSION
+        "unknown_type",  # a type name nobody registered
+        "wrong_type",  # a registered type, but not the one asked for
+        "frame_count",  # array descriptions, blob count and frames disagree with the type
+        "bad_field",  # a field the type lacks or of another kind, or one its constructor refuses
+        "bad_array",  # an array description that is not [dtype, shape] of an allowed dtype
+        "size_mismatch",  # an array frame whose length is not its shape times its item size
+    }
+)
 
 
 def message_type(cls: type | None = None, *, name: str | None = None):
@@ -237,9 +270,21 @@ class Boxes3D(Message):
 
 
 def encode_frames(
-    topic: str, msg: Message, *, source: str = "", seq: int = 0, sent_ns: int = 0, incarnation: int = 0
+    topic: str,
+    msg: Message,
+    *,
+    source: str = "",
+    seq: int = 0,
+    sent_ns: int = 0,
+    incarnation: int = 0,
+    epoch: int | None = None,
+    number: int | None = None,
 ) -> list[Any]:
-    """Multipart frames for ``msg`` on ``topic``; array frames are the arrays' own buffers."""
+    """Multipart frames for ``msg`` on ``topic``; array frames are the arrays' own buffers.
+
+    ``epoch`` and ``number`` (header ``e``, ``q``: the sender's start time and its count of
+    every message it published) identify the message in its sender's stream, so a receiver
+    can refuse copies (:mod:`v2x.comm.freshness`); left out of the header when not given."""
     cls = type(msg)
     if REGISTRY.get(cls.TYPE_NAME) is not cls:
         raise MessageError(f"{cls.__name__} is not a registered message type (use @message_type)")
@@ -268,6 +313,8 @@ def encode_frames(
         "a": [[a.dtype.str, list(a.shape)] for a in arrays],
         "b": len(blobs),
     }
+    if epoch is not None and number is not None:
+        header["e"], header["q"] = epoch, number
     try:
         packed = msgpack.packb(header, use_bin_type=True, default=_default)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -297,32 +344,59 @@ def _buffer(frame: Any) -> memoryview:
 def read_topic(frames: list[Any]) -> str:
     """The topic of received frames; :class:`MessageError` when it is not a readable topic."""
     if not frames:
-        raise MessageError("an empty message")
+        raise MessageError("an empty message", reason="missing_frames", stage="topic")
+    raw = _buffer(frames[0])
+    if raw.nbytes > _MAX_TOPIC_BYTES:
+        raise MessageError(
+            f"topic of {raw.nbytes} bytes is not a topic name", reason="bad_topic", stage="topic"
+        )
     try:
-        topic = bytes(_buffer(frames[0])).decode()
+        topic = bytes(raw).decode()
     except UnicodeDecodeError as exc:
-        raise MessageError(f"topic frame is not UTF-8: {exc}") from exc
-    if not topic.startswith("/") or len(topic) > 512:
-        raise MessageError(f"topic {topic[:80]!r} is not a topic name")
+        raise MessageError(f"topic frame is not UTF-8: {exc}", reason="bad_topic", stage="topic") from exc
+    if not topic.startswith("/"):
+        raise MessageError(f"topic {topic[:80]!r} is not a topic name", reason="bad_topic", stage="topic")
     return topic
+
+
+_MAX_TOPIC_BYTES = 512
 
 
 def read_header(frames: list[Any]) -> tuple[str, dict[str, Any]]:
     """(topic, header) of received frames, checked; :class:`MessageError` when unreadable."""
     topic = read_topic(frames)
     if len(frames) < 2:
-        raise MessageError(f"{topic}: {len(frames)} frame(s); a message needs a topic and a header")
+        raise MessageError(
+            f"{topic}: {len(frames)} frame(s); a message needs a topic and a header",
+            reason="missing_frames",
+            stage="header",
+        )
     raw = _buffer(frames[1])
     if raw.nbytes > MAX_HEADER_BYTES:
-        raise MessageError(f"{topic}: header of {raw.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+        raise MessageError(
+            f"{topic}: header of {raw.nbytes} bytes exceeds {MAX_HEADER_BYTES}",
+            reason="over_limit",
+            stage="header",
+        )
     try:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises many types (ExtraData, FormatError, ValueError...)
-        raise MessageError(f"{topic}: unreadable header ({type(exc).__name__}: {exc})") from exc
+        raise MessageError(
+            f"{topic}: unreadable header ({type(exc).__name__}: {exc})", reason="bad_header", stage="header"
+        ) from exc
     if not isinstance(header, dict) or not isinstance(header.get("t"), str):
-        raise MessageError(f"{topic}: header is not a message header")
+        raise MessageError(f"{topic}: header is not a message header", reason="bad_header", stage="header")
+    src, inc, seq, sent = header.get("src", ""), header.get("i", 0), header.get("n", 0), header.get("s", 0)
+    if not (isinstance(src, str) and all(type(x) is int for x in (inc, seq, sent))):
+        raise MessageError(
+            f"{topic}: header has a bad sender, sequence or time", reason="bad_header", stage="header"
+        )
     if header.get("v", WIRE_VERSION) != WIRE_VERSION:
-        raise MessageError(f"{topic}: message wire version {header.get('v')!r}, expected {WIRE_VERSION}")
+        raise MessageError(
+            f"{topic}: message wire version {str(header.get('v'))[:20]}, expected {WIRE_VERSION}",
+            reason="unsupported_version",
+            stage="header",
+        )
     return topic, header
 
 
@@ -332,26 +406,47 @@ def decode_frames(
     """(topic, message) from received frames; :class:`MessageError` for anything malformed and
     :class:`WrongTypeError` when the message is not ``expected``. With ``with_header`` the
     header dict is returned too (source node, sequence number, send time)."""
+    try:
+        topic, msg, header = _decode_frames(frames, expected)
+    except MessageError:
+        raise
+    except Exception as exc:
+        # a last resort: a slip in the checks must still surface as a refusal, never a crash;
+        # ``unexpected`` marks it as a bug (the fuzzers count it as a failure)
+        err = MessageError(f"malformed message: {type(exc).__name__}: {exc}"[:300], reason="bad_field")
+        err.unexpected = True
+        raise err from exc
+    return (topic, msg, header) if with_header else (topic, msg)
+
+
+def _decode_frames(frames: list[Any], expected: type[Message] | None) -> tuple[str, Message, dict[str, Any]]:
     topic, header = read_header(frames)
     cls = REGISTRY.get(header["t"])
     if cls is None:
-        raise MessageError(f"{topic}: unknown message type {header['t'][:80]!r}")
+        raise MessageError(
+            f"{topic}: unknown message type {header['t'][:80]!r}", reason="unknown_type", stage="type"
+        )
     if expected is not None and cls is not expected:
-        raise WrongTypeError(f"{topic}: carries {expected.TYPE_NAME}, got {cls.TYPE_NAME}")
+        raise WrongTypeError(f"{topic}: carries {expected.TYPE_NAME}, got {cls.TYPE_NAME}", stage="type")
     specs, n_blobs = header.get("a", []), header.get("b", 0)
     if (
         not isinstance(specs, list)
         or len(specs) != len(cls.ARRAYS)
+        or type(n_blobs) is not int
         or n_blobs != len(cls.BLOBS)
         or len(frames) != 2 + len(specs) + n_blobs
     ):
         raise MessageError(
             f"{topic}: {cls.TYPE_NAME} needs {len(cls.ARRAYS)} array and {len(cls.BLOBS)} blob frame(s); "
-            f"got {len(frames) - 2} frame(s)"
+            f"got {len(frames) - 2} frame(s)",
+            reason="frame_count",
+            stage="frames",
         )
     meta = header.get("m") or {}
     if not isinstance(meta, dict):
-        raise MessageError(f"{topic}: {cls.TYPE_NAME} fields are not a mapping")
+        raise MessageError(
+            f"{topic}: {cls.TYPE_NAME} fields are not a mapping", reason="bad_field", stage="fields"
+        )
     kwargs = _checked_meta(topic, cls, meta)
     for name, spec, frame in zip(cls.ARRAYS, specs, frames[2:], strict=False):
         kwargs[name] = _array(topic, cls, name, spec, _buffer(frame))
@@ -360,17 +455,23 @@ def decode_frames(
     try:
         msg = cls(**kwargs)
     except Exception as exc:  # a type's __post_init__ may refuse values
-        raise MessageError(f"{topic}: {cls.TYPE_NAME}: {exc}") from exc
-    return (topic, msg, header) if with_header else (topic, msg)
+        raise MessageError(
+            f"{topic}: {cls.TYPE_NAME}: {exc}"[:300], reason="bad_field", stage="construct"
+        ) from exc
+    return topic, msg, header
 
 
 def _checked_meta(topic: str, cls: type[Message], meta: dict) -> dict[str, Any]:
     """Header fields checked against the types of the dataclass defaults, so a callback never
     gets a string where its type promises a number."""
     known = {f.name: f for f in cls._META_FIELDS}
-    unknown = [k for k in meta if k not in known]
+    unknown = [k for k in meta if not isinstance(k, str) or k not in known]
     if unknown:
-        raise MessageError(f"{topic}: {cls.TYPE_NAME} has no field(s) {[str(k)[:40] for k in unknown][:5]}")
+        raise MessageError(
+            f"{topic}: {cls.TYPE_NAME} has no field(s) {[str(k)[:40] for k in unknown][:5]}",
+            reason="bad_field",
+            stage="fields",
+        )
     out = {}
     for k, v in meta.items():
         f = known[k]
@@ -381,7 +482,9 @@ def _checked_meta(topic: str, cls: type[Message], meta: dict) -> dict[str, Any]:
         )
         if default is not None and not _same_kind(default, v):
             raise MessageError(
-                f"{topic}: {cls.TYPE_NAME}.{k} should be {type(default).__name__}, got {type(v).__name__}"
+                f"{topic}: {cls.TYPE_NAME}.{k} should be {type(default).__name__}, got {type(v).__name__}",
+                reason="bad_field",
+                stage="fields",
             )
         out[k] = v
     return out
@@ -399,23 +502,56 @@ def _same_kind(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+#: what ``numpy.dtype.str`` writes for the kinds that travel: byte order, kind, item size
+_DTYPE = re.compile(r"[<>|=][biufc][0-9]{1,2}")
+_MAX_DIMS = 32
+
+
 def _array(topic: str, cls: type[Message], name: str, spec: Any, data: memoryview) -> np.ndarray:
+    """A read-only view of ``data`` as the array ``spec`` ([dtype string, shape list]) describes;
+    the description is checked as text and integers before numpy sees it (numpy's own parser
+    raises SyntaxError, OverflowError and more on hostile strings)."""
     where = f"{topic}: {cls.TYPE_NAME}.{name}"
+    if not (
+        isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], list)
+    ):
+        raise MessageError(
+            f"{where}: bad array description {str(spec)[:80]}", reason="bad_array", stage="arrays"
+        )
+    dtype_str, shape = spec[0], spec[1]
+    if (
+        not _DTYPE.fullmatch(dtype_str)
+        or len(shape) > _MAX_DIMS
+        or any(type(s) is not int or s < 0 for s in shape)
+    ):
+        raise MessageError(
+            f"{where}: dtype {dtype_str[:20]} / shape {str(shape)[:80]} not allowed",
+            reason="bad_array",
+            stage="arrays",
+        )
     try:
-        dtype_str, shape_raw = spec
         dtype = np.dtype(dtype_str)
-        shape = tuple(int(s) for s in shape_raw)
-    except (TypeError, ValueError) as exc:
-        raise MessageError(f"{where}: bad array description {str(spec)[:80]}") from exc
-    if dtype.kind not in _ARRAY_KINDS or dtype.hasobject or len(shape) > 32 or any(s < 0 for s in shape):
-        raise MessageError(f"{where}: dtype {dtype.str} / shape {shape} not allowed")
+    except TypeError as exc:  # a well-formed string of a size numpy lacks ("<f3", "|b2")
+        raise MessageError(
+            f"{where}: dtype {dtype_str!r} not allowed", reason="bad_array", stage="arrays"
+        ) from exc
+    if dtype.kind not in _ARRAY_KINDS or dtype.hasobject:
+        raise MessageError(f"{where}: dtype {dtype.str} not allowed", reason="bad_array", stage="arrays")
     count = 1
     for s in shape:  # python ints: no overflow, and we stop as soon as it is too big
         count *= s
         if count * dtype.itemsize > MAX_ARRAY_BYTES:
-            raise MessageError(f"{where}: shape {shape} exceeds {MAX_ARRAY_BYTES} bytes")
+            raise MessageError(
+                f"{where}: shape {str(shape)[:80]} exceeds {MAX_ARRAY_BYTES} bytes",
+                reason="over_limit",
+                stage="arrays",
+            )
     if data.nbytes != count * dtype.itemsize:
-        raise MessageError(f"{where}: {data.nbytes} bytes for shape {shape} {dtype.str}")
+        raise MessageError(
+            f"{where}: {data.nbytes} bytes for shape {tuple(shape)} {dtype.str}",
+            reason="size_mismatch",
+            stage="arrays",
+        )
     out = np.frombuffer(data, dtype=dtype).reshape(shape)
     out.flags.writeable = False  # one decoded message may go to several callbacks
     return out

@@ -26,9 +26,10 @@ Layout (little-endian; the full specification with hex examples is ``docs/wire-f
     payload (type specific)
 
 Decoding untrusted bytes raises nothing but :class:`WireError` subclasses (each counted in
-:data:`REJECTED`) and never allocates more than a small multiple of the bytes actually present:
-every declared count is checked against the grid, the caps below and the remaining payload
-before anything is allocated.
+:data:`REJECTED`, each with one of the :data:`REASONS`; a :class:`~v2x.comm.errors.DecodeError`)
+and never allocates more than a small multiple of the bytes actually present plus a multiple of
+the grid's cell count: every declared count is checked against the grid, the caps below and the
+remaining payload before anything is allocated.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from enum import IntEnum
 
 import numpy as np
 
+from v2x.comm.errors import DecodeError
+
 __all__ = [
     "DETECTION_BYTES",
     "HEADER",
@@ -49,6 +52,7 @@ __all__ = [
     "MAX_CHANNELS",
     "MAX_DETECTIONS",
     "MAX_PAYLOAD",
+    "REASONS",
     "REJECTED",
     "VARIANCE_BYTES",
     "VERSION",
@@ -61,9 +65,11 @@ __all__ = [
     "DecodedMessage",
     "GridMismatchError",
     "Header",
+    "LimitError",
     "MalformedError",
     "MessageType",
     "OversizedError",
+    "TrailingBytesError",
     "TruncatedError",
     "UnexpectedTypeError",
     "VersionError",
@@ -116,6 +122,8 @@ CELL_TYPES = frozenset(
 )
 #: message types whose cells are coordination blocks of ``unit x unit`` feature cells
 BLOCK_TYPES = frozenset({MessageType.DEMAND, MessageType.OFFER})
+#: message types whose header ``unit`` means something (0 on every other type)
+_UNIT_TYPES = BLOCK_TYPES | {MessageType.CODEBOOK}
 
 
 class CellCoding(IntEnum):
@@ -126,30 +134,45 @@ class CellCoding(IntEnum):
 
 
 # -- errors ------------------------------------------------------------------------------------
-class WireError(ValueError):
+class WireError(DecodeError):
     """A message that cannot be decoded; ``reason`` is a short stable code, counted in ``REJECTED``."""
 
+    decoder = "wire"
     reason = "malformed"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, stage: str = "") -> None:
+        super().__init__(message, stage=stage)
         REJECTED[self.reason] += 1
 
 
 class MalformedError(WireError):
-    """Inconsistent content: unknown type or coding, reserved flags, counts that disagree."""
+    """A field outside its legal values, or counts that disagree (docs/wire-format.md lists each)."""
 
     reason = "malformed"
 
 
 class TruncatedError(WireError):
+    """The frame or the payload ends before a field the message declares or needs."""
+
     reason = "truncated"
 
 
 class OversizedError(WireError):
-    """More bytes than declared, or a declared size above a cap."""
+    """The frame is longer than the 64-byte header plus its declared payload length."""
 
     reason = "oversized"
+
+
+class TrailingBytesError(WireError):
+    """The payload's fields end before the declared payload does."""
+
+    reason = "trailing_bytes"
+
+
+class LimitError(WireError):
+    """A declared size above its cap: payload length, channels, detections."""
+
+    reason = "over_limit"
 
 
 class BadMagicError(WireError):
@@ -184,6 +207,27 @@ class UnexpectedTypeError(WireError):
     """A valid message of a type the reader did not ask for (a demand where features were expected)."""
 
     reason = "unexpected_type"
+
+
+#: every ``WireError.reason`` the decoder and the codec's readers raise (docs/wire-format.md)
+REASONS = frozenset(
+    c.reason
+    for c in (
+        MalformedError,
+        TruncatedError,
+        OversizedError,
+        TrailingBytesError,
+        LimitError,
+        BadMagicError,
+        VersionError,
+        ChecksumError,
+        CellIndexError,
+        CodeIndexError,
+        CodebookMismatchError,
+        GridMismatchError,
+        UnexpectedTypeError,
+    )
+)
 
 
 def rejections() -> dict[str, int]:
@@ -260,32 +304,66 @@ def varint_size(values: np.ndarray) -> int:
     return int(len(v) + np.searchsorted(_VARINT_LIMITS, v, side="right").sum())
 
 
-def _varint_decode(buf: memoryview, count: int, what: str, limit: int) -> tuple[np.ndarray, int]:
-    """``count`` LEB128 integers, each refused unless ``< limit``; returns values and bytes consumed."""
+def _varint_decode(
+    buf: memoryview, count: int, what: str, limit: int, out_of_range: type[WireError] = CellIndexError
+) -> tuple[np.ndarray, int]:
+    """``count`` LEB128 integers, each ``< limit``; returns values and bytes consumed.
+
+    Checked in this order, each with one reason: the bytes hold ``count`` varints (``truncated``);
+    no varint is longer than ``limit - 1`` needs (``out_of_range``); no varint of two or more
+    bytes ends in a zero byte, so every value has one encoding (``malformed``); every value is
+    below ``limit`` (``out_of_range``).
+    """
     if count == 0:
         return np.zeros(0, np.int64), 0
     # a varint is at least one byte: a count larger than the bytes left cannot be honest
     if count > len(buf):
         raise TruncatedError(f"{what}: {count} varints declared, only {len(buf)} bytes left")
+    max_len = max(1, (int(limit - 1).bit_length() + 6) // 7)
+    if count == 1:  # counts: the same checks without numpy's per-call cost
+        return _one_varint(buf, what, limit, max_len, out_of_range)
+    # the first count terminators of a valid run lie within count * max_len bytes: look there
+    # first (the cell count would otherwise scan the whole payload), everywhere only if need be
     data = np.frombuffer(buf, dtype=np.uint8)
-    ends = np.flatnonzero(data < 0x80)
+    ends = np.flatnonzero(data[: count * max_len] < 0x80)
+    if len(ends) < count and len(data) > count * max_len:
+        ends = np.flatnonzero(data < 0x80)
     if len(ends) < count:
         raise TruncatedError(f"{what}: expected {count} varints, the payload holds {len(ends)}")
     ends = ends[:count]
     starts = np.concatenate([[0], ends[:-1] + 1])
     lengths = ends - starts + 1
-    if lengths.max() > 10:
-        raise MalformedError(f"{what}: a varint of {int(lengths.max())} bytes")
-    max_len = max(1, (int(limit - 1).bit_length() + 6) // 7)
-    if lengths.max() > max_len:  # a well-formed varint, but of a number far too large
-        raise CellIndexError(f"{what}: a varint of {int(lengths.max())} bytes cannot be below {limit}")
+    longest = int(lengths.max())
+    if longest > max_len:  # a number far too large, however its bytes read
+        raise out_of_range(f"{what}: a varint of {longest} bytes cannot be below {limit}")
+    if longest > 1 and np.any((lengths > 1) & (data[ends] == 0)):
+        raise MalformedError(f"{what}: a varint with a zero last byte (not its shortest encoding)")
     values = np.zeros(count, dtype=np.int64)
-    for k in range(int(lengths.max())):
+    for k in range(longest):
         active = lengths > k
         values[active] |= (data[starts[active] + k] & 0x7F).astype(np.int64) << (7 * k)
     if values.max() >= limit:
-        raise CellIndexError(f"{what}: value {int(values.max())} is not below {limit}")
+        raise out_of_range(f"{what}: value {int(values.max())} is not below {limit}")
     return values, int(ends[-1]) + 1
+
+
+def _one_varint(
+    buf: memoryview, what: str, limit: int, max_len: int, out_of_range: type[WireError]
+) -> tuple[np.ndarray, int]:
+    """:func:`_varint_decode` of a single varint, in the same order of checks."""
+    value = 0
+    for k in range(min(len(buf), max_len)):
+        byte = buf[k]
+        value |= (byte & 0x7F) << (7 * k)
+        if byte < 0x80:
+            if k and byte == 0:
+                raise MalformedError(f"{what}: a varint with a zero last byte (not its shortest encoding)")
+            if value >= limit:
+                raise out_of_range(f"{what}: value {value} is not below {limit}")
+            return np.array([value], dtype=np.int64), k + 1
+    if len(buf) <= max_len or not (np.frombuffer(buf[max_len:], dtype=np.uint8) < 0x80).any():
+        raise TruncatedError(f"{what}: expected 1 varint, the payload holds none")
+    raise out_of_range(f"{what}: a varint of more than {max_len} bytes cannot be below {limit}")
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
@@ -306,8 +384,24 @@ def unpack_bits(buf: bytes | memoryview, count: int, bits: int) -> np.ndarray:
     if count == 0 or bits == 0:
         return np.zeros(count, dtype=np.int64)
     flat = np.unpackbits(np.frombuffer(buf[:need], dtype=np.uint8))[: count * bits].reshape(count, bits)
-    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
-    return flat.astype(np.int64) @ weights
+    return _bits_to_ints(flat)
+
+
+def _bits_to_ints(flat: np.ndarray) -> np.ndarray:
+    """(count, bits) 0/1 rows, most significant first, as int64; a column at a time, so no
+    (count, bits) int64 matrix: memory stays near the output's size."""
+    values = np.zeros(len(flat), dtype=np.int64)
+    for j in range(flat.shape[1]):
+        values <<= 1
+        values |= flat[:, j]
+    return values
+
+
+def _check_padding(buf: bytes | memoryview, used_bits: int, what: str) -> None:
+    """The bits after ``used_bits`` up to the next byte boundary must be 0 (as the encoder writes)."""
+    spare = -used_bits % 8
+    if spare and buf[used_bits // 8] & ((1 << spare) - 1):
+        raise MalformedError(f"{what}: padding bits are not zero")
 
 
 # -- cell sets ---------------------------------------------------------------------------------
@@ -364,35 +458,34 @@ def _decode_rice(rest: memoryview, n: int, num_cells: int) -> tuple[np.ndarray, 
     k = rest[0]
     if k > _RICE_MAX_K:
         raise MalformedError(f"Rice parameter {k} (at most {_RICE_MAX_K})")
-    # the gaps add up to less than the grid: a bound on the stream, whatever the bytes say
-    max_bits = (num_cells >> k) + n * (1 + k)
+    # the gaps add up to less than the grid, so a valid unary part is at most (N >> k) + n bits
+    # long: zeros are looked for there only, and the stream is never read past its longest length
+    window = (num_cells >> k) + n
+    max_bits = window + n * k
     data = np.frombuffer(rest[1 : 1 + (max_bits + 7) // 8], dtype=np.uint8)
     bits = np.unpackbits(data)
-    capped = len(rest) - 1 > len(data)  # more bytes were there than a valid stream can use
-    ends = np.flatnonzero(bits == 0)[:n]
+    ends = np.flatnonzero(bits[:window] == 0)[:n]
     if len(ends) < n:
-        if capped:
+        if len(bits) >= window:
             raise CellIndexError(f"Rice-coded gaps run beyond a grid of {num_cells} cells")
         raise TruncatedError(f"Rice-coded cells: {len(ends)} of {n} unary terminators present")
     unary_bits = int(ends[-1]) + 1
-    need = unary_bits + n * k
+    need = unary_bits + n * k  # <= max_bits: only a stream cut short can lack them
     if need > len(bits):
-        if capped:
-            raise CellIndexError(f"Rice-coded gaps run beyond a grid of {num_cells} cells")
         raise TruncatedError(f"Rice-coded cells: need {need} bits, have {len(bits)}")
-    q = np.diff(ends, prepend=-1) - 1
+    d = np.diff(ends, prepend=-1)  # in place from here on: the gaps' arrays are n long, few of them
+    d -= 1  # the quotients
     if k:
-        weights = (1 << np.arange(k - 1, -1, -1)).astype(np.int64)
-        rem = bits[unary_bits:need].reshape(n, k).astype(np.int64) @ weights
-    else:
-        rem = np.zeros(n, np.int64)
-    d = (q << k) | rem
+        d <<= k
+        d |= _bits_to_ints(bits[unary_bits:need].reshape(n, k))
     if d.max() >= num_cells:
         raise CellIndexError(f"a cell gap of {int(d.max())} in a grid of {num_cells}")
     nbytes = (need + 7) // 8
     if bits[need : 8 * nbytes].any():
         raise MalformedError("Rice-coded cells: padding bits are not zero")
-    cells = np.cumsum(d + 1) - 1
+    d += 1
+    cells = np.cumsum(d, out=d)
+    cells -= 1
     if cells[-1] >= num_cells:
         raise CellIndexError(f"cell index {int(cells[-1])} outside the grid of {num_cells}")
     return cells, 1 + nbytes
@@ -472,18 +565,20 @@ def decode_cells(buf: memoryview, coding: CellCoding, num_cells: int) -> tuple[n
         bits = np.unpackbits(np.frombuffer(rest[:nbytes], dtype=np.uint8))
         if bits[num_cells:].any():
             raise CellIndexError("cell bitmap sets bits beyond the grid")
-        cells = np.flatnonzero(bits[:num_cells]).astype(np.int64)
+        cells = np.flatnonzero(bits[:num_cells]).astype(np.int64, copy=False)
         if len(cells) != n:
             raise MalformedError(f"cell bitmap holds {len(cells)} cells, the count says {n}")
         return cells, used + nbytes
     if coding == CellCoding.DELTA_VARINT:
         deltas, k = _varint_decode(rest, n, "cell deltas", num_cells)
-        cells = np.cumsum(deltas + 1) - 1  # each delta < num_cells and n <= num_cells: no overflow
+        deltas += 1  # each delta < num_cells and n <= num_cells: no overflow
+        cells = np.cumsum(deltas, out=deltas)
+        cells -= 1
         if n and cells[-1] >= num_cells:
             raise CellIndexError(f"cell index {int(cells[-1])} outside the grid of {num_cells}")
         return cells, used + k
     if coding == CellCoding.RUN_LENGTH:
-        (runs,), k1 = _varint_decode(rest, 1, "run count", n + 1)
+        (runs,), k1 = _varint_decode(rest, 1, "run count", n + 1, MalformedError)  # runs <= cells
         runs = int(runs)
         if n and runs == 0:
             raise MalformedError(f"{n} cells in zero runs")
@@ -496,8 +591,10 @@ def decode_cells(buf: memoryview, coding: CellCoding, num_cells: int) -> tuple[n
         starts = np.cumsum(gaps + np.concatenate([[0], lengths[:-1]]))
         if runs and starts[-1] + lengths[-1] > num_cells:
             raise CellIndexError("a run reaches beyond the grid")
-        offsets = np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return (np.repeat(starts, lengths) + offsets).astype(np.int64), used + k1 + k2
+        # cell j of run r is starts[r] + (j - cells before run r): two arrays of n, no more
+        cells = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        cells += np.arange(n)
+        return cells, used + k1 + k2
     raise MalformedError(f"unknown cell coding {int(coding)}")
 
 
@@ -546,7 +643,11 @@ def _encode_detections(
         raise ValueError(f"at most {MAX_DETECTIONS} detections per message, got {n}")
     out = struct.pack("<H", n) + rec.tobytes()
     if variances is not None:
-        out += np.asarray(variances, dtype="<f2").reshape(n, 7).tobytes()
+        var = np.asarray(variances, dtype=np.float64).reshape(n, 7)
+        if not np.isfinite(var).all():
+            raise ValueError("variances must be finite (a receiver refuses non-finite values)")
+        # beyond half precision's range: its largest value, not inf (as for RAW_FP16 features)
+        out += np.clip(var, 0.0, HALF_MAX).astype("<f2").tobytes()
     return out
 
 
@@ -555,17 +656,23 @@ def _decode_detections(buf: memoryview, with_var: bool):
         raise TruncatedError("detections: no count")
     (n,) = struct.unpack_from("<H", buf)
     if n > MAX_DETECTIONS:
-        raise OversizedError(f"{n} detections declared, at most {MAX_DETECTIONS}")
+        raise LimitError(f"{n} detections declared, at most {MAX_DETECTIONS}")
     need = 2 + n * (DETECTION_BYTES + (VARIANCE_BYTES if with_var else 0))
     if len(buf) < need:
         raise TruncatedError(f"detections: need {need} bytes, have {len(buf)}")
     rec = np.frombuffer(buf[2 : 2 + n * DETECTION_BYTES], dtype=_DET_DTYPE)
+    if n and (rec["l"].min() == 0 or rec["w"].min() == 0 or rec["h"].min() == 0):
+        # the encoder writes at least 1 cm: a box without volume has no IoU with anything
+        raise MalformedError("a detection with a zero length, width or height")
     cm = [rec[name].astype(np.float64) / 100 for name in ("x", "y", "z", "l", "w", "h")]
     boxes = np.stack([*cm, rec["yaw"].astype(np.float64) / 32767 * np.pi], axis=1).reshape(n, 7)
     var = None
     if with_var:
         off = 2 + n * DETECTION_BYTES
         var = np.frombuffer(buf[off:need], dtype="<f2").reshape(n, 7).astype(np.float64)
+        if not (np.isfinite(var).all() and (var >= 0).all()):
+            # the tracker weighs each box by these: one NaN would poison its state for good
+            raise MalformedError("detection variances must be finite and not negative")
     return boxes, rec["score"].astype(np.float32) / 255, rec["cls"].astype(np.int16), var, need
 
 
@@ -629,6 +736,10 @@ def encode(
     demanded. The header's ``coding`` and ``has_*`` fields are ignored (derived here).
     """
     t = MessageType(header.type)
+    if t not in _UNIT_TYPES and header.unit:
+        raise ValueError(f"a {t.name} message has no unit (got {header.unit}); a receiver refuses it")
+    if t != MessageType.CODEBOOK and header.codebook_id & 0xFFFFFFFF:
+        raise ValueError(f"only codebook messages name a codebook (a {t.name} message names one)")
     body = bytearray()
     coding_used = CellCoding.RICE
     flags = 0
@@ -724,7 +835,7 @@ def peek_header(data: bytes | memoryview) -> Header:
     if flags & _FLAG_RESERVED:
         raise MalformedError(f"reserved flag bits set ({flags:#04x})")
     if length > MAX_PAYLOAD:
-        raise OversizedError(f"payload of {length} bytes declared, at most {MAX_PAYLOAD}")
+        raise LimitError(f"payload of {length} bytes declared, at most {MAX_PAYLOAD}")
     if len(buf) < HEADER.size + length:
         raise TruncatedError(f"payload of {length} bytes declared, {len(buf) - HEADER.size} present")
     if len(buf) > HEADER.size + length:
@@ -762,53 +873,62 @@ def decode(
     ``grid_shape`` is the receiver's (H, W) feature grid; ``grid_id``, ``codebook_id`` and
     ``codebook_size`` (k), when given, must match the message or it is refused.
     """
+    progress = _Progress()
     try:
-        return _decode(memoryview(data), grid_shape, grid_id, codebook_id, codebook_size, max_channels)
-    except WireError:
+        return _decode(
+            memoryview(data), grid_shape, grid_id, codebook_id, codebook_size, max_channels, progress
+        )
+    except WireError as exc:
+        exc.stage = progress.stage
         raise
     except (ValueError, TypeError, struct.error, IndexError, OverflowError, MemoryError) as exc:
-        # defensive: a slip in a check above must still surface as a refusal, never a crash
-        raise MalformedError(f"malformed message: {exc!r}") from exc
+        # a last resort: a slip in the checks must still surface as a refusal, never a crash;
+        # ``unexpected`` marks it as a bug (the fuzzers count it as a failure)
+        err = MalformedError(f"malformed message: {exc!r}")
+        err.stage, err.unexpected = progress.stage, True
+        raise err from exc
 
 
-def _decode(buf, grid_shape, grid_id, codebook_id, codebook_size, max_channels) -> DecodedMessage:
+class _Progress:
+    """How far :func:`decode` got: ``header``, ``checksum``, ``identity``, ``fields``, ``payload``."""
+
+    __slots__ = ("stage",)
+
+    def __init__(self) -> None:
+        self.stage = "header"
+
+
+def _decode(buf, grid_shape, grid_id, codebook_id, codebook_size, max_channels, progress) -> DecodedMessage:
     h = peek_header(buf)
+    progress.stage = "checksum"
     crc = struct.unpack_from("<I", buf, 60)[0]
     if zlib.crc32(buf[HEADER.size :], zlib.crc32(buf[:60])) & 0xFFFFFFFF != crc:
         raise ChecksumError("CRC-32 mismatch")
+    progress.stage = "identity"
     if grid_id is not None and h.type != MessageType.DETECTIONS and h.grid_id != grid_id:
         raise GridMismatchError(f"grid {h.grid_id:#010x} is not ours ({grid_id:#010x})")
     if h.type == MessageType.CODEBOOK and codebook_id is not None and h.codebook_id != codebook_id:
         raise CodebookMismatchError(f"codebook {h.codebook_id:#010x} is not ours ({codebook_id:#010x})")
-    if (h.has_levels or h.complement) and h.type not in BLOCK_TYPES:
-        raise MalformedError(f"level / complement flags on a {h.type.name} message")
-    if h.has_variances and not h.has_detections:
-        raise MalformedError("variance flag without detections")
-    if h.type not in CELL_TYPES and h.coding != 0:
-        raise MalformedError(f"a cell coding on a {h.type.name} message")
+    progress.stage = "fields"
+    _check_fields(h)
+    progress.stage = "payload"
     body = buf[HEADER.size :]
     msg = DecodedMessage(h)
     pos = 0
     if h.type in CELL_TYPES:
-        if h.type in BLOCK_TYPES:
-            if h.unit < 1:
-                raise MalformedError("demand / offer without a block edge")
-            num_cells = cell_count(grid_shape, h.unit)
-        else:
-            num_cells = cell_count(grid_shape)
+        num_cells = cell_count(grid_shape, h.unit if h.type in BLOCK_TYPES else 1)
         cells, pos = decode_cells(body, h.coding, num_cells)
         msg.cells = cells
         n = len(cells)
         if h.type == MessageType.CODEBOOK:
-            if not 1 <= h.unit <= MAX_CODE_BITS:
-                raise CodeIndexError(f"{h.unit} bits per codebook index (1..{MAX_CODE_BITS})")
             if pos >= len(body):
                 raise TruncatedError("codebook message without its indices-per-cell byte")
             per_cell = body[pos]
             pos += 1
-            if not 1 <= per_cell <= MAX_INDICES_PER_CELL:
+            if not 1 <= per_cell <= MAX_INDICES_PER_CELL:  # P = 0 too, even without cells
                 raise MalformedError(f"{per_cell} codebook indices per cell (1..{MAX_INDICES_PER_CELL})")
             codes = unpack_bits(body[pos:], n * per_cell, h.unit)
+            _check_padding(body[pos:], n * per_cell * h.unit, "codebook indices")
             pos += (n * per_cell * h.unit + 7) // 8
             if codebook_size is not None and codes.size and codes.max() >= codebook_size:
                 raise CodeIndexError(f"codebook index {int(codes.max())} >= k = {codebook_size}")
@@ -819,7 +939,7 @@ def _decode(buf, grid_shape, grid_id, codebook_id, codebook_size, max_channels) 
             (c,) = struct.unpack_from("<H", body, pos)
             pos += 2
             if c > max_channels:
-                raise OversizedError(f"{c} channels declared, at most {max_channels}")
+                raise LimitError(f"{c} channels declared, at most {max_channels}")
             width = 4 if h.type == MessageType.RAW_FP32 else 2
             need = n * c * width
             if len(body) < pos + need:
@@ -829,20 +949,39 @@ def _decode(buf, grid_shape, grid_id, codebook_id, codebook_size, max_channels) 
                 raise MalformedError(f"{int((~np.isfinite(raw)).sum())} non-finite raw feature values")
             msg.features = raw.reshape(n, c).astype(np.float32)
             pos += need
-        else:
-            if h.type == MessageType.OFFER and not h.has_levels:
-                raise MalformedError("an offer without levels")
-            if h.has_levels and h.complement:
-                raise MalformedError("a complement demand cannot carry levels")
-            if h.has_levels:
-                msg.levels = unpack_bits(body[pos:], n, 2).astype(np.uint8)
-                pos += (2 * n + 7) // 8
-    elif not h.has_detections:
-        raise MalformedError("a detections message without its detections block")
+        elif h.has_levels:
+            msg.levels = unpack_bits(body[pos:], n, 2).astype(np.uint8)
+            _check_padding(body[pos:], 2 * n, "levels")
+            pos += (2 * n + 7) // 8
     if h.has_detections:
         boxes, scores, labels, var, k = _decode_detections(body[pos:], h.has_variances)
         msg.detections, msg.scores, msg.labels, msg.variances = boxes, scores, labels, var
         pos += k
     if pos != len(body):
-        raise MalformedError(f"{len(body) - pos} unexplained bytes at the end of the payload")
+        raise TrailingBytesError(f"{len(body) - pos} unexplained bytes at the end of the payload")
     return msg
+
+
+def _check_fields(h: Header) -> None:
+    """The header's fields fit its type (flags, unit, codebook identity); each misfit is malformed,
+    but a codebook message's bits per index outside 1..16, which is ``code_out_of_range``."""
+    if (h.has_levels or h.complement) and h.type not in BLOCK_TYPES:
+        raise MalformedError(f"level / complement flags on a {h.type.name} message")
+    if h.has_variances and not h.has_detections:
+        raise MalformedError("variance flag without detections")
+    if h.type not in CELL_TYPES and h.coding != 0:
+        raise MalformedError(f"a cell coding on a {h.type.name} message")
+    if h.type == MessageType.DETECTIONS and not h.has_detections:
+        raise MalformedError("a detections message without its detections block")
+    if h.type not in _UNIT_TYPES and h.unit != 0:
+        raise MalformedError(f"a unit of {h.unit} on a {h.type.name} message (must be 0)")
+    if h.type != MessageType.CODEBOOK and h.codebook_id != 0:
+        raise MalformedError(f"a codebook identity on a {h.type.name} message (must be 0)")
+    if h.type in BLOCK_TYPES and h.unit < 1:
+        raise MalformedError(f"a {h.type.name} without a block edge")
+    if h.type == MessageType.OFFER and not h.has_levels:
+        raise MalformedError("an offer without levels")
+    if h.has_levels and h.complement:
+        raise MalformedError("a complement demand cannot carry levels")
+    if h.type == MessageType.CODEBOOK and not 1 <= h.unit <= MAX_CODE_BITS:
+        raise CodeIndexError(f"{h.unit} bits per codebook index (1..{MAX_CODE_BITS})")

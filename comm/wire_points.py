@@ -20,6 +20,14 @@ offset   type      field
 
 Centimetre coordinates keep +-327 m, far beyond any BEV grid; the ego never sees more error
 than 5 mm per axis. A budget thins the scan uniformly (every k-th point) rather than cropping it.
+
+Decoding refuses anything else with :class:`PointsMessageError` (a
+:class:`~v2x.comm.errors.DecodeError`), one of :data:`REASONS` each, checked in this order:
+``truncated`` (shorter than the header), ``bad_magic``, ``unsupported_version``, ``malformed``
+(reserved fields not 0), ``over_limit`` (``n`` above :data:`MAX_POINTS`), ``truncated`` /
+``oversized`` (fewer / more body bytes than ``n`` points), ``bad_checksum``, ``bad_pose`` (a
+pose with a NaN or infinite value, or not rigid). The body itself cannot be wrong: every 7-byte
+record is a point. Decoding holds about 5 times the message's bytes at its peak.
 """
 
 from __future__ import annotations
@@ -30,9 +38,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from v2x.comm.errors import DecodeError
+from v2x.core.geometry import is_rigid
+
 __all__ = [
     "MAGIC",
     "POINT_BYTES",
+    "REASONS",
     "PointsMessage",
     "PointsMessageError",
     "decode_points",
@@ -50,10 +62,29 @@ _POINT = np.dtype([("x", "<i2"), ("y", "<i2"), ("z", "<i2"), ("i", "u1")])
 POINT_BYTES = _POINT.itemsize
 #: a scan larger than this is refused (a corrupt count must not allocate gigabytes)
 MAX_POINTS = 2_000_000
+#: how far from rigid a sender pose may be: the loosest any log reader accepts (DAIR-V2X's)
+POSE_TOL = 1e-3
 
 
-class PointsMessageError(ValueError):
-    """A points message that cannot be read; says why."""
+#: every ``PointsMessageError.reason`` (module docstring; docs/wire-format.md)
+REASONS = frozenset(
+    {
+        "truncated",
+        "bad_magic",
+        "unsupported_version",
+        "malformed",
+        "over_limit",
+        "oversized",
+        "bad_checksum",
+        "bad_pose",
+    }
+)
+
+
+class PointsMessageError(DecodeError):
+    """A points message that cannot be read; says why (``reason``, one of :data:`REASONS`)."""
+
+    decoder = "points"
 
 
 @dataclass
@@ -93,31 +124,59 @@ def encode_points(
 
 def decode_points(data: bytes | memoryview) -> PointsMessage:
     """Parse and check one points message; any defect raises :class:`PointsMessageError`."""
-    buf = bytes(data)
+    buf = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
     if len(buf) < HEADER_BYTES:
         raise PointsMessageError(
-            f"points message too short: {len(buf)} bytes, the header alone is {HEADER_BYTES}"
+            f"points message too short: {len(buf)} bytes, the header alone is {HEADER_BYTES}",
+            reason="truncated",
+            stage="header",
         )
-    magic, version, _, _, sender, stamp, *rest = _HEAD.unpack_from(buf, 0)
+    magic, version, reserved8, reserved16, sender, stamp, *rest = _HEAD.unpack_from(buf, 0)
     pose, n = rest[:12], rest[12]
     if magic != MAGIC:
-        raise PointsMessageError(f"not a points message (magic {magic!r})")
-    if version != VERSION:
-        raise PointsMessageError(f"points message version {version}, this reader knows {VERSION}")
-    if n > MAX_POINTS or len(buf) != HEADER_BYTES + n * POINT_BYTES:
         raise PointsMessageError(
-            f"points message says {n} points but holds {len(buf) - HEADER_BYTES} body bytes"
+            f"not a points message (magic {magic!r})", reason="bad_magic", stage="header"
+        )
+    if version != VERSION:
+        raise PointsMessageError(
+            f"points message version {version}, this reader knows {VERSION}",
+            reason="unsupported_version",
+            stage="header",
+        )
+    if reserved8 or reserved16:
+        raise PointsMessageError(
+            "points message: reserved fields are not 0", reason="malformed", stage="header"
+        )
+    if n > MAX_POINTS:
+        raise PointsMessageError(
+            f"points message says {n} points, at most {MAX_POINTS}", reason="over_limit", stage="header"
+        )
+    body = len(buf) - HEADER_BYTES
+    if body != n * POINT_BYTES:
+        raise PointsMessageError(
+            f"points message says {n} points but holds {body} body bytes",
+            reason="truncated" if body < n * POINT_BYTES else "oversized",
+            stage="header",
         )
     (crc,) = _CRC.unpack_from(buf, _HEAD.size)
-    if crc != zlib.crc32(buf[: _HEAD.size] + buf[HEADER_BYTES:]) & 0xFFFFFFFF:
-        raise PointsMessageError("points message checksum mismatch")
+    if crc != zlib.crc32(buf[HEADER_BYTES:], zlib.crc32(buf[: _HEAD.size])) & 0xFFFFFFFF:
+        raise PointsMessageError("points message checksum mismatch", reason="bad_checksum", stage="checksum")
     world_from_lidar = np.eye(4)
     world_from_lidar[:3, :] = np.asarray(pose, dtype=np.float64).reshape(3, 4)
+    rotation = world_from_lidar[:3, :3]
+    # a rotation's entries lie in [-1, 1]: bigger ones are refused before the products that
+    # test rigidity could overflow; a NaN or sheared pose would put the points nowhere, or bend them
+    if not (np.abs(rotation) <= 1 + POSE_TOL).all() or not is_rigid(world_from_lidar, POSE_TOL):
+        raise PointsMessageError(
+            "points message: the sender pose is not a finite rigid transform", reason="bad_pose", stage="pose"
+        )
     rec = np.frombuffer(buf, dtype=_POINT, count=n, offset=HEADER_BYTES)
     pts = np.empty((n, 4), dtype=np.float32)
     for k, axis in enumerate("xyz"):
-        pts[:, k] = rec[axis].astype(np.float32) / 100.0
-    pts[:, 3] = rec["i"].astype(np.float32) / 255.0
+        pts[:, k] = rec[axis]
+        pts[:, k] /= 100.0
+    pts[:, 3] = rec["i"]
+    pts[:, 3] /= 255.0
     return PointsMessage(int(sender), int(stamp), world_from_lidar, pts)
 
 

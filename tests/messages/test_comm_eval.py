@@ -19,7 +19,7 @@ from v2x.datasets.opv2v import OPV2VWriter
 from v2x.messages.codebook import load_codebook
 from v2x.perception.config import load_config
 from v2x.perception.detector import CooperativeDetector
-from v2x.pipeline.methods import feature_method_names
+from v2x.pipeline.methods import comm_method_names
 
 pytestmark = pytest.mark.slow
 
@@ -68,20 +68,30 @@ def test_train_codebook_and_eval_comm_through_the_command_line(tmp_path):
     # the recorded command says which frames were sampled
     assert "--frames 1 --pick random " in torch.load(cb, weights_only=False)["command"]
     out = tmp_path / "comm.json"
-    methods = feature_method_names()
+    methods = comm_method_names()  # every feature method, the hybrid and late fusion's boxes
     r = CliRunner().invoke(
         cli,
         ["eval", "comm", "--data", log, "--weights", det, "--codebook", cb, "--methods", ",".join(methods)]
-        + ["--budgets", "300,2000", "--hybrid", "--json", str(out), "--plot", str(tmp_path / "comm.png")],
+        + ["--budgets", "300,2000", "--json", str(out), "--plot", str(tmp_path / "comm.png")],
     )
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())
-    assert {r["method"] for r in rows} == {*methods, "codebook+boxes", "codefilling+boxes"}
+    assert {r["method"] for r in rows} == set(methods)
+    keys = {"method", "budget_bytes", "bytes_mean", "bytes_max", "ap_bev", "log2_bytes"}
     for row in rows:
-        assert {"method", "budget_bytes", "bytes_mean", "bytes_max", "ap_bev", "log2_bytes"} <= set(row)
+        assert keys | {"log2_bytes_per_ego_frame"} <= set(row)
         assert {"0.5", "0.7"} <= set(row["ap_bev"]) and row["frames"] == 2
         if row["budget_bytes"] is not None:
             assert row["bytes_max"] <= row["budget_bytes"]
+        # per ego frame: both collaborators' links summed (each synthetic frame has two)
+        if row["bytes_mean"] > 0:
+            assert 2 ** row["log2_bytes_per_ego_frame"] == pytest.approx(2 * row["bytes_mean"])
+    by = {(r["method"], r["budget_bytes"], r["threshold"]): r for r in rows}
+    # late fusion: a point at every budget and one unbudgeted; only the hybrid splits its bytes
+    assert [b for m, b, _ in by if m == "late"] == [300, 2000, None]
+    extra = {"code_bytes_mean", "boxes_mean", "ap_bev_boxes_only"}
+    assert {r["method"] for r in rows if extra <= set(r)} == {"hybrid"}
+    assert not any(extra & set(r) for r in rows if r["method"] != "hybrid")
     raw = next(r for r in rows if r["method"] == "raw")
     half = next(r for r in rows if r["method"] == "raw-fp16")
     assert raw["bytes_mean"] > 1.9 * half["bytes_mean"] > 0  # every occupied cell, 4 vs 2 bytes a channel
@@ -100,3 +110,34 @@ def test_train_codebook_and_eval_comm_through_the_command_line(tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert [row["frames"] for row in json.loads(out.read_text())] == [1]
+
+
+def test_late_and_hybrid_rows_with_the_shipped_weights(tmp_path, generate_log):
+    """Trained weights, so collaborators have confident boxes: late fusion sends the most
+    confident boxes that fit each budget, and the hybrid's boxes take room its codes had."""
+    from v2x.datasets import open_log
+    from v2x.experiments.comm_eval import evaluate_comm, settings_for
+    from v2x.messages.codec import MessageCodec
+    from v2x.perception.cooperative import Perception
+    from v2x.perception.detector import DEFAULT_WEIGHTS, load_detector
+
+    log = open_log(generate_log(tmp_path / "log", frames=2, cavs=3, rsus=1, channels=32, seed=5))
+    model = load_detector()
+    codec = MessageCodec(model.cfg.grid, load_codebook(DEFAULT_WEIGHTS.with_name("codebook.pt")))
+    settings = settings_for(["late", "codebook", "hybrid"], [400, 1200])
+    rows = evaluate_comm(log, Perception(model), codec, settings, progress=False)
+    by = {(r["method"], r["budget_bytes"]): r for r in rows}
+    [senders] = {len(log[i].collaborators) for i in range(len(log))}
+    for row in rows:  # per ego frame: every sender's link summed
+        assert 2 ** row["log2_bytes_per_ego_frame"] == pytest.approx(senders * row["bytes_mean"])
+    unlimited = by["late", None]
+    assert unlimited["bytes_mean"] > 400  # more boxes than 400 bytes hold: the budget cuts them
+    for budget in (400, 1200):
+        late, hybrid, codes = by["late", budget], by["hybrid", budget], by["codebook", budget]
+        assert late["bytes_max"] <= budget and late["bytes_mean"] <= unlimited["bytes_mean"]
+        assert hybrid["bytes_max"] <= budget and hybrid["boxes_mean"] > 0
+        assert hybrid["cells_mean"] < codes["cells_mean"]  # the boxes went first
+        # what is not codes is the boxes (16 bytes each), the headers and the request
+        assert hybrid["bytes_mean"] - hybrid["code_bytes_mean"] > 16 * hybrid["boxes_mean"] + HEADER.size
+        assert hybrid["ap_bev_boxes_only"].keys() == hybrid["ap_bev"].keys()
+    assert by["late", 400]["bytes_mean"] < unlimited["bytes_mean"]

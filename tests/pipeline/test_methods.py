@@ -20,6 +20,7 @@ from v2x.pipeline.methods import (
     Method,
     Sends,
     UnknownMethodError,
+    comm_method_names,
     feature_method_names,
     fusion_mode,
     get_method,
@@ -49,9 +50,12 @@ def test_every_method_in_a_stable_order():
         "where2comm",
         "codebook",
         "codefilling",
+        "hybrid",
     ]
     assert all(m.name == name and m.description for name, m in METHODS.items())
-    assert feature_method_names() == ("raw", "raw-fp16", "where2comm", "codebook", "codefilling")
+    features = ("raw", "raw-fp16", "where2comm", "codebook", "codefilling", "hybrid")
+    assert feature_method_names() == features
+    assert comm_method_names() == ("late", *features)  # what `v2x eval comm` can put on its curve
     assert method_names() == tuple(METHODS)
     assert method_names(aliases=True) == (*METHODS, *ALIASES)
     assert DEFAULT_METHOD in METHODS
@@ -118,6 +122,17 @@ def test_every_method_in_a_stable_order():
             True,
             "features",
         ),
+        (
+            "hybrid",
+            Sends.FEATURES,
+            FusionKind.INTERMEDIATE,
+            ("CODES", "CONFIDENT"),
+            True,
+            True,
+            False,
+            True,
+            "features",
+        ),
     ],
 )
 def test_what_each_method_does(name, sends, fusion, scheme, codebook, demand, offers, detects, topic):
@@ -128,6 +143,9 @@ def test_what_each_method_does(name, sends, fusion, scheme, codebook, demand, of
     assert (m.needs_codebook, m.uses_demand, m.uses_offers) == (codebook, demand, offers)
     assert m.agent_detects == detects and m.topic_kind == topic
     assert m.ego_detects_alone == (name in ("none", "late"))
+    # only the hybrid attaches boxes to its features; collaborators decode boxes where they send them
+    assert m.attaches_boxes == (name == "hybrid")
+    assert m.sends_boxes == (name in ("late", "hybrid"))
 
 
 def test_aliases_resolve_to_their_method():
@@ -160,6 +178,8 @@ def test_a_method_that_contradicts_itself_is_refused():
         )
     with pytest.raises(ValueError, match="intermediate"):
         Method("x", "points fused as features", Sends.POINTS, FusionKind.INTERMEDIATE)
+    with pytest.raises(ValueError, match="attached to a feature message"):
+        Method("x", "boxes attached to boxes", Sends.BOXES, FusionKind.LATE, attaches_boxes=True)
 
 
 def test_the_fusion_modes_are_the_uncompressed_methods_by_fusion_kind():

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from v2x.cli.options import frames_option, pick_option, share_frame_option
-from v2x.pipeline.methods import feature_method_names, get_method
+from v2x.pipeline.methods import comm_method_names, feature_method_names, get_method
 
 
 def _split(data: Path, name: str) -> Path:
@@ -128,7 +128,12 @@ def train_codebook(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Log root (its test/ split is used when present).",
 )
-@click.option("--methods", default=",".join(feature_method_names()), show_default=True)
+@click.option(
+    "--methods",
+    default=",".join(feature_method_names()),
+    show_default=True,
+    help=f"Comma-separated, of {', '.join(comm_method_names())} (late: boxes alone, only when named).",
+)
 @click.option(
     "--budgets",
     default=",".join(str(b) for b in (256, 512, 1024, 2048, 4096, 16384, 65536)),
@@ -145,14 +150,13 @@ def train_codebook(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Codebook (default: shipped).",
 )
-@click.option("--hybrid", is_flag=True, help="Also run codebook methods with the sender's boxes attached.")
 @frames_option()
 @pick_option
 @share_frame_option
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path))
 def eval_comm(
-    data, methods, budgets, weights, codebook, hybrid, frames, pick, share_frame, json_out, plot_out
+    data, methods, budgets, weights, codebook, frames, pick, share_frame, json_out, plot_out
 ) -> None:
     """AP@0.5/0.7 against bytes per agent per frame, one curve per method."""
     from v2x.datasets import open_log
@@ -164,7 +168,7 @@ def eval_comm(
     from v2x.pipeline.frames import FrameSelection
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    known = feature_method_names()
+    known = comm_method_names()
     bad = [m for m in names if m not in known]
     if bad:
         raise click.BadParameter(f"unknown method(s) {bad}: use {', '.join(known)}")
@@ -184,7 +188,7 @@ def eval_comm(
         open_log(_split(data, "test")),
         Perception(model),
         codec,
-        settings_for(names, budget_list, hybrid),
+        settings_for(names, budget_list),
         FrameSelection(frames, pick),
         share_frame=share_frame,
     )
@@ -196,9 +200,11 @@ def eval_comm(
             if r["budget_bytes"] is not None
             else (f"thr {r['threshold']}" if r["threshold"] else "all")
         )
-        click.echo(
-            f"{r['method']:>16} {label!s:>10}: {r['bytes_mean']:>10.0f} B/agent/frame  AP@0.5 {ap['0.5']}  AP@0.7 {ap['0.7']}"
-        )
+        line = f"{r['method']:>16} {label!s:>10}: {r['bytes_mean']:>10.0f} B/agent/frame  AP@0.5 {ap['0.5']}  AP@0.7 {ap['0.7']}"
+        if "ap_bev_boxes_only" in r:
+            alone = r["ap_bev_boxes_only"]
+            line += f"  (codes {r['code_bytes_mean']:.0f} B; boxes alone AP@0.5 {alone['0.5']}  AP@0.7 {alone['0.7']})"
+        click.echo(line)
     if plot_out:
         plot_comm(rows, plot_out)
         click.echo(f"wrote {plot_out}")

@@ -1,8 +1,9 @@
 """The AP-versus-bytes experiment (``v2x eval comm``) and codebook training (``v2x train codebook``).
 
-Every method runs through :func:`v2x.messages.codec.exchange`: messages are really encoded, their
-``len()`` is what is counted (headers and coordination messages included), and the ego decodes
-them before fusing. Agents' encoder and head run once per frame and are shared by all methods.
+Every feature method runs through :func:`v2x.messages.codec.exchange` (the hybrid with its boxes
+attached), late fusion through :func:`send_boxes`: messages are really encoded, their ``len()``
+is what is counted (headers and coordination messages included), and the ego decodes them before
+fusing. Agents' encoder and head run once per frame and are shared by all methods.
 """
 
 from __future__ import annotations
@@ -15,17 +16,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from v2x.comm.wire import encoded_size, peek_header
+from v2x.core.boxes import Boxes
 from v2x.messages.codebook import Codebook, CodebookConfig, fit_from_maps
-from v2x.messages.codec import MessageCodec, exchange
+from v2x.messages.codec import MessageCodec, Outgoing, exchange
 from v2x.messages.scheme import FeatureEncoding, FeatureScheme, Selection
 from v2x.metrics.detection import DetectionEvaluator
-from v2x.perception.cooperative import Perception, encoding_frames, evaluation_ground_truth
+from v2x.perception.cooperative import (
+    AgentPerception,
+    Perception,
+    SharedBoxes,
+    SharedFeatures,
+    encoding_frames,
+    evaluation_ground_truth,
+)
 from v2x.perception.encoder import sanitize_points
 from v2x.perception.settings import check_share_frame
 from v2x.pipeline.frames import FrameSelection, FrameStep, drive, select_frames
-from v2x.pipeline.methods import get_method
+from v2x.pipeline.methods import Method, get_method
 
-__all__ = ["CommSetting", "encoder_maps", "evaluate_comm", "fit_codebook", "plot_comm"]
+__all__ = ["CommSetting", "encoder_maps", "evaluate_comm", "fit_codebook", "plot_comm", "send_boxes"]
 
 DEFAULT_BUDGETS = (256, 512, 1024, 2048, 4096, 16384, 65536)
 WHERE2COMM_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
@@ -34,38 +44,86 @@ WHERE2COMM_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
 @dataclass(frozen=True)
 class CommSetting:
     method: str
-    budget: int | None = None  # bytes per agent per frame
+    budget: int | None = None  # bytes per agent per frame; None: unlimited
     threshold: float | None = None  # where2comm's knob
-    hybrid: bool = False
+
+    @property
+    def spec(self) -> Method:
+        return get_method(self.method)
 
     @property
     def name(self) -> str:
-        return self.method + ("+boxes" if self.hybrid else "")
+        """The registry's name (an alias resolved): a row's ``method``."""
+        return self.spec.name
 
     @property
-    def scheme(self) -> FeatureScheme:
-        """How the method sends features (the registry's word for it)."""
-        scheme = get_method(self.method).features
-        if scheme is None:
-            raise ValueError(f"method {self.method}: sends no features, nothing to compare by bytes")
-        return scheme
+    def scheme(self) -> FeatureScheme | None:
+        """How the method sends features (the registry's word for it); None: boxes alone."""
+        return self.spec.features
 
 
-def settings_for(methods: list[str], budgets: list[int], hybrid: bool = False) -> list[CommSetting]:
+def settings_for(methods: list[str], budgets: list[int]) -> list[CommSetting]:
     """A method that sends every cell runs once, unlimited; a threshold selection over its
-    thresholds; any other over the budgets (with ``hybrid``, also with the sender's boxes)."""
+    thresholds; any other over the budgets. Boxes alone (late fusion) run over the budgets (the
+    most confident that fit) and once unlimited, so they have a point at every budget and their
+    ceiling."""
     out: list[CommSetting] = []
     for m in methods:
-        selection = CommSetting(m).scheme.selection
+        spec = get_method(m)
+        if spec.features is None:
+            if not spec.sends_boxes:
+                raise ValueError(f"method {m}: sends neither features nor boxes, nothing to compare by bytes")
+            out += [CommSetting(m, budget=b) for b in budgets] + [CommSetting(m)]
+            continue
+        selection = spec.features.selection
         if selection is Selection.ALL:
             out.append(CommSetting(m))
         elif selection is Selection.THRESHOLD:
             out += [CommSetting(m, threshold=t) for t in WHERE2COMM_THRESHOLDS]
         else:
             out += [CommSetting(m, budget=b) for b in budgets]
-            if hybrid:
-                out += [CommSetting(m, budget=b, hybrid=True) for b in budgets]
     return out
+
+
+def send_boxes(
+    codec: MessageCodec, collaborators: list[AgentPerception], budget: int | None = None
+) -> tuple[list[SharedBoxes], dict[str, Outgoing]]:
+    """Late fusion's frame in process, as the pipeline's agents send it: each collaborator's most
+    confident boxes that fit ``budget`` in one detections message, really encoded and decoded
+    (without variances: this experiment scores detection, not tracking). An agent whose budget
+    cannot hold even an empty message says nothing."""
+    out = {a.agent_id: Outgoing() for a in collaborators}
+    received = []
+    for a in collaborators:
+        data = codec.detections_message(a, budget)
+        if budget is not None and len(data) > budget:
+            continue
+        out[a.agent_id].messages.append(data)
+        received.append(codec.read_detections(data))
+    return received, out
+
+
+def _merged(perception: Perception, ego: AgentPerception, received: list[SharedBoxes]) -> Boxes:
+    """The ego's own boxes with those received merged in (late fusion, as the pipeline's ego)."""
+    return perception.merge_boxes(ego.world_from_bev, ego.boxes, received) if received else ego.boxes
+
+
+def _cell_bytes(
+    shared: list[SharedFeatures],
+    received: list[SharedBoxes],
+    out: dict[str, Outgoing],
+    shape: tuple[int, int],
+) -> dict[str, int]:
+    """Per collaborator, the bytes its feature message spends on cells (codes and their indices):
+    its length less that of the same message without cells (header, empty cell set, its boxes)."""
+    boxes = {b.agent_id: len(b.boxes) for b in received}
+    sizes = {a: 0 for a in out}
+    for f in shared:
+        data = out[f.agent_id].messages[-1]  # the feature message goes last on the link
+        n = boxes.get(f.agent_id, 0)
+        bare = encoded_size(peek_header(data).type, shape, np.zeros(0, np.int64), detections=n or None)
+        sizes[f.agent_id] = len(data) - bare
+    return sizes
 
 
 def evaluate_comm(
@@ -81,22 +139,48 @@ def evaluate_comm(
     ``share_frame`` (as the pipeline's agents do), each agent's once for all settings."""
     check_share_frame(share_frame)
     indices = select_frames(log, frames or FrameSelection())
-    evals = {s: DetectionEvaluator(eval_range=perception.cfg.grid.xy_range) for s in settings}
+    xy_range = perception.cfg.grid.xy_range
+    evals = {s: DetectionEvaluator(eval_range=xy_range) for s in settings}
+    # the hybrid's boxes alone (its codes removed), and what its cells cost
+    hybrids = [s for s in settings if s.spec.attaches_boxes]
+    boxes_only = {s: DetectionEvaluator(eval_range=xy_range) for s in hybrids}
+    cell_bytes: dict[CommSetting, list[int]] = {s: [] for s in hybrids}
+    n_boxes: dict[CommSetting, list[int]] = {s: [] for s in hybrids}
     sent: dict[CommSetting, list[int]] = {s: [] for s in settings}
+    per_frame: dict[CommSetting, list[int]] = {s: [] for s in settings}
     cells: dict[CommSetting, list[int]] = {s: [] for s in settings}
+    late = any(s.scheme is None for s in settings)
 
     def evaluate(step: FrameStep) -> None:
         frame = step.frame
         gt = evaluation_ground_truth(frame, perception.cfg.min_points_per_box)
         agents = [frame.ego, *frame.collaborators]
-        results = perception.agent_steps(agents, detect=True, into=encoding_frames(frame, share_frame))
+        into = encoding_frames(frame, share_frame)
+        results = perception.agent_steps(agents, detect=True, into=into)
         ego, rest = results[0], results[1:]
+        # late fusion's boxes come from each collaborator's map in its own frame, as in the pipeline
+        own = perception.agent_steps(frame.collaborators) if late and into is not None else rest
         for s in settings:
-            shared, boxes, out = exchange(codec, s.scheme, ego, rest, s.budget, s.threshold or 0.3, s.hybrid)
-            evals[s].add(perception.ego_step(ego, shared, boxes).boxes, gt)
+            if s.scheme is None:
+                shared: list[SharedFeatures] = []
+                received, out = send_boxes(codec, own, s.budget)
+            else:
+                shared, received, out = exchange(
+                    codec, s.scheme, ego, rest, s.budget, s.threshold or 0.3, s.spec.attaches_boxes
+                )
+            if s.spec.ego_detects_alone:
+                evals[s].add(_merged(perception, ego, received), gt)
+            else:
+                evals[s].add(perception.ego_step(ego, shared, received).boxes, gt)
+            if s in boxes_only:
+                boxes_only[s].add(_merged(perception, ego, received), gt)
+                cell_bytes[s] += _cell_bytes(shared, received, out, codec.shape).values()
+                got = {b.agent_id: len(b.boxes) for b in received}
+                n_boxes[s] += [got.get(a, 0) for a in out]
             for o in out.values():
                 sent[s].append(o.bytes)
                 cells[s].append(o.cells_sent)
+            per_frame[s].append(sum(o.bytes for o in out.values()))
 
     for _ in drive(log, evaluate, indices, progress=progress, desc="frames"):
         pass
@@ -105,31 +189,43 @@ def evaluate_comm(
     for s in settings:
         r = evals[s].result()
         b = np.array(sent[s]) if sent[s] else np.zeros(1)
+        ego_frame = float(np.mean(per_frame[s])) if per_frame[s] else 0.0
         n_cells = float(np.mean(cells[s])) if cells[s] else 0.0
-        encoding = s.scheme.encoding
-        if encoding.needs_codebook:
+        encoding = s.scheme.encoding if s.scheme is not None else None
+        if encoding is None:
+            formula = None  # boxes: no cells
+        elif encoding.needs_codebook:
             formula = n_cells * codec.codebook.cfg.bits_per_cell / 8
         else:
             formula = n_cells * c * (2 if encoding is FeatureEncoding.FP16 else 4)
-        rows.append(
-            {
-                "method": s.name,
-                "budget_bytes": s.budget,
-                "threshold": s.threshold,
-                "bytes_mean": float(b.mean()),
-                "bytes_max": int(b.max()),
-                "log2_bytes": math.log2(b.mean()) if b.mean() > 0 else None,
-                "paper_formula_bytes": formula,
-                "cells_mean": n_cells,
-                "ap_bev": r["ap_bev"],
-                "ap_3d": r["ap_3d"],
-                "frames": r["frames"],
-                "codebook": codec.codebook.cfg.label()
-                if codec.codebook is not None and encoding.needs_codebook
-                else None,
-            }
-        )
+        row = {
+            "method": s.name,
+            "budget_bytes": s.budget,
+            "threshold": s.threshold,
+            "bytes_mean": float(b.mean()),
+            "bytes_max": int(b.max()),
+            "log2_bytes": _log2(float(b.mean())),
+            # CodeFilling's unit: what the ego's frame cost, every sender's link summed
+            "log2_bytes_per_ego_frame": _log2(ego_frame),
+            "paper_formula_bytes": formula,
+            "cells_mean": n_cells,
+            "ap_bev": r["ap_bev"],
+            "ap_3d": r["ap_3d"],
+            "frames": r["frames"],
+            "codebook": codec.codebook.cfg.label()
+            if codec.codebook is not None and encoding is not None and encoding.needs_codebook
+            else None,
+        }
+        if s in boxes_only:
+            row["code_bytes_mean"] = float(np.mean(cell_bytes[s])) if cell_bytes[s] else 0.0
+            row["boxes_mean"] = float(np.mean(n_boxes[s])) if n_boxes[s] else 0.0
+            row["ap_bev_boxes_only"] = boxes_only[s].result()["ap_bev"]
+        rows.append(row)
     return rows
+
+
+def _log2(x: float) -> float | None:
+    return math.log2(x) if x > 0 else None
 
 
 def plot_comm(rows: list[dict], path: Path, reference: dict | None = None) -> None:
@@ -142,12 +238,21 @@ def plot_comm(rows: list[dict], path: Path, reference: dict | None = None) -> No
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for ax, thr in zip(axes, ("0.5", "0.7"), strict=True):
         for m in methods:
-            pts = sorted(
-                (r["bytes_mean"], r["ap_bev"][thr]) for r in rows if r["method"] == m and r["bytes_mean"] > 0
+            mine = [r for r in rows if r["method"] == m and r["bytes_mean"] > 0]
+            pts = sorted((r["bytes_mean"], r["ap_bev"][thr]) for r in mine)
+            if not pts:
+                continue
+            xs, ys = zip(*pts, strict=True)
+            (line,) = ax.plot(xs, ys, marker="o" if len(pts) > 1 else "s", label=m)
+            # a hybrid's codes removed: its boxes alone, at what they (and the request) cost
+            alone = sorted(
+                (r["bytes_mean"] - r["code_bytes_mean"], r["ap_bev_boxes_only"][thr])
+                for r in mine
+                if "ap_bev_boxes_only" in r
             )
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o" if len(pts) > 1 else "s", label=m)
+            if alone:
+                xs, ys = zip(*alone, strict=True)
+                ax.plot(xs, ys, ls=":", marker=".", color=line.get_color(), label=f"{m}, boxes alone")
         if reference:
             for name, (val, style) in reference.items():
                 if val.get(thr) is not None:

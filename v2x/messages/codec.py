@@ -81,6 +81,7 @@ __all__ = [
     "Outgoing",
     "Received",
     "exchange",
+    "hybrid_boxes",
     "sender_code",
     "warp_cells",
 ]
@@ -451,7 +452,7 @@ class MessageCodec:
         msg = decode(data, self.shape, self.grid_id)
         h = msg.header
         if h.type != MessageType.DETECTIONS or msg.detections is None:
-            raise UnexpectedTypeError(f"expected a DETECTIONS message, got {h.type.name}")
+            raise UnexpectedTypeError(f"expected a DETECTIONS message, got {h.type.name}", stage="codec")
         boxes = Boxes(msg.detections, labels=msg.labels, scores=msg.scores)
         return SharedBoxes(str(h.sender), _pose_of(h), boxes, msg.variances)
 
@@ -467,13 +468,16 @@ class MessageCodec:
         )
         h = msg.header
         if h.type not in (MessageType.CODEBOOK, MessageType.RAW_FP32, MessageType.RAW_FP16):
-            raise UnexpectedTypeError(f"expected a feature message, got {h.type.name}")
+            raise UnexpectedTypeError(f"expected a feature message, got {h.type.name}", stage="codec")
         if msg.codes is not None:
             if cb is None:
-                raise CodebookMismatchError("a codebook message, but this receiver has no codebook loaded")
+                raise CodebookMismatchError(
+                    "a codebook message, but this receiver has no codebook loaded", stage="codec"
+                )
             if msg.codes.shape[1] != cb.cfg.indices_per_cell:
                 raise CodebookMismatchError(
-                    f"{msg.codes.shape[1]} indices per cell, the codebook uses {cb.cfg.indices_per_cell}"
+                    f"{msg.codes.shape[1]} indices per cell, the codebook uses {cb.cfg.indices_per_cell}",
+                    stage="codec",
                 )
             with torch.no_grad():
                 values = cb.decode(torch.from_numpy(msg.codes))
@@ -490,8 +494,10 @@ class MessageCodec:
         """Decode into the dense form the fusion takes (zeros and invalid where nothing was sent)."""
         got = self.read_sparse(data)
         h, w = self.shape
-        if got.values.shape[1] not in (channels, 0) and len(got.cells):
-            raise MalformedError(f"message carries {got.values.shape[1]} channels, expected {channels}")
+        if len(got.cells) and got.values.shape[1] != channels:  # 0 channels too: no values to place
+            raise MalformedError(
+                f"message carries {got.values.shape[1]} channels, expected {channels}", stage="codec"
+            )
         dense = torch.zeros(channels, h * w)
         valid = torch.zeros(h * w, dtype=torch.bool)
         if len(got.cells):
@@ -511,9 +517,11 @@ class MessageCodec:
 
 def _expect(h: Header, kind: MessageType, block: int) -> None:
     if h.type != kind:
-        raise UnexpectedTypeError(f"expected a {kind.name} message, got {h.type.name}")
+        raise UnexpectedTypeError(f"expected a {kind.name} message, got {h.type.name}", stage="codec")
     if h.unit != block:
-        raise GridMismatchError(f"{kind.name} on {h.unit}-cell blocks, this agent coordinates on {block}")
+        raise GridMismatchError(
+            f"{kind.name} on {h.unit}-cell blocks, this agent coordinates on {block}", stage="codec"
+        )
 
 
 def exchange(
@@ -558,7 +566,7 @@ def exchange(
         if scheme.uses_offers and codec.sender_of(a) not in plan:
             continue
         allowance = None if budget is None else budget - out[a.agent_id].bytes
-        boxes = _hybrid_boxes(codec, a, demand) if hybrid else None
+        boxes = hybrid_boxes(codec, a, demand) if hybrid else None
         enc = codec.feature_message(
             scheme, a, allowance, demand, plan.get(codec.sender_of(a)), threshold, boxes
         )
@@ -575,8 +583,9 @@ def exchange(
     return shared, shared_boxes, out
 
 
-def _hybrid_boxes(codec: MessageCodec, agent: AgentPerception, demand: Demand | None) -> Boxes | None:
-    """The sender's own confident boxes in cells the ego demands (16 bytes each on the wire)."""
+def hybrid_boxes(codec: MessageCodec, agent: AgentPerception, demand: Demand | None) -> Boxes | None:
+    """The sender's own confident boxes in cells the ego demands (16 bytes each on the wire); public:
+    the pipeline's agents attach the same boxes as ``exchange`` does."""
     if agent.boxes is None or len(agent.boxes) == 0:
         return None
     boxes = agent.boxes[agent.boxes.scores >= 0.3]

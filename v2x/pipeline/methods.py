@@ -27,6 +27,7 @@ __all__ = [
     "Method",
     "Sends",
     "UnknownMethodError",
+    "comm_method_names",
     "feature_method_names",
     "fusion_mode",
     "get_method",
@@ -59,10 +60,15 @@ class Method:
     features: FeatureScheme | None = None
     #: other names the command line and configs accept for it
     aliases: tuple[str, ...] = ()
+    #: the hybrid: the feature message also carries the sender's own confident boxes (boxes
+    #: first, then cells, within the one per-link budget); the ego merges them after detecting
+    attaches_boxes: bool = False
 
     def __post_init__(self) -> None:
         if (self.features is not None) != (self.sends is Sends.FEATURES):
             raise ValueError(f"method {self.name}: a feature scheme goes with sending features")
+        if self.attaches_boxes and self.features is None:
+            raise ValueError(f"method {self.name}: boxes are attached to a feature message")
         if (self.fusion is FusionKind.INTERMEDIATE) != (self.sends is Sends.FEATURES):
             raise ValueError(f"method {self.name}: intermediate fusion is the fusion of features")
 
@@ -88,6 +94,12 @@ class Method:
         return self.sends in (Sends.BOXES, Sends.FEATURES)
 
     @property
+    def sends_boxes(self) -> bool:
+        """Whether a collaborator's message carries its own boxes (late fusion's alone, the
+        hybrid's beside its cells): it must then decode them, not only its confidence."""
+        return self.sends is Sends.BOXES or self.attaches_boxes
+
+    @property
     def ego_detects_alone(self) -> bool:
         """Whether the ego's boxes come from its own map alone (no fusion, or late fusion of boxes
         after): it then decodes its own boxes whatever arrives."""
@@ -106,8 +118,14 @@ _LATE = Method("late", "late fusion: collaborators send their boxes", Sends.BOXE
 _EARLY = Method("early", "early fusion: collaborators send their points", Sends.POINTS, FusionKind.EARLY)
 
 
-def _features(name: str, description: str, scheme: FeatureScheme, aliases: tuple[str, ...] = ()) -> Method:
-    return Method(name, description, Sends.FEATURES, FusionKind.INTERMEDIATE, scheme, aliases)
+def _features(
+    name: str,
+    description: str,
+    scheme: FeatureScheme,
+    aliases: tuple[str, ...] = (),
+    attaches_boxes: bool = False,
+) -> Method:
+    return Method(name, description, Sends.FEATURES, FusionKind.INTERMEDIATE, scheme, aliases, attaches_boxes)
 
 
 #: every method, in the order tables and the command line list them
@@ -143,6 +161,14 @@ METHODS: dict[str, Method] = {
             "cells of the blocks information filling assigns, codebook indices",
             FeatureScheme(FeatureEncoding.CODES, Selection.FILLING),
         ),
+        # codebook's selection, not information filling's: one round (demand, then the message),
+        # and the cells may fill the whole budget the boxes leave (filling stops at its blocks)
+        _features(
+            "hybrid",
+            "the sender's confident boxes in demanded cells, then demanded cells as codebook indices",
+            FeatureScheme(FeatureEncoding.CODES, Selection.CONFIDENT),
+            attaches_boxes=True,
+        ),
     )
 }
 #: alias -> method name
@@ -173,8 +199,14 @@ def method_names(aliases: bool = False) -> tuple[str, ...]:
 
 
 def feature_method_names() -> tuple[str, ...]:
-    """The methods that send features (what ``v2x eval comm`` compares)."""
+    """The methods that send features (what ``v2x eval comm`` compares by default)."""
     return tuple(m.name for m in METHODS.values() if m.features is not None)
+
+
+def comm_method_names() -> tuple[str, ...]:
+    """The methods ``v2x eval comm`` can put on its AP-versus-bytes curve: those whose messages
+    carry features or boxes (late fusion's boxes when asked for by name)."""
+    return tuple(m.name for m in METHODS.values() if m.features is not None or m.sends_boxes)
 
 
 # -- the fusion modes of ``v2x eval detection`` --------------------------------------------------------

@@ -5,6 +5,7 @@ only the transport differs."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,12 +16,13 @@ import torch
 from numpy.typing import ArrayLike
 
 from v2x import WEIGHTS
+from v2x.comm.errors import DecodeError, count_refusal
 from v2x.comm.wire import WireError
-from v2x.comm.wire_points import PointsMessageError, decode_points, encode_points
+from v2x.comm.wire_points import decode_points, encode_points
 from v2x.core.boxes import Boxes
 from v2x.core.frame import AgentScan
 from v2x.core.geometry import inverse, transform_points
-from v2x.messages.codec import Demand, MessageCodec, Offer, sender_code
+from v2x.messages.codec import Demand, MessageCodec, Offer, hybrid_boxes, sender_code
 from v2x.messages.scheme import Selection
 from v2x.perception.compensation import MotionModel, compensate_boxes, compensate_features, compensate_points
 from v2x.perception.cooperative import AgentPerception, Perception, SharedBoxes, SharedFeatures
@@ -77,6 +79,7 @@ class AgentStage:
         self.demand: Demand | None = None
         self._late_demands: list[tuple[float, bytes]] = []  # (delivered_s, demand), frame order
         self.malformed = 0
+        self.refused: Counter[str] = Counter()  # malformed ones by reason (comm.errors.count_refusal)
         self.bad_ego_poses = 0
         self._noise_filter: MultiSensorKF | None = None
 
@@ -96,10 +99,9 @@ class AgentStage:
             if into.shape != (4, 4) or not np.isfinite(into).all():
                 self.bad_ego_poses += 1  # counted; this frame is encoded in the agent's own frame
                 into = None
-        # only late fusion sends boxes: feature methods select cells by confidence alone
-        return self.models.perception.agent_step(
-            scan, spec.agent_detects, into, boxes=spec.sends is Sends.BOXES
-        )
+        # boxes are decoded only where they are sent (late fusion, the hybrid): other feature
+        # methods select cells by confidence alone
+        return self.models.perception.agent_step(scan, spec.agent_detects, into, boxes=spec.sends_boxes)
 
     def variances(self, percept: AgentPerception) -> np.ndarray | None:
         """(N, 7) measurement variances of the agent's boxes from the learned noise model, sent
@@ -122,8 +124,9 @@ class AgentStage:
     def _read_demand(self, data: bytes) -> None:
         try:
             self.demand = self.models.codec.read_demand(data)
-        except WireError:
+        except WireError as exc:
             self.malformed += 1
+            count_refusal(self.refused, exc)
 
     def hold_demand(self, data: bytes, delivered_s: float) -> None:
         """A demand that came too late to act on this frame: keep it for a later one (it is
@@ -158,8 +161,9 @@ class AgentStage:
         for data in offers:
             try:
                 read.append(codec.read_offer(data))
-            except WireError:
+            except WireError as exc:
                 self.malformed += 1
+                count_refusal(self.refused, exc)
         plan = codec.assign(read, self.demand)
         return plan.get(codec.sender_of(percept), np.zeros(0, np.int64))
 
@@ -194,7 +198,8 @@ class AgentStage:
             # no demand yet (or no offer accepted): the most confident cells, in the same encoding
             scheme = replace(scheme, selection=Selection.CONFIDENT)
         blocks = assigned if scheme.uses_offers else None
-        enc = codec.feature_message(scheme, percept, allowance, self.demand, blocks, cfg.threshold)
+        boxes = hybrid_boxes(codec, percept, self.demand) if spec.attaches_boxes else None
+        enc = codec.feature_message(scheme, percept, allowance, self.demand, blocks, cfg.threshold, boxes)
         if enc.data is None or (len(enc.cells) == 0 and enc.boxes == 0):
             return None
         return enc.data
@@ -233,6 +238,8 @@ class EgoStage:
         self.models = models
         self.cfg = cfg
         self.malformed = self.late_dropped = self.expired = 0
+        # malformed messages by reason and by sender (comm.errors.count_refusal), kept across sequences
+        self.refused: Counter[str] = previous.refused if previous is not None else Counter()
         if previous is not None:
             previous.expire_held()
             self.malformed, self.late_dropped = previous.malformed, previous.late_dropped
@@ -334,10 +341,13 @@ class EgoStage:
                         feats.world_from_bev,
                         np.flatnonzero(feats.valid.numpy()).astype(np.int32),
                     )
-                    if bx is not None:
+                    if bx is not None:  # the hybrid's boxes: moved on like its cells when late
+                        if is_stale:
+                            bx = compensate_boxes(bx, self.motion, arrival.captured_s, age)
                         boxes_in.append(bx)
-            except (WireError, PointsMessageError):
+            except DecodeError as exc:  # wire, codec and points refusals alike
                 self.malformed += 1
+                count_refusal(self.refused, exc, arrival.sender)
                 continue
             stale += is_stale
             used += 1
