@@ -5,7 +5,8 @@ A launch file is YAML::
     name: demo                  # names the run folder
     transport: tcp              # tcp (nodes may sit on other hosts) or ipc (one host)
     host: 127.0.0.1             # where tcp endpoints are assigned when a node names none
-    keys: keys/                 # optional: CurveZMQ on every link (`v2x keys generate`)
+    keys: keys/                 # CurveZMQ keys (`v2x keys generate`); without: fresh keys
+                                #   per run in the run folder (plain links: --insecure only)
     clock: wall                 # or sim: nodes follow /clock
     log_json: false             # node logs as JSON lines
     params: {hwm: 16}           # given to every node (a node's own params win)
@@ -164,6 +165,9 @@ class LaunchSpec:
     source: str = ""
     log_level: str = "INFO"
     stop_timeout_s: float = 5.0
+    #: plain links, no keys (``--insecure``); otherwise a launch without ``keys`` gets fresh
+    #: per-run keys from the supervisor (docs/security.md)
+    insecure: bool = False
 
     def node(self, name: str) -> NodeEntry:
         for n in self.nodes:
@@ -191,12 +195,14 @@ def load_launch(
     check_classes: bool = True,
     keys_required: bool = True,
     keys: str | Path | None = None,
+    insecure: bool = False,
 ) -> LaunchSpec:
     """Read and check a launch file; ``overrides`` are ``NODE.PARAM=VALUE`` (YAML values).
 
     ``check_classes``: import every node class now (a typo fails here, not in a child);
     ``keys_required``: the keys folder it names must exist and hold every node's pair;
-    ``keys``: a keys folder (relative to the current directory) that replaces the file's."""
+    ``keys``: a keys folder (relative to the current directory) that replaces the file's;
+    ``insecure``: plain links (refused together with keys: the two contradict each other)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -305,6 +311,8 @@ def load_launch(
     elif raw.get("keys"):
         keys = raw["keys"]
         keys_path = Path(keys) if Path(keys).is_absolute() else path.parent / keys
+    if keys and insecure:
+        raise LaunchError(f"{path}: keys ({keys}) and --insecure contradict each other; drop one")
     if keys and keys_required:
         if not keys_path.is_dir():
             raise LaunchError(
@@ -327,6 +335,7 @@ def load_launch(
         source=str(path),
         log_level=str(raw.get("log_level", "INFO")),
         stop_timeout_s=float(raw.get("stop_timeout_s", 5.0)),
+        insecure=insecure,
     )
 
 

@@ -22,12 +22,16 @@ streams should subscribe with ``keep_latest=True``). Other threads hand work to 
 :meth:`Node.call_soon_threadsafe`.
 
 A node never dies of what it receives: malformed frames, unknown or wrong message types,
-duplicates and exceptions raised by callbacks are counted (``/diagnostics``) and logged.
+duplicates and exceptions raised by callbacks are counted (``/diagnostics``) and logged. Nor
+does it take what it should not: a message claiming another sender than its key's, a copy of
+an earlier one, one for a frame too far ahead or over the inbox's byte limits is refused and
+counted (:mod:`v2x.comm.receiver`, parameters ``held_mb`` ... ``frame_source``, docs/security.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -56,6 +60,8 @@ from v2x.comm.envelope import (
     decode_frames,
     encode_frames,
 )
+from v2x.comm.errors import count_refusal
+from v2x.comm.limits import InboxLimits
 from v2x.comm.params import ParamError, coerce
 from v2x.comm.receiver import InboxReader, Route
 from v2x.comm.security import KeyRing, SecurityError, load_public_key
@@ -84,7 +90,15 @@ _FRAMEWORK_PARAMS = {
     "diagnostics_s": 1.0,
     "queue_depth": 32,
     "max_frame_mb": 256.0,
+    # inbox limits (v2x.comm.limits, docs/security.md)
+    "held_mb": 512.0,
+    "sender_held_mb": 256.0,
+    "frame_horizon": 10,
+    "frame_mb": 32.0,
+    "sender_future_mb": 64.0,
+    "frame_source": "",
 }
+_LIMIT_PARAMS = ("held_mb", "sender_held_mb", "frame_horizon", "frame_mb", "sender_future_mb", "frame_source")
 _TOPIC = re.compile(r"^(/[A-Za-z0-9_.\-~]+)+$")
 _PATTERN_SEGMENT = re.compile(r"^([A-Za-z0-9_.\-~]+|\*)$")
 ConfigError = (ParamError, EndpointError, SecurityError)
@@ -115,6 +129,9 @@ class NodeSpec:
     key: str | None = None  # key pair name (default: the node's name)
     allow: list[str] | None = None  # names whose keys may send to it (default: keys/allowed/*)
     log_level: str = "INFO"
+    #: node name -> key name, for senders whose key is not named after them (the ZAP user id
+    #: of a secured link is the key's name; the inbox checks each message's sender against it)
+    identities: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NodeSpec:
@@ -176,6 +193,8 @@ class Publisher:
             seq=self.seq,
             sent_ns=time.time_ns(),
             incarnation=self.node.incarnation,
+            epoch=self.node.epoch,
+            number=next(self.node._numbers),
         )
         self.seq += 1
         self.node.transport.send(frames)
@@ -250,6 +269,9 @@ class Node:
         self.log = logging.getLogger(spec.name)
         self.state = "unconfigured"
         self.incarnation = random.getrandbits(31)
+        #: where this node's message stream starts (v2x.comm.freshness): later for a restart
+        self.epoch = time.time_ns()
+        self._numbers = itertools.count()  # every message published, on any topic
         self.current: Envelope | None = None  # the message being handled, inside a callback
         self.counters: Counter[str] = Counter()
         self.transport: Transport | None = None  # type: ignore[assignment]
@@ -420,6 +442,14 @@ class Node:
         if self.transport is None:
             raise RuntimeError(f"node {self.name!r}: create publishers/subscriptions in on_configure()")
 
+    def _inbox_limits(self) -> InboxLimits:
+        """The inbox's held-bytes and frame limits from the framework parameters."""
+        p = {k: self.param(k, _FRAMEWORK_PARAMS[k]) for k in _LIMIT_PARAMS}
+        try:
+            return InboxLimits.of(**p)
+        except ValueError as exc:
+            raise ParamError(f"node {self.name!r}: {exc}") from exc
+
     def configure(self) -> None:
         """Open the sockets (bind inbox and tap, connect to peers), then :meth:`on_configure`."""
         if self.state != "unconfigured":
@@ -445,6 +475,9 @@ class Node:
             lambda topic: self.stats(topic, "in"),
             self._wake,
             self._problems.warning,
+            secured=keys is not None,
+            identities=spec.identities,
+            limits=self._inbox_limits(),
         )
         self._hb = self.create_publisher(Heartbeat, HEARTBEAT_TOPIC)
         self._diag = self.create_publisher(Diagnostics, DIAGNOSTICS_TOPIC)
@@ -569,6 +602,7 @@ class Node:
             except MessageError as exc:
                 self.stats(item.topic, "in").malformed_here += 1
                 self.counters["malformed"] += 1
+                count_refusal(self.counters, exc, item.header.get("src"))
                 self._problems.warning("malformed", "dropped a malformed message on %s: %s", item.topic, exc)
                 continue
             h = item.header
@@ -658,7 +692,11 @@ class Node:
                 for (d, t), s in list(self._topic_stats.items())
                 if t not in (HEARTBEAT_TOPIC, DIAGNOSTICS_TOPIC)
             },
-            "counters": dict(self.counters + self._reader.counters) | self.transport.security_counters(),
+            # dict(): one C-level copy of the reader's counters, which its thread may be adding
+            # keys to (refusals by sender) while this one iterates
+            "counters": dict(self.counters + Counter(dict(self._reader.counters)))
+            | self.transport.security_counters()
+            | self._reader.memory(),
         }
 
     def _diagnostics(self) -> None:

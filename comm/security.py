@@ -9,6 +9,12 @@ the receiver's public key, so it only ever talks to the real receiver. A sender 
 wrong key or a key not on the list gets no message through: the handshake fails before any
 message frame is accepted.
 
+What a key may say. The ZAP handler names each admitted key (its file name: ``agent1``) and
+libzmq stamps that name (the ZAP User-Id) on every message of the connection; the inbox
+reader refuses a message whose header claims another sender (:mod:`v2x.comm.receiver`), so a
+valid key cannot speak for another node. ``v2x launch`` and ``v2x replay`` make a fresh set of
+keys per run when none is given (:func:`generate_run_keys`; ``docs/security.md``).
+
 Inspection taps (``v2x node echo``) are the other direction: a node's outbox also binds a tap
 endpoint as a CURVE server that admits the ``operator`` key (and the launch's node keys).
 
@@ -29,6 +35,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,14 +44,19 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+from v2x.comm.keyfiles import KeyFileError, certificate_text, private_dir, write_file
 
 __all__ = [
     "OPERATOR",
     "AllowList",
     "Guard",
     "KeyRing",
+    "NamingAuthenticator",
     "SecurityError",
     "generate_keys",
+    "generate_run_keys",
     "load_public_key",
 ]
 
@@ -68,21 +81,47 @@ def generate_keys(
 
     Existing pairs are kept unless ``overwrite``; returns name -> public key file.
     """
-    out = Path(out)
-    (out / "allowed").mkdir(parents=True, exist_ok=True)
     names = [_check_name(n) for n in dict.fromkeys(names)]
+    try:  # the folder and allowed/ are 0700 and each secret 0600 from the start (keyfiles)
+        out = private_dir(out)
+        allowed = private_dir(out / "allowed")
+    except (KeyFileError, OSError) as exc:
+        raise SecurityError(str(exc)) from exc
     written: dict[str, Path] = {}
     for name in [*names, *([OPERATOR] if operator and OPERATOR not in names else [])]:
         public, secret = out / f"{name}.key", out / f"{name}.key_secret"
         if overwrite or not (public.is_file() and secret.is_file()):
-            for p in (public, secret):
-                p.unlink(missing_ok=True)
-            zmq.auth.create_certificates(out, name)
-            os.chmod(secret, 0o600)
+            pub, sec = zmq.curve_keypair()
+            write_file(secret, certificate_text(pub, sec), 0o600)
+            write_file(public, certificate_text(pub), 0o644)
         written[name] = public
         if name != OPERATOR:  # the operator may inspect (taps) but not send to inboxes
-            (out / "allowed" / public.name).write_bytes(public.read_bytes())
+            write_file(allowed / public.name, public.read_bytes(), 0o644)
     return written
+
+
+RUN_KEYS_MARK = ".v2x-run-keys"
+
+
+def generate_run_keys(folder: str | Path, names: Iterable[str]) -> Path:
+    """Fresh keys for one run in ``folder`` (0700), made for every name and the operator.
+
+    Why fresh each time: a run's keys are only good for that run, so nothing written by an
+    earlier run in the same place (a stale ``allowed/`` entry) can be admitted. A folder left
+    by an earlier run (it holds :data:`RUN_KEYS_MARK`) is replaced; any other folder there is
+    refused rather than deleted."""
+    folder = Path(folder)
+    if folder.exists() or folder.is_symlink():
+        if not (folder.is_dir() and not folder.is_symlink() and (folder / RUN_KEYS_MARK).is_file()):
+            raise SecurityError(f"{folder}: exists and is not a per-run keys folder; not touching it")
+        shutil.rmtree(folder)
+    try:
+        private_dir(folder)
+        write_file(folder / RUN_KEYS_MARK, b"keys made for one run; replaced by the next\n", 0o600)
+    except (KeyFileError, OSError) as exc:
+        raise SecurityError(str(exc)) from exc
+    generate_keys(folder, names, overwrite=True)
+    return folder
 
 
 def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
@@ -94,6 +133,8 @@ def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
         raise SecurityError(f"{path}: not a CURVE key file: {exc}") from exc
     if secret and sec is None:
         raise SecurityError(f"{path}: has no secret key")
+    if secret and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        log.warning("%s: other users may read this secret key (chmod 600 it)", path)
     return public, sec
 
 
@@ -171,13 +212,32 @@ class AllowList:
         return name is not None
 
 
+class NamingAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP handler thread, with one change: the User-Id of an admitted CURVE key is the
+    key's name on the allow-lists (``agent1``), not the key itself. libzmq stamps that id on
+    every message frame of the connection, so the receiver can check that a message's claimed
+    sender is the one whose key sent it (:mod:`v2x.comm.receiver`)."""
+
+    def __init__(self, ctx: zmq.Context, lists: dict[str, AllowList], log: logging.Logger) -> None:
+        super().__init__(ctx, log=log)
+        self.lists = lists
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        key = z85.encode(client_public_key)
+        for allow in self.lists.values():
+            name = allow.keys().get(key)
+            if name:
+                return name
+        return ""  # removed from the list between the check and now: no name, refused later
+
+
 class Guard:
-    """The ZAP handler of one node's context: a ThreadAuthenticator with one allow-list per
-    domain (``inbox``, ``tap``)."""
+    """The ZAP handler of one node's context: a :class:`NamingAuthenticator` with one allow-list
+    per domain (``inbox``, ``tap``)."""
 
     def __init__(self, ctx: zmq.Context, lists: dict[str, AllowList]) -> None:
         self.lists = lists
-        self.auth = ThreadAuthenticator(ctx, log=logging.getLogger("v2x.security.zap"))
+        self.auth = NamingAuthenticator(ctx, lists, logging.getLogger("v2x.security.zap"))
         self.auth.start()
         for domain, allow in lists.items():
             self.auth.configure_curve_callback(domain=domain, credentials_provider=allow)

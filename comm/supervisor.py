@@ -8,6 +8,9 @@ inside the policy's window; after ``max_restarts`` in the window it is given up 
 exits with :data:`~v2x.comm.node.EXIT_CONFIG` (bad parameters, endpoint in use, missing keys) is
 never restarted: it would fail the same way. The other nodes keep running throughout.
 
+Links are secured by default: a launch without keys gets fresh CurveZMQ keys for the run
+(:meth:`Supervisor._secure`); plain links only with ``LaunchSpec.insecure``.
+
 Stopping: SIGTERM to every node, then SIGKILL to those still running after ``stop_timeout_s``.
 Each node also asks the kernel for SIGTERM should the supervisor itself die.
 """
@@ -32,6 +35,7 @@ from v2x.comm.launch import LaunchError, LaunchSpec, NodeEntry, assign_endpoints
 from v2x.comm.node import EXIT_CONFIG, NodeSpec, Peer
 from v2x.comm.priority import lower_priority
 from v2x.comm.run import PARENT_ENV
+from v2x.comm.security import SecurityError, generate_run_keys
 
 __all__ = ["NodeProcess", "Supervisor", "describe_exit"]
 
@@ -83,6 +87,7 @@ class Supervisor:
             run_dir or runs_root() / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         )
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._secure()
         self.endpoints_taps = assign_endpoints(spec, self.run_dir, set(only) if only else None)
         self.endpoints = {name: pair[0] for name, pair in self.endpoints_taps.items()}
         self.nodes: dict[str, NodeProcess] = {
@@ -91,6 +96,26 @@ class Supervisor:
         self._log_offsets: dict[str, int] = {}
         self.exits: list[dict[str, Any]] = []
         self._stopping = False
+
+    def _secure(self) -> None:
+        """Secure by default: a launch that names no keys gets fresh ones for this run, in
+        ``<run_dir>/keys`` (0700, secrets 0600), so every link runs CurveZMQ and only this run's
+        nodes can send to its inboxes; plain links only with ``insecure`` (``--insecure``)."""
+        spec = self.spec
+        if spec.keys:
+            return
+        if spec.insecure:
+            log.warning(
+                "INSECURE: plain links without keys; any local process can send to these nodes, "
+                "impersonate them and replay their messages"
+            )
+            return
+        names = [n.key or n.name for n in spec.nodes]
+        try:
+            spec.keys = str(generate_run_keys(self.run_dir / "keys", names).resolve())
+        except SecurityError as exc:
+            raise LaunchError(f"{spec.source or spec.name}: cannot make this run's keys: {exc}") from exc
+        log.info("CurveZMQ on every link, with keys made for this run in %s", spec.keys)
 
     # -- compatibility views --------------------------------------------------------------------
     @property
@@ -132,6 +157,7 @@ class Supervisor:
             key=n.key,
             allow=allow,
             log_level=self.spec.log_level,
+            identities={m.name: m.key for m in self.spec.nodes if m.key and m.key != m.name},
         )
 
     def _start(self, np_: NodeProcess) -> None:

@@ -42,6 +42,11 @@ def _intruder(ctx, ego_endpoint, keys=None, server_key=None):
     return pub
 
 
+def _active(sup, name):
+    log = sup.run_dir / f"{name}.log"
+    return log.is_file() and f"{name}: active:" in log.read_text(errors="replace")
+
+
 def test_keys_generate_writes_pairs_allow_list_and_operator(tmp_path):
     runner = CliRunner()
     r = runner.invoke(cli, ["keys", "generate", "--out", str(tmp_path / "k"), "--agents", "a1, a2,ego"])
@@ -95,7 +100,8 @@ def test_unauthenticated_senders_get_nothing_through_and_are_counted(supervise, 
     # agent2 has a valid pair in the keys folder, but the ego's own allow-list names agent1 only
     out = run_dir / "ego.json"
     sup = supervise(_nodes(out, allow=["agent1"]), keys=str(keys))
-    assert wait_for(lambda: len(sup.alive()) == 3)
+    # up and serving, not just started: on a loaded machine a node takes seconds to import
+    assert wait_for(lambda: all(_active(sup, n) for n in ("agent1", "agent2", "ego")), timeout=30.0)
     ego_ep = sup.endpoints["ego"]
     ego_key = zmq.auth.load_certificate(keys / "ego.key")[0]
     stranger = run_dir / "stranger"

@@ -27,7 +27,13 @@ _RUN_HELP = "Run folder or graph.json of a launch (default: the latest)."
     "--keys",
     "keys_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="CurveZMQ keys folder (from `v2x keys generate`): secures every link.",
+    help="CurveZMQ keys folder (from `v2x keys generate`). Default: the launch file's, else "
+    "fresh keys for this run in RUN_DIR/keys.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plain links without keys: any local process can send to the nodes (not recommended).",
 )
 def launch(
     file: Path,
@@ -37,8 +43,11 @@ def launch(
     screen: bool,
     run_dir: Path | None,
     keys_dir: Path | None,
+    insecure: bool,
 ) -> None:
-    """Start every node of a launch FILE as its own process, supervise, stop all on Ctrl-C."""
+    """Start every node of a launch FILE as its own process, supervise, stop all on Ctrl-C.
+
+    Every link runs CurveZMQ: with the keys given, or with keys made for this run."""
     import logging
 
     from v2x.comm.launch import LaunchError, load_launch
@@ -48,12 +57,23 @@ def launch(
     if logging.getLogger("v2x.launch").getEffectiveLevel() > logging.INFO:
         logging.getLogger("v2x.launch").setLevel(logging.INFO)  # starts, exits and restarts
     try:
-        spec = load_launch(file, overrides, keys=keys_dir)
+        spec = load_launch(file, overrides, keys=keys_dir, insecure=insecure)
         names = [x.strip() for x in only.split(",") if x.strip()] if only else None
+        if names and spec.keys is None and not insecure:
+            raise LaunchError(
+                f"{file}: with --only the other hosts' nodes need the same keys: make them with "
+                "`v2x keys generate --launch FILE --out DIR` and pass --keys DIR (or --insecure)"
+            )
         sup = Supervisor(spec, run_dir, screen=screen, only=names)
     except LaunchError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"launching {len(sup.nodes)} node(s) from {file}; logs and graph in {sup.run_dir}", err=True)
+    if insecure:
+        click.echo(
+            "WARNING: --insecure: plain links, no keys; any local process can send to the nodes", err=True
+        )
+    else:
+        click.echo(f"CurveZMQ on every link; keys in {spec.keys}", err=True)
     code = sup.run(duration)
     for e in sup.exits:
         click.echo(f"node {e['node']}: {e['why']}", err=True)
@@ -270,6 +290,10 @@ def node_run(target, name, endpoint, tap, peers, params_file, overrides, clock, 
         name, endpoint, peer_list, params, clock, str(keys_dir) if keys_dir else None, log_json, tap=tap
     )
     setup_logging(name, log_json)
+    if not keys_dir:
+        click.echo(
+            "WARNING: no --keys: plain links; any process that reaches the inbox can send to it", err=True
+        )
     sys.exit(cls(spec).run())
 
 
