@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from v2x.comm.envelope import Packet
-from v2x.pipeline.replay.ego_frames import FrameCollector, RunCounters
+from v2x.pipeline.replay.ego_frames import DIED, MISSED, SILENT, STOPPED, FrameCollector, RunCounters
 
 EGO = "ego"
 
@@ -24,8 +24,10 @@ class _Clock:
 
 
 def _collector(realtime: bool = False, nodes=("agent0", "agent1"), **kw):
+    """A collector on a hand-moved clock; what it tells the peers is in ``c.told`` (frame, agents)."""
     clock = _Clock()
     late: list[tuple[Packet, float]] = []
+    told: list[tuple[int, list[str]]] = []
     c = FrameCollector(
         list(nodes),
         realtime=realtime,
@@ -33,9 +35,13 @@ def _collector(realtime: bool = False, nodes=("agent0", "agent1"), **kw):
         dead_after_s=kw.pop("dead_after_s", 30.0),
         wait_s=kw.pop("wait_s", 120.0),
         late=lambda pkt, received: late.append((pkt, received)),
+        round_s=kw.pop("round_s", 10.0),
+        absent=lambda k, agents: told.append((k, agents)),
+        uses_offers=kw.pop("uses_offers", False),
         clock=clock,
         wall=clock,
     )
+    c.told = told
     return c, clock, late
 
 
@@ -120,27 +126,46 @@ def test_messages_may_come_before_their_frame_starts():
     assert c.collected(f) and len(c.take_messages(f).arrivals) == 1
 
 
-def test_a_dead_node_is_not_waited_for_and_counted_until_it_is_back(caplog):
+def _fuse(c: FrameCollector, f) -> dict:
+    links = c.take_messages(f).links
+    c.fused(f)
+    return links
+
+
+def test_a_dead_node_is_not_waited_for_and_counted_until_it_reports_again(caplog):
     caplog.set_level(logging.INFO)
     c, _, _ = _collector()
     c.mark_dead(["agent1", "not-an-agent"])
     _feed(c, 0)
     f = c.next_frame()
     c.expect(f)
-    assert f.expected == {"a"} and c.counters.missing_agent_frames == 1
-    c.add_status({"k": 0, "agent_id": "a", "sent": False})
+    assert f.expected == {"a"} and c.told == [(0, ["b"])]  # b's peers are told not to wait
+    c.add_status({"k": 0, "agent_id": "a", "sent": False}, "agent0")
     assert c.collected(f)
-    c.fused(f)
+    assert _fuse(c, f)["b"]["absent"] == DIED
+    assert c.counters.missing_agent_frames == 1 and c.counters.agent_absences == {"b": 1}
+    # restarted: up, but waited for only once it has reported on a frame (it may miss the next)
     c.mark_ready("agent1")
-    assert c.alive["agent1"] and "agent node agent1 is back" in caplog.text
+    assert "agent node agent1 is up" in caplog.text
     _feed(c, 1)
     f = c.next_frame()
     c.expect(f)
-    assert f.expected == {"a", "b"} and c.counters.missing_agent_frames == 1
+    assert f.expected == {"a"} and c.told[-1] == (1, ["b"])
+    c.add_status({"k": 1, "agent_id": "a", "sent": False}, "agent0")
+    c.add_status({"k": 1, "agent_id": "b", "sent": True}, "agent1")  # it did hear frame 1
+    c.add_packet(_packet(1, "b"), received=1.0)
+    assert c.collected(f)
+    links = _fuse(c, f)
+    assert links["b"]["delivered"] and "absent" not in links["b"]  # in time: fused, not absent
+    assert c.counters.agent_absences == {"b": 1} and c.counters.absence_reasons == {DIED: 1}
+    _feed(c, 2)
+    f = c.next_frame()
+    c.expect(f)
+    assert f.expected == {"a", "b"} and "reported on frame 1" in caplog.text
 
 
-def test_a_silent_agent_is_given_up_on_after_dead_after_s_and_a_slow_one_after_wait_s():
-    c, clock, _ = _collector(dead_after_s=5.0, wait_s=60.0)
+def test_a_silent_agent_misses_the_round_after_dead_after_s_and_a_stuck_one_after_round_s():
+    c, clock, _ = _collector(dead_after_s=5.0, round_s=30.0, wait_s=60.0)
     _feed(c, 0)
     f = c.next_frame()
     c.expect(f)
@@ -148,25 +173,73 @@ def test_a_silent_agent_is_given_up_on_after_dead_after_s_and_a_slow_one_after_w
     c.heard_from("agent0")  # a's node is alive, b's says nothing
     assert not c.collected(f) and f.given_up == set()
     clock.t += 2.0  # b silent for 6 s
-    assert not c.collected(f) and f.given_up == {"b"}
-    assert c.counters.agent_timeouts == 1 and c.counters.missing_agent_frames == 1
-    for _ in range(12):  # a keeps its heartbeat but never reports: given up after wait_s
+    assert not c.collected(f) and f.given_up == {"b"} and c.told == [(0, ["b"])]
+    assert c.counters.agent_timeouts == 1
+    for _ in range(6):  # a keeps its heartbeat but never reports: it misses the round at 30 s
         clock.t += 5.0
         c.heard_from("agent0")
         done = c.collected(f)
     assert done and f.given_up == {"a", "b"} and c.counters.agent_timeouts == 2
-    links = c.take_messages(f).links
+    assert c.told == [(0, ["b"]), (0, ["a"])]
+    links = _fuse(c, f)
     assert links["a"]["given_up"] and links["b"]["given_up"]
+    assert (links["a"]["absent"], links["b"]["absent"]) == (MISSED, SILENT)
+    # one wait, not one per frame: neither is waited for again until it reports
+    _feed(c, 1)
+    f = c.next_frame()
+    c.expect(f)
+    assert f.expected == set() and c.collected(f) and c.told[-1] == (1, ["a", "b"])
+    _fuse(c, f)
+    assert c.counters.agent_absences == {"a": 2, "b": 2} and c.counters.missing_agent_frames == 4
+    assert c.counters.absence_reasons == {SILENT: 2, MISSED: 2} and c.counters.agent_timeouts == 2
 
 
-def test_a_node_that_died_mid_frame_is_given_up_on_at_once():
+def test_only_the_straggler_misses_the_round_not_the_peer_that_waits_for_its_offer():
+    c, clock, _ = _collector(round_s=3.0, uses_offers=True)
+    _feed(c, 0)
+    f = c.next_frame()
+    c.expect(f)
+    c.add_offer_note(0, "a")  # a has said whether it offers; it now waits for b's offer
+    clock.t += 3.5
+    c.heard_from("agent0")
+    c.heard_from("agent1")
+    assert not c.collected(f) and f.given_up == {"b"} and c.told == [(0, ["b"])]
+    clock.t += 30.0  # a, told, sends; however long that takes, it is not given up on
+    c.heard_from("agent0")
+    assert not c.collected(f)
+    c.add_status({"k": 0, "agent_id": "a", "sent": True}, "agent0")
+    c.add_packet(_packet(0, "a"), received=1.0)
+    assert c.collected(f) and f.given_up == {"b"}
+    links = _fuse(c, f)
+    assert links["a"]["delivered"] and links["b"]["absent"] == MISSED and "agent0" not in c.out
+
+
+def test_a_node_that_died_or_stopped_mid_frame_is_given_up_on_at_once():
+    for mark, why in ((FrameCollector.mark_dead, DIED), (FrameCollector.mark_stopped, STOPPED)):
+        c, _, _ = _collector()
+        _feed(c, 0)
+        f = c.next_frame()
+        c.expect(f)
+        c.add_status({"k": 0, "agent_id": "a", "sent": False})
+        mark(c, ["agent1"])
+        assert c.collected(f) and f.given_up == {"b"} and c.told == [(0, ["b"])]
+        assert _fuse(c, f)["b"]["absent"] == why and c.out["agent1"][0] == why
+
+
+def test_a_report_on_a_frame_older_than_its_absence_does_not_bring_a_node_back():
     c, _, _ = _collector()
     _feed(c, 0)
     f = c.next_frame()
     c.expect(f)
-    c.add_status({"k": 0, "agent_id": "a", "sent": False})
-    c.mark_dead(["agent1"])
-    assert c.collected(f) and f.given_up == {"b"}
+    _fuse(c, f)
+    _feed(c, 1)
+    f = c.next_frame()
+    c.mark_stopped(["agent1"])
+    c.add_status({"k": 0, "agent_id": "b", "sent": True}, "agent1")  # from before it stopped
+    c.expect(f)
+    assert f.expected == {"a"} and c.out["agent1"] == (STOPPED, 1)
+    c.add_status({"k": 1, "agent_id": "b", "sent": False, "skipped": "behind"}, "agent1")
+    assert "agent1" not in c.out
 
 
 def test_slots_past_the_named_nodes_get_default_names():
@@ -256,6 +329,8 @@ def test_the_run_counters_keep_results_jsons_order():
         "after_give_up",
         "delivered_to_ego",
         "lost_to_ego",
+        "agent_absences",
+        "absence_reasons",
     ]
 
 

@@ -219,6 +219,21 @@ def test_offers_in_time_are_heard_late_and_lost_ones_are_not():
     assert ex.heard == [(ex.acted_s + WAIT, b"from c")]
 
 
+def test_a_peer_that_missed_the_round_is_not_waited_for_and_its_later_offer_not_heard():
+    ex, _ = _offering()
+    ex.make_offer()
+    ex.offer_noted("b", 30)
+    ex.offer_delivered("b", b"from b", ex.acted_s + 0.01)  # came before the word: heard
+    ex.peer_missed("b")
+    assert ex.pending_offers() == ["c"] and ex.waits()
+    ex.peer_missed("c")  # e.g. its node died: nothing more to wait for
+    ex.peer_missed("z")  # not a peer this frame: ignored
+    assert ex.pending_offers() == [] and not ex.waits() and ex.missed == {"b", "c"}
+    ex.offer_delivered("c", b"from c", ex.acted_s + 0.01)  # after the word: not heard
+    ex.hear_offers()
+    assert ex.heard == [(ex.acted_s + 0.01, b"from b")]
+
+
 def test_offers_are_heard_in_the_peers_order_whatever_order_they_were_told_in():
     ex, _ = _offering()
     ex.make_offer()

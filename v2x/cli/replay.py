@@ -50,7 +50,11 @@ def _table(r: dict) -> str:
         ("clock", r.get("clock", "-")),
         ("frames", f"{r.get('frames', 0)} of {r.get('frames_requested', '?')}"),
         ("AP@0.3 / 0.5 / 0.7", " / ".join(_fmt(ap.get(t)) for t in ("0.3", "0.5", "0.7"))),
-        ("AMOTA / MOTA", f"{_fmt(r.get('amota'), '.2f')} / {_fmt(r.get('mota'), '.2f')}"),
+        (
+            "AMOTA / MOTA"
+            + (" (detection-only: no track ids)" if r.get("tracking_scoring") == "detection-only" else ""),
+            f"{_fmt(r.get('amota'), '.2f')} / {_fmt(r.get('mota'), '.2f')}",
+        ),
         ("bytes per agent per frame", _fmt(r.get("bytes_per_agent_frame"), ".0f")),
         (
             "messages sent / delivered / dropped",
@@ -85,6 +89,14 @@ def _table(r: dict) -> str:
                 "agent nodes lost / restarted / agent-frames missing",
                 f"{','.join(nodes.get('lost', [])) or '-'} / {sum((nodes.get('restarts') or {}).values())} / "
                 f"{r.get('missing_agent_frames', 0)}",
+            )
+        )
+    absences = r.get("agent_absences") or {}
+    if absences:
+        rows.append(
+            (
+                "frames each agent was skipped (absent)",
+                ", ".join(f"{agent}: {n}" for agent, n in sorted(absences.items())),
             )
         )
     if r.get("wall_s") is not None:
@@ -203,6 +215,18 @@ def _nothing_fused_hint(r: dict) -> str | None:
 )
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Detector weights.")
 @click.option("--codebook", type=click.Path(exists=True, dir_okay=False), help="Codebook weights.")
+@click.option(
+    "--keys",
+    "keys_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="CurveZMQ keys folder with a pair per node (v2x keys generate) [default: fresh keys for "
+    "this run in OUT/nodes/keys].",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plain links without keys: any local process can send to the nodes (not recommended).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the table.")
 def replay(
     data,
@@ -229,6 +253,8 @@ def replay(
     threads,
     weights,
     codebook,
+    keys_dir,
+    insecure,
     as_json,
 ) -> None:
     """Play the log DATA through agent, channel and ego nodes, each its own process, and score it.
@@ -282,7 +308,13 @@ def replay(
             scenes=list(scenes) or None,
             threads=threads,
             agent_nice=agent_nice,
+            keys=keys_dir,
+            insecure=insecure,
         )
+        if insecure and not in_process:
+            click.echo(
+                "WARNING: --insecure: plain links, no keys; any local process can send to the nodes", err=True
+            )
         live = sys.stdout.isatty() and not as_json
         progress = None if as_json else (lambda p: _status(p, live))
         results = run_in_process(opts, progress) if in_process else run_replay(opts, progress)

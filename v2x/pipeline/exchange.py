@@ -11,7 +11,9 @@ arrived and when, and asks what to do next. Phases (:class:`Phase`), on the fram
               on (acted_s = its delivery); a later one is held for a later frame, and the newest
               held one that has arrived by t is taken first (AgentStage.refresh_demand)
     OFFER     offer methods: the offer, broadcast at acted_s
-    OFFERS    the other collaborators' offers delivered within coord_wait_s of acted_s are heard
+    OFFERS    the other collaborators' offers delivered within coord_wait_s of acted_s are heard;
+              a peer the driver says missed the round (its node dead, stopped or silent) is not
+              waited for (peer_missed), so one absent agent does not hold up the others
     SEND      the message, sized to what is left of the link's per-frame allowance, sent at
               max(acted_s, the heard offers' deliveries)
     DONE
@@ -94,6 +96,8 @@ class AgentExchange:
         self._demand: tuple[float, bytes] | None = None
         self._offer_notes: dict[str, int] = {}
         self._offers: dict[str, tuple[float, bytes] | None] = {}  # None: lost
+        #: peers not waited for this frame: they missed the round (see peer_missed)
+        self.missed: set[str] = set()
 
     # -- what the driver tells it -----------------------------------------------------------------
     def demand_noted(self, nbytes: int) -> None:
@@ -111,10 +115,18 @@ class AgentExchange:
         self._offer_notes[sender] = int(nbytes)
 
     def offer_delivered(self, sender: str, data: bytes, delivered_s: float) -> None:
-        self._offers[sender] = (delivered_s, data)
+        if sender not in self.missed:
+            self._offers[sender] = (delivered_s, data)
 
     def offer_lost(self, sender: str) -> None:
-        self._offers[sender] = None
+        if sender not in self.missed:
+            self._offers[sender] = None
+
+    def peer_missed(self, sender: str) -> None:
+        """A peer missed this frame's round (the ego goes on without it): stop waiting for its
+        offer. An offer of it told before is still heard (if in time); one told after is not."""
+        if sender in self.peers:
+            self.missed.add(sender)
 
     # -- what it answers --------------------------------------------------------------------------
     @property
@@ -129,11 +141,12 @@ class AgentExchange:
 
     def pending_offers(self) -> list[str]:
         """Peers not yet heard from: no note, or a note of an offer whose packet (or the word that
-        it was lost) has not come."""
+        it was lost) has not come; peers that missed the round are not waited for."""
         return [
             s
             for s in self.peers
-            if (size := self._offer_notes.get(s)) is None or (size > 0 and s not in self._offers)
+            if s not in self.missed
+            and ((size := self._offer_notes.get(s)) is None or (size > 0 and s not in self._offers))
         ]
 
     def waits(self, now_s: float | None = None) -> bool:

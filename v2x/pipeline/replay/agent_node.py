@@ -13,8 +13,12 @@ Per frame it drives the agent's :class:`~v2x.pipeline.exchange.AgentExchange`, t
    simulated clock says (``max(acted_s, offers' arrival)``), and tell the ego what it sent.
 
 On the simulated clock every wait is for a message or the channel's word that it was lost, so
-nothing depends on how fast the processes are; a peer that is gone is waited for at most
-``wait_s`` (wall clock). In real time the waits end at ``coord_wait_s`` on the wall clock.
+nothing depends on how fast the processes are. A peer that misses the round (its node dead,
+stopped, silent or behind) is not waited for once the ego says it goes on without it
+(``/replay/note/absent``, see :mod:`~v2x.pipeline.replay.ego_frames`); a frame the ego has
+finished already (this node was stopped, or fell behind) is dropped, and the node says so, which
+also tells the ego it is back. ``wait_s`` (wall clock) is the last safety net. In real time the
+waits end at ``coord_wait_s`` on the wall clock.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from v2x.core.frame import AgentScan
 from v2x.pipeline.exchange import AgentExchange, Phase
 from v2x.pipeline.replay.base import WAKE_PERIOD_S, ReplayNode
 from v2x.pipeline.replay.protocol import (
+    ABSENT_NOTE,
     DEMAND_NOTE,
+    EGO_DONE,
     OFFER_NOTE,
     message_topic,
     scan_from_message,
@@ -67,6 +73,11 @@ class AgentNode(ReplayNode):
         self.create_subscription(Json, DEMAND_NOTE, self.on_demand_note, depth=64)
         if self.cfg.spec.uses_offers:
             self.create_subscription(Json, OFFER_NOTE, self.on_offer_note, depth=256)
+            self.create_subscription(Json, ABSENT_NOTE, self.on_absent_note, depth=256)
+        #: the newest frame the ego has finished (simulated clock): older work is dropped
+        self.ego_done = -1
+        if not self.realtime:
+            self.create_subscription(Json, EGO_DONE, self.on_ego_done, depth=256)
         self.listening: set[str] = set()
         for agent_id in self.param("agent_ids", []):
             self._listen(agent_id)
@@ -80,6 +91,7 @@ class AgentNode(ReplayNode):
         self.demand_bytes: dict[int, int] = {}
         self.offers: dict[tuple[int, str, str], Packet] = {}
         self.offer_notes: dict[tuple[int, str], int] = {}
+        self.absent_peers: dict[int, set[str]] = {}  # frame -> peers the ego goes on without
         self.work: _AgentFrame | None = None
         self._pubs: dict[str, object] = {}
         # every message that can move a frame on calls advance(); in real time each wait for a
@@ -122,6 +134,14 @@ class AgentNode(ReplayNode):
         self.offer_notes[(int(msg.data["k"]), str(msg.data["sender"]))] = int(msg.data["bytes"])
         self.advance()
 
+    def on_absent_note(self, _topic: str, msg: Json) -> None:
+        self.absent_peers.setdefault(int(msg.data["k"]), set()).update(map(str, msg.data["agents"]))
+        self.advance()
+
+    def on_ego_done(self, _topic: str, msg: Json) -> None:
+        self.ego_done = max(self.ego_done, int(msg.data["k"]))
+        self.advance()
+
     def on_packet(self, topic: str, pkt: Packet) -> None:
         if topic.endswith("/demand"):
             self.demands[(int(pkt.frame), pkt.receiver)] = pkt
@@ -146,13 +166,17 @@ class AgentNode(ReplayNode):
         info = self.infos[k]
         for old in [x for x in self.infos if x <= k]:
             del self.infos[old]
-        for store in (self.scans, self.demand_bytes):
+        for store in (self.scans, self.demand_bytes, self.absent_peers):
             for old in [x for x in store if x < k]:
                 del store[old]
         for store in (self.demands, self.offers, self.offer_notes):
             for old in [x for x in store if x[0] < k]:
                 del store[old]
         if info["agent_id"] is None:
+            self.scans.pop(k, None)
+            return self._next_work()
+        if self._behind(k):
+            self._drop(k, info["agent_id"])
             self.scans.pop(k, None)
             return self._next_work()
         exchange = AgentExchange(
@@ -173,7 +197,10 @@ class AgentNode(ReplayNode):
     def _step(self, w: _AgentFrame) -> bool:
         """One step of the frame (its exchange's phase); False while it waits for something."""
         ex = w.exchange
-        if ex.phase is Phase.PERCEIVE:
+        if ex.phase in (Phase.DEMAND, Phase.OFFERS) and self._behind(w.k):
+            self._drop(w.k, w.agent_id)
+            self.work = None
+        elif ex.phase is Phase.PERCEIVE:
             self._perceive(w)
         elif ex.phase is Phase.DEMAND:
             if self._waits(w):
@@ -189,6 +216,15 @@ class AgentNode(ReplayNode):
             self._send(w)
             self.work = None
         return True
+
+    def _behind(self, k: int) -> bool:
+        """Simulated clock: the ego has finished frame ``k`` (it went on without this node)."""
+        return not self.realtime and k <= self.ego_done
+
+    def _drop(self, k: int, agent_id: str) -> None:
+        """Drop a frame the ego is done with, and say so: the ego waits for this node again."""
+        self.counters["frames_behind"] += 1
+        self.status.publish(Json({"k": k, "agent_id": agent_id, "sent": False, "skipped": "behind"}))
 
     def _waits(self, w: _AgentFrame) -> bool:
         """Whether the frame's exchange still waits, told what has come. Real time: until the
@@ -226,6 +262,8 @@ class AgentNode(ReplayNode):
                     ex.offer_lost(sender)
                 elif pkt is not None:
                     ex.offer_delivered(sender, pkt.data, pkt.delivered_ns / 1e9)
+            for sender in self.absent_peers.get(w.k, ()):  # after its offer, if one came first
+                ex.peer_missed(sender)
 
     def _waited_too_long(self, w: _AgentFrame, what: str) -> bool:
         if time.monotonic() - w.since <= self.wait_s:

@@ -6,12 +6,17 @@ The ego node (:mod:`v2x.pipeline.replay.ego_node`) hands every message it receiv
 messages are in. Keeping these decisions apart from the transport lets them be tested with plain
 inputs and clocks (``tests/pipeline/test_ego_frames.py``).
 
-*Simulated clock*: frames are taken in order. A frame is ready to fuse once every live
+*Simulated clock*: frames are taken in order. A frame is ready to fuse once every expected
 collaborator has said what it sent and each of those messages has arrived or been announced lost
-by the channel, so the outcome does not depend on process speed. A collaborator whose node died,
-whose heartbeat stopped for ``dead_after_s``, or that kept the frame waiting ``wait_s`` (wall
-clock) is given up on for the frame and counted: the run degrades to fewer agents, it never
-hangs. A restarted node is counted back in from the first frame after it says it is ready.
+by the channel, so the outcome does not depend on process speed. A collaborator *misses the
+round* when its node died or is stopped (the supervisor's word, at once), its node has said
+nothing for ``dead_after_s`` (a hung process), or it has not done its part ``round_s`` (wall
+clock) after the ego's demand went out (said whether it offers, for offer methods; said what it
+sent, for the others); ``wait_s`` is the last safety net for everyone. It is then given up on for
+the frame, the other collaborators are told not to wait for it (the ``absent`` callback), its
+absence is counted per agent and why, and its node is *out*: not waited for in later frames
+until it reports on a frame again (a restarted node, once it has joined). A dead or stuck agent
+so costs one wait, not one per frame, and the others' messages still fuse.
 
 *Real time*: the newest complete frame is taken and older ones are skipped; a frame is ready when
 everything is in or at ``t + deadline_s`` on the wall clock. Messages for frames already fused or
@@ -35,6 +40,11 @@ __all__ = ["EgoFrame", "FrameCollector", "FrameMessages", "LateHandler", "RunCou
 
 #: takes a collaborator's message (and its receive time, s) for a frame fused or skipped already
 LateHandler = Callable[[Packet, float], None]
+#: told the collaborators a frame goes on without (frame, agent ids), so their peers stop waiting
+AbsentHandler = Callable[[int, list[str]], None]
+
+#: why a collaborator missed a round (results.json's ``absence_reasons``)
+DIED, STOPPED, SILENT, MISSED = "node died", "node stopped", "silent", "missed the round"
 
 
 @dataclass
@@ -51,9 +61,18 @@ class RunCounters:
     after_give_up: int = 0  # simulated clock: messages for a frame fused already
     delivered_to_ego: int = 0
     lost_to_ego: int = 0
+    #: per collaborator: frames fused without it because it missed the round
+    agent_absences: dict[str, int] = field(default_factory=dict)
+    #: the same, by why (DIED, STOPPED, SILENT, MISSED)
+    absence_reasons: dict[str, int] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def absent(self, agent_id: str, why: str) -> None:
+        self.missing_agent_frames += 1
+        self.agent_absences[agent_id] = self.agent_absences.get(agent_id, 0) + 1
+        self.absence_reasons[why] = self.absence_reasons.get(why, 0) + 1
 
 
 @dataclass
@@ -71,6 +90,7 @@ class EgoFrame:
     collab: list[tuple[str, int]] = field(default_factory=list)  # (agent id, slot)
     expected: set[str] = field(default_factory=set)  # collaborators waited for
     given_up: set[str] = field(default_factory=set)
+    absent: dict[str, str] = field(default_factory=dict)  # not expected or given up: why
     spent: dict[str, int] = field(default_factory=dict)  # bytes on each collaborator's link
     since: float = field(default_factory=time.monotonic)  # when the wait for messages began
     wall_start: float = field(default_factory=time.time)
@@ -99,18 +119,25 @@ class FrameCollector:
         dead_after_s: float,
         wait_s: float,
         late: LateHandler,
+        round_s: float = 10.0,
+        absent: AbsentHandler | None = None,
+        uses_offers: bool = False,
         counters: RunCounters | None = None,
         log: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        """``clock`` measures waits and silences, ``wall`` is the real-time deadline's clock."""
+        """``clock`` measures waits and silences, ``wall`` is the real-time deadline's clock;
+        ``uses_offers``: the method's agents say whether they offer (their progress mark)."""
         self.agent_nodes = list(agent_nodes)
         self.realtime = realtime
         self.deadline_s = deadline_s
         self.dead_after_s = dead_after_s
         self.wait_s = wait_s
+        self.round_s = round_s
         self.late = late
+        self.absent = absent or (lambda _k, _agents: None)
+        self.uses_offers = uses_offers
         self.counters = counters if counters is not None else RunCounters()
         self.log = log or logging.getLogger(__name__)
         self.clock, self.wall = clock, wall
@@ -120,7 +147,9 @@ class FrameCollector:
         self.infos: dict[int, dict] = {}
         self.statuses: dict[tuple[int, str], dict] = {}
         self.packets: dict[tuple[int, str, str], tuple[Packet, float]] = {}
-        self.alive = {name: True for name in self.agent_nodes}
+        self.offer_notes: set[tuple[int, str]] = set()  # (frame, agent) that said whether it offers
+        #: agent nodes not waited for: why, and the frame they went out in (see module docstring)
+        self.out: dict[str, tuple[str, int]] = {}
         self.seen: dict[str, float] = {}
         self.ego_id: str | None = None  # the current ego's: late messages to others are ignored
         self.last_fused = -1
@@ -142,9 +171,20 @@ class FrameCollector:
         self.infos[int(info["k"])] = info
         self.total = info.get("total", self.total)
 
-    def add_status(self, status: dict) -> None:
-        """An agent's report of what it did for a frame (sent or not, bytes spent, ...)."""
-        self.statuses[(int(status["k"]), str(status["agent_id"]))] = status
+    def add_status(self, status: dict, node: str | None = None) -> None:
+        """An agent's report of what it did for a frame (sent or not, bytes spent, ...), from
+        ``node``: a node that was out and reports on a frame since is waited for again."""
+        k = int(status["k"])
+        self.statuses[(k, str(status["agent_id"]))] = status
+        if node is not None:
+            self.heard_from(node)
+            if node in self.out and k >= self.out[node][1]:
+                self.log.info("agent node %s reported on frame %d: waiting for it again", node, k)
+                del self.out[node]
+
+    def add_offer_note(self, k: int, agent_id: str) -> None:
+        """An agent said whether it offers in frame ``k``: it has done its part of the round."""
+        self.offer_notes.add((k, agent_id))
 
     def add_packet(self, pkt: Packet, received: float) -> bool:
         """A collaborator's message (or the channel's word that it was lost). Returns whether it
@@ -183,18 +223,29 @@ class FrameCollector:
     def node_of(self, slot: int) -> str:
         return self.agent_nodes[slot] if slot < len(self.agent_nodes) else f"agent{slot}"
 
+    def _go_out(self, name: str, why: str, k: int) -> None:
+        if name in self.agent_nodes and self.out.get(name, ("",))[0] != DIED:
+            self.out[name] = (why, k)
+
     def mark_dead(self, names: list[str]) -> None:
         """The supervisor says these nodes died: their agents are not waited for."""
         for name in names:
-            if name in self.alive:
-                self.alive[name] = False
+            if name in self.agent_nodes:
                 self.log.warning("agent node %s died: not waiting for it", name)
+                self.out[name] = (DIED, self.last_started)
+
+    def mark_stopped(self, names: list[str]) -> None:
+        """The supervisor says these nodes are stopped (SIGSTOP): alive, but not waited for."""
+        for name in names:
+            if name in self.agent_nodes and name not in self.out:
+                self.log.warning("agent node %s is stopped: not waiting for it", name)
+                self._go_out(name, STOPPED, self.last_started)
 
     def mark_ready(self, name: str) -> None:
-        """A node says it is ready: a restarted agent node is waited for again."""
-        if name in self.alive and not self.alive[name]:
-            self.log.info("agent node %s is back", name)
-            self.alive[name] = True
+        """A node says it is ready. A restarted agent node is waited for again once it has
+        reported on a frame (:meth:`add_status`): until then it may not hear the frames yet."""
+        if name in self.out:
+            self.log.info("agent node %s is up: waiting for it once it reports on a frame", name)
         self.heard_from(name)
 
     def heard_from(self, name: str) -> None:
@@ -219,6 +270,7 @@ class FrameCollector:
                 del store[old]
         for old in [x for x in self.statuses if x[0] < k]:  # frames skipped in real time
             del self.statuses[old]
+        self.offer_notes = {x for x in self.offer_notes if x[0] >= k}
         self.flush_late(below=k)
         info = self.infos.pop(k)
         collab = [(str(a), int(s)) for a, s in info["collaborators"]]
@@ -236,13 +288,16 @@ class FrameCollector:
         )
 
     def expect(self, frame: EgoFrame) -> None:
-        """Start waiting for the frame's collaborators whose nodes are alive; the others are
-        counted missing."""
+        """Start waiting for the frame's collaborators whose nodes are not out; the others'
+        peers are told not to wait for them (their absence is counted if nothing comes)."""
         for a, slot in frame.collab:
-            if self.alive.get(self.node_of(slot), True):
+            out = self.out.get(self.node_of(slot))
+            if out is None:
                 frame.expected.add(a)
             else:
-                self.counters.missing_agent_frames += 1
+                frame.absent[a] = out[0]
+        if frame.absent:
+            self.absent(frame.k, sorted(frame.absent))
         frame.since = self.clock()
 
     def _resolved(self, frame: EgoFrame, agent_id: str) -> bool:
@@ -252,25 +307,44 @@ class FrameCollector:
         return not st.get("sent") or (frame.k, agent_id, frame.info["ego_id"]) in self.packets
 
     def collected(self, frame: EgoFrame) -> bool:
-        """Whether the frame can be fused now. On the simulated clock, collaborators that are gone
-        or silent are given up on here; in real time the caller wakes at ``t + deadline_s``."""
+        """Whether the frame can be fused now. On the simulated clock, collaborators that miss
+        the round are given up on here (see the module's docstring); in real time the caller
+        wakes at ``t + deadline_s``."""
         pending = [a for a in frame.expected if a not in frame.given_up and not self._resolved(frame, a)]
         if not pending:
             return True
         if self.realtime:
             return self.wall() >= frame.t + self.deadline_s
         slot_of = dict(frame.collab)
-        now = self.clock()
+        gone: list[str] = []
         for a in pending:
             node = self.node_of(slot_of[a])
-            quiet = now - max(self.seen.get(node, frame.since), frame.since)
-            if not self.alive.get(node, True) or quiet > self.dead_after_s or now - frame.since > self.wait_s:
-                why = "its node died" if not self.alive.get(node, True) else "no word from it"
-                self.log.warning("frame %d: going on without agent %s (%s)", frame.k, a, why)
-                frame.given_up.add(a)
-                self.counters.agent_timeouts += 1
-                self.counters.missing_agent_frames += 1
+            why = self._missed(frame, a, node)
+            if why is None:
+                continue
+            self.log.warning("frame %d: going on without agent %s (%s)", frame.k, a, why)
+            frame.given_up.add(a)
+            frame.absent[a] = why
+            self.counters.agent_timeouts += 1
+            self._go_out(node, why, frame.k)
+            gone.append(a)
+        if gone:
+            self.absent(frame.k, sorted(gone))
         return all(a in frame.given_up or self._resolved(frame, a) for a in frame.expected)
+
+    def _missed(self, frame: EgoFrame, agent_id: str, node: str) -> str | None:
+        """Why a pending collaborator misses the frame's round now, or None: it is still waited for."""
+        if node in self.out:
+            return self.out[node][0]
+        now = self.clock()
+        if now - max(self.seen.get(node, frame.since), frame.since) > self.dead_after_s:
+            return SILENT
+        waited = now - frame.since
+        if waited > self.wait_s:
+            return MISSED
+        # a straggler: it has not done its part, where one that has waits only for others
+        done_part = self.uses_offers and (frame.k, agent_id) in self.offer_notes
+        return MISSED if waited > self.round_s and not done_part else None
 
     def take_messages(self, frame: EgoFrame) -> FrameMessages:
         """Take the frame's statuses and messages out: the arrivals to fuse and each
@@ -300,6 +374,9 @@ class FrameCollector:
                     link["latency_ms"] = round((delivered - frame.t) * 1000, 3)
             if a in frame.given_up:
                 link["given_up"] = True
+            if a in frame.absent and not link["delivered"]:
+                link["absent"] = frame.absent[a]
+                self.counters.absent(a, frame.absent[a])
             links[a] = link
         return FrameMessages(arrivals, links, sent_walls)
 

@@ -30,6 +30,7 @@ from v2x.comm.envelope import Boxes3D, Heartbeat, Json, Packet, PointCloud
 from v2x.pipeline.replay.base import WAKE_PERIOD_S, ReplayNode
 from v2x.pipeline.replay.ego_frames import EgoFrame, FrameCollector, RunCounters
 from v2x.pipeline.replay.protocol import (
+    ABSENT_NOTE,
     ALIVE_TOPIC,
     CHANNEL_STATS,
     CHANNEL_STATS_REQUEST,
@@ -44,6 +45,7 @@ from v2x.pipeline.replay.protocol import (
     EGO_SCAN,
     EGO_TRACKS,
     NODES,
+    OFFER_NOTE,
     READY,
     boxes_from_message,
     boxes_message,
@@ -64,7 +66,8 @@ class EgoNode(ReplayNode):
         self.agent_nodes = list(self.param("agent_nodes", [f"agent{i}" for i in range(self.slots)]))
         self.out = Path(self.param("out", "", required=True))
         self.data = self.param("data", "")
-        self.dead_after_s = self.param("dead_after_s", 30.0)
+        self.dead_after_s = self.param("dead_after_s", 5.0)
+        self.round_s = self.param("round_s", 10.0)
         self.progress_every = self.param("progress_every", 10)
         depth = 2 if self.realtime else 64
         for topic, kind, cb in (
@@ -75,13 +78,16 @@ class EgoNode(ReplayNode):
         ):
             self.create_subscription(kind, topic, cb, depth=depth)
         for i in range(self.slots):
-            self.create_subscription(Json, slot_status(i), self.on_status, depth=256)
+            self.create_subscription(Json, slot_status(i), functools.partial(self.on_status, i), depth=256)
+        if self.cfg.spec.uses_offers:  # an agent's offer note: it has done its part of the round
+            self.create_subscription(Json, OFFER_NOTE, self.on_offer_note, depth=256)
         self.create_subscription(Packet, "/rx/*/agents/", self.on_packet, depth=256)
         self.create_subscription(Json, NODES, self.on_nodes, depth=64)
         self.create_subscription(Json, READY, self.on_ready, depth=64)
         self.create_subscription(Heartbeat, ALIVE_TOPIC, self.on_heartbeat, depth=64)
         self.create_subscription(Json, CHANNEL_STATS, self.on_channel_stats)
         self.demand_note = self.create_publisher(Json, DEMAND_NOTE)
+        self.absent_note = self.create_publisher(Json, ABSENT_NOTE)
         self.done_pub = self.create_publisher(Json, EGO_DONE)
         self.det_pub = self.create_publisher(Boxes3D, EGO_DETECTIONS)
         self.track_pub = self.create_publisher(Boxes3D, EGO_TRACKS)
@@ -100,6 +106,9 @@ class EgoNode(ReplayNode):
             dead_after_s=self.dead_after_s,
             wait_s=self.wait_s,
             late=self._late,
+            round_s=self.round_s,
+            absent=self._absent,
+            uses_offers=self.cfg.spec.uses_offers,
             counters=self.run_counts,
             log=self.log,
         )
@@ -114,7 +123,10 @@ class EgoNode(ReplayNode):
         )
         self.work: EgoFrame | None = None
         self.end_reason: str | None = None
+        #: the channel's counts, asked for after every frame so a run cut short keeps them
         self.channel_stats: dict | None = None
+        self.final_stats = False  # the answer to the request made at the end has come
+        self._stats_asked = -math.inf
         # as in the agent node: messages call advance(), a wait for the deadline sets the timer
         self._advance_timer = self.create_timer(WAKE_PERIOD_S, self.advance, clock="wall")
         #: real time: output frames whose scoring and records wait for a moment between frames
@@ -138,11 +150,19 @@ class EgoNode(ReplayNode):
         self.collector.add_info(dict(msg.data))
         self.advance()
 
-    def on_status(self, _t: str, msg: Json) -> None:
+    def on_status(self, slot: int, _t: str, msg: Json) -> None:
         d = dict(msg.data)
-        self.collector.add_status(d)
+        self.collector.add_status(d, self.collector.node_of(slot))
         self.results.agent_status(d)
         self.advance()
+
+    def on_offer_note(self, _t: str, msg: Json) -> None:
+        self.collector.add_offer_note(int(msg.data["k"]), str(msg.data["sender"]))
+        self.advance()
+
+    def _absent(self, k: int, agents: list[str]) -> None:
+        """The collector's hook: tell the collaborators not to wait for these peers in frame ``k``."""
+        self.absent_note.publish(Json({"k": k, "agents": agents}))
 
     def on_packet(self, topic: str, pkt: Packet) -> None:
         if topic.endswith("/offer"):  # the agents' offers to each other pass here too
@@ -150,6 +170,13 @@ class EgoNode(ReplayNode):
         received = (self.current.received_ns if self.current else time.time_ns()) / 1e9
         if self.collector.add_packet(pkt, received):
             self.advance()
+
+    def diagnostics(self) -> dict:
+        """The node's diagnostics plus the messages the ego refused, by reason and sender."""
+        d = super().diagnostics()
+        if self.ego is not None:
+            d["counters"] = dict(d["counters"]) | dict(self.ego.refused)
+        return d
 
     def _late(self, pkt: Packet, received: float) -> None:
         """Real time: the collector's hook for a message to this ego for a frame fused already, or
@@ -164,6 +191,7 @@ class EgoNode(ReplayNode):
 
     def on_nodes(self, _t: str, msg: Json) -> None:
         self.collector.mark_dead(msg.data.get("dead", []))
+        self.collector.mark_stopped(msg.data.get("stopped", []))
         self.advance()
 
     def on_ready(self, _t: str, msg: Json) -> None:
@@ -174,6 +202,8 @@ class EgoNode(ReplayNode):
 
     def on_channel_stats(self, _t: str, msg: Json) -> None:
         self.channel_stats = dict(msg.data)
+        if self.channel_stats.get("final"):
+            self.final_stats = True
         self.advance()
 
     # -- the frame's steps --------------------------------------------------------------------------
@@ -263,6 +293,7 @@ class EgoNode(ReplayNode):
         self._publish_output(w, result)
         out_wall = time.time()
         self.collector.fused(w)
+        self._ask_channel_stats(w.k)
         stages = self.results.output_timing(w, fuse_wall, out_wall)  # ms after capture (real time)
         # the output is out. Scoring it against the ground truth and writing its records is the
         # harness's work, not the product's: not in the output latency, and in real time done
@@ -288,6 +319,14 @@ class EgoNode(ReplayNode):
         self.done_pub.publish(Json(progress))
         self.results.write_progress(progress)
 
+    def _ask_channel_stats(self, k: int) -> None:
+        """The channel's counts so far, after each frame (in real time at most once a second):
+        if the run is cut short, results.json keeps the counts it had."""
+        now = time.monotonic()
+        if not self.realtime or now - self._stats_asked >= 1.0:
+            self._stats_asked = now
+            self.stats_request.publish(Json({"k": k}))
+
     def _score_one_due(self) -> None:
         """Between frames in real time: score the oldest output frame; if more are due, come
         back at once (messages that arrived meanwhile are handled first)."""
@@ -308,19 +347,23 @@ class EgoNode(ReplayNode):
         self.end_reason = data.get("reason") or None
         self.run_counts.player_late_frames = int(data.get("late_frames", 0))
         self.collector.played(int(data.get("frames", 0)))
-        self.stats_request.publish(Json({"k": self.collector.last_fused}))
+        self.stats_request.publish(Json({"k": self.collector.last_fused, "final": True}))
         self.end_asked = time.monotonic()
         self.advance()
 
     def _close(self) -> None:
-        if self.channel_stats is None and time.monotonic() - self.end_asked < 5.0:
-            return  # a moment for the channel's counts
+        if not self.final_stats and time.monotonic() - self.end_asked < 5.0:
+            return  # a moment for the channel's final counts
         total = self.collector.total
         partial = bool(self.end_reason) or (total is not None and self.run_counts.frames_fused < total)
         reason = self.end_reason or ("" if not partial else "fewer frames than the log has")
         if self.realtime and not self.end_reason:
             partial, reason = False, ""  # skipped frames are the point of real time, not a failure
-        self.write_results(partial, reason)
+        try:
+            self.write_results(partial, reason)
+        except Exception as exc:  # the run ends all the same (the timer would call this again)
+            self.log.exception("could not write the results")
+            partial, reason = True, f"could not write the results: {exc}"
         self.finished_pub.publish(Json({"partial": partial, "reason": reason, "out": str(self.out)}))
         self.request_stop()
 

@@ -1,6 +1,6 @@
 """The command line's own node, run inside the ``v2x replay`` process (not a child): it hears the
-ego's progress for the status line and passes the supervisor's news of dead nodes to the ego,
-which then stops waiting for them at once."""
+ego's progress for the status line and passes the supervisor's news of dead and stopped nodes to
+the ego, which then stops waiting for them at once (and tells their peers)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,7 @@ class Monitor(Node):
 
     def report_dead(self, names: list[str]) -> None:
         self.nodes.publish(Json({"dead": list(names)}))
+
+    def report_stopped(self, names: list[str]) -> None:
+        """Nodes whose processes are stopped (SIGSTOP, a debugger): alive, but doing nothing."""
+        self.nodes.publish(Json({"stopped": list(names)}))

@@ -27,6 +27,7 @@ from v2x.pipeline.methods import Method
 from v2x.sim.channel import ChannelConfig, GilbertElliott
 
 __all__ = [
+    "ABSENT_NOTE",
     "ALIVE_TOPIC",
     "CHANNEL_STATS",
     "CHANNEL_STATS_REQUEST",
@@ -65,6 +66,7 @@ EGO_FRAME = "/replay/frame/ego"
 POSITIONS = "/replay/positions"  # every agent's position this frame, for the channel's range models
 DEMAND_NOTE = "/replay/note/demand"  # the ego's demand size this frame (sent on the air separately)
 OFFER_NOTE = "/replay/note/offer"  # whether (and how big) an agent's offer is this frame
+ABSENT_NOTE = "/replay/note/absent"  # the collaborators the ego goes on without this frame
 EGO_DONE = "/replay/ego/done"
 EGO_DETECTIONS = "/replay/ego/detections"
 EGO_TRACKS = "/replay/ego/tracks"
@@ -72,7 +74,7 @@ EGO_LINKS = "/replay/ego/links"
 EGO_FINISHED = "/replay/ego/finished"
 READY = "/replay/ready"
 END = "/replay/end"
-NODES = "/replay/nodes"  # the supervisor's word on node deaths
+NODES = "/replay/nodes"  # the supervisor's word on node deaths and stopped nodes
 ALIVE_TOPIC = "/heartbeat"
 CHANNEL_STATS_REQUEST = "/replay/channel/request"
 CHANNEL_STATS = "/replay/channel/stats"

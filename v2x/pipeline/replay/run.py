@@ -7,6 +7,9 @@ node itself. It ends when the ego has written ``results.json``; when a node the 
 without dies, or on Ctrl-C, it asks the ego to write what it has (``"partial": true`` and the
 reason) and stops everything. An agent node that dies is restarted by its policy; meanwhile the
 ego goes on with fewer agents.
+
+Every link runs CurveZMQ: with ``ReplayOptions.keys``, or with keys the supervisor makes for
+the run in ``OUT/nodes/keys`` (0700); plain links only with ``insecure`` (docs/security.md).
 """
 
 from __future__ import annotations
@@ -82,14 +85,20 @@ class ReplayOptions:
     launch: Path | None = None
     scenes: list[str] | None = None
     threads: int = 1
-    wait_s: float = 120.0  # longest wait for a live peer (wall clock)
-    dead_after_s: float = 30.0  # a node silent this long is taken for dead
+    wait_s: float = 120.0  # longest wait for a live peer (wall clock): the last safety net
+    dead_after_s: float = 5.0  # an agent node silent this long misses the round (hung)
+    #: an agent that has not done its part of a round this long after the ego's demand misses it
+    round_s: float = 10.0
     start_s: float = 300.0  # longest wait for the nodes to come up
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
     #: CPU priority the collaborators' nodes give up (0..19; None: REALTIME_AGENT_NICE in real
     #: time, 0 on the simulated clock), see :attr:`agent_nice_value`
     agent_nice: int | None = None
+    #: CurveZMQ keys folder (one pair per node); None: fresh keys for this run in OUT/nodes/keys
+    keys: Path | None = None
+    #: plain links and no keys (``--insecure``): any local process could send to the nodes
+    insecure: bool = False
 
     @property
     def agent_nice_value(self) -> int:
@@ -124,6 +133,7 @@ def build_launch(opts: ReplayOptions, slots: int, first_ids: dict[int, str], mon
         "seed": cfg.seed,
         "budget": cfg.budget_bps,
         "frame_hz": cfg.frame_hz,
+        "slot_nodes": agents,  # who may send as the agent a slot plays (docs/security.md)
     }
     if cfg.trace:
         channel["trace"] = cfg.trace
@@ -175,6 +185,7 @@ def build_launch(opts: ReplayOptions, slots: int, first_ids: dict[int, str], mon
                 "out": str(opts.out),
                 "data": str(opts.data),
                 "dead_after_s": opts.dead_after_s,
+                "round_s": opts.round_s,
                 "threads": opts.threads,
             },
             "restart": "never",
@@ -198,8 +209,13 @@ def build_launch(opts: ReplayOptions, slots: int, first_ids: dict[int, str], mon
         "transport": "tcp",
         "log_level": opts.log_level,
         "stop_timeout_s": 10,
+        # the player drives the frames: a message for a frame far ahead of its newest is
+        # refused, and what the nodes hold for frames ahead is bounded (v2x.comm.limits)
+        "params": {"frame_source": "player"},
         "nodes": nodes,
     }
+    if opts.keys:
+        spec["keys"] = str(Path(opts.keys).resolve())
     if opts.launch:
         spec = merge_launch(spec, opts.launch)
     return spec
@@ -285,7 +301,7 @@ def run_replay(opts: ReplayOptions, progress: Progress | None = None) -> dict:
     spec_dict = build_launch(opts, slots, first_ids, f"tcp://127.0.0.1:{free_tcp_port('127.0.0.1')}")
     launch_file = run_dir / "launch.yaml"
     launch_file.write_text(yaml.safe_dump(spec_dict, sort_keys=False))
-    spec = load_launch(launch_file)
+    spec = load_launch(launch_file, insecure=opts.insecure)  # no keys: the supervisor makes them
     names = [n.name for n in spec.nodes]
     local = [n for n in names if n != "monitor"]
     sup = Supervisor(spec, run_dir, only=local)
@@ -295,6 +311,7 @@ def run_replay(opts: ReplayOptions, progress: Progress | None = None) -> dict:
     reason: str | None = None
     seen_exits = 0
     lost: list[str] = []
+    stopped: set[str] = set()
     try:
         monitor.configure()
         monitor.activate()
@@ -312,6 +329,10 @@ def run_replay(opts: ReplayOptions, progress: Progress | None = None) -> dict:
                 elif name in ESSENTIAL and ex["code"] != 0 and monitor.finished is None:
                     reason = f"{name} node died ({ex['why']})"
             seen_exits = len(sup.exits)
+            now_stopped = _stopped_agents(sup)
+            if now_stopped - stopped:
+                monitor.report_stopped(sorted(now_stopped - stopped))
+            stopped = now_stopped
             if reason or stop.reason:
                 break
             monitor.spin_once(0.05)
@@ -334,6 +355,22 @@ def run_replay(opts: ReplayOptions, progress: Progress | None = None) -> dict:
         for s, h in old.items():
             signal.signal(s, h)
     return _final_results(opts, sup, reason, lost, slots, len(idx), time.perf_counter() - t0)
+
+
+def _stopped_agents(sup) -> set[str]:
+    """Agent nodes whose process is stopped (SIGSTOP, a debugger): the kernel's word, read at
+    once, where a silent heartbeat would take ``dead_after_s`` to tell (Linux; elsewhere none)."""
+    out = set()
+    for name, np_ in sup.nodes.items():
+        if not name.startswith("agent") or np_.proc is None:
+            continue
+        try:
+            stat = Path(f"/proc/{np_.proc.pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] in ("T", "t"):
+            out.add(name)
+    return out
 
 
 def _gone(sup, name: str) -> bool:
@@ -391,6 +428,7 @@ def _final_results(opts, sup, reason, lost, slots, n_frames, wall_s) -> dict:
         "lost": sorted(set(lost)),
         "exits": sup.exits,
         "logs": str(sup.run_dir),
+        "keys": sup.spec.keys,  # None only with --insecure
         "agent_nice": opts.agent_nice_value,
     }
     if opts.record:
