@@ -24,14 +24,15 @@ def _load_generator():
 
 
 _gen = _load_generator()
-BEGIN, END, GRID, examples, parse_hexdump, render = (
+BEGIN, END, examples, parse_hexdump, render = (
     _gen.BEGIN,
     _gen.END,
-    _gen.GRID,
     _gen.examples,
     _gen.parse_hexdump,
     _gen.render,
 )
+GRID = _gen.profile().grid
+CODEBOOK_ID = _gen.profile().codebook.identity
 
 
 def test_the_documented_examples_are_what_the_code_writes():
@@ -47,7 +48,7 @@ def test_each_hex_dump_decodes_and_its_annotations_tile_the_payload(ex):
     dump = re.search(r"```text\n(.*?)```", block, re.S).group(1)
     data = parse_hexdump(dump)
     assert data == ex.data
-    msg = decode(data, GRID.shape, GRID.fingerprint(), 0x1234ABCD)
+    msg = decode(data, GRID.shape, GRID.fingerprint(), CODEBOOK_ID)
     assert msg.header.sender in (1, 2, 3)
     payload = sorted((o, n) for o, n, *_ in ex.fields if o >= HEADER.size)
     ends = [HEADER.size] + [o + n for o, n in payload]
@@ -57,10 +58,13 @@ def test_each_hex_dump_decodes_and_its_annotations_tile_the_payload(ex):
 def test_annotated_values_match_the_bytes():
     ex = {e.name: e for e in examples()}
     cb = decode(ex["codebook"].data, GRID.shape)
-    assert cb.cells.tolist() == [1234, 1235, 1236, 9000] and cb.codes[2].tolist() == [3, 250, 17, 0]
+    codes = _gen._codes(4)  # rows for cells 1236, 1234, 9000, 1235, as the example gives them
+    assert cb.cells.tolist() == [1234, 1235, 1236, 9000] and cb.codes[2].tolist() == codes[0].tolist()
     rl = decode(ex["run-length"].data, GRID.shape)
-    assert rl.cells.tolist() == list(range(3000, 3006)) and rl.header.unit == 5
-    assert rl.codes.tolist() == [[31, 0], [1, 2], [3, 4], [5, 6], [7, 8], [9, 10]]
+    assert rl.cells.tolist() == list(range(3000, 3006)) and rl.header.unit == _gen.profile().codebook.bits
+    assert rl.codes.tolist() == _gen._codes(6).tolist()
+    bitmap = decode(ex["demand-bitmap"].data, GRID.shape)
+    assert bitmap.header.coding == 1 and bitmap.cells.tolist() == list(range(0, 1100, 2))
     offer = decode(ex["offer"].data, GRID.shape)
     assert offer.cells.tolist() == [7, 8, 300] and offer.levels.tolist() == [3, 1, 2]
     raw = decode(ex["raw-fp16"].data, GRID.shape)

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "replay": "v2x.cli.replay:replay",
     "sweep": "v2x.cli.sweep:sweep",
     "demo": "v2x.cli.demo:demo",
+    "wire": "v2x.cli.wire:wire",
 }
 #: ``v2x train ...``
 TRAIN_COMMANDS: dict[str, str] = {

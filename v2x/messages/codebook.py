@@ -20,7 +20,6 @@ Training, on features of a frozen detector:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -29,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from v2x.messages.codebook_file import identity_hex, read_codebook_file, write_codebook_file
 
 __all__ = [
     "Codebook",
@@ -226,15 +227,20 @@ class Codebook(nn.Module):
 
     # -- identity and persistence ---------------------------------------------------------------
     def identity_hex(self) -> str:
-        h = hashlib.sha256(repr(sorted(asdict(self.cfg).items())).encode())
-        h.update(self.codewords.detach().cpu().numpy().astype("<f4").tobytes())
-        return h.hexdigest()
+        """SHA-256 of the shape and the tensors (:func:`v2x.messages.codebook_file.identity_hex`)."""
+        return identity_hex(asdict(self.cfg), self.codewords.detach().cpu().numpy())
 
     def identity(self) -> int:
         """32-bit identity carried in every codebook message (first 4 bytes of the SHA-256)."""
         return int(self.identity_hex()[:8], 16)
 
     def save(self, path: str | Path, **extra) -> None:
+        """A ``.pt`` checkpoint, or with a ``.safetensors`` suffix the language-neutral file
+        (:mod:`v2x.messages.codebook_file`; ``extra`` values become metadata strings)."""
+        if Path(path).suffix == ".safetensors":
+            codewords = self.codewords.detach().cpu().numpy()
+            write_codebook_file(path, asdict(self.cfg), codewords, **{k: str(v) for k, v in extra.items()})
+            return
         torch.save({"config": asdict(self.cfg), "codewords": self.codewords.detach().cpu(), **extra}, path)
 
 
@@ -267,6 +273,12 @@ def _init_centres(data: torch.Tensor, k: int, g: torch.Generator) -> torch.Tenso
 
 
 def load_codebook(path: str | Path) -> Codebook:
+    """A codebook from a ``.pt`` checkpoint or a ``.safetensors`` codebook file."""
+    if Path(path).suffix == ".safetensors":
+        config, codewords, _ = read_codebook_file(path)
+        cb = Codebook(CodebookConfig(**config))
+        cb.codewords.data.copy_(torch.from_numpy(codewords))
+        return cb.eval()
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     cb = Codebook(CodebookConfig(**ckpt["config"]))
     cb.codewords.data.copy_(ckpt["codewords"])
