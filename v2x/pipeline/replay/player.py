@@ -243,8 +243,17 @@ class PlayerNode(ReplayNode):
             later = [c.agent_id for c in nxt[1].collaborators[: max(0, self.cfg.max_agents - 1)]]
             upcoming = {s: a for a, s in self.slot_map.preview(later).items()}
         self.clock.publish(Clock(t_ns, k))
+        # with who plays whom this frame: the channel forwards a packet only from the node that
+        # plays its sender (slot -> agent node; the ego's id -> the ego node)
         self.positions.publish(
-            Json({"k": k, "positions": {a: s.position.tolist() for a, s in frame.agents.items()}})
+            Json(
+                {
+                    "k": k,
+                    "positions": {a: s.position.tolist() for a, s in frame.agents.items()},
+                    "slots": slots,
+                    "ego_id": frame.ego_id,
+                }
+            )
         )
         ids = [s.agent_id for s in collab]
         by_slot = {slots[s.agent_id]: s for s in collab}
