@@ -4,6 +4,18 @@ One line per object: ``frame track_id type truncated occluded alpha x1 y1 x2 y2 
 [score]``. V2V4Real's files carry LiDAR-frame boxes with the coordinates written in
 ``x, z, y`` order (the second 3D column is the height), which is what ``order="xzy"`` (the
 default) undoes; ``order="xyz"`` reads the columns as they stand.
+
+Bad lines (a wrong number of fields, a value that is not a number or not finite, a size that is
+not positive in a detection, a frame id outside ``0 .. MAX_FRAME``) raise a
+:class:`DatasetError` naming the file, line and column, or, given a ``problems`` list, are
+appended to it and skipped, so a command can report them and go on. Frame ids are bounded
+before anything is allocated per frame: a stray ``100000000`` is one bad line, not a loop over
+a hundred million empty frames. A detection line whose frame comes after a later frame's lines
+is refused the same way (trackers take frames in order).
+
+A folder of per-agent detections (V2V4Real's no-fusion output as DMSTrack reads it) holds one
+subfolder of AB3DMOT detection files per agent; :func:`agent_folders` orders them as DMSTrack
+does: ``ego`` first, then the others (numbers by value).
 """
 
 from __future__ import annotations
@@ -17,7 +29,10 @@ from v2x.core.boxes import Boxes, ObjectClass, class_from_name
 from v2x.datasets.errors import DatasetError
 
 __all__ = [
+    "MAX_FRAME",
     "TrackingFrame",
+    "agent_folders",
+    "agent_sequences",
     "read_ab3dmot_detections",
     "read_kitti_tracking",
     "read_seqmap",
@@ -36,29 +51,83 @@ class TrackingFrame:
     alpha: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
-def read_kitti_tracking(path: str | Path, order: str = "xzy") -> dict[int, TrackingFrame]:
-    """All frames of one sequence file, keyed by frame number (frames without objects absent)."""
+#: the largest frame id a file may use (10 Hz: almost three hours); checked before allocating
+MAX_FRAME = 100_000
+
+
+class _LineError(Exception):
+    """One line that cannot be used: the 1-based column at fault and why."""
+
+    def __init__(self, column: int, message: str) -> None:
+        super().__init__(message)
+        self.column, self.message = column, message
+
+
+def _problem(path: Path, n: int, exc: _LineError, problems: list | None) -> None:
+    """Raise the bad line as a :class:`DatasetError`, or collect it when a list is given."""
+    err = DatasetError(path, f"line {n}, column {exc.column}", exc.message)
+    if problems is None:
+        raise err
+    problems.append(err)
+
+
+def _numbers(parts: list[str], first: int, ints: tuple[int, ...] = ()) -> list[float]:
+    """Fields from index ``first`` on as finite numbers (``ints``: indices that must be integers)."""
+    out = []
+    for i in range(first, len(parts)):
+        text = parts[i]
+        try:
+            v = float(text)
+        except ValueError:
+            raise _LineError(i + 1, f"not a number: {text!r}") from None
+        if not np.isfinite(v):
+            raise _LineError(i + 1, f"not finite: {text!r}")
+        if i in ints and v != int(v):
+            raise _LineError(i + 1, f"not an integer: {text!r}")
+        out.append(v)
+    return out
+
+
+def _frame_id(value: float, column: int) -> int:
+    if not 0 <= value <= MAX_FRAME:
+        raise _LineError(column, f"frame {value:g} outside 0..{MAX_FRAME}")
+    return int(value)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except FileNotFoundError as exc:
+        raise DatasetError(path, "file", "missing") from exc
+    except OSError as exc:
+        raise DatasetError(path, "file", f"unreadable: {exc.strerror or exc}") from exc
+
+
+def read_kitti_tracking(
+    path: str | Path, order: str = "xzy", problems: list[DatasetError] | None = None
+) -> dict[int, TrackingFrame]:
+    """All frames of one sequence file, keyed by frame number (frames without objects absent).
+
+    A bad line raises a :class:`DatasetError`, or with ``problems`` is appended there and skipped.
+    """
     path = Path(path)
     if order not in ("xzy", "xyz"):
         raise ValueError(f"order must be 'xzy' or 'xyz', got {order!r}")
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError as exc:
-        raise DatasetError(path, "file", "missing") from exc
     rows: dict[int, list[tuple]] = {}
-    for n, line in enumerate(lines, start=1):
+    for n, line in enumerate(_read_lines(path), start=1):
         parts = line.split()
         if not parts:
             continue
-        if len(parts) not in (17, 18):
-            raise DatasetError(path, f"line {n}", f"expected 17 or 18 fields, got {len(parts)}")
         try:
-            frame, tid = int(parts[0]), int(parts[1])
-            nums = [float(v) for v in parts[3:]]
-        except ValueError as exc:
-            raise DatasetError(path, f"line {n}", f"not a number: {exc}") from exc
-        if not np.all(np.isfinite(nums)):
-            raise DatasetError(path, f"line {n}", "non-finite value")
+            if len(parts) not in (17, 18):
+                col = min(len(parts), 18) + 1
+                raise _LineError(col, f"expected 17 or 18 fields, got {len(parts)}")
+            head = _numbers(parts[:2], 0, ints=(0, 1))
+            frame, tid = _frame_id(head[0], 1), int(head[1])
+            nums = _numbers(parts, 3)
+        except _LineError as exc:
+            _problem(path, n, exc, problems)
+            continue
         _trunc, _occ, alpha, x1, y1, x2, y2, h, w, l, a, b, c, ry = nums[:14]
         score = nums[14] if len(nums) > 14 else None
         x, y, z = (a, c, b) if order == "xzy" else (a, b, c)
@@ -131,13 +200,20 @@ def read_seqmap(path: str | Path) -> dict[str, tuple[int, int]]:
     """``seq empty first last`` lines -> {sequence: (first frame, last frame)}."""
     path = Path(path)
     out = {}
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(_read_lines(path), start=1):
         parts = line.split()
         if not parts:
             continue
-        if len(parts) != 4:
-            raise DatasetError(path, f"line {n}", f"expected 4 fields, got {len(parts)}")
-        out[parts[0]] = (int(parts[2]), int(parts[3]))
+        try:
+            if len(parts) != 4:
+                raise _LineError(min(len(parts), 4) + 1, f"expected 4 fields, got {len(parts)}")
+            first, last = _numbers(parts, 2, ints=(2, 3))
+            first, last = _frame_id(first, 3), _frame_id(last, 4)
+            if last < first:
+                raise _LineError(4, f"last frame {last} before first frame {first}")
+        except _LineError as exc:
+            _problem(path, n, exc, None)
+        out[parts[0]] = (first, last)
     return out
 
 
@@ -145,37 +221,38 @@ def read_seqmap(path: str | Path) -> dict[str, tuple[int, int]]:
 AB3DMOT_TYPES = {1: "Pedestrian", 2: "Car", 3: "Cyclist"}
 
 
-def read_ab3dmot_detections(path: str | Path, order: str = "xzy") -> dict[int, Boxes]:
+def read_ab3dmot_detections(
+    path: str | Path, order: str = "xzy", problems: list[DatasetError] | None = None
+) -> dict[int, Boxes]:
     """AB3DMOT's per-sequence detection file: ``frame, type, x1, y1, x2, y2, score, h, w, l, x, y, z,
-    ry, alpha`` (comma-separated). ``order="xzy"`` undoes V2V4Real's x, z, y column order."""
+    ry, alpha`` (comma-separated). ``order="xzy"`` undoes V2V4Real's x, z, y column order.
+
+    A bad line (see the module doc; sizes must be positive, frames in order) raises a
+    :class:`DatasetError`, or with ``problems`` is appended there and skipped.
+    """
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError as exc:
-        raise DatasetError(path, "file", "missing") from exc
     rows: dict[int, list] = {}
-    for n, line in enumerate(lines, start=1):
+    latest = -1
+    for n, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             continue
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 15:
-            raise DatasetError(path, f"line {n}", f"expected 15 comma-separated fields, got {len(parts)}")
         try:
-            v = [float(p) for p in parts]
-        except ValueError as exc:
-            raise DatasetError(path, f"line {n}", f"not a number: {exc}") from exc
-        frame, typ, score, h, w, l, a, b, c, ry = (
-            int(v[0]),
-            int(v[1]),
-            v[6],
-            v[7],
-            v[8],
-            v[9],
-            v[10],
-            v[11],
-            v[12],
-            v[13],
-        )
+            if len(parts) != 15:
+                col = min(len(parts), 15) + 1
+                raise _LineError(col, f"expected 15 comma-separated fields, got {len(parts)}")
+            v = _numbers(parts, 0, ints=(0, 1))
+            frame = _frame_id(v[0], 1)
+            for col, name in ((8, "h"), (9, "w"), (10, "l")):
+                if v[col - 1] <= 0:
+                    raise _LineError(col, f"size {name} must be positive, got {parts[col - 1]}")
+            if frame < latest:
+                raise _LineError(1, f"frame {frame} after frame {latest}: out of order, refused")
+        except _LineError as exc:
+            _problem(path, n, exc, problems)
+            continue
+        latest = frame
+        typ, score, h, w, l, a, b, c, ry = int(v[1]), *v[6:14]
         x, y, z = (a, c, b) if order == "xzy" else (a, b, c)
         rows.setdefault(frame, []).append(
             ([x, y, z, l, w, h, ry], class_from_name(AB3DMOT_TYPES.get(typ, "other")), score)
@@ -186,6 +263,35 @@ def read_ab3dmot_detections(path: str | Path, order: str = "xzy") -> dict[int, B
         )
         for f, objs in sorted(rows.items())
     }
+
+
+def agent_folders(folder: str | Path) -> list[tuple[str, Path]]:
+    """The per-agent subfolders of a detections folder, in DMSTrack's order: ``ego`` first, then
+    the others (numeric names by value, then the rest by name). Empty when ``folder`` holds
+    detection files itself (one stream) or no subfolder holds any."""
+    folder = Path(folder)
+    subs = [p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.txt"))]
+
+    def key(p: Path) -> tuple:
+        name = p.name
+        return (name != "ego", not name.isdigit(), int(name) if name.isdigit() else 0, name)
+
+    return [(p.name, p) for p in sorted(subs, key=key)]
+
+
+def agent_sequences(folder: str | Path, agents: list[tuple[str, Path]]) -> list[str]:
+    """The sequence names (``NNNN`` of ``NNNN.txt``) every agent holds; a
+    :class:`DatasetError` names the sequences an agent lacks when the agents disagree."""
+    have = {name: {p.stem for p in path.glob("*.txt")} for name, path in agents}
+    every = set().union(*have.values()) if have else set()
+    missing = {name: sorted(every - seqs) for name, seqs in have.items() if every - seqs}
+    if missing:
+        detail = "; ".join(
+            f"agent {name!r} lacks {', '.join(seqs[:8])}{' ...' if len(seqs) > 8 else ''}"
+            for name, seqs in missing.items()
+        )
+        raise DatasetError(folder, "sequences", f"the agents disagree on the sequences present: {detail}")
+    return sorted(every)
 
 
 def write_ab3dmot_detections(path: str | Path, frames: dict[int, Boxes], order: str = "xzy") -> None:

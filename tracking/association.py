@@ -9,6 +9,11 @@ computed. For boxes whose circumscribed circles are apart, the BEV intersection 
 the hull holds the trapezoid spanned by the two centre chords perpendicular to the centre line
 (each at least the box's shorter side) as well as both boxes, which bounds C from below and
 so GIoU from above. Skipped pairs read -1.
+
+``giou_bev`` is the same on the ground plane alone (areas, no heights). Agents can disagree on
+a car's height by metres (a collaborator's pitch error moves its boxes up or down at range,
+up to 2 m on V2V4Real) while agreeing on its footprint; cars do not stack, so the footprint
+is what decides which track a box belongs to.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from v2x.core.iou import iou3d_matrix, polygon_intersection_area
 
 __all__ = ["affinity_matrix", "giou3d_matrix", "giou3d_upper_bound", "hungarian"]
 
+#: the affinities :func:`affinity_matrix` computes
+AFFINITIES = ("giou", "giou_bev", "iou")
+
 _FORBIDDEN = 1e6
 
 
@@ -29,8 +37,9 @@ def _as_boxes(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(-1, 7)
 
 
-def giou3d_upper_bound(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(Na, Nb) upper bound of GIoU and the mask of pairs whose BEV circles overlap (bound = 1)."""
+def giou3d_upper_bound(a: np.ndarray, b: np.ndarray, bev: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(Na, Nb) upper bound of GIoU (``bev``: on the ground plane) and the mask of pairs whose
+    BEV circles overlap (bound = 1)."""
     a, b = _as_boxes(a), _as_boxes(b)
     d = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
     ra = np.hypot(a[:, 3], a[:, 4]) / 2
@@ -42,13 +51,18 @@ def giou3d_upper_bound(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.nda
     area_a, area_b = a[:, 3] * a[:, 4], b[:, 3] * b[:, 4]
     ma, mb = np.minimum(a[:, 3], a[:, 4]), np.minimum(b[:, 3], b[:, 4])
     hull_lb = np.maximum(d * (ma[:, None] + mb[None]) / 2, area_a[:, None] + area_b[None])
-    union = (area_a * a[:, 5])[:, None] + (area_b * b[:, 5])[None]
+    if bev:
+        span = np.ones_like(span)
+        union = area_a[:, None] + area_b[None]
+    else:
+        union = (area_a * a[:, 5])[:, None] + (area_b * b[:, 5])[None]
     bound = union / np.maximum(hull_lb * span, 1e-12) - 1.0
     return np.where(near, 1.0, np.minimum(bound, 1.0)), near
 
 
-def giou3d_matrix(a: np.ndarray, b: np.ndarray, floor: float | None = None) -> np.ndarray:
-    """(Na, Nb) generalised 3D IoU of upright boxes given as (N, 7) arrays.
+def giou3d_matrix(a: np.ndarray, b: np.ndarray, floor: float | None = None, bev: bool = False) -> np.ndarray:
+    """(Na, Nb) generalised 3D IoU of upright boxes given as (N, 7) arrays (``bev``: the
+    generalised IoU of their ground-plane footprints instead).
 
     With ``floor``, pairs whose GIoU is provably below it are skipped and read -1.
     """
@@ -56,7 +70,7 @@ def giou3d_matrix(a: np.ndarray, b: np.ndarray, floor: float | None = None) -> n
     out = np.full((len(a), len(b)), -1.0)
     if len(a) == 0 or len(b) == 0:
         return out
-    bound, near = giou3d_upper_bound(a, b)
+    bound, near = giou3d_upper_bound(a, b, bev)
     todo = np.ones_like(near) if floor is None else bound >= floor
     ia, ib = np.nonzero(todo)
     if len(ia) == 0:
@@ -67,12 +81,16 @@ def giou3d_matrix(a: np.ndarray, b: np.ndarray, floor: float | None = None) -> n
     ov = near[ia, ib]
     if ov.any():
         inter_bev[ov] = polygon_intersection_area(ca[ov], cb[ov])
+    hull = shapely.area(shapely.convex_hull(shapely.multipoints(np.concatenate([ca, cb], axis=1))))
+    if bev:
+        union = A[:, 3] * A[:, 4] + B[:, 3] * B[:, 4] - inter_bev
+        out[ia, ib] = inter_bev / np.maximum(union, 1e-12) - (hull - union) / np.maximum(hull, 1e-12)
+        return out
     za0, za1 = A[:, 2] - A[:, 5] / 2, A[:, 2] + A[:, 5] / 2
     zb0, zb1 = B[:, 2] - B[:, 5] / 2, B[:, 2] + B[:, 5] / 2
     inter = inter_bev * np.clip(np.minimum(za1, zb1) - np.maximum(za0, zb0), 0, None)
     union = np.prod(A[:, 3:6], axis=1) + np.prod(B[:, 3:6], axis=1) - inter
     span = np.maximum(za1, zb1) - np.minimum(za0, zb0)
-    hull = shapely.area(shapely.convex_hull(shapely.multipoints(np.concatenate([ca, cb], axis=1))))
     enclose = hull * span
     out[ia, ib] = inter / np.maximum(union, 1e-12) - (enclose - union) / np.maximum(enclose, 1e-12)
     return out
@@ -81,9 +99,9 @@ def giou3d_matrix(a: np.ndarray, b: np.ndarray, floor: float | None = None) -> n
 def affinity_matrix(
     kind: str, tracks: np.ndarray, dets: np.ndarray, floor: float | None = None
 ) -> np.ndarray:
-    """(tracks, detections) affinity: ``"giou"`` or ``"iou"`` (3D)."""
-    if kind == "giou":
-        return giou3d_matrix(tracks, dets, floor)
+    """(tracks, detections) affinity: ``"giou"`` or ``"iou"`` (3D), ``"giou_bev"`` (ground plane)."""
+    if kind in ("giou", "giou_bev"):
+        return giou3d_matrix(tracks, dets, floor, bev=kind == "giou_bev")
     if kind == "iou":
         return iou3d_matrix(_as_boxes(tracks), _as_boxes(dets))
     raise ValueError(f"unknown affinity {kind!r}")

@@ -47,7 +47,8 @@ class TrackerConfig:
     dt: float = _DT
     #: "frames": dt from frame numbers; "timestamps": dt from ``timestamp_ns``
     timing: str = "frames"
-    #: affinity used to associate: "giou" (3D GIoU, AB3DMOT's and DMSTrack's) or "iou" (3D IoU)
+    #: affinity used to associate: "giou" (3D GIoU, AB3DMOT's and DMSTrack's), "giou_bev" (the
+    #: footprints' GIoU: agents that disagree on heights still agree on which car) or "iou" (3D IoU)
     affinity: str = "giou"
     #: a pair is kept when its affinity is at least this (DMSTrack: GIoU -0.2)
     threshold: float = -0.2
@@ -64,12 +65,21 @@ class TrackerConfig:
     min_hits: int = 3
     #: ... and is dropped after this many frames in a row without an update
     max_age: int = 2
+    #: multi-sensor filter: every agent's update counts as a hit (DMSTrack's rule: a car two
+    #: agents see is confirmed in two frames); False: one hit per frame however many see it
+    hits_per_agent: bool = False
+    #: multi-sensor filter: an unmatched detection whose footprint overlaps a live track by this
+    #: BEV IoU or more starts no track (another agent's view of that car); None: every one does
+    birth_overlap: float | None = None
     #: measurement variances, box order (x y z l w h yaw), in the measuring agent's frame
     measurement_var: tuple[float, ...] = (1.0,) * 7
     #: process noise per nominal step, state order (x y z yaw l w h vx vy vz)
     process_var: tuple[float, ...] = field(default_factory=_ab3dmot_process)
     #: covariance of a new track, state order
     initial_var: tuple[float, ...] = field(default_factory=_ab3dmot_initial)
+    #: every measurement variance (sent, learned or the prior) is multiplied by this: a setting
+    #: the validation search tunes alike for the fixed and the learned noise
+    noise_scale: float = 1.0
     #: variances are kept within [floor, ceiling] whatever the source
     var_floor: float = 1e-4
     var_ceiling: float = 1e4
@@ -77,13 +87,15 @@ class TrackerConfig:
     def __post_init__(self) -> None:
         if self.timing not in ("frames", "timestamps"):
             raise ValueError(f"timing must be 'frames' or 'timestamps', got {self.timing!r}")
-        if self.affinity not in ("giou", "iou"):
-            raise ValueError(f"affinity must be 'giou' or 'iou', got {self.affinity!r}")
+        if self.affinity not in ("giou", "giou_bev", "iou"):
+            raise ValueError(f"affinity must be 'giou', 'giou_bev' or 'iou', got {self.affinity!r}")
         for name, n in (("measurement_var", 7), ("process_var", 10), ("initial_var", 10)):
             v = np.asarray(getattr(self, name), dtype=np.float64)
             if v.shape != (n,) or not np.all(np.isfinite(v)) or np.any(v <= 0):
                 raise ValueError(f"{name} needs {n} positive finite values, got {getattr(self, name)!r}")
             object.__setattr__(self, name, tuple(float(x) for x in v))
+        if not (np.isfinite(self.noise_scale) and self.noise_scale > 0):
+            raise ValueError(f"noise_scale must be positive and finite, got {self.noise_scale!r}")
         if self.min_hits < 1 or self.max_age < 1 or self.dt <= 0:
             raise ValueError("min_hits and max_age must be at least 1 and dt positive")
 

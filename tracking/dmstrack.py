@@ -24,6 +24,7 @@ import torch
 
 from v2x.core.boxes import Boxes
 from v2x.core.geometry import yaw_of
+from v2x.core.iou import bev_iou_matrix
 from v2x.tracking.association import affinity_matrix, hungarian
 from v2x.tracking.config import STATE_FROM_BOX, TrackerConfig
 from v2x.tracking.motion import (
@@ -108,15 +109,21 @@ class MultiSensorKF:
         self.X, self.P = self.X.detach(), self.P.detach()
 
     # -- measurement noise --------------------------------------------------------------------------
-    def measurement_variances(self, det: AgentDetections) -> torch.Tensor:
-        """(N, 7) variances, box order, in the agent's frame: sent by it, learned, or the prior."""
+    def measurement_variances(self, det: AgentDetections, slot: int = 0) -> torch.Tensor:
+        """(N, 7) variances, box order, in the agent's frame: sent by it, learned, or the prior
+        (``slot``: the agent's place in the frame, 0 the ego)."""
         n = len(det.boxes)
         cfg = self.cfg
+        scale = cfg.noise_scale
         if det.variances is not None and self.use_sent_variances:
             v = sanitize_variances(det.variances, self.prior, cfg.var_floor, cfg.var_ceiling, self.warnings)
-            return torch.from_numpy(v)
+            return torch.from_numpy(np.clip(v * scale, cfg.var_floor, cfg.var_ceiling))
         if self.noise is None or n == 0:
-            return torch.from_numpy(self.prior).expand(n, 7).clone()
+            return (
+                torch.from_numpy(np.clip(self.prior * scale, cfg.var_floor, cfg.var_ceiling))
+                .expand(n, 7)
+                .clone()
+            )
         prior = self.noise.prior_var.to(_F64)  # the base the network was trained on
         geo = detection_features(
             agent_frame_boxes(det.boxes, det.world_from_agent), det.boxes.scores, det.kind
@@ -130,8 +137,8 @@ class MultiSensorKF:
                 bad = ~np.isfinite(f).all(axis=(1, 2, 3))
                 self.warnings.add("non_finite_feature", int(bad.sum()))
                 patches = torch.from_numpy(np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0))
-        residual = self.noise(torch.from_numpy(geo), patches).to(_F64)
-        return (prior * torch.exp(residual)).clamp(cfg.var_floor, cfg.var_ceiling)
+        residual = self.noise(torch.from_numpy(geo), patches, slot).to(_F64)
+        return (scale * prior * torch.exp(residual)).clamp(cfg.var_floor, cfg.var_ceiling)
 
     @staticmethod
     def world_covariance(
@@ -245,6 +252,15 @@ class MultiSensorKF:
         allowed[ia, ib] = d2[:, 0, 0].numpy() <= self.cfg.mahalanobis_gate
         return allowed
 
+    def _unclaimed(self, boxes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The rows whose footprint overlaps no live track by ``birth_overlap`` (BEV IoU) or more:
+        an unmatched box on top of a track is another agent's view of that car (its height or
+        heading too far off to associate), not a new car. Counted as ``birth_absorbed``."""
+        iou = bev_iou_matrix(boxes, boxes_from_states(self.X.detach().numpy()))
+        free = iou.max(axis=1) < self.cfg.birth_overlap
+        self.warnings.add("birth_absorbed", int((~free).sum()))
+        return rows[free]
+
     def _birth(self, det: AgentDetections, rows: np.ndarray) -> None:
         n = len(rows)
         boxes = det.boxes[rows]
@@ -285,7 +301,7 @@ class MultiSensorKF:
         updated = np.zeros(len(self.X), dtype=bool)
         best_score = np.zeros(len(self.X), dtype=np.float32)
         floor = cfg.threshold if cfg.prune else None
-        for raw in frame.agents:
+        for slot, raw in enumerate(frame.agents):
             boxes, keep = sanitize_boxes(raw.boxes, self.warnings)
             if len(boxes) == 0:
                 continue
@@ -296,7 +312,7 @@ class MultiSensorKF:
                 self.warnings.add("bad_pose_variance")
                 pose_var = None
             R = self.world_covariance(
-                self.measurement_variances(det), det.world_from_agent, boxes.xyzlwhy[:, :2], pose_var
+                self.measurement_variances(det, slot), det.world_from_agent, boxes.xyzlwhy[:, :2], pose_var
             )
             z = boxes.xyzlwhy[:, STATE_FROM_BOX]
             if len(self.X):
@@ -310,13 +326,15 @@ class MultiSensorKF:
             if len(pairs):
                 ti, di = pairs[:, 0], pairs[:, 1]
                 self._update(ti, z[di], R[torch.from_numpy(di)])
-                first = ~updated[ti]
+                first = np.ones(len(ti), bool) if cfg.hits_per_agent else ~updated[ti]
                 self.hits[ti[first]] += 1
                 updated[ti] = True
                 self.misses[ti] = 0
                 best_score[ti] = np.maximum(best_score[ti], boxes.scores[di])
                 if det.gt_ids is not None:
                     self.gt_ids[ti] = det.gt_ids[di]
+            if len(new) and cfg.birth_overlap is not None and len(self.X):
+                new = self._unclaimed(boxes.xyzlwhy[new], new)
             if len(new):
                 self._birth(det, new)
                 updated = np.concatenate([updated, np.ones(len(new), dtype=bool)])

@@ -10,6 +10,12 @@ detector's score, whether the agent is a roadside unit, and optionally a (C, P, 
 agent's BEV feature map around the detection (how much the LiDAR saw there). Without a patch
 the net uses a learned stand-in, so one model serves agents that send features and agents that
 do not.
+
+With ``agent_slots`` the net also knows which agent of the frame measured the detection (a
+one-hot of its slot: 0 the ego, 1 the first collaborator, ...; later slots share the last).
+Real agents differ: on V2V4Real a collaborator's boxes reach the ego through its pose, whose
+error no box feature shows, and its boxes are about twice as far off as the ego's own at the
+same score. This is the role of DMSTrack's network per CAV, in one shared net.
 """
 
 from __future__ import annotations
@@ -70,8 +76,10 @@ class NoiseNet(nn.Module):
         hidden: int = 64,
         patch_hidden: int = 32,
         max_residual: float = 3.0,
+        agent_slots: int = 0,
     ) -> None:
         super().__init__()
+        self.agent_slots = agent_slots
         self.feature_channels = feature_channels
         self.patch = patch
         self.hidden = hidden
@@ -94,7 +102,7 @@ class NoiseNet(nn.Module):
             self.no_patch = nn.Parameter(torch.zeros(patch_hidden))
             extra = patch_hidden
         self.mlp = nn.Sequential(
-            nn.Linear(GEOMETRY_FEATURES + extra, hidden),
+            nn.Linear(GEOMETRY_FEATURES + extra + agent_slots, hidden),
             nn.ReLU(),
             nn.Linear(hidden, hidden),
             nn.ReLU(),
@@ -110,6 +118,7 @@ class NoiseNet(nn.Module):
             "hidden": self.hidden,
             "patch_hidden": self.patch_hidden,
             "max_residual": self.max_residual,
+            "agent_slots": self.agent_slots,
         }
 
     def set_prior(self, var_box) -> None:
@@ -120,8 +129,14 @@ class NoiseNet(nn.Module):
         self.patch_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.patch_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
 
-    def forward(self, geometry: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, geometry: torch.Tensor, patches: torch.Tensor | None = None, slot: int = 0
+    ) -> torch.Tensor:
         x = geometry.float()
+        if self.agent_slots:
+            onehot = torch.zeros(len(x), self.agent_slots)
+            onehot[:, min(max(int(slot), 0), self.agent_slots - 1)] = 1.0
+            x = torch.cat([x, onehot], dim=1)
         if self.feature_channels:
             if patches is None:
                 emb = self.no_patch.expand(len(x), -1)
@@ -144,10 +159,11 @@ def parameter_count(net: nn.Module) -> int:
 
 
 def predict_variances(
-    net: NoiseNet, boxes_agent: Boxes, kind: str, patches: np.ndarray | None = None
+    net: NoiseNet, boxes_agent: Boxes, kind: str, patches: np.ndarray | None = None, slot: int = 0
 ) -> np.ndarray:
     """(N, 7) measurement variances, box order, in the agent's frame: what an agent computes for
-    its own detections before sending them (the wire format carries them as float16)."""
+    its own detections before sending them (the wire format carries them as float16); ``slot``
+    is the agent's place in the ego's frame (0: the ego itself)."""
     if len(boxes_agent) == 0:
         return np.zeros((0, 7))
     scores = boxes_agent.scores if boxes_agent.scores is not None else np.ones(len(boxes_agent))
@@ -156,4 +172,4 @@ def predict_variances(
     if patches is not None and net.feature_channels:
         p = torch.from_numpy(np.nan_to_num(np.asarray(patches, dtype=np.float32)))
     with torch.no_grad():
-        return (net.prior_var * torch.exp(net(geo, p).double())).numpy()
+        return (net.prior_var * torch.exp(net(geo, p, slot).double())).numpy()

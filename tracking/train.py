@@ -17,6 +17,7 @@ starts from warm tracks (truncated back-propagation).
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
 from v2x.core.boxes import VEHICLE_CLASSES, wrap_angle
+from v2x.tracking.calibrate import detection_samples, pretrain_nll
 from v2x.tracking.config import STATE_FROM_BOX, TrackerConfig
 from v2x.tracking.dmstrack import MultiSensorKF
 from v2x.tracking.noise_net import NoiseNet, agent_frame_boxes, parameter_count
@@ -55,6 +57,11 @@ class NoiseTrainConfig:
     feature_channels: int = 0
     patch: int = 5
     hidden: int = 64
+    #: one-hot agent slots the net sees (0: none; 2 for V2V4Real's ego and collaborator)
+    agent_slots: int = 0
+    #: epochs of likelihood pre-training on the detections' own errors (``calibrate.py``) first
+    nll_epochs: int = 0
+    nll_lr: float = 3e-3
     clip_grad: float = 1.0
     #: detections farther than this from every ground-truth centre are false positives
     match_distance: float = 2.0
@@ -247,10 +254,11 @@ def train_noise_model(
         assign_gt_ids(seq, cfg.match_distance)
     t0 = time.time()
     tracker_cfg = tracker_cfg or fit_prior(train)
-    net = NoiseNet(cfg.feature_channels, cfg.patch, cfg.hidden)
+    net = NoiseNet(cfg.feature_channels, cfg.patch, cfg.hidden, agent_slots=cfg.agent_slots)
     net.set_prior(tracker_cfg.measurement_var)
     if cfg.feature_channels:
         net.set_patch_normaliser(*_patch_stats(train, cfg.feature_channels, rng))
+    nll = pretrain_nll(net, detection_samples(train), cfg.nll_epochs, cfg.nll_lr, seed=cfg.seed)
     kf = MultiSensorKF(tracker_cfg, noise=net)
     fixed = MultiSensorKF(tracker_cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -302,6 +310,7 @@ def train_noise_model(
         "config": asdict(cfg),
         "tracker": tracker_cfg.to_dict(),
         "parameters": parameter_count(net),
+        "nll_history": nll,
     }
     (out_dir / "noise_training.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -321,11 +330,20 @@ def _checkpoint(
     }
 
 
-def load_tracker(path: str | Path) -> tuple[TrackerConfig, NoiseNet]:
-    """The tracker configuration (with its fitted prior) and the noise network of a checkpoint."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "net" not in ckpt:
+def load_tracker(path: str | Path, fixed: bool = False) -> tuple[TrackerConfig, NoiseNet | None]:
+    """The tracker configuration (with its fitted prior) and the noise network of a checkpoint.
+
+    ``fixed``: the fixed-noise filter instead, i.e. the same prior with the settings tuned for
+    it (``"fixed_tracker"``, when the checkpoint has them) and no network.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        raise ValueError(f"{path}: not a readable tracker checkpoint ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(ckpt, dict) or "net" not in ckpt:
         raise ValueError(f"{path}: not a tracker noise checkpoint (no 'net' entry)")
+    if fixed:
+        return TrackerConfig.from_dict(ckpt.get("fixed_tracker", ckpt["tracker"])), None
     net = NoiseNet(**ckpt["net"])
     net.load_state_dict(ckpt["state_dict"])
     return TrackerConfig.from_dict(ckpt["tracker"]), net.eval()

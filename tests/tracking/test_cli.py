@@ -108,7 +108,12 @@ def test_eval_refuses_missing_inputs(tmp_path):
     (tmp_path / "gt").mkdir()
     (tmp_path / "gt" / "0000.txt").write_text("0 1 Car 0 0 0 0 0 0 0 1.5 1.9 4.5 nan 0.8 0\n")
     r = CliRunner().invoke(cli, ["eval", "tracking", "--gt", str(tmp_path / "gt"), "--tracks", str(tmp_path)])
-    assert r.exit_code != 0 and "0000.txt" in str(r.exception)
+    # the bad line is named (file, line, column) and skipped; no traceback
+    assert r.exit_code == 0 and "0000.txt: line 1, column 17: expected 17 or 18 fields" in r.output
+    r = CliRunner().invoke(
+        cli, ["eval", "tracking", "--gt", str(tmp_path / "nowhere"), "--tracks", str(tmp_path)]
+    )
+    assert r.exit_code == 2 and "does not exist" in r.output
 
 
 def test_train_tracker_on_records(tmp_path):

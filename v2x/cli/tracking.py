@@ -16,13 +16,33 @@ _ORDER = click.option(
 )
 
 
-def _tracker_setup(weights: Path | None, config: Path | None, gate: float | None):
+#: how many bad lines a command lists before it only counts them
+_SHOWN_PROBLEMS = 20
+
+
+def _report(problems: list) -> None:
+    """Bad input that was skipped, one line each (the first few), on stderr."""
+    for p in problems[:_SHOWN_PROBLEMS]:
+        click.echo(f"warning: {p} (skipped)", err=True)
+    if len(problems) > _SHOWN_PROBLEMS:
+        click.echo(f"warning: {len(problems) - _SHOWN_PROBLEMS} more bad line(s) skipped", err=True)
+
+
+def _one_line(exc: Exception) -> click.ClickException:
+    """A file error as the command's one-line error, no traceback."""
+    return click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _tracker_setup(weights: Path | None, config: Path | None, gate: float | None, fixed: bool = False):
     from v2x.tracking.config import TrackerConfig
     from v2x.tracking.train import load_tracker
 
-    cfg, noise = load_tracker(weights) if weights else (None, None)
-    if config:
-        cfg = TrackerConfig.load(config)
+    try:
+        cfg, noise = load_tracker(weights, fixed=fixed) if weights else (None, None)
+        if config:
+            cfg = TrackerConfig.load(config)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise _one_line(exc) from exc
     cfg = cfg or TrackerConfig()
     if gate is not None:
         cfg = cfg.with_(mahalanobis_gate=gate)
@@ -34,7 +54,8 @@ def _tracker_setup(weights: Path | None, config: Path | None, gate: float | None
     "--detections",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder of AB3DMOT detection files (NNNN.txt) or multi-agent records (*.npz).",
+    help="Folder of AB3DMOT detection files (NNNN.txt), of per-agent subfolders of them "
+    "(ego/, 1/, ...: V2V4Real's layout, ego first), or of multi-agent records (*.npz).",
 )
 @click.option(
     "--tracker",
@@ -47,6 +68,12 @@ def _tracker_setup(weights: Path | None, config: Path | None, gate: float | None
     "--weights",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Noise model from `v2x train tracker` (dmstrack; it carries its fitted noise prior).",
+)
+@click.option(
+    "--fixed-noise",
+    is_flag=True,
+    help="With --weights: the filter with the weights' fitted prior (and the settings tuned for it) "
+    "instead of the learned noise.",
 )
 @click.option(
     "--config",
@@ -66,14 +93,23 @@ def _tracker_setup(weights: Path | None, config: Path | None, gate: float | None
     help="Sequence lengths (text detections).",
 )
 @_ORDER
-def track(detections, tracker, weights, config, gate, out, seqmap, order) -> None:
+def track(detections, tracker, weights, fixed_noise, config, gate, out, seqmap, order) -> None:
     """Track detections (other people's or ours) and write KITTI-tracking text."""
+    from v2x.datasets.errors import DatasetError
     from v2x.experiments.tracking_files import track_dir
+    from v2x.tracking.records import RecordError
 
-    cfg, noise = _tracker_setup(weights, config, gate)
-    written = track_dir(
-        detections, out, tracker, cfg, noise if tracker == "dmstrack" else None, order, seqmap
-    )
+    if fixed_noise and weights is None:
+        raise click.UsageError("--fixed-noise takes the prior from --weights: give both")
+    cfg, noise = _tracker_setup(weights, config, gate, fixed=fixed_noise)
+    problems: list = []
+    try:
+        written = track_dir(
+            detections, out, tracker, cfg, noise if tracker == "dmstrack" else None, order, seqmap, problems
+        )
+    except (DatasetError, RecordError, FileNotFoundError) as exc:
+        raise _one_line(exc) from exc
+    _report(problems)
     click.echo(f"wrote {len(written)} sequence(s) to {out}")
 
 
@@ -110,9 +146,20 @@ def _line(name: str, r: dict) -> str:
     help="Instead of text files: compare the trackers on multi-agent detection records (*.npz).",
 )
 @click.option(
+    "--detections",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Instead of --tracks: compare the trackers on per-agent detections (ego/, 1/, ...) "
+    "against --gt, with --weights.",
+)
+@click.option(
+    "--sequences",
+    help="With --detections: comma-separated sequences to compare on (default: all).",
+)
+@click.option(
     "--weights",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Noise model for --records (carries the fitted prior the fixed-noise filter uses).",
+    help="Noise model for --records / --detections (carries the fitted prior the fixed-noise "
+    "filter uses, and the settings tuned for each).",
 )
 @click.option(
     "--data",
@@ -136,7 +183,19 @@ def _line(name: str, r: dict) -> str:
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here."
 )
 def eval_tracking(
-    gt_dir, tracks_dir, seqmap, order, records, weights, data, detector, noise, cache, json_out
+    gt_dir,
+    tracks_dir,
+    seqmap,
+    order,
+    records,
+    detections,
+    sequences,
+    weights,
+    data,
+    detector,
+    noise,
+    cache,
+    json_out,
 ) -> None:
     """AMOTA, AMOTP, sAMOTA, MOTA, MOTP, MT, ML, IDS, FRAG in percent, comparable and strict.
 
@@ -150,11 +209,23 @@ def eval_tracking(
     if records is not None:
         _compare_records(records, weights, json_out)
         return
+    if detections is not None:
+        if gt_dir is None or weights is None:
+            raise click.UsageError("--detections compares against --gt with the noise model of --weights")
+        names = [v.strip() for v in sequences.split(",") if v.strip()] if sequences else None
+        _compare_agents(detections, gt_dir, weights, seqmap, order, names, json_out)
+        return
     if gt_dir is None or tracks_dir is None:
         raise click.UsageError("give --gt and --tracks (or --data to track a log)")
+    from v2x.datasets.errors import DatasetError
     from v2x.experiments.tracking_files import evaluate_dirs
 
-    result = evaluate_dirs(gt_dir, tracks_dir, seqmap, order)
+    problems: list = []
+    try:
+        result = evaluate_dirs(gt_dir, tracks_dir, seqmap, order, problems)
+    except (DatasetError, FileNotFoundError) as exc:
+        raise _one_line(exc) from exc
+    _report(problems)
     click.echo(_line("comparable", result))
     click.echo(_line("strict", result["strict"]))
     if json_out:
@@ -208,6 +279,41 @@ def _compare_records(records: Path, weights: Path | None, json_out: Path | None)
         json_out.write_text(json.dumps(results, indent=2, default=float))
 
 
+#: the rows of the per-agent comparison (see ``v2x.tracking.compare``)
+_AGENT_ROWS = (
+    "ab3dmot-ego",
+    "ab3dmot/late",
+    "dmstrack/fixed",
+    "dmstrack/learned",
+    "oracle/ground-truth-ids",
+    "perfect/ground-truth",
+)
+
+
+def _compare_agents(detections, gt_dir, weights, seqmap, order, names, json_out) -> None:
+    """The comparison table on per-agent detections: every row on the same inputs."""
+    from v2x.datasets.errors import DatasetError
+    from v2x.experiments.tracker_training import labelled_agent_sequences
+    from v2x.experiments.tracking_files import seqmap_lengths
+    from v2x.tracking.compare import compare, markdown_table
+    from v2x.tracking.tune import EVERYWHERE
+
+    learned_cfg, net = _tracker_setup(weights, None, None)
+    fixed_cfg, _ = _tracker_setup(weights, None, None, fixed=True)
+    problems: list = []
+    try:
+        seqs = labelled_agent_sequences(detections, gt_dir, order, seqmap_lengths(seqmap), problems, names)
+    except (DatasetError, FileNotFoundError) as exc:
+        raise _one_line(exc) from exc
+    _report(problems)
+    results = compare(seqs, learned_cfg, net, _message_bytes, _AGENT_ROWS, EVERYWHERE, fixed=fixed_cfg)
+    click.echo(markdown_table(results, json_out.with_suffix(".md") if json_out else None))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        results["sequences"] = [n for n, _ in seqs]
+        json_out.write_text(json.dumps(results, indent=2, default=float))
+
+
 def _npz_split(root: Path, split: str) -> list[Path]:
     from v2x.tracking.records import record_files
 
@@ -238,9 +344,41 @@ def _synthesise(log_root: Path, out: Path, seed: int, patch_channels: int) -> li
 @click.command("tracker")
 @click.option(
     "--data",
-    required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="train/ and validate/ folders of detection records (*.npz), or a log root with those splits.",
+)
+@click.option(
+    "--detections",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Instead of --data: a folder of per-agent AB3DMOT detection folders (ego/, 1/: V2V4Real's layout).",
+)
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="With --detections: KITTI-tracking labels, one NNNN.txt per sequence.",
+)
+@click.option(
+    "--seqmap",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --detections: sequence lengths (`name empty first last`).",
+)
+@click.option(
+    "--val-sequences",
+    help="With --detections: comma-separated sequences kept for validation (model choice and the "
+    "settings search), e.g. 0004,0009,0014,0019,0024,0029.",
+)
+@click.option(
+    "--nll-epochs",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Epochs of pre-training the net on the detections' own errors (Gaussian likelihood) first.",
+)
+@click.option(
+    "--agent-slots",
+    type=int,
+    default=None,
+    help="One-hot agent slots the net sees (default: the number of agents with --detections, else 0).",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
@@ -263,15 +401,56 @@ def _synthesise(log_root: Path, out: Path, seed: int, patch_channels: int) -> li
     show_default=True,
     help="Feed the BEV feature patches (when the records have them) to the noise net.",
 )
-def train_tracker(data, out, synthetic, detector, epochs, window, lr, seed, features) -> None:
+@_ORDER
+def train_tracker(
+    data,
+    detections,
+    labels,
+    seqmap,
+    val_sequences,
+    nll_epochs,
+    agent_slots,
+    out,
+    synthetic,
+    detector,
+    epochs,
+    window,
+    lr,
+    seed,
+    features,
+    order,
+) -> None:
     """Fit the fixed noise prior, then train the measurement-noise network through the
-    multi-sensor filter (10-frame windows, box error after the update)."""
+    multi-sensor filter (10-frame windows, box error after the update).
+
+    With --detections/--labels (real per-agent detections): then tune the association and noise
+    scale on the validation sequences, once for the fixed and once for the learned noise, and
+    store both settings in OUT/noise.pt.
+    """
     import torch
 
     from v2x.tracking.records import load_sequence
     from v2x.tracking.train import NoiseTrainConfig, train_noise_model
 
     torch.set_num_threads(1)
+    if detections is not None:
+        _train_on_agents(
+            detections,
+            labels,
+            seqmap,
+            val_sequences,
+            out,
+            order,
+            epochs,
+            window,
+            lr,
+            seed,
+            nll_epochs,
+            agent_slots,
+        )
+        return
+    if data is None:
+        raise click.UsageError("give --data (records or a log) or --detections with --labels")
     splits: dict[str, list[Path]] = {}
     for split in ("train", "validate"):
         paths = _npz_split(data, split)
@@ -305,7 +484,15 @@ def train_tracker(data, out, synthetic, detector, epochs, window, lr, seed, feat
             for f in s:
                 for a in f.agents:
                     a.features = None
-    cfg = NoiseTrainConfig(epochs=epochs, window=window, lr=lr, seed=seed, feature_channels=channels)
+    cfg = NoiseTrainConfig(
+        epochs=epochs,
+        window=window,
+        lr=lr,
+        seed=seed,
+        feature_channels=channels,
+        nll_epochs=nll_epochs,
+        agent_slots=agent_slots or 0,
+    )
     if channels:
         cfg.patch = int(p)
     summary = train_noise_model(seqs["train"], seqs["validate"], out, cfg)
@@ -316,6 +503,50 @@ def train_tracker(data, out, synthetic, detector, epochs, window, lr, seed, feat
                 for k in ("best_val_loss", "fixed_val_loss", "sequences", "frames", "parameters", "seconds")
             },
             indent=2,
+        )
+    )
+
+
+def _train_on_agents(
+    detections, labels, seqmap, val_sequences, out, order, epochs, window, lr, seed, nll_epochs, agent_slots
+) -> None:
+    """``v2x train tracker --detections DIR --labels DIR``: see the command's help."""
+    from v2x.datasets.errors import DatasetError
+    from v2x.datasets.kitti_tracking import agent_folders
+    from v2x.experiments.tracker_training import labelled_agent_sequences, train_on_agent_folders
+    from v2x.experiments.tracking_files import seqmap_lengths
+    from v2x.tracking.config import TrackerConfig
+    from v2x.tracking.train import NoiseTrainConfig
+
+    if labels is None or not val_sequences:
+        raise click.UsageError("--detections needs --labels and --val-sequences")
+    validate = [v.strip() for v in val_sequences.split(",") if v.strip()]
+    problems: list = []
+    try:
+        seqs = labelled_agent_sequences(detections, labels, order, seqmap_lengths(seqmap), problems)
+    except (DatasetError, FileNotFoundError) as exc:
+        raise _one_line(exc) from exc
+    _report(problems)
+    slots = agent_slots if agent_slots is not None else len(agent_folders(detections))
+    cfg = NoiseTrainConfig(
+        epochs=epochs, window=window, lr=lr, seed=seed, nll_epochs=nll_epochs, agent_slots=slots
+    )
+    try:
+        summary = train_on_agent_folders(seqs, validate, out, cfg, TrackerConfig(affinity="giou_bev"))
+    except ValueError as exc:
+        raise _one_line(exc) from exc
+    chosen = {mode: next(t for t in summary["tuning"][mode] if t["chosen"]) for mode in ("fixed", "learned")}
+    click.echo(
+        json.dumps(
+            {
+                "best_val_loss": summary["best_val_loss"],
+                "fixed_val_loss": summary["fixed_val_loss"],
+                "validation_sequences": summary["validation_sequences"],
+                "chosen": chosen,
+                "seconds": summary["seconds_total"],
+            },
+            indent=2,
+            default=float,
         )
     )
 
