@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from v2x.cli.options import insecure_option, warn_insecure
+
 _RUN_HELP = "Run folder or graph.json of a launch (default: the latest)."
 
 
@@ -30,11 +32,7 @@ _RUN_HELP = "Run folder or graph.json of a launch (default: the latest)."
     help="CurveZMQ keys folder (from `v2x keys generate`). Default: the launch file's, else "
     "fresh keys for this run in RUN_DIR/keys.",
 )
-@click.option(
-    "--insecure",
-    is_flag=True,
-    help="Plain links without keys: any local process can send to the nodes (not recommended).",
-)
+@insecure_option
 def launch(
     file: Path,
     overrides: tuple[str, ...],
@@ -69,9 +67,7 @@ def launch(
         raise click.ClickException(str(exc)) from exc
     click.echo(f"launching {len(sup.nodes)} node(s) from {file}; logs and graph in {sup.run_dir}", err=True)
     if insecure:
-        click.echo(
-            "WARNING: --insecure: plain links, no keys; any local process can send to the nodes", err=True
-        )
+        warn_insecure()
     else:
         click.echo(f"CurveZMQ on every link; keys in {spec.keys}", err=True)
     code = sup.run(duration)

@@ -25,6 +25,19 @@ precision_option = click.option(
     "slower on others; AP moves by a few tenths.",
 )
 
+#: plain links instead of CurveZMQ (docs/security.md): ``v2x launch`` and ``v2x replay``
+insecure_option = click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plain links without keys: any local process can send to the nodes (not recommended).",
+)
+
+
+def warn_insecure() -> None:
+    """Say on the terminal that the run's links are open to any local process."""
+    click.echo("WARNING: --insecure: plain links, no keys; any local process can send to the nodes", err=True)
+
+
 #: which frames of a log ``--frames N`` takes (v2x.pipeline.frames.PICKS)
 pick_option = click.option(
     "--pick",

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from v2x.cli.options import frames_option, pick_option, precision_option, share_frame_option
+from v2x.cli.options import (
+    frames_option,
+    insecure_option,
+    pick_option,
+    precision_option,
+    share_frame_option,
+    warn_insecure,
+)
 from v2x.pipeline.config import LATE_POLICIES, TRACKERS
 from v2x.pipeline.methods import DEFAULT_METHOD, method_names
 from v2x.pipeline.replay.run import (
@@ -222,11 +229,7 @@ def _nothing_fused_hint(r: dict) -> str | None:
     help="CurveZMQ keys folder with a pair per node (v2x keys generate) [default: fresh keys for "
     "this run in OUT/nodes/keys].",
 )
-@click.option(
-    "--insecure",
-    is_flag=True,
-    help="Plain links without keys: any local process can send to the nodes (not recommended).",
-)
+@insecure_option
 @click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the table.")
 def replay(
     data,
@@ -312,9 +315,7 @@ def replay(
             insecure=insecure,
         )
         if insecure and not in_process:
-            click.echo(
-                "WARNING: --insecure: plain links, no keys; any local process can send to the nodes", err=True
-            )
+            warn_insecure()
         live = sys.stdout.isatty() and not as_json
         progress = None if as_json else (lambda p: _status(p, live))
         results = run_in_process(opts, progress) if in_process else run_replay(opts, progress)
