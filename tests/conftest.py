@@ -38,6 +38,15 @@ def realdata() -> Path:
 
 
 @pytest.fixture(scope="session")
+def dair_example(realdata) -> Path:
+    """The 29 real DAIR-V2X-C cooperative pairs (a train set, see the real data's README)."""
+    root = realdata / "dair-v2x-c-example"
+    if not root.is_dir():
+        pytest.skip(f"no DAIR-V2X-C example at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
 

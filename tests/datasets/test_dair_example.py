@@ -21,11 +21,8 @@ from v2x.datasets.dair_labels import DAIR_GT_RANGE, parse_labels
 
 
 @pytest.fixture(scope="module")
-def example(realdata) -> Path:
-    root = realdata / "dair-v2x-c-example"
-    if not root.is_dir():
-        pytest.skip(f"{root} not found")
-    return root
+def example(dair_example) -> Path:
+    return dair_example
 
 
 def _pairs(example: Path) -> list[tuple[str, str]]:

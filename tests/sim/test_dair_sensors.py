@@ -160,11 +160,8 @@ def test_a_dair_preset_scene_loads_through_the_dair_reader(dair_scene):
 
 
 @pytest.fixture(scope="module")
-def real_dair(realdata) -> Path:
-    root = realdata / "dair-v2x-c-example"
-    if not root.is_dir():
-        pytest.skip(f"no DAIR-V2X-C example at {root}")
-    return root
+def real_dair(dair_example) -> Path:
+    return dair_example
 
 
 def _scans(root: Path, side: str, step: int = 1) -> list[np.ndarray]:
