@@ -125,7 +125,7 @@ def test_late_and_hybrid_rows_with_the_shipped_weights(tmp_path, generate_log):
     model = load_detector()
     codec = MessageCodec(model.cfg.grid, load_codebook(DEFAULT_WEIGHTS.with_name("codebook.pt")))
     settings = settings_for(["late", "codebook", "hybrid"], [400, 1200])
-    rows = evaluate_comm(log, Perception(model), codec, settings, progress=False)
+    rows = evaluate_comm(log, Perception(model), codec, settings, progress=False, bootstrap=40)
     by = {(r["method"], r["budget_bytes"]): r for r in rows}
     [senders] = {len(log[i].collaborators) for i in range(len(log))}
     for row in rows:  # per ego frame: every sender's link summed
@@ -141,3 +141,16 @@ def test_late_and_hybrid_rows_with_the_shipped_weights(tmp_path, generate_log):
         assert hybrid["bytes_mean"] - hybrid["code_bytes_mean"] > 16 * hybrid["boxes_mean"] + HEADER.size
         assert hybrid["ap_bev_boxes_only"].keys() == hybrid["ap_bev"].keys()
     assert by["late", 400]["bytes_mean"] < unlimited["bytes_mean"]
+    # --bootstrap: each feature row against late fusion at its own budget, paired over frames
+    assert all("vs_late" not in r for r in rows if r["method"] == "late")
+    for method in ("codebook", "hybrid"):
+        for budget in (400, 1200):
+            row = by[method, budget]
+            vs = row["vs_late"]
+            assert vs["late_budget_bytes"] == budget and vs["resamples"] == 40
+            for thr in ("0.5", "0.7"):
+                d = vs["ap_bev"][thr]
+                assert d["difference"] == pytest.approx(
+                    row["ap_bev"][thr] - by["late", budget]["ap_bev"][thr], abs=1e-5
+                )
+                assert d["low"] <= d["high"]

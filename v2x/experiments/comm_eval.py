@@ -21,6 +21,7 @@ from v2x.core.boxes import Boxes
 from v2x.messages.codebook import Codebook, CodebookConfig, fit_from_maps
 from v2x.messages.codec import MessageCodec, Outgoing, exchange
 from v2x.messages.scheme import FeatureEncoding, FeatureScheme, Selection
+from v2x.metrics.bootstrap import paired_ap_difference
 from v2x.metrics.detection import DetectionEvaluator
 from v2x.perception.cooperative import (
     AgentPerception,
@@ -134,9 +135,17 @@ def evaluate_comm(
     frames: FrameSelection | None = None,
     progress: bool = True,
     share_frame: str = "ego",
+    bootstrap: int = 0,
+    bootstrap_block: int = 1,
 ) -> list[dict]:
     """Every setting on the same frames (``frames``, default all); collaborators' maps encoded in
-    ``share_frame`` (as the pipeline's agents do), each agent's once for all settings."""
+    ``share_frame`` (as the pipeline's agents do), each agent's once for all settings.
+
+    With ``bootstrap`` resamples, every budgeted row of a method other than late fusion gets
+    ``"vs_late"``: its BEV AP minus late fusion's at the same budget, with the 95 % interval over
+    paired resamples of the frames (runs of ``bootstrap_block`` consecutive frames;
+    :func:`v2x.metrics.bootstrap.paired_ap_difference`). Rows without a late point at their
+    budget (or unbudgeted ones) are compared with late fusion unbudgeted, and say so."""
     check_share_frame(share_frame)
     indices = select_frames(log, frames or FrameSelection())
     xy_range = perception.cfg.grid.xy_range
@@ -216,12 +225,33 @@ def evaluate_comm(
             if codec.codebook is not None and encoding is not None and encoding.needs_codebook
             else None,
         }
+        late_s = _late_at(settings, s) if bootstrap else None
+        if late_s is not None:
+            row["vs_late"] = {
+                "late_budget_bytes": late_s.budget,
+                "resamples": int(bootstrap),
+                "block": int(bootstrap_block),
+                "ap_bev": paired_ap_difference(
+                    evals[late_s], evals[s], "bev", resamples=bootstrap, block=bootstrap_block
+                ),
+            }
         if s in boxes_only:
             row["code_bytes_mean"] = float(np.mean(cell_bytes[s])) if cell_bytes[s] else 0.0
             row["boxes_mean"] = float(np.mean(n_boxes[s])) if n_boxes[s] else 0.0
             row["ap_bev_boxes_only"] = boxes_only[s].result()["ap_bev"]
         rows.append(row)
     return rows
+
+
+def _late_at(settings: list[CommSetting], s: CommSetting) -> CommSetting | None:
+    """Late fusion's setting to compare ``s`` with: at ``s``'s budget, else unbudgeted; None for
+    late fusion itself or when no late setting was run."""
+    if s.scheme is None:
+        return None
+    late = [t for t in settings if t.scheme is None]
+    same = [t for t in late if t.budget == s.budget and s.budget is not None]
+    unlimited = [t for t in late if t.budget is None]
+    return (same or unlimited or [None])[0]
 
 
 def _log2(x: float) -> float | None:
