@@ -10,7 +10,7 @@ import torch
 from v2x.metrics.bootstrap import paired_ap_difference
 from v2x.metrics.detection import DetectionEvaluator
 from v2x.perception.cooperative import Perception, evaluation_ground_truth
-from v2x.perception.detector import load_detector
+from v2x.perception.detector import load_detector, resolve_weights
 from v2x.pipeline.frames import FrameSelection, FrameStep, drive, select_frames
 from v2x.pipeline.methods import fusion_mode
 
@@ -41,9 +41,10 @@ def evaluate_fusion_modes(
 
     if threads:
         torch.set_num_threads(threads)
-    model = load_detector(weights, precision=precision)
-    perception = Perception(model)
     log = open_log(root, max_cav=max_cav)
+    fmt = getattr(log, "format", None)
+    model = load_detector(weights, precision=precision, log_format=fmt)
+    perception = Perception(model)
     indices = select_frames(log, frames or FrameSelection())
     evaluators = {m: DetectionEvaluator(eval_range=model.cfg.grid.xy_range) for m in modes}
     sent: dict[str, list[int]] = {m: [] for m in modes}
@@ -66,7 +67,7 @@ def evaluate_fusion_modes(
         r["log2_bytes_per_agent_frame"] = (
             float(np.log2(r["bytes_per_agent_frame"])) if sent[m] and np.mean(sent[m]) > 0 else None
         )
-        r["weights"] = str(weights) if weights else "shipped"
+        r["weights"] = str(weights) if weights else f"shipped ({resolve_weights(None, fmt).name})"
         r["model_identity"] = model.identity()
         r["precision"] = model.precision
         r["data"] = str(root)

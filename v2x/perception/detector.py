@@ -28,13 +28,29 @@ from v2x.perception.head import CenterHead, HeadOutput, Neck, decode_boxes, fold
 from v2x.perception.settings import check_precision
 
 __all__ = [
+    "DAIR_WEIGHTS",
     "DEFAULT_WEIGHTS",
+    "WEIGHTS_BY_FORMAT",
     "CooperativeDetector",
     "load_detector",
     "native_bf16",
+    "resolve_weights",
 ]
 
 DEFAULT_WEIGHTS = WEIGHTS / "detector.pt"
+#: the detector for DAIR-V2X-C's real vehicle and roadside LiDARs (docs/perception.md)
+DAIR_WEIGHTS = WEIGHTS / "detector_dair.pt"
+#: shipped weights by log format (a log's ``format``); other formats get DEFAULT_WEIGHTS
+WEIGHTS_BY_FORMAT = {"dair-v2x-c": DAIR_WEIGHTS}
+
+
+def resolve_weights(weights: str | Path | None = None, log_format: str | None = None) -> Path:
+    """The detector checkpoint a command runs: ``weights`` (``--weights``) when given, else the
+    shipped weights for a log of ``log_format`` (the one rule every command goes through)."""
+    if weights is not None and str(weights) != "":
+        return Path(weights)
+    return WEIGHTS_BY_FORMAT.get(log_format or "", DEFAULT_WEIGHTS)
+
 
 #: inference precisions of the dense neck and head (see :meth:`CooperativeDetector.set_precision`)
 
@@ -148,12 +164,16 @@ class CooperativeDetector(nn.Module):
 
 
 def load_detector(
-    path: str | Path | None = None, map_location: str = "cpu", precision: str = "fp32"
+    path: str | Path | None = None,
+    map_location: str = "cpu",
+    precision: str = "fp32",
+    log_format: str | None = None,
 ) -> CooperativeDetector:
-    """A detector from a checkpoint written by ``v2x train detector`` (the shipped weights by
-    default), in eval mode, its neck and head running in ``precision``."""
+    """A detector from a checkpoint written by ``v2x train detector`` (by default the shipped
+    weights for a log of ``log_format``, :func:`resolve_weights`), in eval mode, its neck and
+    head running in ``precision``."""
     keep_freed_memory()  # every frame's MB-sized tensors reuse freed heap (v2x.perception.allocator)
-    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    path = resolve_weights(path, log_format)
     if not path.is_file():
         raise FileNotFoundError(
             f"detector weights not found: {path} (train them with `v2x train detector` or pass --weights)"

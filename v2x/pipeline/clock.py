@@ -56,7 +56,7 @@ def run_frames(
 ) -> dict:
     """Run frames (``frames[i]`` for each of ``indices``, or all of them, in order; a new
     scenario starts new tracks) and score them; ``bar`` shows a progress bar."""
-    models = models or Models.load(cfg)
+    models = models or Models.load(cfg, getattr(frames, "format", None))
     grid = models.codec.grid
     em = ChannelEmulator(
         cfg.channel, seed=cfg.seed, budget_bps=cfg.budget_bps, frame_hz=cfg.frame_hz, trace=cfg.trace

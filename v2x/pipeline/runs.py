@@ -13,7 +13,7 @@ from v2x.pipeline.clock import run_frames
 from v2x.pipeline.config import RunConfig
 from v2x.pipeline.frames import FrameSelection, select_frames
 from v2x.pipeline.replay.results import jsonable
-from v2x.pipeline.stages import Models
+from v2x.pipeline.stages import Models, for_log_format
 
 
 def run_log(
@@ -79,7 +79,9 @@ def run_cell(cell: dict[str, Any]) -> dict:
     if agents is not None:
         cell["max_agents"] = int(agents)
     torch.set_num_threads(int(threads))
-    cfg = RunConfig.from_options(**cell)
+    from v2x.datasets import detect_format
+
+    cfg = for_log_format(RunConfig.from_options(**cell), detect_format(data))
     t0 = time.perf_counter()
     out = run_log(data, cfg, models=_cached_models(cfg, cache_mb), scenes=[scene] if scene else None)
     out.pop("_detections", None)

@@ -26,7 +26,7 @@ from v2x.messages.codec import Demand, MessageCodec, Offer, hybrid_boxes, sender
 from v2x.messages.scheme import Selection
 from v2x.perception.compensation import MotionModel, compensate_boxes, compensate_features, compensate_points
 from v2x.perception.cooperative import AgentPerception, Perception, SharedBoxes, SharedFeatures
-from v2x.perception.detector import load_detector
+from v2x.perception.detector import DEFAULT_WEIGHTS, load_detector, resolve_weights
 from v2x.perception.encoder import sanitize_points
 from v2x.perception.fusion_kind import FusionKind
 from v2x.pipeline.config import PipelineError, RunConfig
@@ -46,8 +46,10 @@ class Models:
     noise: Any = None
 
     @classmethod
-    def load(cls, cfg: RunConfig) -> Models:
-        model = load_detector(cfg.weights, precision=cfg.precision)
+    def load(cls, cfg: RunConfig, log_format: str | None = None) -> Models:
+        """The models of ``cfg``; without ``cfg.weights``, the shipped detector for a log of
+        ``log_format`` (``resolve_weights``)."""
+        model = load_detector(cfg.weights, precision=cfg.precision, log_format=log_format)
         codebook = None
         if cfg.spec.needs_codebook:
             from v2x.messages.codebook import load_codebook
@@ -62,6 +64,14 @@ class Models:
             if path.is_file():
                 tracker_cfg, noise = load_tracker(path)
         return cls(Perception(model), MessageCodec(model.cfg.grid, codebook), tracker_cfg, noise)
+
+
+def for_log_format(cfg: RunConfig, log_format: str | None) -> RunConfig:
+    """``cfg`` with the detector weights of a log of ``log_format`` spelled out, when they are
+    not the default ones (``resolve_weights``: a DAIR-V2X-C log gets the DAIR detector), so that
+    node processes and model caches, which never see the log, load the same weights."""
+    path = resolve_weights(cfg.weights, log_format)
+    return cfg if cfg.weights or path == DEFAULT_WEIGHTS else replace(cfg, weights=str(path))
 
 
 # -- the agent ---------------------------------------------------------------------------------------

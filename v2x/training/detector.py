@@ -12,7 +12,7 @@ import math
 import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from v2x.perception.config import DetectorConfig, load_config
 from v2x.perception.cooperative import Perception, evaluation_ground_truth
 from v2x.perception.detector import CooperativeDetector
 from v2x.pipeline.methods import fusion_mode
+from v2x.training.dair_data import dair_split, is_dair_root
 from v2x.training.data import CooperativeSample, CooperativeTrainingSet, collate_samples
 from v2x.training.targets import build_targets, detection_loss
 
@@ -59,6 +60,17 @@ class TrainConfig:
     #: ... and train only the parameters whose names start with one of these (e.g. ``fusion.``);
     #: the rest is frozen, batch-norm statistics included
     train_only: list[str] | None = None
+    #: fusion modes validated each epoch (AP of each in history.jsonl)
+    val_modes: list[str] = field(default_factory=lambda: ["none", "intermediate"])
+    #: a real DAIR-V2X-C folder as --data (v2x.training.dair_data): validate on the pairs of
+    #: these runs (A, B, ... in time order), ...
+    dair_val_runs: list[str] | None = None
+    #: ... train on these (default: every other run), ...
+    dair_train_runs: list[str] | None = None
+    #: ... with each side's frames that are in no pair as single-agent samples, ...
+    dair_single_side: bool = True
+    #: ... a run ending where consecutive vehicle scans are more than this apart (seconds)
+    dair_run_gap_s: float = 0.5
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -66,7 +78,10 @@ class TrainConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown training keys: {sorted(unknown)}")
-        return cls(**d)
+        out = cls(**d)
+        if "intermediate" not in out.val_modes:  # the best checkpoint is chosen by its AP
+            raise ValueError(f"train.val_modes must include 'intermediate', got {out.val_modes}")
+        return out
 
 
 def load_train_config(path: str | Path | None) -> tuple[DetectorConfig, TrainConfig]:
@@ -169,17 +184,30 @@ def train_detector(
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
-    """Train on ``data/train``, validate on ``data/validate`` each epoch; return the final summary."""
+    """Train on ``data/train``, validate on ``data/validate`` each epoch; return the final summary.
+
+    A real DAIR-V2X-C folder (``cooperative/data_info.json`` at ``data``) has no splits: it is
+    split by run instead (``dair_val_runs``, v2x.training.dair_data)."""
     from v2x.datasets import open_log
 
     data, out_dir = Path(data), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     commit = _git_commit()  # the code that trains, not whatever is checked out when it ends
     torch.set_num_threads(tcfg.threads)
-    train_root = _split(data, "train") or data
-    val_root = _split(data, "validate")
-    train_log = open_log(train_root)
-    val_log = open_log(val_root) if val_root else None
+    split_summary: dict[str, Any] | None = None
+    if is_dair_root(data):
+        split = dair_split(
+            data, tcfg.dair_val_runs or [], tcfg.dair_train_runs, tcfg.dair_single_side, tcfg.dair_run_gap_s
+        )
+        train_root, train_log, split_summary = data, split.train, split.summary
+        val_log = split.validate if len(split.validate) else None
+        if progress:
+            print(f"DAIR-V2X-C runs: {json.dumps(split_summary['runs'])}")
+    else:
+        train_root = _split(data, "train") or data
+        val_root = _split(data, "validate")
+        train_log = open_log(train_root)
+        val_log = open_log(val_root) if val_root else None
     indices = list(range(0, len(train_log), max(1, tcfg.frame_stride)))
     if tcfg.max_train_frames:
         indices = indices[: tcfg.max_train_frames]
@@ -282,15 +310,14 @@ def train_detector(
         }
         if val_indices:
             model.eval()
-            record["val"] = evaluate_detector(model, val_log, val_indices, progress=progress)
+            record["val"] = evaluate_detector(
+                model, val_log, val_indices, modes=tuple(tcfg.val_modes), progress=progress
+            )
             ap = record["val"]["intermediate"]["ap_bev"]["0.5"] or 0.0
             if progress:
                 v = record["val"]
-                print(
-                    f"epoch {epoch + 1}: loss {record['train_loss']['total']:.3f}  val AP@0.5/0.7 "
-                    f"none {v['none']['ap_bev']['0.5']}/{v['none']['ap_bev']['0.7']}  "
-                    f"intermediate {v['intermediate']['ap_bev']['0.5']}/{v['intermediate']['ap_bev']['0.7']}"
-                )
+                aps = "  ".join(f"{m} {r['ap_bev']['0.5']}/{r['ap_bev']['0.7']}" for m, r in v.items())
+                print(f"epoch {epoch + 1}: loss {record['train_loss']['total']:.3f}  val AP@0.5/0.7 {aps}")
             if ap > best_ap:
                 best_ap = ap
                 torch.save(model.checkpoint(epoch=epoch + 1, val=record["val"]), out_dir / "best.pt")
@@ -323,6 +350,8 @@ def train_detector(
         "threads": tcfg.threads,
         "final_val": history[-1].get("val") if history else None,
     }
+    if split_summary is not None:
+        provenance["validation_split"] = split_summary
     model.eval()
     final = out_dir / "detector.pt"
     torch.save(model.checkpoint(provenance=json.dumps(provenance)), final)

@@ -266,9 +266,9 @@ def _min_points(cfg: RunConfig) -> int:
     """The detector's ``min_points_per_box`` from its checkpoint (ground truth needs it)."""
     import torch
 
-    from v2x.perception.detector import DEFAULT_WEIGHTS
+    from v2x.perception.detector import resolve_weights
 
-    path = Path(cfg.weights) if cfg.weights else DEFAULT_WEIGHTS
+    path = resolve_weights(cfg.weights)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     return int(ckpt["config"].get("min_points_per_box", 1))
 
@@ -287,9 +287,11 @@ def run_replay(opts: ReplayOptions, progress: Progress | None = None) -> dict:
     from v2x.comm.supervisor import Supervisor
     from v2x.comm.transport import free_tcp_port
     from v2x.pipeline.replay.monitor import Monitor
+    from v2x.pipeline.stages import for_log_format
 
     t0 = time.perf_counter()
     _log, idx, slots, first_ids = _plan(opts)
+    opts.cfg = for_log_format(opts.cfg, getattr(_log, "format", None))  # the nodes load these weights
     opts.extra.setdefault("min_points", _min_points(opts.cfg))
     opts.out.mkdir(parents=True, exist_ok=True)
     for stale in (RESULTS, DETECTIONS, "progress.json"):
@@ -444,13 +446,14 @@ def run_in_process(opts: ReplayOptions, progress: Progress | None = None) -> dic
 
     from v2x.datasets import open_log
     from v2x.pipeline.clock import run_frames
-    from v2x.pipeline.stages import Models
+    from v2x.pipeline.stages import Models, for_log_format
 
     t0 = time.perf_counter()
     torch.set_num_threads(opts.threads)  # as the nodes run: same arithmetic, same boxes
     log = open_log(opts.data, max_cav=opts.cfg.max_agents)
     idx = select_frames(log, FrameSelection.of_run(opts.cfg, opts.scenes))
     opts.out.mkdir(parents=True, exist_ok=True)
+    opts.cfg = for_log_format(opts.cfg, getattr(log, "format", None))
     models = Models.load(opts.cfg)
     bytes_seen: list[float] = []
 
