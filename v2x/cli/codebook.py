@@ -153,10 +153,36 @@ def train_codebook(
 @frames_option()
 @pick_option
 @share_frame_option
+@click.option(
+    "--bootstrap",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="With late among the methods: each other row's AP difference from late fusion at the "
+    "same budget, with a 95 % interval over this many paired resamples (JSON key vs_late).",
+)
+@click.option(
+    "--bootstrap-block",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Resample runs of this many consecutive evaluated frames (neighbouring frames are alike).",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path))
 def eval_comm(
-    data, methods, budgets, weights, codebook, frames, pick, share_frame, json_out, plot_out
+    data,
+    methods,
+    budgets,
+    weights,
+    codebook,
+    frames,
+    pick,
+    share_frame,
+    bootstrap,
+    bootstrap_block,
+    json_out,
+    plot_out,
 ) -> None:
     """AP@0.5/0.7 against bytes per agent per frame, one curve per method."""
     from v2x.datasets import open_log
@@ -176,7 +202,8 @@ def eval_comm(
         budget_list = [int(b) for b in budgets.split(",") if b.strip()]
     except ValueError as exc:
         raise click.BadParameter(f"budgets must be integers (bytes): {exc}") from exc
-    model = load_detector(weights)
+    log = open_log(_split(data, "test"))
+    model = load_detector(weights, log_format=getattr(log, "format", None))
     cb_path = codebook or DEFAULT_WEIGHTS.with_name("codebook.pt")
     cb = load_codebook(cb_path) if Path(cb_path).is_file() else None
     if cb is None and any(get_method(m).needs_codebook for m in names):
@@ -185,13 +212,17 @@ def eval_comm(
         )
     codec = MessageCodec(model.cfg.grid, cb)
     rows = evaluate_comm(
-        open_log(_split(data, "test")),
+        log,
         Perception(model),
         codec,
         settings_for(names, budget_list),
         FrameSelection(frames, pick),
         share_frame=share_frame,
+        bootstrap=bootstrap,
+        bootstrap_block=bootstrap_block,
     )
+    if bootstrap and "late" not in [get_method(m).name for m in names]:
+        click.echo("--bootstrap compares with late fusion: add late to --methods", err=True)
     write_rows(rows, json_out)
     for r in rows:
         ap = r["ap_bev"]
@@ -204,6 +235,12 @@ def eval_comm(
         if "ap_bev_boxes_only" in r:
             alone = r["ap_bev_boxes_only"]
             line += f"  (codes {r['code_bytes_mean']:.0f} B; boxes alone AP@0.5 {alone['0.5']}  AP@0.7 {alone['0.7']})"
+        if "vs_late" in r:
+            d = r["vs_late"]["ap_bev"]
+            line += "  vs late " + "  ".join(
+                f"@{t} {d[t]['difference']:+.3f} [{d[t]['low']:+.3f}, {d[t]['high']:+.3f}]"
+                for t in ("0.5", "0.7")
+            )
         click.echo(line)
     if plot_out:
         plot_comm(rows, plot_out)
