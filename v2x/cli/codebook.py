@@ -221,7 +221,7 @@ def eval_comm(
         bootstrap=bootstrap,
         bootstrap_block=bootstrap_block,
     )
-    if bootstrap and "late" not in [get_method(m).name for m in names]:
+    if bootstrap and not any(get_method(m).features is None for m in names):
         click.echo("--bootstrap compares with late fusion: add late to --methods", err=True)
     write_rows(rows, json_out)
     for r in rows:

@@ -26,6 +26,7 @@ from v2x.metrics.detection import DetectionEvaluator
 from v2x.perception.config import DetectorConfig, load_config
 from v2x.perception.cooperative import Perception, evaluation_ground_truth
 from v2x.perception.detector import CooperativeDetector
+from v2x.perception.fusion_kind import FusionKind
 from v2x.pipeline.methods import fusion_mode
 from v2x.training.dair_data import dair_split, is_dair_root
 from v2x.training.data import CooperativeSample, CooperativeTrainingSet, collate_samples
@@ -79,7 +80,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training keys: {sorted(unknown)}")
         out = cls(**d)
-        if "intermediate" not in out.val_modes:  # the best checkpoint is chosen by its AP
+        if FusionKind.INTERMEDIATE.value not in out.val_modes:  # the best checkpoint is chosen by its AP
             raise ValueError(f"train.val_modes must include 'intermediate', got {out.val_modes}")
         return out
 
