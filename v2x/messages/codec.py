@@ -12,7 +12,7 @@ method                  what a collaborator sends                               
 ``codebook``            occupied cells the ego demands, most demand x supply first,  bytes
                         codebook indices
 ``codefilling``         occupied cells of the blocks information filling assigns,   bytes
-                        codebook indices
+                        then the fill (``filling.py``), codebook indices
 ======================  ==========================================================  ==========
 
 Byte counts are ``len()`` of the real messages, headers included; coordination messages (the
@@ -58,6 +58,7 @@ from v2x.core.boxes import Boxes
 from v2x.core.geometry import inverse, pose_from_xyz_yaw, yaw_of
 from v2x.core.grid import BEVGrid
 from v2x.messages.codebook import Codebook
+from v2x.messages.filling import Assignment, fill_ranking, fill_residuals
 from v2x.messages.scheme import FeatureEncoding, FeatureScheme, Selection
 from v2x.messages.selection import (
     SelectionConfig,
@@ -267,27 +268,37 @@ class MessageCodec:
         _expect(msg.header, MessageType.OFFER, self.sel.block)
         return Offer(msg.header.sender, msg.cells, msg.levels, _pose_of(msg.header))
 
-    def assign(self, offers: list[Offer], demand: Demand) -> dict[int, np.ndarray]:
-        """Information filling from the offers every collaborator received: sender code -> blocks."""
-        plan = assign_blocks(
-            {str(o.sender): (o.blocks, o.levels) for o in offers},
-            {str(o.sender): o.world_from_bev for o in offers},
-            demand.world_from_ego,
-            self.grid,
-            self.sel,
-            demand.levels,
-        )
-        return {int(k): v for k, v in plan.items()}
+    def assign(
+        self, offers: list[Offer], demand: Demand, silent: tuple[int, ...] = ()
+    ) -> dict[int, Assignment]:
+        """Information filling from the offers every collaborator received: sender code -> blocks,
+        each with the residual its fill is discounted by (``filling.fill_residuals``).
+
+        ``silent``: senders that offered nothing but will fill what is left of their budget (they
+        get no blocks, and every offer counts as ahead of them).
+        """
+        given = {str(o.sender): (o.blocks, o.levels) for o in offers}
+        poses = {str(o.sender): o.world_from_bev for o in offers}
+        for s in silent:
+            given.setdefault(str(s), (np.zeros(0, np.int64), np.zeros(0, np.uint8)))
+            poses.setdefault(str(s), demand.world_from_ego)
+        plan = assign_blocks(given, poses, demand.world_from_ego, self.grid, self.sel, demand.levels)
+        residual = fill_residuals(given, poses, demand.world_from_ego, self.grid, self.sel)
+        return {int(k): Assignment(v, residual[k]) for k, v in plan.items()}
 
     # -- what to send ---------------------------------------------------------------------------------
     def cell_demand(self, agent: AgentPerception, demand: Demand | None) -> np.ndarray:
         """(H * W,) demand level 0..3 of the ego block under each of the agent's cells (3 without a demand)."""
+        return self._cell_demand(agent, demand)[0]
+
+    def _cell_demand(self, agent: AgentPerception, demand: Demand | None) -> tuple[np.ndarray, np.ndarray]:
+        """``cell_demand`` and the ego block under each cell (0 outside the ego grid)."""
         if demand is None:
-            return np.full(self.num_cells, 3, dtype=np.uint8)
+            return np.full(self.num_cells, 3, dtype=np.uint8), np.zeros(self.num_cells, np.int64)
         ego_block, inside = cells_to_ego_blocks(
             agent.world_from_bev, demand.world_from_ego, self.grid, self.sel.block
         )
-        return np.where(inside, demand.levels[ego_block], 0).astype(np.uint8)
+        return np.where(inside, demand.levels[ego_block], 0).astype(np.uint8), ego_block
 
     def candidate_cells(
         self,
@@ -311,7 +322,7 @@ class MessageCodec:
         if selection is Selection.ALL:
             cells = np.flatnonzero(occ)
             return cells[np.argsort(-conf[cells], kind="stable")]
-        wanted = self.cell_demand(agent, demand)
+        wanted, ego_block = self._cell_demand(agent, demand)
         if selection is Selection.THRESHOLD:
             cells = where2comm_cells(agent.confidence, occ, threshold)
         elif selection is Selection.CONFIDENT:
@@ -323,7 +334,16 @@ class MessageCodec:
         cells = cells[wanted[cells] > 0]
         supply = upsample_blocks(block_max(agent.confidence, self.sel.block), self.grid, self.sel.block)
         value = wanted[cells] * supply[cells]
-        return cells[np.lexsort((cells, -conf[cells], -value))]
+        ranked = cells[np.lexsort((cells, -conf[cells], -value))]
+        if selection is Selection.FILLING and demand is not None:
+            # the budget the assigned blocks leave goes to the next most valuable cells (filling.py)
+            rest = occ.copy()
+            rest[ranked] = False
+            rest = np.flatnonzero(rest)
+            residual = getattr(assigned_blocks, "residual", None)
+            fill = fill_ranking(rest, ego_block, wanted, supply, conf, residual, self.sel)
+            ranked = np.concatenate([ranked, fill])
+        return ranked
 
     def _kind(self, encoding: FeatureEncoding) -> MessageType:
         if encoding.needs_codebook:
@@ -550,21 +570,20 @@ def exchange(
             o.messages.append(data)
     plan: dict[int, np.ndarray] = {}
     if scheme.uses_offers:
-        offers = []
+        offers, silent = [], []
         for a in collaborators:
             data = codec.offer_message(a, demand)
-            if data is None:
-                continue  # nothing to offer
-            if budget is not None and out[a.agent_id].bytes + len(data) + smallest > budget:
-                continue  # no room to offer and then send: this agent stays silent
+            if data is None or (budget is not None and out[a.agent_id].bytes + len(data) + smallest > budget):
+                # nothing to offer, or no room to offer and then send: no offer, and no blocks
+                # assigned, but what is left of its budget still goes to its most valuable cells
+                silent.append(codec.sender_of(a))
+                continue
             out[a.agent_id].messages.append(data)
             offers.append(codec.read_offer(data))
-        plan = codec.assign(offers, demand)
+        plan = codec.assign(offers, demand, tuple(silent))
     shared, shared_boxes = [], []
     channels = ego.features.shape[0]
     for a in collaborators:
-        if scheme.uses_offers and codec.sender_of(a) not in plan:
-            continue
         allowance = None if budget is None else budget - out[a.agent_id].bytes
         boxes = hybrid_boxes(codec, a, demand) if hybrid else None
         enc = codec.feature_message(

@@ -15,7 +15,9 @@ per 0.8 m cell. The protocol of one frame (bytes of every step are counted, see 
    offers in decreasing level (ties: lower agent id, then lower block) are taken until they add up to the
    demand level, so two agents do not send the same information.
 4. **Features**: each collaborator sends the occupied cells of its assigned blocks, most demand
-   filled per byte first, cut exactly to its byte budget (``v2x.messages.codec``).
+   filled per byte first, then fills what the budget leaves with its other cells the ego demands,
+   by the information they add for it (``v2x.messages.filling``), cut exactly to its byte budget
+   (``v2x.messages.codec``).
 
 Where2comm is the single-round baseline: cells whose supply exceeds a threshold and that the ego
 demands, no coordination between collaborators.
@@ -58,6 +60,9 @@ class SelectionConfig:
     demand_levels: bool = False
     #: offered supply levels 1, 2, 3 at or above these block confidences (the first is the threshold)
     level_edges: tuple[float, float, float] = (0.2, 0.45, 0.7)
+    #: the chance that an offer of level 1, 2, 3 covers its block, for the fill's discount
+    #: (``filling.level_coverage``); None: the midpoints of the levels' confidence ranges
+    coverage: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.block <= 255:
@@ -66,6 +71,10 @@ class SelectionConfig:
             raise ValueError(
                 f"demand edges {self.demand_edges} must rise to ego_threshold {self.ego_threshold}"
             )
+        if self.coverage is not None and (
+            len(self.coverage) != 3 or not all(0.0 <= c <= 1.0 for c in self.coverage)
+        ):
+            raise ValueError(f"coverage: three chances in [0, 1] for levels 1..3, got {self.coverage}")
 
     @property
     def supply_threshold(self) -> float:
