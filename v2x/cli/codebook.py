@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from v2x.cli.options import frames_option, pick_option, share_frame_option
+from v2x.cli.options import bootstrap_options, frames_option, pick_option, share_frame_option
 from v2x.pipeline.methods import comm_method_names, feature_method_names, get_method
 
 
@@ -153,20 +153,9 @@ def train_codebook(
 @frames_option()
 @pick_option
 @share_frame_option
-@click.option(
-    "--bootstrap",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="With late among the methods: each other row's AP difference from late fusion at the "
-    "same budget, with a 95 % interval over this many paired resamples (JSON key vs_late).",
-)
-@click.option(
-    "--bootstrap-block",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Resample runs of this many consecutive evaluated frames (neighbouring frames are alike).",
+@bootstrap_options(
+    "With late among the methods: each other row's AP difference from late fusion at the "
+    "same budget, with a 95 % interval over this many paired resamples (JSON key vs_late)."
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from v2x.cli.options import frames_option, pick_option, precision_option
+from v2x.cli.options import bootstrap_options, frames_option, pick_option, precision_option
 from v2x.pipeline.methods import FUSION_MODES
 
 
@@ -48,20 +48,7 @@ def _parse_modes(value: str) -> list[str]:
 @click.option(
     "--max-cav", type=int, default=5, show_default=True, help="Most agents per frame, ego included."
 )
-@click.option(
-    "--bootstrap",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="With two or more modes: paired bootstrap over frames, this many resamples (e.g. 1000).",
-)
-@click.option(
-    "--bootstrap-block",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Resample runs of this many consecutive evaluated frames (neighbouring frames are alike).",
-)
+@bootstrap_options("With two or more modes: paired bootstrap over frames, this many resamples (e.g. 1000).")
 @precision_option
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results here."

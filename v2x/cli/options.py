@@ -25,6 +25,25 @@ precision_option = click.option(
     "slower on others; AP moves by a few tenths.",
 )
 
+
+def bootstrap_options(what: str) -> Callable:
+    """``--bootstrap N`` (paired resamples; ``what`` says of what) and ``--bootstrap-block B``."""
+
+    def wrap(command: Callable) -> Callable:
+        command = click.option(
+            "--bootstrap-block",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Resample runs of this many consecutive evaluated frames (neighbouring frames are alike).",
+        )(command)
+        return click.option(
+            "--bootstrap", type=click.IntRange(min=0), default=0, show_default=True, help=what
+        )(command)
+
+    return wrap
+
+
 #: plain links instead of CurveZMQ (docs/security.md): ``v2x launch`` and ``v2x replay``
 insecure_option = click.option(
     "--insecure",
