@@ -23,6 +23,7 @@ import contextlib
 import errno
 import logging
 import os
+import random
 import socket
 from collections import Counter
 from dataclasses import dataclass
@@ -86,9 +87,47 @@ def check_endpoint(ep: str) -> str:
     return ep
 
 
+_HANDED_OUT: set[int] = set()
+_RESERVED_LOW = 20000  # below this sit well-known services and common development servers
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it assigns itself (bind to 0, the local end of a connect)."""
+    try:
+        lo, hi = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    return lo, hi
+
+
 def free_tcp_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on now (another process may still take it before we bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port nobody listens on now, chosen outside the kernel's ephemeral range.
+
+    Why outside: the port is bound later, by another process, seconds after it is picked. A
+    port the kernel handed out (bind to 0) is one it hands out again to the next socket that
+    binds to 0 or connects anywhere, which on a busy host (parallel test workers, other nodes)
+    takes it first: "address already in use". Ports below the ephemeral range are only ever
+    taken by someone who names them. Another process may still take it before we bind; ports
+    this process already handed out are not handed out twice.
+    """
+    lo, hi = _ephemeral_range()
+    pool = [(_RESERVED_LOW, lo - 1)] if lo - 1 > _RESERVED_LOW else []
+    if hi < 65535:
+        pool.append((hi + 1, 65535))
+    rng = random.SystemRandom()
+    for _ in range(64 if pool else 0):
+        first, last = rng.choice(pool)
+        port = rng.randint(first, last)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no room outside: the kernel's pick
         s.bind((host, 0))
         return s.getsockname()[1]
 
