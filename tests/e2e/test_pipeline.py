@@ -314,3 +314,41 @@ def test_the_warm_up_runs_each_methods_whole_path(method):
 
     cfg = RunConfig.from_options(method=method, tracker="dmstrack")
     assert warm_up(Models.load(cfg), cfg) == (0 if method == "none" else 2)
+
+
+def _with_scan_offset(frames, offset_ns: int):
+    """The frames with every collaborator's scan stamped ``offset_ns`` after the ego's, as in
+    real DAIR-V2X-C pairs (the roadside unit's scan is not simultaneous with the vehicle's)."""
+    out = []
+    for f in frames:
+        agents = {
+            a: s if a == f.ego_id else dataclasses.replace(s, timestamp_ns=f.ego.timestamp_ns + offset_ns)
+            for a, s in f.agents.items()
+        }
+        out.append(dataclasses.replace(f, agents=agents))
+    return out
+
+
+def test_scan_offsets_are_reported_and_moved_like_late_messages(frames, models):
+    """A collaborator that scanned 50 ms after the ego: its boxes are moved back by the tracked
+    objects' motion over 50 ms (once the ego has velocities), the offsets are reported, and an
+    offset beyond max_scan_offset_s is counted and fused as it came."""
+    assert frames[0].ego.timestamp_ns > 0
+    shifted = _with_scan_offset(frames, 50_000_000)
+    plain = _run(frames, models, method="late", budget=None)
+    moved = _run(shifted, models, method="late", budget=None)
+    capped = _run(shifted, models, method="late", budget=None, max_scan_offset_s=0.02)
+    n = 2 * len(frames)  # two collaborators a frame, all fused
+    assert plain["scan_offset_ms"] == {"min": 0.0, "mean": 0.0, "max": 0.0, "n": n, "over_limit": 0}
+    assert moved["scan_offset_ms"] == {"min": 50.0, "mean": 50.0, "max": 50.0, "n": n, "over_limit": 0}
+    assert capped["scan_offset_ms"]["over_limit"] == n
+    pairs = list(zip(plain["_detections"], moved["_detections"], strict=True))
+    # the first two frames have no velocities yet: nothing to move
+    for a, b in pairs[:2]:
+        assert np.array_equal(a["boxes"].xyzlwhy, b["boxes"].xyzlwhy)
+    assert any(
+        len(a["boxes"]) != len(b["boxes"]) or not np.allclose(a["boxes"].xyzlwhy, b["boxes"].xyzlwhy)
+        for a, b in pairs[2:]
+    )
+    for a, c in zip(plain["_detections"], capped["_detections"], strict=True):
+        assert np.array_equal(a["boxes"].xyzlwhy, c["boxes"].xyzlwhy)

@@ -178,8 +178,9 @@ def eval_comm(
     from v2x.experiments.comm_eval import evaluate_comm, plot_comm, settings_for, write_rows
     from v2x.messages.codebook import load_codebook
     from v2x.messages.codec import MessageCodec
+    from v2x.messages.pairing import resolve_codebook, warn_if_mispaired
     from v2x.perception.cooperative import Perception
-    from v2x.perception.detector import DEFAULT_WEIGHTS, load_detector
+    from v2x.perception.detector import load_detector, resolve_weights
     from v2x.pipeline.frames import FrameSelection
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -193,8 +194,10 @@ def eval_comm(
         raise click.BadParameter(f"budgets must be integers (bytes): {exc}") from exc
     log = open_log(_split(data, "test"))
     model = load_detector(weights, log_format=getattr(log, "format", None))
-    cb_path = codebook or DEFAULT_WEIGHTS.with_name("codebook.pt")
+    cb_path = resolve_codebook(codebook, resolve_weights(weights, getattr(log, "format", None)))
     cb = load_codebook(cb_path) if Path(cb_path).is_file() else None
+    if cb is not None:
+        warn_if_mispaired(cb_path, model.identity())
     if cb is None and any(get_method(m).needs_codebook for m in names):
         raise click.ClickException(
             f"no codebook at {cb_path}: train one with `v2x train codebook` or pass --codebook"

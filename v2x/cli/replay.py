@@ -180,6 +180,13 @@ def _nothing_fused_hint(r: dict) -> str | None:
     type=click.FloatRange(min=0),
     help="Oldest late message the compensate policy still fuses [default: 300].",
 )
+@click.option(
+    "--max-scan-offset-ms",
+    type=click.FloatRange(min=0),
+    help="Real logs (DAIR-V2X-C): largest offset of a collaborator's scan from the ego's that the "
+    "ego compensates; larger ones are fused as they are and counted in results.json's "
+    "scan_offset_ms.over_limit [default: 100].",
+)
 @share_frame_option
 @precision_option
 @frames_option()
@@ -241,6 +248,7 @@ def replay(
     late_policy,
     deadline_ms,
     max_age_ms,
+    max_scan_offset_ms,
     share_frame,
     precision,
     frames,
@@ -286,6 +294,7 @@ def replay(
             tracker=tracker,
             **({} if late_policy is None else {"late_policy": late_policy}),
             **({} if max_age_ms is None else {"max_age_s": max_age_ms / 1000}),
+            **({} if max_scan_offset_ms is None else {"max_scan_offset_s": max_scan_offset_ms / 1000}),
             share_frame=share_frame,
             precision=precision,
             frames=frames,
@@ -296,9 +305,12 @@ def replay(
             codebook=codebook,
         )
         if cfg.spec.needs_codebook:
-            from v2x.pipeline.stages import WEIGHTS
+            from v2x.datasets import open_log
+            from v2x.messages.pairing import resolve_codebook
+            from v2x.perception.detector import resolve_weights
 
-            book = Path(codebook) if codebook else WEIGHTS / "codebook.pt"
+            log_format = getattr(open_log(data), "format", None)
+            book = resolve_codebook(codebook, resolve_weights(weights, log_format))
             if not book.is_file():
                 raise PipelineError(f"codebook: {book} does not exist (train one: v2x train codebook)")
         opts = ReplayOptions(

@@ -36,7 +36,7 @@ from v2x.perception.cooperative import AgentPerception, evaluation_ground_truth
 from v2x.pipeline.config import RunConfig
 from v2x.pipeline.detections import tracking_ground_truth
 from v2x.pipeline.exchange import AgentExchange, Phase
-from v2x.pipeline.frames import FrameStep, drive
+from v2x.pipeline.frames import FrameStep, drive, scan_offsets_s
 from v2x.pipeline.scoring import Scorer
 from v2x.pipeline.stages import AgentStage, Arrival, EgoStage, Models
 
@@ -164,11 +164,12 @@ def exchange_frame(
     for s in offering:
         exchanges[s.agent_id].hear_offers()
     arrivals = []
+    offsets = scan_offsets_s(frame)
     for s in collab:
         out = exchanges[s.agent_id].send()
         if out is None:
             continue
         d = em.send(s.agent_id, ego.ego_id, out.data, out.send_s, _distance(s, frame.ego))
         if d.reason is None:
-            arrivals.append(Arrival(d.data, s.agent_id, t, d.delivered_s, k))
+            arrivals.append(Arrival(d.data, s.agent_id, t, d.delivered_s, k, offsets[s.agent_id]))
     return own, arrivals, {agent_id: ex.spent for agent_id, ex in exchanges.items()}

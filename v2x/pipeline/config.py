@@ -36,6 +36,9 @@ class RunConfig:
     coord_wait_s: float = 0.05
     #: oldest message the compensate policy still fuses
     max_age_s: float = 0.3
+    #: largest offset between a collaborator's scan and the ego's that the ego compensates
+    #: (see v2x.pipeline.frames.scan_offsets_s); larger ones are counted, reported and not used
+    max_scan_offset_s: float = 0.1
     threshold: float = 0.3
     #: the frame collaborators encode shared features in: "ego" (OpenCOOD's proj_first) or "own"
     share_frame: str = "ego"

@@ -24,7 +24,15 @@ from v2x.pipeline.config import PipelineError
 if TYPE_CHECKING:
     from v2x.pipeline.config import RunConfig
 
-__all__ = ["PICKS", "FrameSelection", "FrameStep", "drive", "select_frames", "starts_sequence"]
+__all__ = [
+    "PICKS",
+    "FrameSelection",
+    "FrameStep",
+    "drive",
+    "scan_offsets_s",
+    "select_frames",
+    "starts_sequence",
+]
 
 #: how ``count`` frames are picked from a log (the command line's ``--pick``)
 PICKS = ("first", "spread", "random")
@@ -146,3 +154,18 @@ def drive(
             yield out
     finally:
         bar.close()
+
+
+def scan_offsets_s(frame: Frame) -> dict[str, float]:
+    """Each collaborator's scan time minus the ego's, in seconds (0 where either has no stamp).
+
+    Why: real cooperative logs are not simultaneous. DAIR-V2X-C's roadside scan is up to a few
+    tens of milliseconds before or after the vehicle's; objects move meanwhile, so the ego moves
+    what a collaborator saw by that offset (as it does for late messages). Simulated logs stamp
+    every agent alike, so their offsets are all 0.
+    """
+    ego_ns = int(frame.ego.timestamp_ns)
+    return {
+        s.agent_id: (int(s.timestamp_ns) - ego_ns) / 1e9 if ego_ns and s.timestamp_ns else 0.0
+        for s in frame.collaborators
+    }

@@ -28,6 +28,8 @@ from v2x.tracking import TrackingSequence, evaluate_tracking
 class _Accounting:
     link_bytes: list[int] = field(default_factory=list)  # per (collaborator, frame)
     latency_ms: list[float] = field(default_factory=list)  # capture -> delivery at the ego
+    scan_offset_ms: list[float] = field(default_factory=list)  # sender's scan - ego's, per fused
+    offsets_over_limit: int = 0
     frame_ms: list[float] = field(default_factory=list)  # compute per frame (wall clock)
     fused: int = 0
     fused_stale: int = 0
@@ -69,6 +71,7 @@ def summarise(
             "fused_stale": acc.fused_stale,
         },
         "latency_ms": percentiles(acc.latency_ms),
+        "scan_offset_ms": scan_offsets_summary(acc.scan_offset_ms, acc.offsets_over_limit),
         "compute_ms_per_frame": percentiles(acc.frame_ms),
         "links": em.summary(),
     }
@@ -162,6 +165,8 @@ class Scorer:
     ) -> None:
         acc, seq = self.acc, self.seq
         acc.latency_ms.extend((a.delivered_s - a.captured_s) * 1000 for a, _ in fused)
+        acc.scan_offset_ms.extend(a.scan_offset_s * 1000 for a, _ in fused)
+        acc.offsets_over_limit += result.offsets_over_limit
         acc.fused += result.fused
         acc.fused_stale += result.stale
         acc.link_bytes.extend(spent.values())
@@ -183,6 +188,21 @@ class Scorer:
         return summarise(
             self.cfg, self.det_eval, self.sequences, links, self.acc, malformed, late, expired, self.with_ids
         )
+
+
+def scan_offsets_summary(offsets_ms: list[float], over_limit: int) -> dict:
+    """The fused messages' scan offsets from the ego's (signed, ms), and how many exceeded
+    ``max_scan_offset_s`` (fused uncompensated). All zero on simulated logs."""
+    if not offsets_ms:
+        return {"min": None, "mean": None, "max": None, "n": 0, "over_limit": over_limit}
+    v = np.asarray(offsets_ms)
+    return {
+        "min": round(float(v.min()), 3),
+        "mean": round(float(v.mean()), 3),
+        "max": round(float(v.max()), 3),
+        "n": int(v.size),
+        "over_limit": int(over_limit),
+    }
 
 
 def percentiles(values: list[float]) -> dict:

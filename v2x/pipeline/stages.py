@@ -53,11 +53,14 @@ class Models:
         codebook = None
         if cfg.spec.needs_codebook:
             from v2x.messages.codebook import load_codebook
+            from v2x.messages.pairing import resolve_codebook, warn_if_mispaired
 
-            path = Path(cfg.codebook) if cfg.codebook else WEIGHTS / "codebook.pt"
+            path = resolve_codebook(cfg.codebook, resolve_weights(cfg.weights, log_format))
             if not path.is_file():
                 raise PipelineError(f"codebook: {path} does not exist (train one: v2x train codebook)")
             codebook = load_codebook(path)
+            if cfg.precision == "fp32":  # identities of other precisions differ by design
+                warn_if_mispaired(path, model.identity())
         tracker_cfg = noise = None
         if cfg.tracker == "dmstrack":
             path = Path(cfg.tracker_weights) if cfg.tracker_weights else WEIGHTS / "noise.pt"
@@ -216,15 +219,24 @@ class AgentStage:
 
 
 # -- the ego -----------------------------------------------------------------------------------------
+#: scan offsets below this are not worth moving objects for (at 30 m/s, 3 cm)
+MIN_COMPENSATED_OFFSET_S = 0.001
+
+
 @dataclass
 class Arrival:
-    """A collaborator's message at the ego: what, from whom, captured and delivered when."""
+    """A collaborator's message at the ego: what, from whom, captured and delivered when.
+
+    ``captured_s`` is its frame's time on the run's clock; ``scan_offset_s`` is how much later
+    the sender's scan was taken than the ego's of that frame (real logs: see
+    :func:`v2x.pipeline.frames.scan_offsets_s`), so what it saw dates from their sum."""
 
     data: bytes
     sender: str
     captured_s: float
     delivered_s: float
     frame: int
+    scan_offset_s: float = 0.0
 
 
 @dataclass
@@ -235,6 +247,9 @@ class EgoOutput:
     stale: int  # of which late ones, motion-compensated
     #: per sender whose features were fused: (its world_from_bev as received, flat cells it sent)
     sent_cells: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: fused messages whose scan offset from the ego's exceeded ``max_scan_offset_s``: fused
+    #: as if simultaneous, and counted
+    offsets_over_limit: int = 0
 
 
 class EgoStage:
@@ -324,42 +339,45 @@ class EgoStage:
         boxes_in: list[SharedBoxes] = []
         clouds: list[torch.Tensor] = []
         sent_cells: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        stale = used = 0
+        stale = used = over_limit = 0
         for arrival, is_stale in messages:
-            age = now_s - arrival.captured_s
+            over = abs(arrival.scan_offset_s) > cfg.max_scan_offset_s
+            offset = 0.0 if over else arrival.scan_offset_s
+            seen_s = arrival.captured_s + offset  # when the sender's scan was taken
+            age = now_s - seen_s
+            move = is_stale or abs(offset) >= MIN_COMPENSATED_OFFSET_S
             try:
                 if spec.sends is Sends.BOXES:
                     got = codec.read_detections(arrival.data)
-                    if is_stale:
-                        got = compensate_boxes(got, self.motion, arrival.captured_s, age)
+                    if move:
+                        got = compensate_boxes(got, self.motion, seen_s, age)
                     boxes_in.append(got)
                 elif spec.sends is Sends.POINTS:
                     msg = decode_points(arrival.data)
                     pts = msg.points
-                    if is_stale:
-                        pts = compensate_points(
-                            pts, msg.world_from_lidar, self.motion, arrival.captured_s, age
-                        )
+                    if move:
+                        pts = compensate_points(pts, msg.world_from_lidar, self.motion, seen_s, age)
                     local = transform_points(inverse(percept.world_from_bev) @ msg.world_from_lidar, pts)
                     clouds.append(sanitize_points(local, perception.cfg))
                 else:
                     feats, bx = codec.read_features(arrival.data, percept.features.shape[0])
-                    if is_stale:
-                        feats = compensate_features(feats, self.motion, arrival.captured_s, age, codec.grid)
+                    if move:
+                        feats = compensate_features(feats, self.motion, seen_s, age, codec.grid)
                     shared.append(feats)
                     sent_cells[arrival.sender] = (
                         feats.world_from_bev,
                         np.flatnonzero(feats.valid.numpy()).astype(np.int32),
                     )
                     if bx is not None:  # the hybrid's boxes: moved on like its cells when late
-                        if is_stale:
-                            bx = compensate_boxes(bx, self.motion, arrival.captured_s, age)
+                        if move:
+                            bx = compensate_boxes(bx, self.motion, seen_s, age)
                         boxes_in.append(bx)
             except DecodeError as exc:  # wire, codec and points refusals alike
                 self.malformed += 1
                 count_refusal(self.refused, exc, arrival.sender)
                 continue
             stale += is_stale
+            over_limit += over
             used += 1
         fused_map = None
         with torch.no_grad():
@@ -383,7 +401,7 @@ class EgoStage:
                 res = perception.ego_step(percept, shared, boxes_in)
                 boxes, fused_map = res.boxes, res.features
         tracks = self._track(percept, boxes, boxes_in, fused_map, now_s)
-        return EgoOutput(boxes, tracks, used, stale, sent_cells)
+        return EgoOutput(boxes, tracks, used, stale, sent_cells, over_limit)
 
     def _track(
         self, percept: AgentPerception, boxes: Boxes, received: list[SharedBoxes], fused_map, now_s: float

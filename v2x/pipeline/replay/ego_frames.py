@@ -369,7 +369,8 @@ class FrameCollector:
                     link["lost"] = pkt.kind[5:]
                 else:
                     delivered = received if self.realtime else pkt.delivered_ns / 1e9
-                    arrivals.append(Arrival(pkt.data, a, frame.t, delivered, frame.k))
+                    offset = float(frame.info.get("scan_offsets_s", {}).get(a, 0.0))
+                    arrivals.append(Arrival(pkt.data, a, frame.t, delivered, frame.k, offset))
                     link["delivered"] = True
                     link["latency_ms"] = round((delivered - frame.t) * 1000, 3)
             if a in frame.given_up:

@@ -56,6 +56,9 @@ from v2x.pipeline.replay.scoring import EgoResults
 
 __all__ = ["EgoNode"]
 
+#: frames whose scan offsets the ego keeps for messages that arrive after their frame was fused
+MAX_HELD_FRAMES = 16
+
 
 class EgoNode(ReplayNode):
     role = "ego"
@@ -97,6 +100,8 @@ class EgoNode(ReplayNode):
         self._demand_pubs: dict[str, object] = {}
         self.models = self.load_models()
         self.ego = None
+        #: the last frames' scan offsets per collaborator (player's frame info), for late messages
+        self._scan_offsets: dict[int, dict] = {}
         #: the run's counters, kept by the collector and the node, reported in results.json
         self.run_counts = RunCounters()
         self.collector = FrameCollector(
@@ -185,8 +190,9 @@ class EgoNode(ReplayNode):
         from v2x.pipeline.stages import Arrival
 
         captured = pkt.stamp_ns / 1e9  # in real time a frame's stamp is its capture on the wall clock
+        offset = float(self._scan_offsets.get(int(pkt.frame), {}).get(pkt.sender, 0.0))
         self.ego.take_fusable(
-            [Arrival(pkt.data, pkt.sender, captured, received, int(pkt.frame))], received, -math.inf
+            [Arrival(pkt.data, pkt.sender, captured, received, int(pkt.frame), offset)], received, -math.inf
         )
 
     def on_nodes(self, _t: str, msg: Json) -> None:
@@ -244,6 +250,9 @@ class EgoNode(ReplayNode):
 
         info = w.info
         ego_id = info["ego_id"]
+        self._scan_offsets[w.k] = dict(info.get("scan_offsets_s", {}))
+        for k in [k for k in self._scan_offsets if k < w.k - MAX_HELD_FRAMES]:
+            del self._scan_offsets[k]
         scorer = self.results.scorer
         if scorer.needs_new_sequence(info["scenario"], ego_id, self.ego.ego_id if self.ego else None):
             self.ego = EgoStage(ego_id, self.models, self.cfg, self.ego)

@@ -229,6 +229,8 @@ class PlayerNode(ReplayNode):
         self.phase = "ending"
 
     def _publish(self, k: int, log_index: int, frame, gt, gt_track) -> None:
+        from v2x.pipeline.frames import scan_offsets_s
+
         hz = self.cfg.frame_hz
         t = k / hz  # the simulated clock, as run_frames has it
         wall = time.time()
@@ -295,6 +297,9 @@ class PlayerNode(ReplayNode):
                     "timestamp_ns": int(frame.timestamp_ns),
                     "ego_id": frame.ego_id,
                     "collaborators": [[a, slots[a]] for a in ids],
+                    # real logs: each collaborator's scan time minus the ego's, which the ego
+                    # compensates (v2x.pipeline.frames.scan_offsets_s)
+                    "scan_offsets_s": scan_offsets_s(frame),
                     "has_track_gt": gt_track is not None,
                     "total": len(self.indices),
                 }
