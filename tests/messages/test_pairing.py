@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import pytest
-
 from v2x.messages.codebook import Codebook, CodebookConfig
 from v2x.messages.pairing import (
     DAIR_CODEBOOK,
@@ -40,6 +38,5 @@ def test_a_codebook_fitted_on_another_detector_is_named_with_both(tmp_path, capl
     assert pairing_problem(bare, "bbbb2222") is None  # says nothing of its detector: nothing to compare
 
 
-@pytest.mark.skipif(not DAIR_CODEBOOK.is_file(), reason="no DAIR codebook shipped")
 def test_the_shipped_dair_codebook_was_fitted_on_the_shipped_dair_detector():
     assert codebook_detector(DAIR_CODEBOOK) == load_detector(DAIR_WEIGHTS).identity()
