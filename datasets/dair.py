@@ -70,6 +70,9 @@ _INFO_NAMES = ("data_info.json", "selected_data_info.json")
 _WORLD_CALIB_DIRS = ("vehicle-side/calib/novatel_to_world", "infrastructure-side/calib/virtuallidar_to_world")
 #: a roadside scan further than this from the vehicle's (one 10 Hz LiDAR period) is reported
 DEFAULT_MAX_TIME_OFFSET_MS = 100.0
+#: a gap between consecutive vehicle scans of one batch longer than this starts a new run
+#: (a new scenario: fresh tracks); 5 LiDAR periods at 10 Hz
+RUN_GAP_US = 500_000
 MAX_TIMESTAMP_US = (2**63 - 1) // 1000  # so that nanoseconds fit int64
 
 
@@ -94,6 +97,30 @@ def _rt(d: Any, path: Path, field: str) -> np.ndarray:
         return check_rigid(T, field, tol=1e-3)
     except NotRigidError as exc:
         raise DatasetError(path, field, str(exc)) from exc
+
+
+def _split_runs(entries: list[dict]) -> None:
+    """Cut each batch, sorted by time, into runs at gaps of more than :data:`RUN_GAP_US` between
+    vehicle scans; runs after the first are named ``<batch>-<n>``.
+
+    Why: a sequence is what a tracker may follow from frame to frame. DAIR-V2X-C's released
+    pairs are a subset of each batch's scans, so one batch can hold runs seconds apart (the real
+    example: 015372-015385, then 015400-015414 1.5 s later); tracks must not be carried across.
+    """
+    runs: dict[str, int] = {}
+    prev: dict | None = None
+    for e in entries:
+        batch = e["_batch"]
+        if batch is None:
+            continue
+        same = prev is not None and prev["_batch_id"] == batch
+        if same and e["_ts"] > 0 and prev["_ts"] > 0 and e["_ts"] - prev["_ts"] > RUN_GAP_US:
+            runs[batch] = runs.get(batch, 0) + 1
+        elif not same:
+            runs.setdefault(batch, 0)
+        e["_batch_id"] = batch
+        e["_batch"] = batch if runs[batch] == 0 else f"{batch}-{runs[batch]}"
+        prev = e
 
 
 class DairLog:
@@ -158,6 +185,7 @@ class DairLog:
             if entry is not None:
                 self._entries.append(entry)
         self._entries.sort(key=lambda e: (e["_batch"] is None, e["_batch"] or "", e["_ts"], e["_vid"]))
+        _split_runs(self._entries)
         self.time_offsets_ms: dict[str, float] = {
             self.frame_name(i): (e["_its"] - e["_ts"]) / 1000.0
             for i, e in enumerate(self._entries)

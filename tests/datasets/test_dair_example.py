@@ -155,6 +155,21 @@ def test_time_offsets_are_read_and_the_ones_beyond_the_limit_reported(example, t
     assert sum(w["field"] == "pointcloud_timestamp" for w in report["warnings"]) == over
 
 
+def test_a_batch_is_cut_into_runs_at_time_gaps_so_tracks_do_not_jump_across(example):
+    """The example's one batch holds two runs of consecutive scans, 1.5 s apart: two scenarios."""
+    side = json.loads((example / "vehicle-side" / "data_info.json").read_text())
+    stamp = {Path(e["pointcloud_path"]).stem: int(e["pointcloud_timestamp"]) for e in side}
+    vids = sorted(v for v, _ in _pairs(example))
+    cuts = [b for a, b in zip(vids, vids[1:], strict=False) if stamp[b] - stamp[a] > 500_000]
+    assert len(cuts) == 1  # the files' own gap: recomputed, not copied
+    log = open_log(example)
+    first, second = log.scenarios()
+    assert (first, second) == ("0", "0-1")
+    names = [log.frame_name(i) for i in log.scenario_indices(second)]
+    assert names[0] == f"0-1/{cuts[0]}" and len(names) == sum(v >= cuts[0] for v in vids)
+    assert len(log.scenario_indices(first)) + len(names) == len(vids)
+
+
 def test_check_lists_the_objects_dropped_and_passes(example, loaded):
     r = CliRunner().invoke(cli, ["data", "check", str(example), "--json"])
     report = json.loads(r.output)
