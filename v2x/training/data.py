@@ -62,8 +62,10 @@ class CooperativeTrainingSet(Dataset):
         max_agents: int = 5,
         frame_indices: list[int] | None = None,
         ego_grid_probability: float = 0.0,
+        max_rotation: float = np.pi / 4,
     ) -> None:
         self.log = log
+        self.max_rotation = max_rotation
         self.cfg = cfg
         self.seed = seed
         self.augment = augment
@@ -83,7 +85,7 @@ class CooperativeTrainingSet(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         frame: Frame = self.log[self.indices[i]]
         if self.augment:
-            frame = augment_frame(frame, rng)
+            frame = augment_frame(frame, rng, self.max_rotation)
         ids = list(frame.agents)
         ego_id = ids[int(rng.integers(len(ids)))]
         others = [a for a in ids if a != ego_id]

@@ -54,6 +54,11 @@ class TrainConfig:
     early_probability: float = 0.25
     #: share of intermediate samples with collaborators encoded on the ego's grid (share_frame ego)
     ego_grid_probability: float = 0.0
+    #: each agent's sensor frame is turned by up to this many degrees either way (augmentation).
+    #: 45 suits vehicles, which mostly see cars along or across their heading; a roadside scan
+    #: reaches the ego's grid turned by whatever angle the ego drives at (DAIR-V2X-C: 110 to 170
+    #: degrees), so a detector fed roadside points on the ego's grid needs 180
+    rotation_deg: float = 45.0
     max_agents: int = 5
     #: fine-tuning: start from these weights (keys the model lacks are refused; keys the
     #: checkpoint lacks must be trainable) ...
@@ -235,6 +240,7 @@ def train_detector(
         tcfg.max_agents,
         frame_indices=indices,
         ego_grid_probability=tcfg.ego_grid_probability,
+        max_rotation=math.radians(tcfg.rotation_deg),
     )
     steps_per_epoch = math.ceil(len(dataset) / tcfg.batch_size)
     optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)

@@ -1,0 +1,58 @@
+"""Sensor-frame rotation augmentation: how far it turns is the training config's choice.
+
+A roadside scan reaches the ego's grid turned by whatever angle the ego drives at; the DAIR
+detector is trained with ``rotation_deg: 180`` for that (docs/perception.md)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from v2x.core.boxes import Boxes
+from v2x.core.frame import AgentKind, AgentScan, Frame
+from v2x.core.geometry import inverse, pose_from_xyz_yaw, yaw_of
+from v2x.perception.config import DetectorConfig
+from v2x.training.augment import augment_frame, mirror_frame
+from v2x.training.data import CooperativeTrainingSet
+from v2x.training.detector import TrainConfig
+
+
+def _frame() -> Frame:
+    rng = np.random.default_rng(0)
+    pts = np.c_[rng.uniform(-30, 30, (400, 3)), rng.uniform(0, 1, 400)].astype(np.float32)
+    agents = {
+        "1": AgentScan("1", AgentKind.VEHICLE, pts, pose_from_xyz_yaw(0, 0, 1.8, 0.3), 1, 1.8),
+        "-1": AgentScan("-1", AgentKind.RSU, pts.copy(), pose_from_xyz_yaw(20, 5, 5.0, 2.0), 1, 5.0),
+    }
+    gt = Boxes(np.array([[5.0, 2.0, 0.8, 4.5, 1.9, 1.6, 0.4]]))
+    return Frame("s", 0, 1, agents, "1", gt)
+
+
+def _turns(frame: Frame, max_rotation: float, draws: int = 200) -> np.ndarray:
+    """How far augmentation turned the first agent's sensor frame (degrees), over many draws."""
+    out = []
+    for seed in range(draws):
+        mirrored = np.random.default_rng(seed).random() < 0.5  # augment_frame's first draw
+        base = mirror_frame(frame) if mirrored else frame
+        aug = augment_frame(frame, np.random.default_rng(seed), max_rotation)
+        rel = inverse(base.agents["1"].world_from_lidar) @ aug.agents["1"].world_from_lidar
+        out.append(abs(math.degrees(yaw_of(rel))))
+        # the scan itself is the same in the world: only the frame it is written in turned
+        assert np.allclose(
+            aug.agents["1"].points_in(np.eye(4)), base.agents["1"].points_in(np.eye(4)), atol=1e-3
+        )
+    return np.array(out)
+
+
+def test_the_turn_reaches_the_configured_angle_and_no_further():
+    frame = _frame()
+    small, full = _turns(frame, math.radians(45)), _turns(frame, math.pi)
+    assert small.max() <= 45.0 + 1e-6
+    assert full.max() > 60.0
+
+
+def test_rotation_deg_reaches_the_training_samples():
+    assert TrainConfig().rotation_deg == 45.0
+    ds = CooperativeTrainingSet([_frame()], DetectorConfig(), max_rotation=math.radians(180))
+    assert ds.max_rotation == math.pi
