@@ -96,3 +96,34 @@ def _check_dense_map(cfg, synthetic_frame):
     (g_ref,) = torch.autograd.grad((reference * weight).sum(), pillar, retain_graph=True)
     (g_ours,) = torch.autograd.grad((ours * weight).sum(), pillar)
     assert torch.equal(g_ours, g_ref)
+
+
+@pytest.mark.parametrize("point_xy", ["absolute", "local"])
+def test_local_point_positions_make_the_encoder_the_same_everywhere_on_the_grid(cfg, point_xy):
+    """Points moved by whole feature cells give the same features moved by as many cells with
+    ``point_xy: local``; with ``absolute`` they do not (the network sees where it is)."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    local_cfg = dataclasses.replace(cfg, point_xy=point_xy)
+    model = CooperativeDetector(local_cfg).eval()
+    r = np.random.default_rng(0)
+    pts = np.c_[r.uniform(-6, 6, (600, 2)), r.uniform(0, 2, 600), r.uniform(0, 1, 600)].astype(np.float32)
+    cell = local_cfg.grid.voxel * local_cfg.grid.stride
+    moved = pts.copy()
+    moved[:, 0] += 5 * cell
+    with torch.no_grad():
+        a = model.encode([sanitize_points(pts, local_cfg)])
+        b = model.encode([sanitize_points(moved, local_cfg)])
+    assert torch.equal(torch.roll(a.occupied, 5, dims=2), b.occupied)
+    same = torch.allclose(torch.roll(a.features, 5, dims=3), b.features, atol=1e-4)
+    assert same == (point_xy == "local")
+
+
+def test_point_xy_is_checked_and_the_default_leaves_identities_alone(cfg):
+    import dataclasses
+
+    with pytest.raises(ValueError, match="point_xy"):
+        dataclasses.replace(cfg, point_xy="relative")
+    assert "point_xy" not in cfg.to_dict()  # models made before the option keep their identity
+    assert dataclasses.replace(cfg, point_xy="local").to_dict()["point_xy"] == "local"

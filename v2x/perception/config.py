@@ -16,6 +16,8 @@ from v2x.core.grid import BEVGrid
 __all__ = ["DEFAULT_CONFIG", "DetectorConfig", "load_config"]
 
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
+#: choices of DetectorConfig.point_xy
+POINT_XY = ("absolute", "local")
 
 
 @dataclass
@@ -40,16 +42,27 @@ class DetectorConfig:
     min_points_per_box: int = 1
     #: heatmap target radius floor, in feature cells
     min_radius_cells: int = 1
+    #: what a point tells the pillar network of where it is: "absolute" (its x, y in the grid's
+    #: frame, and its offsets within the pillar: PointPillars' choice) or "local" (offsets only,
+    #: x and y given as 0). With "absolute" the network learns where in its own grid a sensor's
+    #: points lie; a collaborator's points moved onto the ego's grid lie elsewhere and turned,
+    #: and it finds little there (docs/perception.md, DAIR-V2X-C). "local" makes the encoder
+    #: the same everywhere on the grid, whichever sensor the points came from.
+    point_xy: str = "absolute"
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, dict):
             self.grid = BEVGrid.from_dict(self.grid)
         if self.fusion not in ("max", "attention"):
             raise ValueError(f"fusion must be 'max' or 'attention', got {self.fusion!r}")
+        if self.point_xy not in POINT_XY:
+            raise ValueError(f"point_xy must be one of {POINT_XY}, got {self.point_xy!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["grid"] = self.grid.to_dict()
+        if d["point_xy"] == "absolute":  # the default is left out: models made before keep their identity
+            del d["point_xy"]
         return d
 
     @classmethod

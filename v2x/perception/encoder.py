@@ -104,9 +104,12 @@ class PillarEncoder(nn.Module):
         col = uniq % nx
         centre_x = g.x_min + (col.float() + 0.5) * g.voxel
         centre_y = g.y_min + (row.float() + 0.5) * g.voxel
+        where = pts
+        if self.cfg.point_xy == "local":  # offsets only: the same encoder everywhere on the grid
+            where = torch.cat([torch.zeros_like(pts[:, :2]), pts[:, 2:]], dim=1)
         point_feats = torch.cat(
             [
-                pts,
+                where,
                 pts[:, :3] - mean[inverse],
                 (pts[:, 0] - centre_x[inverse])[:, None],
                 (pts[:, 1] - centre_y[inverse])[:, None],
