@@ -4,11 +4,12 @@ GIoU = IoU - (C - U) / C, with C the convex hull of both boxes' BEV corners time
 height span (AB3DMOT's definition). Unlike IoU it still ranks pairs that do not overlap (down
 to -1), which keeps fast or noisy targets associable.
 
-Speed: the hull is the costly part, so pairs that provably cannot reach ``floor`` are not
-computed. For boxes whose circumscribed circles are apart, the BEV intersection is empty and
-the hull holds the trapezoid spanned by the two centre chords perpendicular to the centre line
-(each at least the box's shorter side) as well as both boxes, which bounds C from below and
-so GIoU from above. Skipped pairs read -1.
+Speed: pairs that provably cannot reach ``floor`` are not computed. For boxes whose
+circumscribed circles are apart, the BEV intersection is empty and the hull holds the trapezoid
+spanned by the two centre chords perpendicular to the centre line (each at least the box's
+shorter side) as well as both boxes, which bounds C from below and so GIoU from above. Skipped
+pairs read -1. The rest are computed together (:mod:`v2x.tracking.polygons`: intersections by
+clipping, hulls by shapely, one call each for all pairs).
 
 ``giou_bev`` is the same on the ground plane alone (areas, no heights). Agents can disagree on
 a car's height by metres (a collaborator's pitch error moves its boxes up or down at range,
@@ -19,11 +20,11 @@ is what decides which track a box belongs to.
 from __future__ import annotations
 
 import numpy as np
-import shapely
 from scipy.optimize import linear_sum_assignment
 
 from v2x.core.boxes import bev_corners
-from v2x.core.iou import iou3d_matrix, polygon_intersection_area
+from v2x.core.iou import iou3d_matrix
+from v2x.tracking.polygons import convex_hull_area, intersection_area
 
 __all__ = ["affinity_matrix", "giou3d_matrix", "giou3d_upper_bound", "hungarian"]
 
@@ -45,18 +46,17 @@ def giou3d_upper_bound(a: np.ndarray, b: np.ndarray, bev: bool = False) -> tuple
     ra = np.hypot(a[:, 3], a[:, 4]) / 2
     rb = np.hypot(b[:, 3], b[:, 4]) / 2
     near = d <= ra[:, None] + rb[None, :] + 1e-6
-    za0, za1 = a[:, 2] - a[:, 5] / 2, a[:, 2] + a[:, 5] / 2
-    zb0, zb1 = b[:, 2] - b[:, 5] / 2, b[:, 2] + b[:, 5] / 2
-    span = np.maximum(za1[:, None], zb1[None]) - np.minimum(za0[:, None], zb0[None])
     area_a, area_b = a[:, 3] * a[:, 4], b[:, 3] * b[:, 4]
     ma, mb = np.minimum(a[:, 3], a[:, 4]), np.minimum(b[:, 3], b[:, 4])
     hull_lb = np.maximum(d * (ma[:, None] + mb[None]) / 2, area_a[:, None] + area_b[None])
     if bev:
-        span = np.ones_like(span)
-        union = area_a[:, None] + area_b[None]
+        bound = (area_a[:, None] + area_b[None]) / np.maximum(hull_lb, 1e-12) - 1.0
     else:
+        za0, za1 = a[:, 2] - a[:, 5] / 2, a[:, 2] + a[:, 5] / 2
+        zb0, zb1 = b[:, 2] - b[:, 5] / 2, b[:, 2] + b[:, 5] / 2
+        span = np.maximum(za1[:, None], zb1[None]) - np.minimum(za0[:, None], zb0[None])
         union = (area_a * a[:, 5])[:, None] + (area_b * b[:, 5])[None]
-    bound = union / np.maximum(hull_lb * span, 1e-12) - 1.0
+        bound = union / np.maximum(hull_lb * span, 1e-12) - 1.0
     return np.where(near, 1.0, np.minimum(bound, 1.0)), near
 
 
@@ -75,17 +75,18 @@ def giou3d_matrix(a: np.ndarray, b: np.ndarray, floor: float | None = None, bev:
     ia, ib = np.nonzero(todo)
     if len(ia) == 0:
         return out
-    A, B = a[ia], b[ib]
-    ca, cb = bev_corners(A), bev_corners(B)
+    corners = bev_corners(np.concatenate([a, b]))  # each box once, however many pairs it is in
+    ca, cb = corners[: len(a)][ia], corners[len(a) :][ib]
     inter_bev = np.zeros(len(ia))
     ov = near[ia, ib]
     if ov.any():
-        inter_bev[ov] = polygon_intersection_area(ca[ov], cb[ov])
-    hull = shapely.area(shapely.convex_hull(shapely.multipoints(np.concatenate([ca, cb], axis=1))))
+        inter_bev[ov] = intersection_area(ca[ov], cb[ov])
+    hull = convex_hull_area(np.concatenate([ca, cb], axis=1))
     if bev:
-        union = A[:, 3] * A[:, 4] + B[:, 3] * B[:, 4] - inter_bev
+        union = (a[:, 3] * a[:, 4])[ia] + (b[:, 3] * b[:, 4])[ib] - inter_bev
         out[ia, ib] = inter_bev / np.maximum(union, 1e-12) - (hull - union) / np.maximum(hull, 1e-12)
         return out
+    A, B = a[ia], b[ib]
     za0, za1 = A[:, 2] - A[:, 5] / 2, A[:, 2] + A[:, 5] / 2
     zb0, zb1 = B[:, 2] - B[:, 5] / 2, B[:, 2] + B[:, 5] / 2
     inter = inter_bev * np.clip(np.minimum(za1, zb1) - np.maximum(za0, zb0), 0, None)

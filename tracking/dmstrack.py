@@ -13,11 +13,16 @@ Numerics: float64 throughout, Joseph-form updates symmetrised afterwards, varian
 [floor, ceiling], and an update that would still produce a non-finite value is refused for that
 track (counted) instead of poisoning it. Association is a discrete choice on detached values;
 gradients flow from the loss through every Kalman gain into the noise network.
+
+Without gradients (tracking, evaluation) the same arithmetic runs in numpy on bare arrays, one
+agent's detections at a time, and the noise network runs once per frame on every agent's
+detections together; tests hold this path to the differentiable one on a real sequence.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,14 +39,16 @@ from v2x.tracking.motion import (
     heading_correction,
     within_pi,
 )
-from v2x.tracking.noise_net import NoiseNet, agent_frame_boxes, detection_features
+from v2x.tracking.noise_net import NoiseNet, agent_frame_array, detection_features
 from v2x.tracking.records import AgentDetections, FrameDetections
-from v2x.tracking.sanitize import Warnings, sanitize_boxes, sanitize_variances
+from v2x.tracking.sanitize import Warnings, sanitize_arrays, sanitize_variances
 from v2x.tracking.tracker import StepOutput
 
 __all__ = ["MultiSensorKF"]
 
 _F64 = torch.float64
+_EYE10 = np.eye(10)
+_DIAG = np.arange(7)
 _TWO_PI = 2 * math.pi
 
 
@@ -51,10 +58,51 @@ def _joseph_np(X: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarray) -> tu
     S = P[:, :7, :7] + R
     K = np.linalg.solve(S, P[:, :, :7].transpose(0, 2, 1)).transpose(0, 2, 1)
     X_new = X + np.einsum("kij,kj->ki", K, innov)
-    I_KH = np.broadcast_to(np.eye(10), P.shape).copy()
+    I_KH = np.empty_like(P)
+    I_KH[:] = _EYE10
     I_KH[:, :, :7] -= K
     P_new = I_KH @ P @ I_KH.transpose(0, 2, 1) + K @ R @ K.transpose(0, 2, 1)
     return X_new, 0.5 * (P_new + P_new.transpose(0, 2, 1))
+
+
+def _world_cov_np(v_box: np.ndarray, c: float, s: float, extra: np.ndarray | None) -> np.ndarray:
+    """(N, 7, 7) state-order covariances from (N, 7) box-order variances, x-y turned by (c, s)."""
+    v = v_box[:, STATE_FROM_BOX]
+    R = np.zeros((len(v), 7, 7))
+    R[:, _DIAG, _DIAG] = v
+    vx, vy = v[:, 0], v[:, 1]
+    R[:, 0, 0] = c * c * vx + s * s * vy
+    R[:, 1, 1] = s * s * vx + c * c * vy
+    R[:, 0, 1] = R[:, 1, 0] = c * s * (vx - vy)
+    return R if extra is None else R + extra
+
+
+@dataclass
+class _Dets:
+    """One agent's usable detections in one frame as bare arrays (world frame, headings wrapped,
+    scores in 0..1): what the filter works on, built once per agent and frame."""
+
+    box: np.ndarray
+    score: np.ndarray
+    label: np.ndarray
+    world_from_agent: np.ndarray
+    kind: str
+    features: np.ndarray | None
+    variances: np.ndarray | None
+    gt_ids: np.ndarray | None
+    pose_var: np.ndarray | None
+
+    @classmethod
+    def of(cls, det: AgentDetections) -> _Dets:
+        """As given (no sanitising)."""
+        b = det.boxes
+        return cls(
+            b.xyzlwhy, b.scores, b.labels, det.world_from_agent, det.kind,
+            det.features, det.variances, det.gt_ids, det.pose_var,
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.box)
 
 
 def _wrap_heading(X: torch.Tensor) -> torch.Tensor:
@@ -112,43 +160,86 @@ class MultiSensorKF:
     def measurement_variances(self, det: AgentDetections, slot: int = 0) -> torch.Tensor:
         """(N, 7) variances, box order, in the agent's frame: sent by it, learned, or the prior
         (``slot``: the agent's place in the frame, 0 the ego)."""
-        n = len(det.boxes)
+        return self._variances(_Dets.of(det), slot)
+
+    def _sent_or_prior(self, d: _Dets) -> np.ndarray | None:
+        """The variances the agent sent, or the fixed prior's, or None when the net decides."""
         cfg = self.cfg
         scale = cfg.noise_scale
-        if det.variances is not None and self.use_sent_variances:
-            v = sanitize_variances(det.variances, self.prior, cfg.var_floor, cfg.var_ceiling, self.warnings)
-            return torch.from_numpy(np.clip(v * scale, cfg.var_floor, cfg.var_ceiling))
-        if self.noise is None or n == 0:
-            return (
-                torch.from_numpy(np.clip(self.prior * scale, cfg.var_floor, cfg.var_ceiling))
-                .expand(n, 7)
-                .clone()
-            )
+        if d.variances is not None and self.use_sent_variances:
+            v = sanitize_variances(d.variances, self.prior, cfg.var_floor, cfg.var_ceiling, self.warnings)
+            return np.clip(v * scale, cfg.var_floor, cfg.var_ceiling)
+        if self.noise is None or len(d) == 0:
+            return np.broadcast_to(
+                np.clip(self.prior * scale, cfg.var_floor, cfg.var_ceiling), (len(d), 7)
+            ).copy()
+        return None
+
+    def _patches(self, d: _Dets) -> torch.Tensor | None:
+        """The agent's BEV patches for the net (None: not sent, or not usable; counted)."""
+        if d.features is None or not self.noise.feature_channels:
+            return None
+        f = np.asarray(d.features, dtype=np.float32)
+        if f.shape[1:] != (self.noise.feature_channels, self.noise.patch, self.noise.patch):
+            self.warnings.add("feature_shape_mismatch", len(d))
+            return None
+        bad = ~np.isfinite(f).all(axis=(1, 2, 3))
+        self.warnings.add("non_finite_feature", int(bad.sum()))
+        return torch.from_numpy(np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0))
+
+    def _from_residual(self, residual: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
         prior = self.noise.prior_var.to(_F64)  # the base the network was trained on
+        return (cfg.noise_scale * prior * torch.exp(residual.to(_F64))).clamp(cfg.var_floor, cfg.var_ceiling)
+
+    def _variances(self, d: _Dets, slot: int) -> torch.Tensor:
+        """One agent's variances through the network's differentiable forward (training)."""
+        v = self._sent_or_prior(d)
+        if v is not None:
+            return torch.from_numpy(v)
+        geo = detection_features(agent_frame_array(d.box, d.world_from_agent), d.score, d.kind)
+        return self._from_residual(self.noise(torch.from_numpy(geo), self._patches(d), slot))
+
+    def _variances_batch(self, dets: list[tuple[int, _Dets]]) -> list[np.ndarray]:
+        """Every agent's variances of a frame, the network run once on all rows that need it (the
+        inference path: the same numbers as :meth:`_variances`, a test holds them together)."""
+        out: list = [self._sent_or_prior(d) for _, d in dets]
+        todo = [k for k, v in enumerate(out) if v is None]
+        if not todo:
+            return out
+        if self.noise.feature_channels and any(dets[k][1].features is not None for k in todo):
+            # BEV patches: the convolutions run one agent at a time
+            for k in todo:
+                slot, d = dets[k]
+                with torch.inference_mode():
+                    out[k] = self._variances(d, slot).numpy()
+            return out
+        parts = [dets[k][1] for k in todo]
+        sizes = [len(d) for d in parts]
         geo = detection_features(
-            agent_frame_boxes(det.boxes, det.world_from_agent), det.boxes.scores, det.kind
+            np.concatenate([agent_frame_array(d.box, d.world_from_agent) for d in parts]),
+            np.concatenate([d.score for d in parts]),
+            np.repeat([d.kind == "rsu" for d in parts], sizes),
         )
-        patches = None
-        if det.features is not None and self.noise.feature_channels:
-            f = np.asarray(det.features, dtype=np.float32)
-            if f.shape[1:] != (self.noise.feature_channels, self.noise.patch, self.noise.patch):
-                self.warnings.add("feature_shape_mismatch", n)
-            else:
-                bad = ~np.isfinite(f).all(axis=(1, 2, 3))
-                self.warnings.add("non_finite_feature", int(bad.sum()))
-                patches = torch.from_numpy(np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0))
-        residual = self.noise(torch.from_numpy(geo), patches, slot).to(_F64)
-        return (scale * prior * torch.exp(residual)).clamp(cfg.var_floor, cfg.var_ceiling)
+        slots = np.repeat([dets[k][0] for k in todo], sizes)
+        with torch.inference_mode():
+            v = self._from_residual(torch.from_numpy(self.noise.residual_rows(geo, slots))).numpy()
+        for k, rows in zip(todo, np.split(v, np.cumsum(sizes)[:-1])):
+            out[k] = rows
+        return out
 
     @staticmethod
     def world_covariance(
-        var_box: torch.Tensor, world_from_agent: np.ndarray, xy_world: np.ndarray | None = None, pose_var=None
-    ) -> torch.Tensor:
+        var_box: torch.Tensor | np.ndarray,
+        world_from_agent: np.ndarray,
+        xy_world: np.ndarray | None = None,
+        pose_var=None,
+    ) -> torch.Tensor | np.ndarray:
         """(N, 7, 7) state-order covariance in the world from agent-frame variances (box order):
         the x-y block is turned by the agent's heading; height, sizes and heading are unchanged.
         With the agent's pose uncertainty (``pose_var``: x, y, heading variances) the detections
         at ``xy_world`` also inherit it: a heading error moves a detection across its bearing in
-        proportion to its range."""
+        proportion to its range. A numpy ``var_box`` gives a numpy answer (the inference path)."""
         psi = yaw_of(world_from_agent)
         c, s = math.cos(psi), math.sin(psi)
         extra = None
@@ -158,15 +249,10 @@ class MultiSensorKF:
             extra = np.zeros((len(r), 7, 7))
             extra[:, :2, :2] = np.diag(pose_var[:2]) + pose_var[2] * perp[:, :, None] * perp[:, None, :]
             extra[:, 3, 3] = pose_var[2]
+        if isinstance(var_box, np.ndarray):
+            return _world_cov_np(var_box, c, s, extra)
         if not var_box.requires_grad:
-            v = var_box.numpy()[:, STATE_FROM_BOX]
-            R = np.zeros((len(v), 7, 7))
-            R[:, np.arange(7), np.arange(7)] = v
-            vx, vy = v[:, 0], v[:, 1]
-            R[:, 0, 0] = c * c * vx + s * s * vy
-            R[:, 1, 1] = s * s * vx + c * c * vy
-            R[:, 0, 1] = R[:, 1, 0] = c * s * (vx - vy)
-            return torch.from_numpy(R if extra is None else R + extra)
+            return torch.from_numpy(_world_cov_np(var_box.numpy(), c, s, extra))
         v = var_box[:, STATE_FROM_BOX]
         vx, vy = v[:, 0], v[:, 1]
         R = torch.diag_embed(v)
@@ -200,21 +286,25 @@ class MultiSensorKF:
         self.X = _wrap_heading(self.X @ F.T)
         self.P = F @ self.P @ F.T + Q
 
-    def _update(self, idx: np.ndarray, z: np.ndarray, R: torch.Tensor) -> None:
-        """Joseph-form update of tracks ``idx`` with measurements ``z`` (K, 7, state order)."""
+    def _update(self, idx: np.ndarray, z: np.ndarray, R: torch.Tensor | np.ndarray) -> None:
+        """Joseph-form update of tracks ``idx`` with measurements ``z`` (K, 7, state order);
+        ``R`` numpy on the inference path, torch when gradients are wanted."""
         z = z.copy()
-        offset, z[:, 3] = heading_correction(self.X[torch.from_numpy(idx), 3].detach().numpy(), z[:, 3])
         if self._fast():
             X, P = self.X.numpy(), self.P.numpy()
-            Xk, Pk = X[idx].copy(), P[idx]
+            Xk, Pk = X[idx], P[idx]
+            offset, z[:, 3] = heading_correction(Xk[:, 3], z[:, 3])
             Xk[:, 3] += offset
-            X_new, P_new = _joseph_np(Xk, Pk, z, R.numpy())
+            X_new, P_new = _joseph_np(Xk, Pk, z, R if isinstance(R, np.ndarray) else R.numpy())
             X_new[:, 3] = within_pi(X_new[:, 3])
             ok = np.isfinite(X_new).all(axis=1) & np.isfinite(P_new).all(axis=(1, 2))
-            if not ok.all():
-                self.warnings.add("update_refused", int((~ok).sum()))
+            if ok.all():
+                X[idx], P[idx] = X_new, P_new
+                return
+            self.warnings.add("update_refused", int((~ok).sum()))
             X[idx[ok]], P[idx[ok]] = X_new[ok], P_new[ok]
             return
+        offset, z[:, 3] = heading_correction(self.X[torch.from_numpy(idx), 3].detach().numpy(), z[:, 3])
         ti = torch.from_numpy(idx)
         X, P = self.X[ti], self.P[ti]
         X = torch.cat([X[:, :3], X[:, 3:4] + torch.from_numpy(offset)[:, None], X[:, 4:]], dim=1)
@@ -234,11 +324,20 @@ class MultiSensorKF:
         self.X = self.X.index_put((ti,), X_new)  # out of place: gradients flow through
         self.P = self.P.index_put((ti,), P_new)
 
-    def _gate(self, aff: np.ndarray, z: np.ndarray, R: torch.Tensor) -> np.ndarray:
+    def _gate(self, aff: np.ndarray, z: np.ndarray, R: torch.Tensor | np.ndarray) -> np.ndarray:
         """Pairs allowed by the Mahalanobis gate (only pairs that could match are tested)."""
         allowed = np.ones(aff.shape, dtype=bool)
         ia, ib = np.nonzero(aff >= self.cfg.threshold)
         if len(ia) == 0:
+            return allowed
+        if isinstance(R, np.ndarray):  # the inference path
+            X = self.X.numpy()[ia]
+            offset, obs = heading_correction(X[:, 3], z[ib, 3])
+            innov = z[ib] - X[:, :7]
+            innov[:, 3] = obs - (X[:, 3] + offset)
+            S = self.P.numpy()[ia, :7, :7] + R[ib]
+            d2 = np.einsum("ki,ki->k", innov, np.linalg.solve(S, innov[:, :, None])[:, :, 0])
+            allowed[ia, ib] = d2 <= self.cfg.mahalanobis_gate
             return allowed
         with torch.no_grad():
             X = self.X[torch.from_numpy(ia)].numpy()
@@ -261,21 +360,45 @@ class MultiSensorKF:
         self.warnings.add("birth_absorbed", int((~free).sum()))
         return rows[free]
 
-    def _birth(self, det: AgentDetections, rows: np.ndarray) -> None:
+    def _birth(self, d: _Dets, rows: np.ndarray) -> None:
         n = len(rows)
-        boxes = det.boxes[rows]
-        x0 = torch.zeros(n, 10, dtype=_F64)
-        x0[:, :7] = torch.from_numpy(boxes.xyzlwhy[:, STATE_FROM_BOX])
-        self.X = torch.cat([self.X, x0])
-        self.P = torch.cat([self.P, self.P0.expand(n, 10, 10)])
+        x0 = np.zeros((n, 10))
+        x0[:, :7] = d.box[rows][:, STATE_FROM_BOX]
+        if self._fast():
+            self.X = torch.from_numpy(np.concatenate([self.X.numpy(), x0]))
+            self.P = torch.from_numpy(
+                np.concatenate([self.P.numpy(), np.broadcast_to(self.P0.numpy(), (n, 10, 10))])
+            )
+        else:
+            self.X = torch.cat([self.X, torch.from_numpy(x0)])
+            self.P = torch.cat([self.P, self.P0.expand(n, 10, 10)])
         self.ids = np.concatenate([self.ids, np.arange(self._next_id, self._next_id + n)])
         self._next_id += n
         self.hits = np.concatenate([self.hits, np.ones(n, dtype=np.int64)])
         self.misses = np.concatenate([self.misses, np.zeros(n, dtype=np.int64)])
-        self.scores = np.concatenate([self.scores, boxes.scores.astype(np.float32)])
-        self.labels = np.concatenate([self.labels, boxes.labels]).astype(np.int16)
-        gt = det.gt_ids[rows] if det.gt_ids is not None else np.full(n, -1)
+        self.scores = np.concatenate([self.scores, d.score[rows]])
+        self.labels = np.concatenate([self.labels, d.label[rows]]).astype(np.int16)
+        gt = d.gt_ids[rows] if d.gt_ids is not None else np.full(n, -1)
         self.gt_ids = np.concatenate([self.gt_ids, gt.astype(np.int64)])
+
+    def _prepare(self, raw: AgentDetections) -> _Dets | None:
+        """The agent's usable detections (None: none); bad boxes and pose variances counted."""
+        box, score, keep = sanitize_arrays(raw.boxes.xyzlwhy, raw.boxes.scores, self.warnings)
+        if len(box) == 0:
+            return None
+        pose_var = raw.pose_var
+        if pose_var is not None and not (np.isfinite(pose_var).all() and (pose_var >= 0).all()):
+            self.warnings.add("bad_pose_variance")
+            pose_var = None
+        every = len(box) == len(keep)
+
+        def rows(v):
+            return v if v is None or every else v[keep]
+
+        return _Dets(
+            box, score, rows(raw.boxes.labels), raw.world_from_agent, raw.kind,
+            rows(raw.features), rows(raw.variances), rows(raw.gt_ids), pose_var,
+        )  # fmt: skip
 
     def step(self, frame: FrameDetections) -> StepOutput:
         """One frame: predict, then fuse each agent's detections in turn."""
@@ -301,44 +424,36 @@ class MultiSensorKF:
         updated = np.zeros(len(self.X), dtype=bool)
         best_score = np.zeros(len(self.X), dtype=np.float32)
         floor = cfg.threshold if cfg.prune else None
-        for slot, raw in enumerate(frame.agents):
-            boxes, keep = sanitize_boxes(raw.boxes, self.warnings)
-            if len(boxes) == 0:
-                continue
-            det = raw.select(keep)
-            det.boxes = boxes
-            pose_var = det.pose_var
-            if pose_var is not None and not (np.isfinite(pose_var).all() and (pose_var >= 0).all()):
-                self.warnings.add("bad_pose_variance")
-                pose_var = None
-            R = self.world_covariance(
-                self.measurement_variances(det, slot), det.world_from_agent, boxes.xyzlwhy[:, :2], pose_var
-            )
-            z = boxes.xyzlwhy[:, STATE_FROM_BOX]
+        dets = [(slot, d) for slot, raw in enumerate(frame.agents) if (d := self._prepare(raw)) is not None]
+        if self._fast():
+            variances = self._variances_batch(dets)
+        else:
+            variances = [self._variances(d, slot) for slot, d in dets]
+        for (_, d), var in zip(dets, variances):
+            R = self.world_covariance(var, d.world_from_agent, d.box[:, :2], d.pose_var)
+            z = d.box[:, STATE_FROM_BOX]
             if len(self.X):
-                aff = affinity_matrix(
-                    cfg.affinity, boxes_from_states(self.X.detach().numpy()), boxes.xyzlwhy, floor
-                )
+                aff = affinity_matrix(cfg.affinity, boxes_from_states(self.X.detach().numpy()), d.box, floor)
                 allowed = self._gate(aff, z, R) if cfg.mahalanobis_gate is not None else None
                 pairs, _, new = hungarian(aff, cfg.threshold, cfg.gate_first, allowed)
             else:
-                pairs, new = np.zeros((0, 2), dtype=np.int64), np.arange(len(boxes))
+                pairs, new = np.zeros((0, 2), dtype=np.int64), np.arange(len(d))
             if len(pairs):
                 ti, di = pairs[:, 0], pairs[:, 1]
-                self._update(ti, z[di], R[torch.from_numpy(di)])
+                self._update(ti, z[di], R[di] if isinstance(R, np.ndarray) else R[torch.from_numpy(di)])
                 first = np.ones(len(ti), bool) if cfg.hits_per_agent else ~updated[ti]
                 self.hits[ti[first]] += 1
                 updated[ti] = True
                 self.misses[ti] = 0
-                best_score[ti] = np.maximum(best_score[ti], boxes.scores[di])
-                if det.gt_ids is not None:
-                    self.gt_ids[ti] = det.gt_ids[di]
+                best_score[ti] = np.maximum(best_score[ti], d.score[di])
+                if d.gt_ids is not None:
+                    self.gt_ids[ti] = d.gt_ids[di]
             if len(new) and cfg.birth_overlap is not None and len(self.X):
-                new = self._unclaimed(boxes.xyzlwhy[new], new)
+                new = self._unclaimed(d.box[new], new)
             if len(new):
-                self._birth(det, new)
+                self._birth(d, new)
                 updated = np.concatenate([updated, np.ones(len(new), dtype=bool)])
-                best_score = np.concatenate([best_score, boxes.scores[new].astype(np.float32)])
+                best_score = np.concatenate([best_score, d.score[new].astype(np.float32)])
         self.scores = np.where(updated, best_score, self.scores).astype(np.float32)
         early = self.clock.count <= cfg.min_hits
         shown = (self.misses < cfg.max_age) & ((self.hits >= cfg.min_hits) | early)
@@ -350,8 +465,14 @@ class MultiSensorKF:
         )
         alive = self.misses < cfg.max_age
         if not alive.all():
-            k = torch.from_numpy(np.flatnonzero(alive))
-            self.X, self.P = self.X[k], self.P[k]
+            if self._fast():
+                self.X, self.P = (
+                    torch.from_numpy(self.X.numpy()[alive]),
+                    torch.from_numpy(self.P.numpy()[alive]),
+                )
+            else:
+                k = torch.from_numpy(np.flatnonzero(alive))
+                self.X, self.P = self.X[k], self.P[k]
             self.ids, self.hits, self.misses = self.ids[alive], self.hits[alive], self.misses[alive]
             self.scores, self.labels, self.gt_ids = self.scores[alive], self.labels[alive], self.gt_ids[alive]
             updated = updated[alive]

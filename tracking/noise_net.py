@@ -24,22 +24,41 @@ import numpy as np
 import torch
 from torch import nn
 
-from v2x.core.boxes import Boxes
-from v2x.core.geometry import inverse
+from v2x.core.boxes import Boxes, wrap_angle
+from v2x.core.geometry import inverse, transform_points
 
-__all__ = ["GEOMETRY_FEATURES", "NoiseNet", "agent_frame_boxes", "detection_features", "predict_variances"]
+__all__ = [
+    "GEOMETRY_FEATURES",
+    "NoiseNet",
+    "agent_frame_array",
+    "agent_frame_boxes",
+    "detection_features",
+    "predict_variances",
+]
 
 GEOMETRY_FEATURES = 14
 
 
 def agent_frame_boxes(boxes_world: Boxes, world_from_agent: np.ndarray) -> np.ndarray:
     """(N, 7) boxes in the agent's frame."""
-    return boxes_world.transformed(inverse(world_from_agent)).xyzlwhy
+    return agent_frame_array(boxes_world.xyzlwhy, world_from_agent)
 
 
-def detection_features(boxes_agent: np.ndarray, scores: np.ndarray, kind: str) -> np.ndarray:
+def agent_frame_array(xyzlwhy_world: np.ndarray, world_from_agent: np.ndarray) -> np.ndarray:
+    """(N, 7) boxes in the agent's frame from a bare (N, 7) world-frame array (the arithmetic of
+    :meth:`Boxes.transformed`, without building box objects)."""
+    T = inverse(world_from_agent)
+    out = np.array(xyzlwhy_world, dtype=np.float64, copy=True).reshape(-1, 7)
+    if len(out):
+        out[:, :3] = transform_points(T, out[:, :3])
+        out[:, 6] = wrap_angle(out[:, 6] + np.arctan2(T[1, 0], T[0, 0]))
+    return out
+
+
+def detection_features(boxes_agent: np.ndarray, scores: np.ndarray, kind: str | np.ndarray) -> np.ndarray:
     """(N, 14) float32 from boxes in the agent's frame: offset, range, bearing, height, size,
-    heading against the line of sight, score and agent kind, each roughly unit-scaled."""
+    heading against the line of sight, score and agent kind, each roughly unit-scaled.
+    ``kind`` is the agent's kind, or (N,) bool "measured by an RSU" for rows of several agents."""
     b = np.asarray(boxes_agent, dtype=np.float64).reshape(-1, 7)
     dist = np.hypot(b[:, 0], b[:, 1])
     bearing = np.arctan2(b[:, 1], b[:, 0])
@@ -59,7 +78,9 @@ def detection_features(boxes_agent: np.ndarray, scores: np.ndarray, kind: str) -
             np.sin(2 * aspect),
             np.sin(2 * b[:, 6]),
             np.asarray(scores, dtype=np.float64).reshape(-1),
-            np.full(len(b), 1.0 if kind == "rsu" else 0.0),
+            np.full(len(b), 1.0 if kind == "rsu" else 0.0)
+            if isinstance(kind, str)
+            else np.asarray(kind, float),
         ],
         axis=1,
     )
@@ -152,6 +173,30 @@ class NoiseNet(nn.Module):
             x = torch.cat([x, emb], dim=1)
         # bounded residual: the variance stays within a factor e^max_residual of the prior either way
         return self.max_residual * torch.tanh(self.mlp(x) / self.max_residual)
+
+    def residual_rows(self, geometry: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """(N, 7) float32 residuals for many agents' detections at once (row ``i`` measured by
+        the agent in slot ``slots[i]``), no patches: the tracker's inference path, one call per
+        frame, no autograd. The MLP's layers are applied in numpy on the current weights: at a
+        few dozen rows torch's per-call overhead costs several times the arithmetic. The same
+        numbers as :meth:`forward` to float32 rounding (the sums may run in another order; a
+        test holds them together); training goes through :meth:`forward`."""
+        x = np.asarray(geometry, dtype=np.float32)
+        if self.agent_slots:
+            onehot = np.zeros((len(x), self.agent_slots), dtype=np.float32)
+            onehot[np.arange(len(x)), np.minimum(np.maximum(slots, 0), self.agent_slots - 1)] = 1.0
+            x = np.concatenate([x, onehot], axis=1)
+        if self.feature_channels:
+            stand_in = self.no_patch.detach().numpy()
+            x = np.concatenate([x, np.broadcast_to(stand_in, (len(x), len(stand_in)))], axis=1)
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                x = x @ layer.weight.detach().numpy().T + layer.bias.detach().numpy()
+            elif isinstance(layer, nn.ReLU):
+                x = np.maximum(x, 0.0)
+            else:  # a layer this path does not know: torch does it
+                x = layer.forward(torch.from_numpy(x)).detach().numpy()
+        return self.max_residual * np.tanh(x / np.float32(self.max_residual))
 
 
 def parameter_count(net: nn.Module) -> int:
