@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "ASSOCIATIONS",
     "BOX_FROM_STATE",
     "STATE_FROM_BOX",
     "TrackerConfig",
@@ -29,6 +30,9 @@ STATE_FROM_BOX = [0, 1, 2, 6, 3, 4, 5]
 BOX_FROM_STATE = [0, 1, 2, 4, 5, 6, 3]
 
 _DT = 0.1
+
+#: the association costs :class:`TrackerConfig` knows (``association``)
+ASSOCIATIONS = ("affinity", "mahalanobis", "mahalanobis+affinity")
 
 
 def _ab3dmot_process() -> tuple[float, ...]:
@@ -61,6 +65,17 @@ class TrackerConfig:
     #: squared Mahalanobis distance above which a pair is forbidden (None: no gate).
     #: chi-square with 7 degrees of freedom: 14.07 (95 %), 18.48 (99 %)
     mahalanobis_gate: float | None = None
+    #: multi-sensor filter: what the Hungarian step minimises. "affinity": the negated
+    #: ``affinity`` (above); "mahalanobis": each pair's squared Mahalanobis distance between the
+    #: track's predicted box and the detection, S = H P H^T + R with R that detection's own (sent,
+    #: learned or prior) covariance, pairs over ``mahalanobis_gate`` forbidden (a chi-square gate,
+    #: required); "mahalanobis+affinity": the same cost, pairs also needing ``affinity`` >= ``threshold``
+    association: str = "affinity"
+    #: the components that association's distance compares: "box" (all 7; chi-square with 7
+    #: degrees of freedom), "xy" (the centre on the ground: 2) or "xyyaw" (and the heading: 3).
+    #: Agents that disagree on a car's height or size by more than their variances say still
+    #: agree on where it is. The ``mahalanobis_gate`` of the affinity association always uses 7
+    mahalanobis_dims: str = "box"
     #: a track is reported once it has been updated in this many frames ...
     min_hits: int = 3
     #: ... and is dropped after this many frames in a row without an update
@@ -89,6 +104,16 @@ class TrackerConfig:
             raise ValueError(f"timing must be 'frames' or 'timestamps', got {self.timing!r}")
         if self.affinity not in ("giou", "giou_bev", "iou"):
             raise ValueError(f"affinity must be 'giou', 'giou_bev' or 'iou', got {self.affinity!r}")
+        if self.association not in ASSOCIATIONS:
+            raise ValueError(f"association must be one of {ASSOCIATIONS}, got {self.association!r}")
+        if self.mahalanobis_dims not in ("box", "xy", "xyyaw"):
+            raise ValueError(
+                f"mahalanobis_dims must be 'box', 'xy' or 'xyyaw', got {self.mahalanobis_dims!r}"
+            )
+        if self.association != "affinity" and self.mahalanobis_gate is None:
+            raise ValueError(f"association {self.association!r} needs mahalanobis_gate (a chi-square gate)")
+        if self.mahalanobis_gate is not None and not self.mahalanobis_gate > 0:
+            raise ValueError(f"mahalanobis_gate must be positive, got {self.mahalanobis_gate!r}")
         for name, n in (("measurement_var", 7), ("process_var", 10), ("initial_var", 10)):
             v = np.asarray(getattr(self, name), dtype=np.float64)
             if v.shape != (n,) or not np.all(np.isfinite(v)) or np.any(v <= 0):

@@ -50,6 +50,10 @@ _F64 = torch.float64
 _EYE10 = np.eye(10)
 _DIAG = np.arange(7)
 _TWO_PI = 2 * math.pi
+#: squared distances above this all cost the same to the Hungarian step (they are gated anyway)
+_D2_CAP = 1e5
+#: the state components the Mahalanobis association compares (``TrackerConfig.mahalanobis_dims``)
+_MAHALANOBIS_DIMS = {"box": None, "xy": np.array([0, 1]), "xyyaw": np.array([0, 1, 3])}
 
 
 def _joseph_np(X: np.ndarray, P: np.ndarray, z: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -324,32 +328,54 @@ class MultiSensorKF:
         self.X = self.X.index_put((ti,), X_new)  # out of place: gradients flow through
         self.P = self.P.index_put((ti,), P_new)
 
+    def _mahalanobis(
+        self, ia: np.ndarray, ib: np.ndarray, z: np.ndarray, R: torch.Tensor | np.ndarray, dims=None
+    ) -> np.ndarray:
+        """Squared Mahalanobis distance of the pairs (track ``ia[k]``, detection ``ib[k]``): the
+        innovation (heading taken the short way round, as the update does) against
+        S = H P H^T + R, R the detection's own covariance; ``dims`` (state indices): only those
+        components (the marginal distance). Detached values only."""
+        if len(ia) == 0:
+            return np.zeros(0)
+        X = self.X.detach().numpy()[ia]
+        offset, obs = heading_correction(X[:, 3], z[ib, 3])
+        innov = z[ib] - X[:, :7]
+        innov[:, 3] = obs - (X[:, 3] + offset)
+        Rn = R if isinstance(R, np.ndarray) else R.detach().numpy()
+        S = self.P.detach().numpy()[ia, :7, :7] + Rn[ib]
+        if dims is not None:
+            innov, S = innov[:, dims], S[:, dims][:, :, dims]
+        return np.einsum("ki,ki->k", innov, np.linalg.solve(S, innov[:, :, None])[:, :, 0])
+
     def _gate(self, aff: np.ndarray, z: np.ndarray, R: torch.Tensor | np.ndarray) -> np.ndarray:
         """Pairs allowed by the Mahalanobis gate (only pairs that could match are tested)."""
         allowed = np.ones(aff.shape, dtype=bool)
         ia, ib = np.nonzero(aff >= self.cfg.threshold)
-        if len(ia) == 0:
-            return allowed
-        if isinstance(R, np.ndarray):  # the inference path
-            X = self.X.numpy()[ia]
-            offset, obs = heading_correction(X[:, 3], z[ib, 3])
-            innov = z[ib] - X[:, :7]
-            innov[:, 3] = obs - (X[:, 3] + offset)
-            S = self.P.numpy()[ia, :7, :7] + R[ib]
-            d2 = np.einsum("ki,ki->k", innov, np.linalg.solve(S, innov[:, :, None])[:, :, 0])
-            allowed[ia, ib] = d2 <= self.cfg.mahalanobis_gate
-            return allowed
-        with torch.no_grad():
-            X = self.X[torch.from_numpy(ia)].numpy()
-            offset, obs = heading_correction(X[:, 3], z[ib, 3])
-            innov = z[ib] - X[:, :7]
-            innov[:, 3] = obs - (X[:, 3] + offset)
-            S = self.P[torch.from_numpy(ia), :7, :7] + R.detach()[torch.from_numpy(ib)]
-            d2 = torch.from_numpy(innov)[:, None, :] @ torch.linalg.solve(
-                S, torch.from_numpy(innov)[:, :, None]
-            )
-        allowed[ia, ib] = d2[:, 0, 0].numpy() <= self.cfg.mahalanobis_gate
+        allowed[ia, ib] = self._mahalanobis(ia, ib, z, R) <= self.cfg.mahalanobis_gate
         return allowed
+
+    def _associate(
+        self, d: _Dets, z: np.ndarray, R: torch.Tensor | np.ndarray, floor: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Matched (track, detection) pairs and unmatched detections of one agent's boxes."""
+        cfg = self.cfg
+        tracks = boxes_from_states(self.X.detach().numpy())
+        if cfg.association == "affinity":
+            aff = affinity_matrix(cfg.affinity, tracks, d.box, floor)
+            allowed = self._gate(aff, z, R) if cfg.mahalanobis_gate is not None else None
+            pairs, _, new = hungarian(aff, cfg.threshold, cfg.gate_first, allowed)
+            return pairs, new
+        # Mahalanobis cost: every pair's distance (or only those the affinity lets through)
+        if cfg.association == "mahalanobis+affinity":
+            ia, ib = np.nonzero(affinity_matrix(cfg.affinity, tracks, d.box, floor) >= cfg.threshold)
+        else:
+            ia, ib = np.nonzero(np.ones((len(tracks), len(d)), dtype=bool))
+        d2 = np.full((len(tracks), len(d)), np.inf)
+        d2[ia, ib] = self._mahalanobis(ia, ib, z, R, _MAHALANOBIS_DIMS[cfg.mahalanobis_dims])
+        allowed = d2 <= cfg.mahalanobis_gate
+        score = -np.minimum(d2, _D2_CAP)
+        pairs, _, new = hungarian(score, -cfg.mahalanobis_gate, cfg.gate_first, allowed)
+        return pairs, new
 
     def _unclaimed(self, boxes: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """The rows whose footprint overlaps no live track by ``birth_overlap`` (BEV IoU) or more:
@@ -433,9 +459,7 @@ class MultiSensorKF:
             R = self.world_covariance(var, d.world_from_agent, d.box[:, :2], d.pose_var)
             z = d.box[:, STATE_FROM_BOX]
             if len(self.X):
-                aff = affinity_matrix(cfg.affinity, boxes_from_states(self.X.detach().numpy()), d.box, floor)
-                allowed = self._gate(aff, z, R) if cfg.mahalanobis_gate is not None else None
-                pairs, _, new = hungarian(aff, cfg.threshold, cfg.gate_first, allowed)
+                pairs, new = self._associate(d, z, R, floor)
             else:
                 pairs, new = np.zeros((0, 2), dtype=np.int64), np.arange(len(d))
             if len(pairs):
