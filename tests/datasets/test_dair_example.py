@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -160,7 +161,7 @@ def test_a_batch_is_cut_into_runs_at_time_gaps_so_tracks_do_not_jump_across(exam
     side = json.loads((example / "vehicle-side" / "data_info.json").read_text())
     stamp = {Path(e["pointcloud_path"]).stem: int(e["pointcloud_timestamp"]) for e in side}
     vids = sorted(v for v, _ in _pairs(example))
-    cuts = [b for a, b in zip(vids, vids[1:], strict=False) if stamp[b] - stamp[a] > 500_000]
+    cuts = [b for a, b in itertools.pairwise(vids) if stamp[b] - stamp[a] > 500_000]
     assert len(cuts) == 1  # the files' own gap: recomputed, not copied
     log = open_log(example)
     first, second = log.scenarios()
