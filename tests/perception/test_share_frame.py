@@ -67,7 +67,8 @@ def test_the_command_line_lists_every_fusion_mode_and_share_frame():
     assert _parse_modes("all") == list(FUSION_MODES)
     for command in (replay, eval_comm):
         [option] = [p for p in command.params if p.name == "share_frame"]
-        assert tuple(option.type.choices) == SHARE_FRAMES and option.default == "ego"
+        # no default of its own: resolve_share_frame picks it by the log's format
+        assert tuple(option.type.choices) == SHARE_FRAMES and option.default is None
 
 
 def test_training_samples_can_put_collaborators_on_the_ego_grid(cfg, synthetic_frame):
@@ -89,3 +90,14 @@ def test_training_samples_can_put_collaborators_on_the_ego_grid(cfg, synthetic_f
         # a collaborator's points now lie where the ego sees them: the same cloud as early fusion
         # would merge, not the collaborator's own view
         assert not torch.equal(c.clouds[1], a.clouds[1])
+
+
+def test_dair_logs_share_in_the_collaborators_own_frame_unless_told():
+    """DAIR-V2X-C's roadside unit is found in its own frame, hardly on the ego's grid."""
+    from v2x.perception.settings import resolve_share_frame
+
+    assert resolve_share_frame(None, "dair-v2x-c") == "own"
+    assert resolve_share_frame(None, "opv2v") == resolve_share_frame(None, None) == "ego"
+    assert resolve_share_frame("ego", "dair-v2x-c") == "ego"
+    with pytest.raises(ValueError, match="share_frame"):
+        resolve_share_frame("world", "opv2v")

@@ -181,6 +181,7 @@ def eval_comm(
     from v2x.messages.pairing import resolve_codebook, warn_if_mispaired
     from v2x.perception.cooperative import Perception
     from v2x.perception.detector import load_detector, resolve_weights
+    from v2x.perception.settings import resolve_share_frame
     from v2x.pipeline.frames import FrameSelection
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -209,7 +210,7 @@ def eval_comm(
         codec,
         settings_for(names, budget_list),
         FrameSelection(frames, pick),
-        share_frame=share_frame,
+        share_frame=resolve_share_frame(share_frame, getattr(log, "format", None)),
         bootstrap=bootstrap,
         bootstrap_block=bootstrap_block,
     )

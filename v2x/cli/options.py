@@ -10,9 +10,10 @@ import click
 share_frame_option = click.option(
     "--share-frame",
     type=click.Choice(("ego", "own")),
-    default="ego",
-    show_default=True,
-    help="Where collaborators encode features: in the ego's frame (OpenCOOD's proj_first) or their own.",
+    default=None,
+    help="Where collaborators encode features: in the ego's frame (OpenCOOD's proj_first) or their "
+    "own [default: ego; own for DAIR-V2X-C logs, where the roadside unit's features do better in "
+    "its own frame].",
 )
 
 #: the detector's inference precision (v2x.perception.settings.PRECISIONS)

@@ -277,13 +277,14 @@ def replay(
 
     from v2x.comm.launch import LaunchError
     from v2x.datasets import DatasetError
+    from v2x.perception.settings import resolve_share_frame
     from v2x.pipeline.config import PipelineError, RunConfig
     from v2x.pipeline.replay.run import ReplayOptions, run_in_process, run_replay
 
     try:
         from v2x.datasets import detect_format
 
-        detect_format(data)  # a folder of unknown format: one clear line, before any work
+        log_format = detect_format(data)  # a folder of unknown format: one clear line, before any work
         if realtime:  # fuse without waiting for this frame's messages (REALTIME_DEADLINE_MS)
             deadline_ms, late_policy = realtime_timing(deadline_ms, late_policy)
         cfg = RunConfig.from_options(
@@ -295,7 +296,7 @@ def replay(
             **({} if late_policy is None else {"late_policy": late_policy}),
             **({} if max_age_ms is None else {"max_age_s": max_age_ms / 1000}),
             **({} if max_scan_offset_ms is None else {"max_scan_offset_s": max_scan_offset_ms / 1000}),
-            share_frame=share_frame,
+            share_frame=resolve_share_frame(share_frame, log_format),
             precision=precision,
             frames=frames,
             pick=pick,
@@ -305,11 +306,9 @@ def replay(
             codebook=codebook,
         )
         if cfg.spec.needs_codebook:
-            from v2x.datasets import open_log
             from v2x.messages.pairing import resolve_codebook
             from v2x.perception.detector import resolve_weights
 
-            log_format = getattr(open_log(data), "format", None)
             book = resolve_codebook(codebook, resolve_weights(weights, log_format))
             if not book.is_file():
                 raise PipelineError(f"codebook: {book} does not exist (train one: v2x train codebook)")

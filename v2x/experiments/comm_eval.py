@@ -239,6 +239,7 @@ def evaluate_comm(
             row["code_bytes_mean"] = float(np.mean(cell_bytes[s])) if cell_bytes[s] else 0.0
             row["boxes_mean"] = float(np.mean(n_boxes[s])) if n_boxes[s] else 0.0
             row["ap_bev_boxes_only"] = boxes_only[s].result()["ap_bev"]
+        row["share_frame"] = share_frame  # where the collaborators encoded (and detected)
         rows.append(row)
     return rows
 

@@ -3,10 +3,20 @@
 
 from __future__ import annotations
 
-__all__ = ["PRECISIONS", "SHARE_FRAMES", "check_precision", "check_share_frame"]
+__all__ = [
+    "PRECISIONS",
+    "SHARE_FRAMES",
+    "SHARE_FRAME_BY_FORMAT",
+    "check_precision",
+    "check_share_frame",
+    "resolve_share_frame",
+]
 
 #: the frame collaborators encode shared features in: the ego's grid (OpenCOOD's proj_first) or their own
 SHARE_FRAMES = ("ego", "own")
+#: the frame for logs of a format where "ego" does worse: on DAIR-V2X-C the detector finds the
+#: roadside unit's cars in its own frame and hardly on the ego's grid (docs/perception.md)
+SHARE_FRAME_BY_FORMAT = {"dair-v2x-c": "own"}
 #: inference precision of the detector's neck and head
 PRECISIONS = ("fp32", "bf16")
 
@@ -16,6 +26,14 @@ def check_share_frame(share_frame: str) -> str:
     if share_frame not in SHARE_FRAMES:
         raise ValueError(f"share_frame: use one of {', '.join(SHARE_FRAMES)}, not {share_frame!r}")
     return share_frame
+
+
+def resolve_share_frame(share_frame: str | None, log_format: str | None) -> str:
+    """``share_frame`` (``--share-frame``) when given, else the one for a log of ``log_format``
+    ("ego" but where :data:`SHARE_FRAME_BY_FORMAT` says otherwise)."""
+    if share_frame is not None:
+        return check_share_frame(share_frame)
+    return SHARE_FRAME_BY_FORMAT.get(log_format or "", "ego")
 
 
 def check_precision(precision: str) -> str:
