@@ -177,6 +177,16 @@ def test_every_cell_names_the_frame_collaborators_encode_in(tmp_path):
     assert len({cell_id(cell), cell_id(cell_own), cell_id(old)}) == 3
 
 
+def test_a_dair_log_s_cells_share_in_the_collaborators_own_frame_unless_told(tmp_path, dair_example):
+    """As v2x replay and v2x eval comm do for a DAIR-V2X-C log (SHARE_FRAME_BY_FORMAT)."""
+    cfg = load_sweep_config(write_config(tmp_path, dair_example, grid={"method": ["raw"]}))
+    told = load_sweep_config(
+        write_config(tmp_path, dair_example, share_frame="ego", grid={"method": ["raw"]})
+    )
+    [cell], [cell_told] = expand_cells(cfg), expand_cells(told)
+    assert cell["share_frame"] == "own" and cell_told["share_frame"] == "ego"
+
+
 def test_a_bf16_sweep_is_its_own_set_of_cells_and_its_setting_reaches_the_run(tmp_path):
     from v2x.pipeline.config import RunConfig
 

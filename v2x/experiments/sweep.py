@@ -33,6 +33,7 @@ import yaml
 
 from v2x import CONFIGS
 from v2x.comm.budget import parse_budget, parse_rate
+from v2x.perception.settings import resolve_share_frame
 from v2x.pipeline.methods import DEFAULT_METHOD
 
 __all__ = [
@@ -93,8 +94,6 @@ TOP_KEYS = ("name", "data", "grid", "also", *SETTINGS)
 #: execution details that do not change a cell's result, left out of its hash
 NOT_HASHED = ("threads", "perception_cache_mb")
 UNLIMITED = "unlimited"
-#: RunConfig's default frame for shared features, written into every cell
-DEFAULT_SHARE_FRAME = "ego"
 #: the configs shipped with the package (``v2x sweep quick`` finds ``quick.yaml`` here)
 SHIPPED = CONFIGS / "sweeps"
 
@@ -149,8 +148,10 @@ def load_sweep_config(
         raise SweepError(f"{path}: missing key 'data' (the log folder every cell replays)")
     settings = {k: raw[k] for k in SETTINGS if raw.get(k) is not None}
     # named in every cell: results made before collaborators encoded in the ego's frame by
-    # default (their cells have no share_frame) are not taken for today's
-    settings.setdefault("share_frame", DEFAULT_SHARE_FRAME)
+    # default (their cells have no share_frame) are not taken for today's; a DAIR-V2X-C log's
+    # default is its own (v2x.perception.settings.SHARE_FRAME_BY_FORMAT)
+    data = _resolve_path(path, "data", raw["data"], want_dir=True)
+    settings.setdefault("share_frame", resolve_share_frame(None, _log_format(data)))
     _check_settings(path, settings)
     base = _parse_grid(path, raw.get("grid") or {}, "grid")
     also = raw.get("also") or []
@@ -159,7 +160,7 @@ def load_sweep_config(
     grids = [base] + [{**base, **_parse_grid(path, g, f"also[{i}]")} for i, g in enumerate(also)]
     cfg = SweepConfig(
         name=str(raw.get("name") or path.stem),
-        data=str(_resolve_path(path, "data", raw["data"], want_dir=True)),
+        data=str(data),
         source=str(path.resolve()),
         settings=settings,
         grids=grids,
@@ -188,6 +189,16 @@ def _check_keys(
         else:
             hint = ""
         raise SweepError(f"{path}: unknown {what} {where}{key!r}{hint} (allowed: {', '.join(allowed)})")
+
+
+def _log_format(data: Path) -> str | None:
+    """The log's format, or None where it is not one ``v2x data`` reads (checked later, per cell)."""
+    from v2x.datasets import DatasetError, detect_format
+
+    try:
+        return detect_format(data)
+    except DatasetError:
+        return None
 
 
 def _resolve_path(path: Path, key: str, value: Any, want_dir: bool = False) -> Path:
