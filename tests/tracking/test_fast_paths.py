@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import shapely
 import torch
+from v2v4real_helpers import real_frames
 
 from v2x import WEIGHTS
 from v2x.core.boxes import Boxes, bev_corners
@@ -111,19 +112,6 @@ def test_giou_matrix_equals_shapely_on_every_layout(bev):
     assert np.all(want[~kept] < -0.2) and np.abs(pruned[kept] - want[kept]).max() < 1e-9
 
 
-def _real_frames(realdata, sequence="0004", n=150):
-    from v2x.experiments.tracking_files import read_agent_sequences, seqmap_lengths
-
-    root = realdata / "v2v4real"
-    if not (root / "per_agent_detections_train").is_dir():
-        pytest.skip(f"no V2V4Real per-agent detections under {root}")
-    lengths = seqmap_lengths(root / "train.seqmap")
-    for name, frames in read_agent_sequences(root / "per_agent_detections_train", lengths=lengths):
-        if name == sequence:
-            return frames[:n]
-    pytest.skip(f"sequence {sequence} not found")
-
-
 @pytest.mark.parametrize("second_kind", ["vehicle", "rsu"])
 def test_batched_noise_net_gives_the_per_agent_variances(realdata, second_kind):
     """One call per frame for every agent's rows (numpy MLP) against the torch forward per agent;
@@ -131,7 +119,7 @@ def test_batched_noise_net_gives_the_per_agent_variances(realdata, second_kind):
     cfg, net = load_tracker(WEIGHTS / "noise_v2v4real.pt")
     kf = MultiSensorKF(cfg, noise=net)
     checked = 0
-    for frame in _real_frames(realdata, n=40):
+    for frame in real_frames(realdata, n=40):
         agents = [replace(a, kind=second_kind) if k == 1 else a for k, a in enumerate(frame.agents)]
         dets = [(slot, d) for slot, raw in enumerate(agents) if (d := kf._prepare(raw)) is not None]
         batched = kf._variances_batch(dets)
@@ -155,7 +143,7 @@ def test_inference_path_tracks_a_real_sequence_like_the_differentiable_path(real
     cfg, net = load_tracker(WEIGHTS / "noise_v2v4real.pt", fixed=fixed)
     fast, slow = MultiSensorKF(cfg, noise=net), MultiSensorKF(cfg, noise=net, differentiable=True)
     shown = 0
-    for frame in _real_frames(realdata):
+    for frame in real_frames(realdata):
         a, b = fast.step(frame), slow.step(frame)
         assert a.boxes.track_ids.tolist() == b.boxes.track_ids.tolist()
         assert a.ids.tolist() == b.ids.tolist() and a.updated.tolist() == b.updated.tolist()

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from v2v4real_helpers import real_frames
 
 from v2x import WEIGHTS
 from v2x.core.boxes import Boxes
@@ -146,26 +147,13 @@ class _BeforeTheOption(MultiSensorKF):
         return pairs, new
 
 
-def _real_frames(realdata, sequence="0004", n=150):
-    from v2x.experiments.tracking_files import read_agent_sequences, seqmap_lengths
-
-    root = realdata / "v2v4real"
-    if not (root / "per_agent_detections_train").is_dir():
-        pytest.skip(f"no V2V4Real per-agent detections under {root}")
-    lengths = seqmap_lengths(root / "train.seqmap")
-    for name, frames in read_agent_sequences(root / "per_agent_detections_train", lengths=lengths):
-        if name == sequence:
-            return frames[:n]
-    pytest.skip(f"sequence {sequence} not found")
-
-
 @pytest.mark.parametrize("fixed", [False, True])  # fixed: the shipped settings carry a gate
 def test_off_tracks_a_real_sequence_as_before(realdata, fixed):
     cfg, net = load_tracker(WEIGHTS / "noise_v2v4real.pt", fixed=fixed)
     assert cfg.association == "affinity" and (cfg.mahalanobis_gate is not None) == fixed
     now, before = MultiSensorKF(cfg, noise=net), _BeforeTheOption(cfg, noise=net)
     shown = 0
-    for frame in _real_frames(realdata):
+    for frame in real_frames(realdata):
         a, b = now.step(frame), before.step(frame)
         assert a.ids.tolist() == b.ids.tolist() and a.boxes.track_ids.tolist() == b.boxes.track_ids.tolist()
         assert np.array_equal(a.states.numpy(), b.states.numpy())
@@ -178,7 +166,7 @@ def test_on_tracks_a_real_sequence_alike_in_both_paths_and_differently_from_off(
     on = cfg.with_(association="mahalanobis", mahalanobis_gate=100.0)
     fast, slow, off = MultiSensorKF(on), MultiSensorKF(on, differentiable=True), MultiSensorKF(cfg)
     differs = False
-    for frame in _real_frames(realdata, n=80):
+    for frame in real_frames(realdata, n=80):
         a, b, c = fast.step(frame), slow.step(frame), off.step(frame)
         assert a.ids.tolist() == b.ids.tolist()
         assert np.allclose(a.states.numpy(), b.states.detach().numpy(), rtol=0, atol=1e-6)
