@@ -36,9 +36,8 @@ from v2x.core.grid import BEVGrid
 from v2x.messages.selection import (
     MAX_LEVEL,
     SelectionConfig,
-    _agent_key,
     block_shape,
-    to_ego_blocks,
+    filling_order,
 )
 
 __all__ = ["Assignment", "fill_ranking", "fill_residuals", "level_coverage", "uncertainty_of_levels"]
@@ -93,19 +92,9 @@ def fill_residuals(
     """Per agent, (Hb * Wb,) over the ego's blocks: the product of ``1 - coverage`` over the other
     agents' offers ahead of its own in information filling's order (all of them where it offers
     nothing in that block). Same inputs as ``assign_blocks``, same answer on every agent."""
-    agents = sorted(offers, key=_agent_key)
+    agents, rows = filling_order(offers, poses, world_from_ego, grid, cfg)
     n_ego = int(np.prod(block_shape(grid, cfg.block)))
     cover = level_coverage(cfg)
-    parts = []
-    for rank, agent in enumerate(agents):
-        blocks, levels = offers[agent]
-        blocks = np.asarray(blocks, dtype=np.int64)
-        ego_block, inside = to_ego_blocks(poses[agent], world_from_ego, grid, cfg.block)
-        ok = inside[blocks]
-        lv = np.asarray(levels, np.int64)[ok]
-        parts.append(np.stack([ego_block[blocks[ok]], lv, np.full(len(lv), rank), blocks[ok]], axis=1))
-    rows = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
-    rows = rows[np.lexsort((rows[:, 3], rows[:, 2], -rows[:, 1], rows[:, 0]))]
     pos = np.arange(len(rows))
     keep = np.log1p(-np.clip(cover[np.clip(rows[:, 1], 0, MAX_LEVEL)], 0.0, 1.0 - 1e-6))
     out = {}

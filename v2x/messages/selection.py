@@ -41,6 +41,7 @@ __all__ = [
     "blocks_to_cells",
     "cells_to_ego_blocks",
     "demand_levels",
+    "filling_order",
     "offer_blocks",
     "to_ego_blocks",
     "upsample_blocks",
@@ -185,20 +186,17 @@ def _agent_key(agent_id: str) -> tuple[int, int, str]:
         return (1, 0, agent_id)
 
 
-def assign_blocks(
+def filling_order(
     offers: dict[str, tuple[np.ndarray, np.ndarray]],
     poses: dict[str, np.ndarray],
     world_from_ego: np.ndarray,
     grid: BEVGrid,
     cfg: SelectionConfig,
-    demand: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Information filling: per ego block, offers in decreasing level until the demand is met.
-
-    Every collaborator computes the same answer from the same offers (and the ego's demand
-    levels; full demand where not given). Returns, per agent, the blocks in its own frame it
-    should fill, sorted.
-    """
+) -> tuple[list[str], np.ndarray]:
+    """The agents in tie-break order, and every offer inside the ego's grid as a row (ego block,
+    level, agent rank, the agent's own block) in information filling's order: ego block, then
+    level descending, then agent rank, then the agent's block (a total order, the same on every
+    agent). ``assign_blocks`` and ``filling.fill_residuals`` both walk it."""
     agents = sorted(offers, key=_agent_key)
     parts = []
     for rank, agent in enumerate(agents):
@@ -214,12 +212,27 @@ def assign_blocks(
             )
         )
     rows = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
+    return agents, rows[np.lexsort((rows[:, 3], rows[:, 2], -rows[:, 1], rows[:, 0]))]
+
+
+def assign_blocks(
+    offers: dict[str, tuple[np.ndarray, np.ndarray]],
+    poses: dict[str, np.ndarray],
+    world_from_ego: np.ndarray,
+    grid: BEVGrid,
+    cfg: SelectionConfig,
+    demand: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Information filling: per ego block, offers in decreasing level until the demand is met.
+
+    Every collaborator computes the same answer from the same offers (and the ego's demand
+    levels; full demand where not given). Returns, per agent, the blocks in its own frame it
+    should fill, sorted.
+    """
+    agents, rows = filling_order(offers, poses, world_from_ego, grid, cfg)
     out = {a: np.zeros(0, np.int64) for a in offers}
     if len(rows) == 0:
         return out
-    # ego block, then level descending, then agent rank, then the agent's block index: a total order
-    order = np.lexsort((rows[:, 3], rows[:, 2], -rows[:, 1], rows[:, 0]))
-    rows = rows[order]
     # levels already taken in the same ego block before each offer
     group_start = np.flatnonzero(np.r_[True, rows[1:, 0] != rows[:-1, 0]])
     csum = np.cumsum(rows[:, 1])
