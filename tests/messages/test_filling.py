@@ -34,14 +34,6 @@ H, W = GRID.shape
 FILLING = get_method("codefilling").features
 
 
-@pytest.fixture(scope="module")
-def codebook():
-    torch.manual_seed(0)
-    cb = Codebook(CodebookConfig(channels=16, m=2, r=2, k=16))
-    cb.fit(torch.rand(4000, 16), iters=5)
-    return cb
-
-
 def _agent(agent_id, pose, seed, peaks=(), weak=None, channels=16):
     """Occupied cells around confidence peaks ((x, y, conf)) and, optionally, a weakly confident
     occupied rectangle ``weak = (x0, x1, y0, y1, conf)``: supply below the offer threshold."""

@@ -64,14 +64,6 @@ def _ego(confidence=0.0):
     return ego
 
 
-@pytest.fixture(scope="module")
-def codebook():
-    torch.manual_seed(0)
-    cb = Codebook(CodebookConfig(channels=16, m=2, r=2, k=16))
-    cb.fit(torch.rand(4000, 16), iters=5)
-    return cb
-
-
 # -- selection -----------------------------------------------------------------------------------
 def test_filling_picks_the_most_confident_agent_once():
     cfg = SelectionConfig()
