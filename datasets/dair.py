@@ -62,6 +62,7 @@ __all__ = [
     "DairWriter",
     "is_dair_root",
     "parse_labels",
+    "pose_from_rt",
 ]
 
 VEHICLE, INFRA = "vehicle", "infrastructure"
@@ -82,8 +83,9 @@ def is_dair_root(root: Path) -> bool:
     return any(exists(root / "cooperative" / n) for n in _INFO_NAMES)
 
 
-def _rt(d: Any, path: Path, field: str) -> np.ndarray:
-    """4x4 from ``{"rotation": 3x3, "translation": 3x1}``."""
+def pose_from_rt(d: Any, path: Path, field: str) -> np.ndarray:
+    """4x4 from a DAIR calibration's ``{"rotation": 3x3, "translation": 3x1}``, checked finite
+    and rigid; errors name ``path`` and ``field``."""
     try:
         R = np.asarray(d["rotation"], dtype=np.float64).reshape(3, 3)
         t = np.asarray(d["translation"], dtype=np.float64).reshape(3)
@@ -338,7 +340,7 @@ class DairLog:
         paths = self.calib_paths(e)
         i2v = paths["lidar_i2v"]
         if not self.world_calibrated:
-            return np.eye(4), _rt(read_json(i2v), i2v, "lidar_i2v"), False
+            return np.eye(4), pose_from_rt(read_json(i2v), i2v, "lidar_i2v"), False
         calib = {}
         for name in ("lidar_to_novatel", "novatel_to_world", "virtuallidar_to_world"):
             if not exists(paths[name]):
@@ -351,10 +353,10 @@ class DairLog:
             if not isinstance(calib[name], dict):
                 raise DatasetError(paths[name], name, "expected an object with rotation and translation")
         l2n = calib["lidar_to_novatel"]
-        world_from_vehicle = _rt(
+        world_from_vehicle = pose_from_rt(
             calib["novatel_to_world"], paths["novatel_to_world"], "novatel_to_world"
-        ) @ _rt(l2n.get("transform", l2n), paths["lidar_to_novatel"], "transform")
-        world_from_infra = _rt(
+        ) @ pose_from_rt(l2n.get("transform", l2n), paths["lidar_to_novatel"], "transform")
+        world_from_infra = pose_from_rt(
             calib["virtuallidar_to_world"], paths["virtuallidar_to_world"], "virtuallidar_to_world"
         )
         where = f"[{e['_n']}].system_error_offset"
@@ -364,7 +366,7 @@ class DairLog:
         world_from_infra[0, 3] += number(off.get("delta_x", 0.0), self.info_path, f"{where}.delta_x")
         world_from_infra[1, 3] += number(off.get("delta_y", 0.0), self.info_path, f"{where}.delta_y")
         if exists(i2v):  # not used with world poses, but a broken one is still a broken file
-            _rt(read_json(i2v), i2v, "lidar_i2v")
+            pose_from_rt(read_json(i2v), i2v, "lidar_i2v")
         return world_from_vehicle, world_from_infra, True
 
     def _read_points(self, path: Path) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from v2x.core.frame import AgentKind, AgentScan, Frame, estimate_mount_height
-from v2x.datasets.dair import DairLog, is_dair_root
+from v2x.datasets.dair import DairLog, is_dair_root, pose_from_rt
 from v2x.datasets.dair_labels import parse_labels_counted
 from v2x.datasets.errors import DatasetError
 from v2x.datasets.files import exists, read_json
@@ -106,16 +106,7 @@ def _pose(path: Path, name: str) -> np.ndarray:
     d = read_json(path)
     if isinstance(d, dict) and "transform" in d:
         d = d["transform"]
-    try:
-        R = np.asarray(d["rotation"], dtype=np.float64).reshape(3, 3)
-        t = np.asarray(d["translation"], dtype=np.float64).reshape(3)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise DatasetError(path, name, f"expected rotation (3x3) and translation (3): {exc}") from exc
-    if not (np.isfinite(R).all() and np.isfinite(t).all()):
-        raise DatasetError(path, name, "not finite")
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = R, t
-    return T
+    return pose_from_rt(d, path, name)
 
 
 def single_side_frame(root: str | Path, side: str, frame_id: str, index: int = 0) -> Frame:
