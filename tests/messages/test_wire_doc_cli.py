@@ -12,7 +12,9 @@ from click.testing import CliRunner
 from v2x.cli.main import cli
 from v2x.core.grid import BEVGrid
 from v2x.messages.codebook import Codebook, CodebookConfig, load_codebook
+from v2x.messages.message_weights import DEFAULT_MESSAGE_WEIGHTS, load_message_weights
 from v2x.perception.config import DEFAULT_CONFIG
+from v2x.perception.detector import DEFAULT_WEIGHTS, load_detector
 from v2x.pipeline.wire_profile import SHIPPED_CODEBOOK
 
 
@@ -28,9 +30,17 @@ def test_info_reports_the_shipped_configuration():
     )
     grid = BEVGrid.from_dict(ckpt["config"]["grid"])
     cb = load_codebook(SHIPPED_CODEBOOK)
-    d = _info()
+    d = _info("--message-weights", "none")
     assert d["grid_fingerprint"] == f"{grid.fingerprint():#010x}"
     assert d["codebook"]["identity"] == f"{cb.identity():#010x}" and d["codebook"]["k"] == cb.cfg.k
+    # by default a code method runs with the detector's shipped message weights: their identity
+    shipped = DEFAULT_MESSAGE_WEIGHTS
+    if shipped.is_file():
+        mw = load_message_weights(shipped, load_detector(DEFAULT_WEIGHTS))
+        default = _info()
+        assert default["codebook"]["identity"] == f"{mw.identity():#010x}"
+        assert default["codebook"]["path"] == str(shipped) and default["codebook"]["k"] == mw.codebook.cfg.k
+        d = default
     assert [m["wire_type"] for m in d["messages"]] == [5, 6, 1]  # codefilling: demand, offer, codes
     text = CliRunner().invoke(cli, ["wire", "info"]).output
     assert d["grid_fingerprint"] in text and d["codebook"]["identity"] in text

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from v2x.cli.options import bootstrap_options, frames_option, pick_option, share_frame_option
+from v2x.cli.options import (
+    bootstrap_options,
+    frames_option,
+    message_weights_option,
+    pick_option,
+    share_frame_option,
+)
 from v2x.pipeline.methods import comm_method_names, feature_method_names, get_method
 
 
@@ -148,8 +154,9 @@ def train_codebook(
 @click.option(
     "--codebook",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Codebook (default: shipped).",
+    help="Codebook (default: shipped); naming one decodes with the detector's own head.",
 )
+@message_weights_option
 @frames_option()
 @pick_option
 @share_frame_option
@@ -165,6 +172,7 @@ def eval_comm(
     budgets,
     weights,
     codebook,
+    message_weights,
     frames,
     pick,
     share_frame,
@@ -178,6 +186,7 @@ def eval_comm(
     from v2x.experiments.comm_eval import evaluate_comm, plot_comm, settings_for, write_rows
     from v2x.messages.codebook import load_codebook
     from v2x.messages.codec import MessageCodec
+    from v2x.messages.message_weights import load_message_weights, message_weights_path
     from v2x.messages.pairing import resolve_codebook, warn_if_mispaired
     from v2x.perception.cooperative import Perception
     from v2x.perception.detector import load_detector, resolve_weights
@@ -195,15 +204,25 @@ def eval_comm(
         raise click.BadParameter(f"budgets must be integers (bytes): {exc}") from exc
     log = open_log(_split(data, "test"))
     model = load_detector(weights, log_format=getattr(log, "format", None))
-    cb_path = resolve_codebook(codebook, resolve_weights(weights, getattr(log, "format", None)))
-    cb = load_codebook(cb_path) if Path(cb_path).is_file() else None
-    if cb is not None:
-        warn_if_mispaired(cb_path, model.identity())
-    if cb is None and any(get_method(m).needs_codebook for m in names):
-        raise click.ClickException(
-            f"no codebook at {cb_path}: train one with `v2x train codebook` or pass --codebook"
-        )
-    codec = MessageCodec(model.cfg.grid, cb)
+    detector_path = resolve_weights(weights, getattr(log, "format", None))
+    try:
+        mw_path = message_weights_path(message_weights, codebook, detector_path)
+        mw = load_message_weights(mw_path, model) if mw_path is not None else None
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if mw is not None:
+        click.echo(f"message weights {mw_path} (identity {mw.identity_hex()})", err=True)
+        codec = MessageCodec(model.cfg.grid, mw.codebook, codebook_id=mw.identity())
+    else:
+        cb_path = resolve_codebook(codebook, detector_path)
+        cb = load_codebook(cb_path) if Path(cb_path).is_file() else None
+        if cb is not None:
+            warn_if_mispaired(cb_path, model.identity())
+        if cb is None and any(get_method(m).needs_codebook for m in names):
+            raise click.ClickException(
+                f"no codebook at {cb_path}: train one with `v2x train codebook` or pass --codebook"
+            )
+        codec = MessageCodec(model.cfg.grid, cb)
     rows = evaluate_comm(
         log,
         Perception(model),
@@ -213,6 +232,7 @@ def eval_comm(
         share_frame=resolve_share_frame(share_frame, getattr(log, "format", None)),
         bootstrap=bootstrap,
         bootstrap_block=bootstrap_block,
+        decoder=mw.decoder if mw is not None else None,
     )
     if bootstrap and not any(get_method(m).features is None for m in names):
         click.echo("--bootstrap compares with late fusion: add late to --methods", err=True)

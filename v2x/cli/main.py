@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
 TRAIN_COMMANDS: dict[str, str] = {
     "detector": "v2x.cli.train_detector:train_detector",
     "codebook": "v2x.cli.codebook:train_codebook",
+    "messages": "v2x.cli.train_messages:train_messages",
     "tracker": "v2x.cli.tracking:train_tracker",
 }
 #: ``v2x eval ...``

@@ -78,3 +78,13 @@ def frames_option(default: int | None = None) -> Callable:
         show_default=default is not None,
         help="Use N frames of the log (which ones: --pick)" + ("." if default else "; default: all."),
     )
+
+
+#: the message weights code methods decode with (v2x.messages.message_weights)
+message_weights_option = click.option(
+    "--message-weights",
+    default=None,
+    help="Message weights (`v2x train messages`: codebook + the ego's decoder) for codebook, "
+    "codefilling and hybrid; 'none' decodes codes with the detector's own head [default: the "
+    "detector's shipped ones, when they exist and no --codebook is named].",
+)

@@ -10,6 +10,7 @@ import click
 from v2x.cli.options import (
     frames_option,
     insecure_option,
+    message_weights_option,
     pick_option,
     precision_option,
     share_frame_option,
@@ -228,7 +229,12 @@ def _nothing_fused_hint(r: dict) -> str | None:
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Torch threads per node."
 )
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Detector weights.")
-@click.option("--codebook", type=click.Path(exists=True, dir_okay=False), help="Codebook weights.")
+@click.option(
+    "--codebook",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Codebook weights (decoded with the detector's own head).",
+)
+@message_weights_option
 @click.option(
     "--keys",
     "keys_dir",
@@ -264,6 +270,7 @@ def replay(
     threads,
     weights,
     codebook,
+    message_weights,
     keys_dir,
     insecure,
     as_json,
@@ -304,13 +311,20 @@ def replay(
             max_agents=max_agents,
             weights=weights,
             codebook=codebook,
+            message_weights=message_weights,
         )
         if cfg.spec.needs_codebook:
+            from v2x.messages.message_weights import message_weights_path
             from v2x.messages.pairing import resolve_codebook
             from v2x.perception.detector import resolve_weights
 
-            book = resolve_codebook(codebook, resolve_weights(weights, log_format))
-            if not book.is_file():
+            detector_path = resolve_weights(weights, log_format)
+            try:
+                chosen = message_weights_path(message_weights, codebook, detector_path)
+            except (OSError, ValueError) as exc:
+                raise PipelineError(f"message_weights: {exc}") from exc
+            book = resolve_codebook(codebook, detector_path)
+            if chosen is None and not book.is_file():
                 raise PipelineError(f"codebook: {book} does not exist (train one: v2x train codebook)")
         opts = ReplayOptions(
             Path(data),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from v2x.cli.options import message_weights_option
 from v2x.pipeline.methods import DEFAULT_METHOD, method_names
 
 
@@ -31,6 +32,7 @@ def wire() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Codebook, .pt or .safetensors (default: shipped).",
 )
+@message_weights_option
 @click.option(
     "--method",
     type=click.Choice(method_names(aliases=True)),
@@ -39,12 +41,12 @@ def wire() -> None:
     help="Whose messages to list.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (key grid_fingerprint, ...).")
-def info(weights, config, codebook, method, as_json) -> None:
+def info(weights, config, codebook, message_weights, method, as_json) -> None:
     """Grid fingerprint, codebook identity and size, and the messages of a configuration."""
     from v2x.pipeline.wire_profile import load_profile
 
     try:
-        profile = load_profile(weights, config, codebook, method)
+        profile = load_profile(weights, config, codebook, method, message_weights)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     d = profile.to_dict()

@@ -30,6 +30,7 @@ from v2x.perception.cooperative import (
     SharedFeatures,
     encoding_frames,
     evaluation_ground_truth,
+    with_own_boxes,
 )
 from v2x.perception.encoder import sanitize_points
 from v2x.perception.settings import check_share_frame
@@ -137,6 +138,7 @@ def evaluate_comm(
     share_frame: str = "ego",
     bootstrap: int = 0,
     bootstrap_block: int = 1,
+    decoder=None,
 ) -> list[dict]:
     """Every setting on the same frames (``frames``, default all); collaborators' maps encoded in
     ``share_frame`` (as the pipeline's agents do), each agent's once for all settings.
@@ -167,20 +169,24 @@ def evaluate_comm(
         into = encoding_frames(frame, share_frame)
         results = perception.agent_steps(agents, detect=True, into=into)
         ego, rest = results[0], results[1:]
-        # late fusion's boxes come from each collaborator's map in its own frame, as in the pipeline
-        own = perception.agent_steps(frame.collaborators) if late and into is not None else rest
+        # late fusion's and the hybrid's boxes come from each collaborator's map in its own frame,
+        # as in the pipeline
+        own = perception.agent_steps(frame.collaborators) if (late or hybrids) and into is not None else rest
+        with_boxes = [with_own_boxes(r, o) for r, o in zip(rest, own, strict=True)] if hybrids else rest
         for s in settings:
             if s.scheme is None:
                 shared: list[SharedFeatures] = []
                 received, out = send_boxes(codec, own, s.budget)
             else:
+                senders = with_boxes if s.spec.attaches_boxes else rest
                 shared, received, out = exchange(
-                    codec, s.scheme, ego, rest, s.budget, s.threshold or 0.3, s.spec.attaches_boxes
+                    codec, s.scheme, ego, senders, s.budget, s.threshold or 0.3, s.spec.attaches_boxes
                 )
             if s.spec.ego_detects_alone:
                 evals[s].add(_merged(perception, ego, received), gt)
             else:
-                evals[s].add(perception.ego_step(ego, shared, received).boxes, gt)
+                reads = decoder if s.spec.needs_codebook else None  # message weights read codes
+                evals[s].add(perception.ego_step(ego, shared, received, reads).boxes, gt)
             if s in boxes_only:
                 boxes_only[s].add(_merged(perception, ego, received), gt)
                 cell_bytes[s] += _cell_bytes(shared, received, out, codec.shape).values()

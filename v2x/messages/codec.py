@@ -66,6 +66,7 @@ from v2x.messages.selection import (
     block_max,
     block_shape,
     blocks_to_cells,
+    cells_outside_boxes,
     cells_to_ego_blocks,
     demand_levels,
     offer_blocks,
@@ -196,9 +197,14 @@ class MessageCodec:
         codebook: Codebook | None = None,
         selection: SelectionConfig | None = None,
         nonnegative: bool = True,
+        codebook_id: int | None = None,
     ) -> None:
         self.grid = grid
         self.codebook = codebook
+        #: the identity code messages carry and receivers check: the codebook's own, or that of
+        #: the message weights it belongs to (v2x.messages.message_weights), so that messages of
+        #: other message weights with the same codewords are refused too
+        self._codebook_id = codebook_id
         self.sel = selection or SelectionConfig()
         self.grid_id = grid.fingerprint()
         self.shape = grid.shape
@@ -207,6 +213,10 @@ class MessageCodec:
         #: decoded codes are clamped at 0: the encoder's features are post-ReLU
         self.nonnegative = nonnegative
         self._seq = 0
+
+    def codebook_id(self) -> int:
+        """The identity code messages carry (see ``codebook_id`` of the constructor)."""
+        return self._codebook_id if self._codebook_id is not None else self.codebook.identity()
 
     @staticmethod
     def sender_of(agent: AgentPerception) -> int:
@@ -319,7 +329,7 @@ class MessageCodec:
             raise ValueError(f"unknown selection {selection!r}: a scheme selects by a Selection")
         occ = agent.occupied.numpy().ravel()
         conf = np.asarray(agent.confidence, dtype=np.float32).ravel()
-        if selection is Selection.ALL:
+        if selection in (Selection.ALL, Selection.UNSURE):  # UNSURE: fit_to_budget drops box cells
             cells = np.flatnonzero(occ)
             return cells[np.argsort(-conf[cells], kind="stable")]
         wanted, ego_block = self._cell_demand(agent, demand)
@@ -413,6 +423,9 @@ class MessageCodec:
                 room = budget - self._size(kind, empty, channels, 0)
                 n_boxes = int(np.clip(room // per_box, 0, n_boxes))
             det_arg = n_boxes if n_boxes else None
+            if n_boxes and scheme.selection is Selection.UNSURE:  # codes only where no box is sent
+                ranked_cells = cells_outside_boxes(ranked_cells, boxes.xyzlwhy[:n_boxes], self.grid)
+                n = len(ranked_cells)
             # every cell costs at least its payload bits: an upper bound that keeps the search short
             base = self._size(kind, empty, channels, det_arg)
             lo, hi = 0, min(n, (budget - base) * 8 // self._payload_bits(kind, channels))
@@ -424,6 +437,9 @@ class MessageCodec:
                 else:
                     hi = mid - 1
             n = lo
+        if budget is None and n_boxes and scheme.selection is Selection.UNSURE:
+            ranked_cells = cells_outside_boxes(ranked_cells, boxes.xyzlwhy, self.grid)
+            n = len(ranked_cells)
         cells = ranked_cells[:n]
         data = self._encode_features(kind, agent, cells, boxes[:n_boxes] if n_boxes else None)
         if budget is not None and len(data) > budget:  # cannot happen: encoded_size is exact
@@ -440,7 +456,7 @@ class MessageCodec:
             det = (boxes.xyzlwhy, boxes.scores, boxes.labels, None)
         if kind == MessageType.CODEBOOK:
             cb = self.codebook
-            h = self._header(kind, agent, cb.cfg.bits, cb.identity())
+            h = self._header(kind, agent, cb.cfg.bits, self.codebook_id())
             codes = cb.encode(torch.from_numpy(feats)).numpy()
             return encode(h, self.shape, cells, codes=codes, detections=det)
         return encode(self._header(kind, agent), self.shape, cells, features=feats, detections=det)
@@ -483,7 +499,7 @@ class MessageCodec:
             data,
             self.shape,
             self.grid_id,
-            cb.identity() if cb is not None else None,
+            self.codebook_id() if cb is not None else None,
             cb.cfg.k if cb is not None else None,
         )
         h = msg.header
@@ -585,7 +601,7 @@ def exchange(
     channels = ego.features.shape[0]
     for a in collaborators:
         allowance = None if budget is None else budget - out[a.agent_id].bytes
-        boxes = hybrid_boxes(codec, a, demand) if hybrid else None
+        boxes = hybrid_boxes(a) if hybrid else None
         enc = codec.feature_message(
             scheme, a, allowance, demand, plan.get(codec.sender_of(a)), threshold, boxes
         )
@@ -602,16 +618,11 @@ def exchange(
     return shared, shared_boxes, out
 
 
-def hybrid_boxes(codec: MessageCodec, agent: AgentPerception, demand: Demand | None) -> Boxes | None:
-    """The sender's own confident boxes in cells the ego demands (16 bytes each on the wire); public:
-    the pipeline's agents attach the same boxes as ``exchange`` does."""
+def hybrid_boxes(agent: AgentPerception) -> Boxes | None:
+    """The boxes a hybrid message carries: all the sender's boxes, in the frame it sends in
+    (``fit_to_budget`` keeps the most confident that fit). Detected in the sender's own frame
+    where it can be (:func:`v2x.perception.cooperative.with_own_boxes`): on the ego's grid they are
+    less precise. Public: the pipeline's agents attach the same boxes as ``exchange`` does."""
     if agent.boxes is None or len(agent.boxes) == 0:
         return None
-    boxes = agent.boxes[agent.boxes.scores >= 0.3]
-    if demand is None or len(boxes) == 0:
-        return boxes
-    row, col, ok = codec.grid.cell_of(boxes.xyzlwhy[:, :2])
-    h, w = codec.shape
-    wanted = codec.cell_demand(agent, demand)
-    keep = ok & (wanted[np.clip(row, 0, h - 1) * w + np.clip(col, 0, w - 1)] > 0)
-    return boxes[keep]
+    return agent.boxes

@@ -37,11 +37,15 @@ class Selection(Enum):
     CONFIDENT = "confident"
     #: information filling: the cells of the blocks the shared offers assign to this collaborator
     FILLING = "filling"
+    #: the hybrid's: occupied cells, most confident first, under a budget and without a demand;
+    #: cells under the boxes the same message carries are left out, so what the codes describe
+    #: is where the sender is unsure
+    UNSURE = "unsure"
 
     @property
     def uses_demand(self) -> bool:
-        """Whether the ego first broadcasts what it lacks (every selection but ALL reads it)."""
-        return self is not Selection.ALL
+        """Whether the ego first broadcasts what it lacks (all but ALL and UNSURE read it)."""
+        return self not in (Selection.ALL, Selection.UNSURE)
 
     @property
     def uses_offers(self) -> bool:

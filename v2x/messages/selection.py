@@ -39,6 +39,7 @@ __all__ = [
     "block_max",
     "block_shape",
     "blocks_to_cells",
+    "cells_outside_boxes",
     "cells_to_ego_blocks",
     "demand_levels",
     "filling_order",
@@ -266,3 +267,32 @@ def blocks_to_cells(blocks: np.ndarray, grid: BEVGrid, block: int) -> np.ndarray
 def where2comm_cells(supply: np.ndarray, occupied: np.ndarray, threshold: float) -> np.ndarray:
     """Where2comm's rule: the agent's occupied cells whose own confidence reaches ``threshold``."""
     return np.flatnonzero(np.asarray(occupied).ravel() & (np.asarray(supply).ravel() >= threshold))
+
+
+def cells_outside_boxes(
+    cells: np.ndarray, xyzlwhy: np.ndarray, grid: BEVGrid, margin: float = 0.5
+) -> np.ndarray:
+    """``cells`` (flat, in order) whose centres lie outside every box (BEV footprints grown by
+    ``margin`` metres): the hybrid does not spend codes where it already sends a box. Each box
+    tests only the cells of its own window, so the cost follows the boxes, not the map."""
+    cells = np.asarray(cells, dtype=np.int64)
+    if len(cells) == 0 or len(xyzlwhy) == 0:
+        return cells
+    h, w = grid.shape
+    covered = np.zeros(h * w, dtype=bool)
+    for bx, by, _, length, width, _, yaw in np.asarray(xyzlwhy, dtype=np.float64):
+        reach = np.hypot(length, width) / 2 + margin
+        c0, c1 = np.floor((np.array([bx - reach, bx + reach]) - grid.x_min) / grid.cell).astype(int)
+        r0, r1 = np.floor((np.array([by - reach, by + reach]) - grid.y_min) / grid.cell).astype(int)
+        c0, c1, r0, r1 = max(c0, 0), min(c1, w - 1), max(r0, 0), min(r1, h - 1)
+        if c0 > c1 or r0 > r1:
+            continue
+        rr, cc = np.mgrid[r0 : r1 + 1, c0 : c1 + 1]
+        dx = grid.x_min + (cc + 0.5) * grid.cell - bx
+        dy = grid.y_min + (rr + 0.5) * grid.cell - by
+        c, s = np.cos(yaw), np.sin(yaw)
+        hit = (np.abs(dx * c + dy * s) <= length / 2 + margin) & (
+            np.abs(-dx * s + dy * c) <= width / 2 + margin
+        )
+        covered[(rr * w + cc)[hit]] = True
+    return cells[~covered[cells]]

@@ -54,6 +54,10 @@ class RunConfig:
     pick: str = "first"
     weights: str | None = None
     codebook: str | None = None
+    #: message weights (codebook + the ego's decoder, ``v2x train messages``) for code methods:
+    #: None picks the detector's shipped ones when they exist (not with ``codebook`` named),
+    #: "none" decodes codes with the detector's own head (v2x.messages.message_weights)
+    message_weights: str | None = None
     tracker_weights: str | None = None
     trace: str | None = None
 

@@ -60,8 +60,8 @@ class Method:
     features: FeatureScheme | None = None
     #: other names the command line and configs accept for it
     aliases: tuple[str, ...] = ()
-    #: the hybrid: the feature message also carries the sender's own confident boxes (boxes
-    #: first, then cells, within the one per-link budget); the ego merges them after detecting
+    #: the hybrid: the feature message also carries the sender's own boxes (boxes first, then
+    #: cells outside them, within the one per-link budget); the ego merges them after detecting
     attaches_boxes: bool = False
 
     def __post_init__(self) -> None:
@@ -161,12 +161,12 @@ METHODS: dict[str, Method] = {
             "cells of the blocks information filling assigns, codebook indices",
             FeatureScheme(FeatureEncoding.CODES, Selection.FILLING),
         ),
-        # codebook's selection, not information filling's: one round (demand, then the message),
-        # and the cells may fill the whole budget the boxes leave (filling stops at its blocks)
+        # no demand round: the boxes come first, as many as fit (late fusion's, most confident
+        # first), and the codes take what they leave, for cells outside the boxes (docs/messages.md)
         _features(
             "hybrid",
-            "the sender's confident boxes in demanded cells, then demanded cells as codebook indices",
-            FeatureScheme(FeatureEncoding.CODES, Selection.CONFIDENT),
+            "the sender's boxes, then codebook indices for the cells outside them where it is unsure",
+            FeatureScheme(FeatureEncoding.CODES, Selection.UNSURE),
             attaches_boxes=True,
         ),
     )

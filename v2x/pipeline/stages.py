@@ -25,7 +25,13 @@ from v2x.core.geometry import inverse, transform_points
 from v2x.messages.codec import Demand, MessageCodec, Offer, hybrid_boxes, sender_code
 from v2x.messages.scheme import Selection
 from v2x.perception.compensation import MotionModel, compensate_boxes, compensate_features, compensate_points
-from v2x.perception.cooperative import AgentPerception, Perception, SharedBoxes, SharedFeatures
+from v2x.perception.cooperative import (
+    AgentPerception,
+    Perception,
+    SharedBoxes,
+    SharedFeatures,
+    with_own_boxes,
+)
 from v2x.perception.detector import DEFAULT_WEIGHTS, load_detector, resolve_weights
 from v2x.perception.encoder import sanitize_points
 from v2x.perception.fusion_kind import FusionKind
@@ -44,29 +50,42 @@ class Models:
     codec: MessageCodec
     tracker_cfg: Any = None
     noise: Any = None
+    #: the ego's fusion, neck and head for code messages (message weights), if loaded
+    decoder: Any = None
 
     @classmethod
     def load(cls, cfg: RunConfig, log_format: str | None = None) -> Models:
         """The models of ``cfg``; without ``cfg.weights``, the shipped detector for a log of
         ``log_format`` (``resolve_weights``)."""
         model = load_detector(cfg.weights, precision=cfg.precision, log_format=log_format)
-        codebook = None
+        codebook = decoder = codebook_id = None
         if cfg.spec.needs_codebook:
             from v2x.messages.codebook import load_codebook
+            from v2x.messages.message_weights import load_message_weights, message_weights_path
             from v2x.messages.pairing import resolve_codebook, warn_if_mispaired
 
-            path = resolve_codebook(cfg.codebook, resolve_weights(cfg.weights, log_format))
-            if not path.is_file():
-                raise PipelineError(f"codebook: {path} does not exist (train one: v2x train codebook)")
-            codebook = load_codebook(path)
-            if cfg.precision == "fp32":  # identities of other precisions differ by design
-                warn_if_mispaired(path, model.identity())
+            detector_path = resolve_weights(cfg.weights, log_format)
+            try:
+                mw_path = message_weights_path(cfg.message_weights, cfg.codebook, detector_path)
+                mw = load_message_weights(mw_path, model) if mw_path is not None else None
+            except (OSError, ValueError) as exc:
+                raise PipelineError(f"message_weights: {exc}") from exc
+            if mw is not None:
+                codebook, decoder, codebook_id = mw.codebook, mw.decoder, mw.identity()
+            else:
+                path = resolve_codebook(cfg.codebook, detector_path)
+                if not path.is_file():
+                    raise PipelineError(f"codebook: {path} does not exist (train one: v2x train codebook)")
+                codebook = load_codebook(path)
+                if cfg.precision == "fp32":  # identities of other precisions differ by design
+                    warn_if_mispaired(path, model.identity())
         tracker_cfg = noise = None
         if cfg.tracker == "dmstrack":
             path = Path(cfg.tracker_weights) if cfg.tracker_weights else WEIGHTS / "noise.pt"
             if path.is_file():
                 tracker_cfg, noise = load_tracker(path)
-        return cls(Perception(model), MessageCodec(model.cfg.grid, codebook), tracker_cfg, noise)
+        codec = MessageCodec(model.cfg.grid, codebook, codebook_id=codebook_id)
+        return cls(Perception(model), codec, tracker_cfg, noise, decoder)
 
 
 def for_log_format(cfg: RunConfig, log_format: str | None) -> RunConfig:
@@ -114,7 +133,12 @@ class AgentStage:
                 into = None
         # boxes are decoded only where they are sent (late fusion, the hybrid): other feature
         # methods select cells by confidence alone
-        return self.models.perception.agent_step(scan, spec.agent_detects, into, boxes=spec.sends_boxes)
+        perception = self.models.perception
+        if spec.attaches_boxes and into is not None:
+            # the hybrid's boxes from the scan in its own frame: on the ego's grid they are less precise
+            shared = perception.agent_step(scan, True, into, boxes=False)
+            return with_own_boxes(shared, perception.agent_step(scan, True, None, boxes=True))
+        return perception.agent_step(scan, spec.agent_detects, into, boxes=spec.sends_boxes)
 
     def variances(self, percept: AgentPerception) -> np.ndarray | None:
         """(N, 7) measurement variances of the agent's boxes from the learned noise model, sent
@@ -211,7 +235,7 @@ class AgentStage:
             # no demand yet (or no offer accepted): the most confident cells, in the same encoding
             scheme = replace(scheme, selection=Selection.CONFIDENT)
         blocks = assigned if scheme.uses_offers else None
-        boxes = hybrid_boxes(codec, percept, self.demand) if spec.attaches_boxes else None
+        boxes = hybrid_boxes(percept) if spec.attaches_boxes else None
         enc = codec.feature_message(scheme, percept, allowance, self.demand, blocks, cfg.threshold, boxes)
         if enc.data is None or (len(enc.cells) == 0 and enc.boxes == 0):
             return None
@@ -398,7 +422,7 @@ class EgoStage:
                 # demand): fusing its map alone would give that map and those boxes again
                 boxes, fused_map = own, percept.features
             else:
-                res = perception.ego_step(percept, shared, boxes_in)
+                res = perception.ego_step(percept, shared, boxes_in, self.models.decoder)
                 boxes, fused_map = res.boxes, res.features
         tracks = self._track(percept, boxes, boxes_in, fused_map, now_s)
         return EgoOutput(boxes, tracks, used, stale, sent_cells, over_limit)

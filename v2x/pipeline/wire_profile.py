@@ -135,15 +135,27 @@ def _codebook_info(path: Path) -> CodebookInfo:
     return CodebookInfo(str(path), cb.identity(), cb.identity_hex(), c.channels, c.m, c.r, c.k, c.bits)
 
 
+def _message_weights_info(path: Path, detector: Path) -> CodebookInfo:
+    from v2x.messages.message_weights import load_message_weights
+    from v2x.perception.detector import load_detector
+
+    mw = load_message_weights(path, load_detector(detector))
+    c = mw.codebook.cfg
+    return CodebookInfo(str(path), mw.identity(), mw.identity_hex(), c.channels, c.m, c.r, c.k, c.bits)
+
+
 def load_profile(
     weights: str | Path | None = None,
     config: str | Path | None = None,
     codebook: str | Path | None = None,
     method: str = DEFAULT_METHOD,
+    message_weights: str | None = None,
 ) -> WireProfile:
     """The profile of a configuration: the grid of ``config`` (a detector YAML) if given, else of
     the detector ``weights`` (default: shipped); the codebook at ``codebook`` (default: shipped,
-    when present); the messages of ``method``."""
+    when present); the messages of ``method``. A method that sends codes runs with the
+    detector's message weights where a run would (``message_weights_path``): its messages then
+    carry their identity, and the codebook reported is theirs."""
     from v2x.perception.detector import DEFAULT_WEIGHTS
 
     spec = get_method(method)
@@ -157,6 +169,14 @@ def load_profile(
     digest = hashlib.sha256(grid_text(grid).encode()).digest()
     if int.from_bytes(digest[:4], "little") != grid.fingerprint():  # the document's recipe, checked
         raise AssertionError("BEVGrid.fingerprint no longer hashes grid_text(grid)")
+    if spec.needs_codebook and config is None:
+        from v2x.messages.message_weights import message_weights_path
+
+        detector = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        chosen = message_weights_path(message_weights, codebook, detector)
+        if chosen is not None:
+            info = _message_weights_info(chosen, detector)
+            return WireProfile(grid, source, SelectionConfig().block, spec.name, message_kinds(spec), info)
     book = Path(codebook) if codebook is not None else SHIPPED_CODEBOOK
     if codebook is None and not book.is_file() and not spec.needs_codebook:
         info = None
