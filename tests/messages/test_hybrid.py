@@ -104,3 +104,32 @@ def test_with_own_boxes_moves_the_own_frame_boxes_into_the_shared_frame(codebook
     world_moved = moved.boxes.transformed(ego_pose)
     assert np.allclose(world_own.xyzlwhy[:, :3], world_moved.xyzlwhy[:, :3], atol=1e-6)
     assert np.allclose(moved.boxes.scores, own.boxes.scores)
+
+
+def test_a_box_under_the_score_cut_is_left_to_the_codes(codebook):
+    """With a cut of 0.5 the 0.4 box is not sent as a box, and its cells may go as codes."""
+    codec = MessageCodec(GRID, codebook)
+    scheme = get_method("hybrid").features
+    agent = _agent(codebook)
+    assert len(hybrid_boxes(agent, 0.0)) == 2 and len(hybrid_boxes(agent, 0.5)) == 1
+    assert hybrid_boxes(agent, 0.95) is None
+    ego = AgentPerception(
+        "1", AgentKind.VEHICLE, 5, np.eye(4), agent.features, agent.occupied, agent.confidence
+    )
+    shared, boxes, _ = exchange(codec, scheme, ego, [agent], None, hybrid=True, box_min_score=0.5)
+    assert len(boxes[0].boxes) == 1 and abs(boxes[0].boxes.scores[0] - 0.9) < 0.01  # scores travel as u8
+    sent = np.flatnonzero(shared[0].valid.numpy().ravel())
+    occupied = np.flatnonzero(agent.occupied.numpy().ravel())
+    weak_box_cells = np.setdiff1d(occupied, cells_outside_boxes(occupied, agent.boxes.xyzlwhy[1:], GRID))
+    strong_box_cells = np.setdiff1d(occupied, cells_outside_boxes(occupied, agent.boxes.xyzlwhy[:1], GRID))
+    assert len(weak_box_cells) and set(weak_box_cells.tolist()) <= set(sent.tolist())
+    assert not set(strong_box_cells.tolist()) & set(sent.tolist())
+
+
+def test_eval_comm_settings_run_the_hybrid_once_per_cut():
+    from v2x.experiments.comm_eval import settings_for
+
+    got = settings_for(["hybrid", "late"], [512, 1024], hybrid_cuts=[0.0, 0.5])
+    hybrid = [(s.budget, s.threshold) for s in got if s.method == "hybrid"]
+    assert hybrid == [(512, 0.0), (512, 0.5), (1024, 0.0), (1024, 0.5)]
+    assert [(s.budget, s.threshold) for s in settings_for(["hybrid"], [512])] == [(512, None)]

@@ -157,6 +157,12 @@ def train_codebook(
     help="Codebook (default: shipped); naming one decodes with the detector's own head.",
 )
 @message_weights_option
+@click.option(
+    "--hybrid-box-score",
+    default=None,
+    help="The hybrid's split, comma-separated cuts to compare: boxes scoring at least this go as "
+    "boxes, the rest as codes (rows' threshold) [default: the shipped cut].",
+)
 @frames_option()
 @pick_option
 @share_frame_option
@@ -173,6 +179,7 @@ def eval_comm(
     weights,
     codebook,
     message_weights,
+    hybrid_box_score,
     frames,
     pick,
     share_frame,
@@ -202,6 +209,10 @@ def eval_comm(
         budget_list = [int(b) for b in budgets.split(",") if b.strip()]
     except ValueError as exc:
         raise click.BadParameter(f"budgets must be integers (bytes): {exc}") from exc
+    try:
+        cuts = [float(c) for c in hybrid_box_score.split(",") if c.strip()] if hybrid_box_score else None
+    except ValueError as exc:
+        raise click.BadParameter(f"--hybrid-box-score takes scores: {exc}") from exc
     log = open_log(_split(data, "test"))
     model = load_detector(weights, log_format=getattr(log, "format", None))
     detector_path = resolve_weights(weights, getattr(log, "format", None))
@@ -227,7 +238,7 @@ def eval_comm(
         log,
         Perception(model),
         codec,
-        settings_for(names, budget_list),
+        settings_for(names, budget_list, hybrid_cuts=cuts),
         FrameSelection(frames, pick),
         share_frame=resolve_share_frame(share_frame, getattr(log, "format", None)),
         bootstrap=bootstrap,
@@ -244,6 +255,8 @@ def eval_comm(
             if r["budget_bytes"] is not None
             else (f"thr {r['threshold']}" if r["threshold"] else "all")
         )
+        if r["budget_bytes"] is not None and r["threshold"] is not None:
+            label = f"{label} cut {r['threshold']}"
         line = f"{r['method']:>16} {label!s:>10}: {r['bytes_mean']:>10.0f} B/agent/frame  AP@0.5 {ap['0.5']}  AP@0.7 {ap['0.7']}"
         if "ap_bev_boxes_only" in r:
             alone = r["ap_bev_boxes_only"]

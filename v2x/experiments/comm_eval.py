@@ -47,7 +47,8 @@ WHERE2COMM_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
 class CommSetting:
     method: str
     budget: int | None = None  # bytes per agent per frame; None: unlimited
-    threshold: float | None = None  # where2comm's knob
+    #: where2comm's confidence threshold; the hybrid's box score cut (None: its default)
+    threshold: float | None = None
 
     @property
     def spec(self) -> Method:
@@ -64,11 +65,14 @@ class CommSetting:
         return self.spec.features
 
 
-def settings_for(methods: list[str], budgets: list[int]) -> list[CommSetting]:
+def settings_for(
+    methods: list[str], budgets: list[int], hybrid_cuts: list[float] | None = None
+) -> list[CommSetting]:
     """A method that sends every cell runs once, unlimited; a threshold selection over its
     thresholds; any other over the budgets. Boxes alone (late fusion) run over the budgets (the
     most confident that fit) and once unlimited, so they have a point at every budget and their
-    ceiling."""
+    ceiling. ``hybrid_cuts``: the hybrid at each budget once per box score cut (None: its
+    default cut)."""
     out: list[CommSetting] = []
     for m in methods:
         spec = get_method(m)
@@ -82,6 +86,8 @@ def settings_for(methods: list[str], budgets: list[int]) -> list[CommSetting]:
             out.append(CommSetting(m))
         elif selection is Selection.THRESHOLD:
             out += [CommSetting(m, threshold=t) for t in WHERE2COMM_THRESHOLDS]
+        elif spec.attaches_boxes and hybrid_cuts:
+            out += [CommSetting(m, budget=b, threshold=t) for b in budgets for t in hybrid_cuts]
         else:
             out += [CommSetting(m, budget=b) for b in budgets]
     return out
@@ -179,8 +185,16 @@ def evaluate_comm(
                 received, out = send_boxes(codec, own, s.budget)
             else:
                 senders = with_boxes if s.spec.attaches_boxes else rest
+                hybrid = s.spec.attaches_boxes
                 shared, received, out = exchange(
-                    codec, s.scheme, ego, senders, s.budget, s.threshold or 0.3, s.spec.attaches_boxes
+                    codec,
+                    s.scheme,
+                    ego,
+                    senders,
+                    s.budget,
+                    0.3 if hybrid or s.threshold is None else s.threshold,
+                    hybrid,
+                    s.threshold if hybrid else None,
                 )
             if s.spec.ego_detects_alone:
                 evals[s].add(_merged(perception, ego, received), gt)

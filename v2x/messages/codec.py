@@ -568,11 +568,13 @@ def exchange(
     budget: int | None = None,
     threshold: float = 0.3,
     hybrid: bool = False,
+    box_min_score: float | None = None,
 ) -> tuple[list[SharedFeatures], list[SharedBoxes], dict[str, Outgoing]]:
     """One frame of communication, in process: every message really encoded and decoded.
 
-    ``budget`` is bytes per collaborator link per frame, coordination included. Returns what the
-    ego received and, per collaborator, the messages on its link.
+    ``budget`` is bytes per collaborator link per frame, coordination included. With ``hybrid``,
+    boxes scoring at least ``box_min_score`` (default :data:`HYBRID_BOX_MIN_SCORE`) go as boxes.
+    Returns what the ego received and, per collaborator, the messages on its link.
     """
     out: dict[str, Outgoing] = {a.agent_id: Outgoing() for a in collaborators}
     smallest = codec._size(codec._kind(scheme.encoding), np.zeros(0, np.int64), ego.features.shape[0], None)
@@ -601,7 +603,7 @@ def exchange(
     channels = ego.features.shape[0]
     for a in collaborators:
         allowance = None if budget is None else budget - out[a.agent_id].bytes
-        boxes = hybrid_boxes(a) if hybrid else None
+        boxes = hybrid_boxes(a, box_min_score) if hybrid else None
         enc = codec.feature_message(
             scheme, a, allowance, demand, plan.get(codec.sender_of(a)), threshold, boxes
         )
@@ -618,11 +620,21 @@ def exchange(
     return shared, shared_boxes, out
 
 
-def hybrid_boxes(agent: AgentPerception) -> Boxes | None:
-    """The boxes a hybrid message carries: all the sender's boxes, in the frame it sends in
-    (``fit_to_budget`` keeps the most confident that fit). Detected in the sender's own frame
+#: the hybrid's split: boxes scoring at least this go as boxes, the rest as codes (docs/messages.md)
+HYBRID_BOX_MIN_SCORE: float = 0.0
+
+
+def hybrid_boxes(agent: AgentPerception, min_score: float | None = None) -> Boxes | None:
+    """The boxes a hybrid message carries: the sender's boxes scoring at least ``min_score``
+    (default :data:`HYBRID_BOX_MIN_SCORE`), in the frame it sends in (``fit_to_budget`` keeps the
+    most confident that fit). A box below it is left to the codes: its cells are not under a sent
+    box, so they compete for the budget with every other cell. Detected in the sender's own frame
     where it can be (:func:`v2x.perception.cooperative.with_own_boxes`): on the ego's grid they are
     less precise. Public: the pipeline's agents attach the same boxes as ``exchange`` does."""
     if agent.boxes is None or len(agent.boxes) == 0:
         return None
-    return agent.boxes
+    cut = HYBRID_BOX_MIN_SCORE if min_score is None else min_score
+    boxes = agent.boxes
+    if cut > 0 and boxes.scores is not None:
+        boxes = boxes[boxes.scores >= cut]
+    return boxes if len(boxes) else None
