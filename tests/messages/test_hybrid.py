@@ -133,3 +133,10 @@ def test_eval_comm_settings_run_the_hybrid_once_per_cut():
     hybrid = [(s.budget, s.threshold) for s in got if s.method == "hybrid"]
     assert hybrid == [(512, 0.0), (512, 0.5), (1024, 0.0), (1024, 0.5)]
     assert [(s.budget, s.threshold) for s in settings_for(["hybrid"], [512])] == [(512, None)]
+
+
+def test_eval_comm_settings_take_where2comm_thresholds():
+    from v2x.experiments.comm_eval import WHERE2COMM_THRESHOLDS, settings_for
+
+    assert [s.threshold for s in settings_for(["where2comm"], [512], thresholds=[0.0, 0.01])] == [0.0, 0.01]
+    assert tuple(s.threshold for s in settings_for(["where2comm"], [512])) == WHERE2COMM_THRESHOLDS

@@ -163,6 +163,11 @@ def train_codebook(
     help="The hybrid's split, comma-separated cuts to compare: boxes scoring at least this go as "
     "boxes, the rest as codes (rows' threshold) [default: the shipped cut].",
 )
+@click.option(
+    "--thresholds",
+    default=None,
+    help="Where2comm's confidence thresholds, comma-separated [default: 0.05,0.1,0.2,0.3,0.5,0.7].",
+)
 @frames_option()
 @pick_option
 @share_frame_option
@@ -180,6 +185,7 @@ def eval_comm(
     codebook,
     message_weights,
     hybrid_box_score,
+    thresholds,
     frames,
     pick,
     share_frame,
@@ -211,8 +217,9 @@ def eval_comm(
         raise click.BadParameter(f"budgets must be integers (bytes): {exc}") from exc
     try:
         cuts = [float(c) for c in hybrid_box_score.split(",") if c.strip()] if hybrid_box_score else None
+        levels = [float(t) for t in thresholds.split(",") if t.strip()] if thresholds else None
     except ValueError as exc:
-        raise click.BadParameter(f"--hybrid-box-score takes scores: {exc}") from exc
+        raise click.BadParameter(f"--hybrid-box-score and --thresholds take numbers: {exc}") from exc
     log = open_log(_split(data, "test"))
     model = load_detector(weights, log_format=getattr(log, "format", None))
     detector_path = resolve_weights(weights, getattr(log, "format", None))
@@ -238,7 +245,7 @@ def eval_comm(
         log,
         Perception(model),
         codec,
-        settings_for(names, budget_list, hybrid_cuts=cuts),
+        settings_for(names, budget_list, hybrid_cuts=cuts, thresholds=levels),
         FrameSelection(frames, pick),
         share_frame=resolve_share_frame(share_frame, getattr(log, "format", None)),
         bootstrap=bootstrap,

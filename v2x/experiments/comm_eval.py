@@ -66,13 +66,16 @@ class CommSetting:
 
 
 def settings_for(
-    methods: list[str], budgets: list[int], hybrid_cuts: list[float] | None = None
+    methods: list[str],
+    budgets: list[int],
+    hybrid_cuts: list[float] | None = None,
+    thresholds: list[float] | None = None,
 ) -> list[CommSetting]:
     """A method that sends every cell runs once, unlimited; a threshold selection over its
     thresholds; any other over the budgets. Boxes alone (late fusion) run over the budgets (the
     most confident that fit) and once unlimited, so they have a point at every budget and their
     ceiling. ``hybrid_cuts``: the hybrid at each budget once per box score cut (None: its
-    default cut)."""
+    default cut). ``thresholds``: a threshold selection's (None: :data:`WHERE2COMM_THRESHOLDS`)."""
     out: list[CommSetting] = []
     for m in methods:
         spec = get_method(m)
@@ -85,7 +88,7 @@ def settings_for(
         if selection is Selection.ALL:
             out.append(CommSetting(m))
         elif selection is Selection.THRESHOLD:
-            out += [CommSetting(m, threshold=t) for t in WHERE2COMM_THRESHOLDS]
+            out += [CommSetting(m, threshold=t) for t in (thresholds or WHERE2COMM_THRESHOLDS)]
         elif spec.attaches_boxes and hybrid_cuts:
             out += [CommSetting(m, budget=b, threshold=t) for b in budgets for t in hybrid_cuts]
         else:
