@@ -260,7 +260,7 @@ def eval_comm(
         label = (
             r["budget_bytes"]
             if r["budget_bytes"] is not None
-            else (f"thr {r['threshold']}" if r["threshold"] else "all")
+            else (f"thr {r['threshold']}" if r["threshold"] is not None else "all")
         )
         if r["budget_bytes"] is not None and r["threshold"] is not None:
             label = f"{label} cut {r['threshold']}"
