@@ -8,6 +8,7 @@ import click
 
 from v2x.cli.options import (
     bootstrap_options,
+    comma_list,
     frames_option,
     message_weights_option,
     pick_option,
@@ -216,8 +217,8 @@ def eval_comm(
     except ValueError as exc:
         raise click.BadParameter(f"budgets must be integers (bytes): {exc}") from exc
     try:
-        cuts = [float(c) for c in hybrid_box_score.split(",") if c.strip()] if hybrid_box_score else None
-        levels = [float(t) for t in thresholds.split(",") if t.strip()] if thresholds else None
+        cuts = comma_list(hybrid_box_score, float)
+        levels = comma_list(thresholds, float)
     except ValueError as exc:
         raise click.BadParameter(f"--hybrid-box-score and --thresholds take numbers: {exc}") from exc
     log = open_log(_split(data, "test"))

@@ -53,6 +53,14 @@ insecure_option = click.option(
 )
 
 
+def comma_list(text: str | None, cast: Callable = str) -> list | None:
+    """``"a, b,,c"`` as ``[cast(a), cast(b), cast(c)]``; None for an absent option. Raises
+    ValueError from ``cast``, for the caller to name the option."""
+    if not text:
+        return None
+    return [cast(v.strip()) for v in text.split(",") if v.strip()]
+
+
 def warn_insecure() -> None:
     """Say on the terminal that the run's links are open to any local process."""
     click.echo("WARNING: --insecure: plain links, no keys; any local process can send to the nodes", err=True)

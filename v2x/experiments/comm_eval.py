@@ -188,16 +188,8 @@ def evaluate_comm(
                 received, out = send_boxes(codec, own, s.budget)
             else:
                 senders = with_boxes if s.spec.attaches_boxes else rest
-                hybrid = s.spec.attaches_boxes
                 shared, received, out = exchange(
-                    codec,
-                    s.scheme,
-                    ego,
-                    senders,
-                    s.budget,
-                    0.3 if hybrid or s.threshold is None else s.threshold,
-                    hybrid,
-                    s.threshold if hybrid else None,
+                    codec, s.scheme, ego, senders, s.budget, **_knob(s), hybrid=s.spec.attaches_boxes
                 )
             if s.spec.ego_detects_alone:
                 evals[s].add(_merged(perception, ego, received), gt)
@@ -265,6 +257,14 @@ def evaluate_comm(
         row["share_frame"] = share_frame  # where the collaborators encoded (and detected)
         rows.append(row)
     return rows
+
+
+def _knob(s: CommSetting) -> dict[str, float]:
+    """``s.threshold`` as the argument of :func:`exchange` it sets: the hybrid's box score cut,
+    else Where2comm's threshold; none when unset, so ``exchange``'s defaults hold."""
+    if s.threshold is None:
+        return {}
+    return {"box_min_score" if s.spec.attaches_boxes else "threshold": s.threshold}
 
 
 def _late_at(settings: list[CommSetting], s: CommSetting) -> CommSetting | None:
