@@ -88,6 +88,11 @@ class TrackerConfig:
     birth_overlap: float | None = None
     #: measurement variances, box order (x y z l w h yaw), in the measuring agent's frame
     measurement_var: tuple[float, ...] = (1.0,) * 7
+    #: the fixed prior per agent slot (0 the ego, 1 the first collaborator; later slots take the
+    #: last entry), box order: agents differ (a collaborator's boxes reach the ego through its
+    #: pose). Empty: every agent uses ``measurement_var``. Only the fixed-noise filter reads it;
+    #: variances an agent sends or the network learns replace it
+    measurement_var_by_slot: tuple[tuple[float, ...], ...] = ()
     #: process noise per nominal step, state order (x y z yaw l w h vx vy vz)
     process_var: tuple[float, ...] = field(default_factory=_ab3dmot_process)
     #: covariance of a new track, state order
@@ -119,6 +124,13 @@ class TrackerConfig:
             if v.shape != (n,) or not np.all(np.isfinite(v)) or np.any(v <= 0):
                 raise ValueError(f"{name} needs {n} positive finite values, got {getattr(self, name)!r}")
             object.__setattr__(self, name, tuple(float(x) for x in v))
+        rows = []
+        for k, row in enumerate(self.measurement_var_by_slot):
+            v = np.asarray(row, dtype=np.float64)
+            if v.shape != (7,) or not np.all(np.isfinite(v)) or np.any(v <= 0):
+                raise ValueError(f"measurement_var_by_slot[{k}] needs 7 positive finite values, got {row!r}")
+            rows.append(tuple(float(x) for x in v))
+        object.__setattr__(self, "measurement_var_by_slot", tuple(rows))
         if not (np.isfinite(self.noise_scale) and self.noise_scale > 0):
             raise ValueError(f"noise_scale must be positive and finite, got {self.noise_scale!r}")
         if self.min_hits < 1 or self.max_age < 1 or self.dt <= 0:
@@ -128,6 +140,12 @@ class TrackerConfig:
     def R_state(self) -> np.ndarray:
         """(7,) measurement variances in state order."""
         return np.asarray(self.measurement_var)[STATE_FROM_BOX]
+
+    def prior_for_slot(self, slot: int) -> np.ndarray:
+        """(7,) the fixed prior of the agent in ``slot`` (box order)."""
+        if not self.measurement_var_by_slot:
+            return np.asarray(self.measurement_var, dtype=np.float64)
+        return np.asarray(self.measurement_var_by_slot[min(slot, len(self.measurement_var_by_slot) - 1)])
 
     def Q(self, dt: float) -> np.ndarray:
         """(10, 10) process noise for a step of ``dt`` seconds (grows linearly with time)."""
@@ -146,6 +164,8 @@ class TrackerConfig:
         for k in ("measurement_var", "process_var", "initial_var"):
             if k in known:
                 known[k] = tuple(known[k])
+        if "measurement_var_by_slot" in known:
+            known["measurement_var_by_slot"] = tuple(tuple(r) for r in known["measurement_var_by_slot"])
         return cls(**known)
 
     def save(self, path: str | Path) -> None:

@@ -139,7 +139,6 @@ class MultiSensorKF:
         self.H = torch.eye(7, 10, dtype=_F64)
         self.I = torch.eye(10, dtype=_F64)
         self.P0 = torch.tensor(self.cfg.P0(), dtype=_F64)
-        self.prior = np.asarray(self.cfg.measurement_var, dtype=np.float64)
         self.reset()
 
     def reset(self) -> None:
@@ -166,17 +165,17 @@ class MultiSensorKF:
         (``slot``: the agent's place in the frame, 0 the ego)."""
         return self._variances(_Dets.of(det), slot)
 
-    def _sent_or_prior(self, d: _Dets) -> np.ndarray | None:
-        """The variances the agent sent, or the fixed prior's, or None when the net decides."""
+    def _sent_or_prior(self, d: _Dets, slot: int = 0) -> np.ndarray | None:
+        """The variances the agent sent, or the fixed prior's (its slot's, when the prior is per
+        agent), or None when the net decides."""
         cfg = self.cfg
         scale = cfg.noise_scale
+        prior = cfg.prior_for_slot(slot)
         if d.variances is not None and self.use_sent_variances:
-            v = sanitize_variances(d.variances, self.prior, cfg.var_floor, cfg.var_ceiling, self.warnings)
+            v = sanitize_variances(d.variances, prior, cfg.var_floor, cfg.var_ceiling, self.warnings)
             return np.clip(v * scale, cfg.var_floor, cfg.var_ceiling)
         if self.noise is None or len(d) == 0:
-            return np.broadcast_to(
-                np.clip(self.prior * scale, cfg.var_floor, cfg.var_ceiling), (len(d), 7)
-            ).copy()
+            return np.broadcast_to(np.clip(prior * scale, cfg.var_floor, cfg.var_ceiling), (len(d), 7)).copy()
         return None
 
     def _patches(self, d: _Dets) -> torch.Tensor | None:
@@ -198,7 +197,7 @@ class MultiSensorKF:
 
     def _variances(self, d: _Dets, slot: int) -> torch.Tensor:
         """One agent's variances through the network's differentiable forward (training)."""
-        v = self._sent_or_prior(d)
+        v = self._sent_or_prior(d, slot)
         if v is not None:
             return torch.from_numpy(v)
         geo = detection_features(agent_frame_array(d.box, d.world_from_agent), d.score, d.kind)
@@ -207,7 +206,7 @@ class MultiSensorKF:
     def _variances_batch(self, dets: list[tuple[int, _Dets]]) -> list[np.ndarray]:
         """Every agent's variances of a frame, the network run once on all rows that need it (the
         inference path: the same numbers as :meth:`_variances`, a test holds them together)."""
-        out: list = [self._sent_or_prior(d) for _, d in dets]
+        out: list = [self._sent_or_prior(d, slot) for slot, d in dets]
         todo = [k for k, v in enumerate(out) if v is None]
         if not todo:
             return out

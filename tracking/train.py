@@ -111,17 +111,18 @@ def _robust_var(x: np.ndarray, floor: float) -> float:
     return float(max(np.var(x[keep]), floor))
 
 
-def detection_errors(sequences: list[list[FrameDetections]]) -> np.ndarray:
+def detection_errors(sequences: list[list[FrameDetections]], slot: int | None = None) -> np.ndarray:
     """(N, 7) errors of matched detections, box order, in the measuring agent's frame
-    (heading modulo 180 degrees, sizes absolute)."""
+    (heading modulo 180 degrees, sizes absolute); ``slot``: only the agents in that place of
+    their frame (0 the ego)."""
     errs = []
     for seq in sequences:
         for f in seq:
             if f.gt is None:
                 continue
             by_id = {int(t): i for i, t in enumerate(f.gt.track_ids)}
-            for a in f.agents:
-                if a.gt_ids is None or len(a.boxes) == 0:
+            for k, a in enumerate(f.agents):
+                if (slot is not None and k != slot) or a.gt_ids is None or len(a.boxes) == 0:
                     continue
                 rows = [i for i, g in enumerate(a.gt_ids) if int(g) in by_id]
                 if not rows:
@@ -136,13 +137,28 @@ def detection_errors(sequences: list[list[FrameDetections]]) -> np.ndarray:
     return np.concatenate(errs) if errs else np.zeros((0, 7))
 
 
-def fit_prior(sequences: list[list[FrameDetections]], base: TrackerConfig | None = None) -> TrackerConfig:
-    """A tracker configuration whose fixed noise is fitted to training data (see module doc)."""
+def fit_prior(
+    sequences: list[list[FrameDetections]], base: TrackerConfig | None = None, per_agent: bool = False
+) -> TrackerConfig:
+    """A tracker configuration whose fixed noise is fitted to training data (see module doc).
+
+    ``per_agent``: also one prior per agent slot (``measurement_var_by_slot``), each fitted to
+    that slot's detections alone (a slot with under 100 of them takes the pooled prior): the
+    fixed-noise filter then knows, as the learned network does from its slot input, that a
+    collaborator's boxes are further off than the ego's own."""
     base = base or TrackerConfig()
     errs = detection_errors(sequences)
     if len(errs) < 10:
         raise ValueError(f"only {len(errs)} detections with ground truth: cannot fit a noise prior")
     meas = tuple(_robust_var(errs[:, i], 1e-4) for i in range(7))
+    by_slot: tuple[tuple[float, ...], ...] = ()
+    if per_agent:
+        slots = max((len(f.agents) for seq in sequences for f in seq), default=0)
+        rows = []
+        for k in range(slots):
+            e = detection_errors(sequences, slot=k)
+            rows.append(tuple(_robust_var(e[:, i], 1e-4) for i in range(7)) if len(e) >= 100 else meas)
+        by_slot = tuple(rows)
     # process noise: departures of the ground truth from constant velocity over one step
     acc, dyaw, dsize, speed = [], [], [], []
     for seq in sequences:
@@ -180,7 +196,9 @@ def fit_prior(sequences: list[list[FrameDetections]], base: TrackerConfig | None
     )
     spread = [max(float(np.var(speed[:, i])), 1.0) for i in range(3)]
     initial = tuple(np.asarray(meas)[STATE_FROM_BOX]) + tuple(spread)
-    return base.with_(measurement_var=meas, process_var=process, initial_var=initial)
+    return base.with_(
+        measurement_var=meas, measurement_var_by_slot=by_slot, process_var=process, initial_var=initial
+    )
 
 
 # -- loss -------------------------------------------------------------------------------------------

@@ -147,10 +147,11 @@ class _BeforeTheOption(MultiSensorKF):
         return pairs, new
 
 
-@pytest.mark.parametrize("fixed", [False, True])  # fixed: the shipped settings carry a gate
-def test_off_tracks_a_real_sequence_as_before(realdata, fixed):
+@pytest.mark.parametrize(("fixed", "gate"), [(False, None), (True, None), (True, 24.32)])
+def test_off_tracks_a_real_sequence_as_before(realdata, fixed, gate):
     cfg, net = load_tracker(WEIGHTS / "noise_v2v4real.pt", fixed=fixed)
-    assert cfg.association == "affinity" and (cfg.mahalanobis_gate is not None) == fixed
+    assert cfg.association == "affinity" and cfg.mahalanobis_gate is None
+    cfg = cfg.with_(mahalanobis_gate=gate)  # the gate the one-prior fixed noise was shipped with
     now, before = MultiSensorKF(cfg, noise=net), _BeforeTheOption(cfg, noise=net)
     shown = 0
     for frame in real_frames(realdata):

@@ -380,6 +380,14 @@ def _synthesise(log_root: Path, out: Path, seed: int, patch_channels: int) -> li
     default=None,
     help="One-hot agent slots the net sees (default: the number of agents with --detections, else 0).",
 )
+@click.option(
+    "--fixed-prior",
+    type=click.Choice(["per-agent", "pooled"]),
+    default="per-agent",
+    show_default=True,
+    help="With --detections: the fixed-noise filter's prior (--fixed-noise), one per agent (the "
+    "collaborator's boxes are further off than the ego's) or one for all agents.",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--synthetic",
@@ -410,6 +418,7 @@ def train_tracker(
     val_sequences,
     nll_epochs,
     agent_slots,
+    fixed_prior,
     out,
     synthetic,
     detector,
@@ -447,6 +456,7 @@ def train_tracker(
             seed,
             nll_epochs,
             agent_slots,
+            fixed_prior == "per-agent",
         )
         return
     if data is None:
@@ -508,7 +518,19 @@ def train_tracker(
 
 
 def _train_on_agents(
-    detections, labels, seqmap, val_sequences, out, order, epochs, window, lr, seed, nll_epochs, agent_slots
+    detections,
+    labels,
+    seqmap,
+    val_sequences,
+    out,
+    order,
+    epochs,
+    window,
+    lr,
+    seed,
+    nll_epochs,
+    agent_slots,
+    per_agent_prior,
 ) -> None:
     """``v2x train tracker --detections DIR --labels DIR``: see the command's help."""
     from v2x.datasets.errors import DatasetError
@@ -532,7 +554,9 @@ def _train_on_agents(
         epochs=epochs, window=window, lr=lr, seed=seed, nll_epochs=nll_epochs, agent_slots=slots
     )
     try:
-        summary = train_on_agent_folders(seqs, validate, out, cfg, TrackerConfig(affinity="giou_bev"))
+        summary = train_on_agent_folders(
+            seqs, validate, out, cfg, TrackerConfig(affinity="giou_bev"), per_agent_prior=per_agent_prior
+        )
     except ValueError as exc:
         raise _one_line(exc) from exc
     chosen = {mode: next(t for t in summary["tuning"][mode] if t["chosen"]) for mode in ("fixed", "learned")}

@@ -7,7 +7,8 @@ belongs to, fit the fixed prior, pre-train the network on the detections' own er
 it through the filter (best loss on the validation sequences kept), then run one search
 (:func:`v2x.tracking.tune.tune`) on the validation sequences for the fixed noise and again for
 the learned noise. The checkpoint carries both tuned settings: ``"tracker"`` (learned) and
-``"fixed_tracker"`` (``v2x track --fixed-noise``), the same prior under both.
+``"fixed_tracker"`` (``v2x track --fixed-noise``), the same fitted prior under both (the fixed
+noise one per agent by default, the network's residual on the pooled one).
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ def train_on_agent_folders(
     base: TrackerConfig | None = None,
     search: dict | None = None,
     progress: bool = True,
+    per_agent_prior: bool = True,
 ) -> dict:
     """Train, tune both noise modes on ``validate`` and write ``out/noise.pt`` (with both
-    settings) and ``out/noise_training.json``; returns the summary."""
+    settings) and ``out/noise_training.json``; returns the summary. ``per_agent_prior``: the
+    fixed noise has one fitted prior per agent slot (the network's residual stays on the pooled
+    prior; its slot input learns the same difference)."""
     out = Path(out)
     names = [n for n, _ in sequences]
     unknown = sorted(set(validate) - set(names))
@@ -69,7 +73,7 @@ def train_on_agent_folders(
     for _, frames in sequences:
         assign_gt_ids(frames, cfg.match_distance)
     t0 = time.time()
-    prior = fit_prior(train, base or TrackerConfig())
+    prior = fit_prior(train, base or TrackerConfig(), per_agent=per_agent_prior)
     torch.set_num_threads(1)
     summary = train_noise_model(train, [f for _, f in val_named], out, cfg, prior, progress)
     tracker_cfg, net = load_tracker(out / "noise.pt")
@@ -85,6 +89,7 @@ def train_on_agent_folders(
             "tuning": {"fixed": fixed_trials, "learned": learned_trials},
             "tracker": learned_cfg.to_dict(),
             "fixed_tracker": fixed_cfg.to_dict(),
+            "fixed_prior": "per-agent" if per_agent_prior else "pooled",
             "seconds_total": round(time.time() - t0, 1),
         }
     )
