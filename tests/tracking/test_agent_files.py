@@ -212,7 +212,7 @@ def test_bad_lines_in_real_files_give_warnings_not_tracebacks(realdata, tmp_path
 
 def test_train_tune_and_compare_on_real_per_agent_detections(realdata, tmp_path):
     names = ("0000", "0010")
-    _copy_agents(realdata, tmp_path, names, frames=40)
+    _copy_agents(realdata, tmp_path, names, frames=100)
     seqs = labelled_agent_sequences(tmp_path / "det", tmp_path / "gt")
     assert [n for n, _ in seqs] == list(names)
     cfg = NoiseTrainConfig(epochs=1, nll_epochs=2, agent_slots=2, seed=0)
@@ -227,6 +227,10 @@ def test_train_tune_and_compare_on_real_per_agent_detections(realdata, tmp_path)
     assert none is None and net.agent_slots == 2
     # the two modes share the prior: only the learned part (and the searched settings) differ
     assert fixed_cfg.measurement_var == learned_cfg.measurement_var
+    # the fixed noise's prior is one per agent by default: the collaborator's boxes are further off
+    assert summary["fixed_prior"] == "per-agent" and len(fixed_cfg.measurement_var_by_slot) == 2
+    ego, collab = (np.asarray(fixed_cfg.prior_for_slot(k)) for k in (0, 1))
+    assert collab[0] > ego[0] and collab[2] > ego[2]
     run = CliRunner()
     for extra in ([], ["--fixed-noise"]):
         r = run.invoke(
