@@ -159,3 +159,16 @@ def test_config_errors_name_the_key():
     assert min(drawn) >= 256 and max(drawn) <= 4096
     # log-uniform: as many draws below 1 KB as above it
     assert abs(np.mean(np.array(drawn) < 1024) - 0.5) < 0.05
+
+
+def test_a_step_whose_loss_has_no_gradient_changes_nothing():
+    """``--train codewords``: a sample with no code sent leaves the loss without a gradient; the
+    step is skipped instead of raising (it did, 2026-12-06), and a real loss still descends."""
+    from v2x.training.messages import _descend
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([w], lr=0.1)
+    assert not _descend(torch.tensor(1.5), opt, [w], 10.0)
+    assert torch.equal(w.detach(), torch.ones(3))
+    assert _descend((w**2).sum(), opt, [w], 10.0)
+    assert (w.detach() < 1).all()

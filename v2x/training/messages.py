@@ -359,10 +359,7 @@ def train_messages(
         _freeze_untrained(decoder, tcfg.train)
         rng = np.random.default_rng([tcfg.seed, step, 13])
         losses = message_losses(frozen, decoder, codebook, batch, rng, tcfg)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], tcfg.grad_clip)
-        optimizer.step()
+        _descend(losses["total"], optimizer, [p for g in groups for p in g["params"]], tcfg.grad_clip)
         scheduler.step()
         total = float(losses["total"].detach())
         step_losses.append((step + 1, total))
@@ -409,6 +406,19 @@ def train_messages(
     )
     (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2))
     return {"weights": str(final), "identity": identity, "history": history, "provenance": provenance}
+
+
+def _descend(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list, grad_clip: float) -> bool:
+    """One optimiser step on ``loss``; False (and nothing changes) when no trained part is in its
+    graph: with the codewords alone training (``train: [codewords]``), a sample whose messages
+    carried no code (a hybrid whose budget went to boxes) gives the loss no gradient."""
+    optimizer.zero_grad(set_to_none=True)
+    if not loss.requires_grad:
+        return False
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return True
 
 
 def _freeze_untrained(decoder: CooperativeDetector, train: list[str]) -> None:
