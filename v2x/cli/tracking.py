@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -442,6 +443,7 @@ def train_tracker(
     from v2x.tracking.train import NoiseTrainConfig, train_noise_model
 
     torch.set_num_threads(1)
+    base = NoiseTrainConfig(epochs=epochs, window=window, lr=lr, seed=seed, nll_epochs=nll_epochs)
     if detections is not None:
         _train_on_agents(
             detections,
@@ -450,11 +452,7 @@ def train_tracker(
             val_sequences,
             out,
             order,
-            epochs,
-            window,
-            lr,
-            seed,
-            nll_epochs,
+            base,
             agent_slots,
             fixed_prior == "per-agent",
         )
@@ -494,15 +492,7 @@ def train_tracker(
             for f in s:
                 for a in f.agents:
                     a.features = None
-    cfg = NoiseTrainConfig(
-        epochs=epochs,
-        window=window,
-        lr=lr,
-        seed=seed,
-        feature_channels=channels,
-        nll_epochs=nll_epochs,
-        agent_slots=agent_slots or 0,
-    )
+    cfg = replace(base, feature_channels=channels, agent_slots=agent_slots or 0)
     if channels:
         cfg.patch = int(p)
     summary = train_noise_model(seqs["train"], seqs["validate"], out, cfg)
@@ -518,19 +508,7 @@ def train_tracker(
 
 
 def _train_on_agents(
-    detections,
-    labels,
-    seqmap,
-    val_sequences,
-    out,
-    order,
-    epochs,
-    window,
-    lr,
-    seed,
-    nll_epochs,
-    agent_slots,
-    per_agent_prior,
+    detections, labels, seqmap, val_sequences, out, order, base, agent_slots, per_agent_prior
 ) -> None:
     """``v2x train tracker --detections DIR --labels DIR``: see the command's help."""
     from v2x.datasets.errors import DatasetError
@@ -538,7 +516,6 @@ def _train_on_agents(
     from v2x.experiments.tracker_training import labelled_agent_sequences, train_on_agent_folders
     from v2x.experiments.tracking_files import seqmap_lengths
     from v2x.tracking.config import TrackerConfig
-    from v2x.tracking.train import NoiseTrainConfig
 
     if labels is None or not val_sequences:
         raise click.UsageError("--detections needs --labels and --val-sequences")
@@ -550,9 +527,7 @@ def _train_on_agents(
         raise _one_line(exc) from exc
     _report(problems)
     slots = agent_slots if agent_slots is not None else len(agent_folders(detections))
-    cfg = NoiseTrainConfig(
-        epochs=epochs, window=window, lr=lr, seed=seed, nll_epochs=nll_epochs, agent_slots=slots
-    )
+    cfg = replace(base, agent_slots=slots)
     try:
         summary = train_on_agent_folders(
             seqs, validate, out, cfg, TrackerConfig(affinity="giou_bev"), per_agent_prior=per_agent_prior
