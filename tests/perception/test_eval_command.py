@@ -49,3 +49,18 @@ def test_eval_detection_writes_ap_bytes_and_paired_intervals(tmp_path, generate_
     )
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["frames"] == 3
+
+
+def test_box_merge_nms_is_plain_late_fusion_and_average_is_recorded(tmp_path, generate_log):
+    log = generate_log(tmp_path / "log", frames=3, cavs=2, rsus=0, channels=32, seed=8)
+    results = {}
+    for merge in ("average", "nms"):
+        out = tmp_path / f"{merge}.json"
+        args = ["eval", "detection", "--data", str(log), "--split", "train", "--fusion", "late"]
+        res = CliRunner().invoke(cli, [*args, "--box-merge", merge, "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        results[merge] = json.loads(out.read_text())
+    assert results["average"]["box_fusion_iou"] == pytest.approx(0.4)
+    assert results["nms"]["box_fusion_iou"] is None
+    bad = CliRunner().invoke(cli, ["eval", "detection", "--data", str(log), "--box-merge", "wbf"])
+    assert bad.exit_code != 0 and "--box-merge" in bad.output

@@ -8,6 +8,8 @@ import click
 
 from v2x.cli.options import (
     bootstrap_options,
+    box_fusion_iou,
+    box_merge_option,
     comma_list,
     frames_option,
     message_weights_option,
@@ -172,6 +174,7 @@ def train_codebook(
 @frames_option()
 @pick_option
 @share_frame_option
+@box_merge_option
 @bootstrap_options(
     "With late among the methods: each other row's AP difference from late fusion at the "
     "same budget, with a 95 % interval over this many paired resamples (JSON key vs_late)."
@@ -190,6 +193,7 @@ def eval_comm(
     frames,
     pick,
     share_frame,
+    box_merge,
     bootstrap,
     bootstrap_block,
     json_out,
@@ -244,7 +248,7 @@ def eval_comm(
         codec = MessageCodec(model.cfg.grid, cb)
     rows = evaluate_comm(
         log,
-        Perception(model),
+        Perception(model, box_fusion_iou=box_fusion_iou(box_merge)),
         codec,
         settings_for(names, budget_list, hybrid_cuts=cuts, thresholds=levels),
         FrameSelection(frames, pick),
@@ -255,6 +259,8 @@ def eval_comm(
     )
     if bootstrap and not any(get_method(m).features is None for m in names):
         click.echo("--bootstrap compares with late fusion: add late to --methods", err=True)
+    for r in rows:
+        r["box_merge"] = box_merge
     write_rows(rows, json_out)
     for r in rows:
         ap = r["ap_bev"]

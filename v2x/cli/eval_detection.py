@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from v2x.cli.options import bootstrap_options, frames_option, pick_option, precision_option
+from v2x.cli.options import (
+    bootstrap_options,
+    box_fusion_iou,
+    box_merge_option,
+    frames_option,
+    pick_option,
+    precision_option,
+)
 from v2x.pipeline.methods import FUSION_MODES
 
 
@@ -50,11 +57,23 @@ def _parse_modes(value: str) -> list[str]:
 )
 @bootstrap_options("With two or more modes: paired bootstrap over frames, this many resamples (e.g. 1000).")
 @precision_option
+@box_merge_option
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results here."
 )
 def eval_detection(
-    data, split, weights, fusion, frames, pick, max_cav, bootstrap, bootstrap_block, precision, json_out
+    data,
+    split,
+    weights,
+    fusion,
+    frames,
+    pick,
+    max_cav,
+    bootstrap,
+    bootstrap_block,
+    precision,
+    box_merge,
+    json_out,
 ) -> None:
     """BEV and 3D AP at IoU 0.3/0.5/0.7 and bytes per agent per frame for each fusion mode."""
     from v2x.experiments.detection_eval import evaluate_fusion_modes
@@ -72,6 +91,7 @@ def eval_detection(
         bootstrap=bootstrap,
         bootstrap_block=bootstrap_block,
         precision=precision,
+        box_fusion_iou=box_fusion_iou(box_merge),
     )
     for mode in modes:
         res = results[mode]

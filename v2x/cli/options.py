@@ -27,6 +27,25 @@ precision_option = click.option(
 )
 
 
+#: how late fusion merges boxes from several agents (v2x.perception.box_merge)
+box_merge_option = click.option(
+    "--box-merge",
+    type=click.Choice(("average", "nms")),
+    default="average",
+    show_default=True,
+    help="How the ego merges its boxes with received ones: rotated NMS whose kept boxes average "
+    "the duplicates they suppress (BEV IoU above 0.4, score-weighted), or plain NMS (OpenCOOD's "
+    "late fusion).",
+)
+
+
+def box_fusion_iou(box_merge: str) -> float | None:
+    """The BEV IoU ``Perception(box_fusion_iou=...)`` takes for a ``--box-merge`` choice."""
+    from v2x.perception.box_merge import BOX_FUSION_IOU
+
+    return BOX_FUSION_IOU if box_merge == "average" else None
+
+
 def bootstrap_options(what: str) -> Callable:
     """``--bootstrap N`` (paired resamples; ``what`` says of what) and ``--bootstrap-block B``."""
 

@@ -9,6 +9,7 @@ import torch
 
 from v2x.metrics.bootstrap import paired_ap_difference
 from v2x.metrics.detection import DetectionEvaluator
+from v2x.perception.box_merge import BOX_FUSION_IOU
 from v2x.perception.cooperative import Perception, evaluation_ground_truth
 from v2x.perception.detector import load_detector, resolve_weights
 from v2x.pipeline.frames import FrameSelection, FrameStep, drive, select_frames
@@ -28,6 +29,7 @@ def evaluate_fusion_modes(
     bootstrap: int = 0,
     bootstrap_block: int = 1,
     precision: str = "fp32",
+    box_fusion_iou: float | None = BOX_FUSION_IOU,
 ) -> dict[str, dict]:
     """AP (BEV and 3D, 0.3/0.5/0.7) and mean bytes per collaborator per frame, per mode, on the
     ``frames`` selected (default: all).
@@ -36,7 +38,8 @@ def evaluate_fusion_modes(
     ``"paired_bootstrap"``: for each later mode against each earlier one, the BEV AP difference
     with its 95 % interval over paired resamples of the frames, or of runs of ``bootstrap_block``
     consecutive frames (``v2x.metrics.bootstrap``), and ``"bootstrap"``: those two settings.
-    ``precision``: the detector's neck and head in fp32 or bf16 (CooperativeDetector.set_precision)."""
+    ``precision``: the detector's neck and head in fp32 or bf16 (CooperativeDetector.set_precision).
+    ``box_fusion_iou``: late fusion's merge (:mod:`v2x.perception.box_merge`; None: plain NMS)."""
     from v2x.datasets import open_log
 
     if threads:
@@ -44,7 +47,7 @@ def evaluate_fusion_modes(
     log = open_log(root, max_cav=max_cav)
     fmt = getattr(log, "format", None)
     model = load_detector(weights, precision=precision, log_format=fmt)
-    perception = Perception(model)
+    perception = Perception(model, box_fusion_iou=box_fusion_iou)
     indices = select_frames(log, frames or FrameSelection())
     evaluators = {m: DetectionEvaluator(eval_range=model.cfg.grid.xy_range) for m in modes}
     sent: dict[str, list[int]] = {m: [] for m in modes}
@@ -70,6 +73,7 @@ def evaluate_fusion_modes(
         r["weights"] = str(weights) if weights else f"shipped ({resolve_weights(None, fmt).name})"
         r["model_identity"] = model.identity()
         r["precision"] = model.precision
+        r["box_fusion_iou"] = box_fusion_iou
         r["data"] = str(root)
         r["_table"] = evaluators[m].table(f"fusion={m}")
         out[m] = r

@@ -27,11 +27,12 @@ from v2x.comm.wire_points import POINT_BYTES
 from v2x.core.boxes import VEHICLE_CLASSES, Boxes
 from v2x.core.frame import AgentKind, AgentScan, Frame
 from v2x.core.geometry import inverse
+from v2x.perception.box_merge import BOX_FUSION_IOU, merge_duplicates
 from v2x.perception.cache import PerceptionCache, scan_key
 from v2x.perception.detector import CooperativeDetector
 from v2x.perception.encoder import sanitize_points
 from v2x.perception.fusion_kind import FusionKind, fusion_kind
-from v2x.perception.head import HeadOutput, rotated_nms
+from v2x.perception.head import HeadOutput
 from v2x.perception.settings import check_share_frame
 
 __all__ = [
@@ -151,9 +152,16 @@ def evaluation_ground_truth(frame: Frame, min_points: int = 1, agent_ids: list[s
 class Perception:
     """The detector wrapped with the per-frame logic of agents and ego (inference only)."""
 
-    def __init__(self, model: CooperativeDetector, cache: PerceptionCache | None = None) -> None:
+    def __init__(
+        self,
+        model: CooperativeDetector,
+        cache: PerceptionCache | None = None,
+        box_fusion_iou: float | None = BOX_FUSION_IOU,
+    ) -> None:
         self.model = model.eval()
         self.cfg = model.cfg
+        #: late fusion's merge: boxes of one object above this BEV IoU are averaged (None: plain NMS)
+        self.box_fusion_iou = box_fusion_iou
         #: an agent's own perception of a scan seen before is reused (sweeps; see perception_cache).
         #: One cache may serve several detectors: entries are keyed by the model's identity too.
         self.cache = cache
@@ -260,14 +268,15 @@ class Perception:
         return EgoResult(boxes, out.confidence()[0].numpy(), fused)
 
     def merge_boxes(self, world_from_ego_bev: np.ndarray, own: Boxes, shared: list[SharedBoxes]) -> Boxes:
-        """Late fusion: received boxes moved into the ego frame, merged with its own by rotated NMS."""
+        """Late fusion: received boxes moved into the ego frame, merged with its own by rotated NMS
+        whose kept boxes absorb their duplicates (:mod:`v2x.perception.box_merge`)."""
         ego_inv = inverse(world_from_ego_bev)
         parts = [own] + [s.boxes.transformed(ego_inv @ s.world_from_bev) for s in shared]
         merged = Boxes.concat(parts)
         if len(merged) == 0:
             return merged
-        keep = rotated_nms(merged.xyzlwhy, merged.scores, self.cfg.nms_iou)
-        return merged[keep]
+        keep, placed = merge_duplicates(merged.xyzlwhy, merged.scores, self.cfg.nms_iou, self.box_fusion_iou)
+        return replace(merged[keep], xyzlwhy=placed)
 
     # -- in-process modes -----------------------------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,61 @@
+"""Late fusion's merge: NMS whose kept boxes absorb the close duplicates they suppress."""
+
+import numpy as np
+import pytest
+
+from v2x.core.boxes import Boxes
+from v2x.core.iou import bev_iou_matrix
+from v2x.perception.box_merge import merge_duplicates
+from v2x.perception.cooperative import Perception, SharedBoxes
+from v2x.perception.head import rotated_nms
+
+CAR = [4.0, 2.0, 1.5]
+
+
+def _boxes(rows):
+    return np.array([[x, y, 0.0, *CAR, yaw] for x, y, yaw in rows], dtype=float)
+
+
+def test_two_agents_boxes_of_one_car_average_by_score():
+    b = _boxes([(10.0, 0.0, 0.1), (10.6, 0.2, 0.3)])
+    assert bev_iou_matrix(b[:1], b[1:])[0, 0] > 0.4
+    keep, placed = merge_duplicates(b, np.array([0.6, 0.2]), nms_iou=0.1, fusion_iou=0.4)
+    assert keep.tolist() == [0]
+    assert placed[0, 0] == pytest.approx(10.15) and placed[0, 1] == pytest.approx(0.05)
+    assert placed[0, 6] == 0.1  # the kept box's heading, not an average
+
+
+def test_a_weak_overlap_is_suppressed_but_not_averaged():
+    b = _boxes([(0.0, 0.0, 0.0), (2.5, 0.0, 0.0), (30.0, 0.0, 0.0)])
+    iou = bev_iou_matrix(b[:1], b[1:2])[0, 0]
+    assert 0.1 < iou < 0.4
+    keep, placed = merge_duplicates(b, np.array([0.9, 0.8, 0.5]), nms_iou=0.1, fusion_iou=0.4)
+    assert keep.tolist() == [0, 2]
+    assert np.array_equal(placed, b[[0, 2]])
+
+
+def test_keeps_what_rotated_nms_keeps():
+    rng = np.random.default_rng(3)
+    b = _boxes([(x, y, yaw) for x, y, yaw in rng.uniform([-20, -20, -3], [20, 20, 3], (60, 3))])
+    s = rng.uniform(0.1, 1.0, 60)
+    keep, placed = merge_duplicates(b, s, nms_iou=0.1, fusion_iou=0.4)
+    assert keep.tolist() == rotated_nms(b, s, 0.1).tolist()
+    plain_keep, plain = merge_duplicates(b, s, nms_iou=0.1, fusion_iou=None)
+    assert plain_keep.tolist() == keep.tolist() and np.array_equal(plain, b[keep])
+    assert not np.array_equal(placed, plain)  # some of 60 random cars overlap enough to average
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.2])
+def test_a_fusion_iou_outside_0_1_is_refused(bad):
+    with pytest.raises(ValueError, match="fusion_iou"):
+        merge_duplicates(_boxes([(0, 0, 0)]), np.array([0.5]), 0.1, bad)
+
+
+def test_late_fusion_places_a_car_seen_by_both_agents_between_their_boxes(model):
+    own = Boxes(_boxes([(10.0, 0.0, 0.0)]), np.zeros(1, np.int16), scores=np.array([0.5]))
+    other = Boxes(_boxes([(10.4, 0.0, 0.0)]), np.zeros(1, np.int16), scores=np.array([0.5]))
+    received = [SharedBoxes("1", np.eye(4), other)]
+    fused = Perception(model).merge_boxes(np.eye(4), own, received)
+    plain = Perception(model, box_fusion_iou=None).merge_boxes(np.eye(4), own, received)
+    assert len(fused) == len(plain) == 1
+    assert fused.xyzlwhy[0, 0] == pytest.approx(10.2) and plain.xyzlwhy[0, 0] == 10.0

@@ -1,0 +1,56 @@
+"""Late fusion's merge of several agents' boxes: rotated NMS whose kept boxes absorb their duplicates.
+
+Two agents that see one car each send a box for it, placed with independent errors. Plain NMS
+(OpenCOOD's late fusion) keeps the higher-scored box and throws the other's information away;
+averaging the two where they clearly describe one object (BEV IoU above ``fusion_iou``) places
+the car better. On the simulator's validation frames this lifts late fusion's AP@0.7 by about
+1.8 points at the same AP@0.5 (docs/perception.md, "Merging boxes"). Boxes that NMS suppresses
+with a lower overlap (a neighbour, a poorer guess) are dropped as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from v2x.core.iou import bev_iou_matrix
+
+__all__ = ["BOX_FUSION_IOU", "merge_duplicates"]
+
+#: BEV IoU above which a suppressed box is averaged into the box that suppressed it (chosen on
+#: the simulator's validation split: 0.2-0.5 tried, docs/perception.md); None: plain NMS
+BOX_FUSION_IOU: float | None = 0.4
+
+
+def merge_duplicates(
+    xyzlwhy: np.ndarray, scores: np.ndarray, nms_iou: float, fusion_iou: float | None = BOX_FUSION_IOU
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy rotated NMS at ``nms_iou``; returns the kept indices (decreasing score) and their
+    boxes, each kept box's centre and size the score-weighted mean over itself and the boxes it
+    suppressed with BEV IoU above ``fusion_iou`` (its yaw and score stay its own: a heading
+    average across a flip would point sideways). ``fusion_iou`` None: the kept boxes unchanged."""
+    if fusion_iou is not None and not 0.0 < fusion_iou < 1.0:
+        raise ValueError(f"fusion_iou: need a BEV IoU in (0, 1) or None, got {fusion_iou}")
+    order = np.argsort(-scores, kind="stable")
+    boxes = np.asarray(xyzlwhy, dtype=np.float64)
+    if len(order) == 0:
+        return order.astype(np.int64), boxes[:0].copy()
+    iou = bev_iou_matrix(boxes[order], boxes[order])
+    weight = np.clip(np.asarray(scores, dtype=np.float64)[order], 1e-6, None)
+    taken = np.zeros(len(order), dtype=bool)
+    keep: list[int] = []
+    fused: list[np.ndarray] = []
+    for i in range(len(order)):
+        if taken[i]:
+            continue
+        group = np.flatnonzero(~taken & (iou[i] > nms_iou))
+        group = np.union1d(group, [i])
+        taken[group] = True
+        box = boxes[order[i]].copy()
+        if fusion_iou is not None:
+            same = group[(iou[i, group] > fusion_iou) | (group == i)]
+            if len(same) > 1:
+                w = weight[same][:, None]
+                box[:6] = (boxes[order[same], :6] * w).sum(axis=0) / w.sum()
+        keep.append(int(order[i]))
+        fused.append(box)
+    return np.asarray(keep, dtype=np.int64), np.stack(fused)
