@@ -34,12 +34,19 @@ def test_a_weak_overlap_is_suppressed_but_not_averaged():
     assert np.array_equal(placed, b[[0, 2]])
 
 
-def test_keeps_what_rotated_nms_keeps():
+def test_keeps_what_greedy_nms_keeps():
     rng = np.random.default_rng(3)
     b = _boxes([(x, y, yaw) for x, y, yaw in rng.uniform([-20, -20, -3], [20, 20, 3], (60, 3))])
     s = rng.uniform(0.1, 1.0, 60)
     keep, placed = merge_duplicates(b, s, nms_iou=0.1, fusion_iou=0.4)
-    assert keep.tolist() == rotated_nms(b, s, 0.1).tolist()
+    order = np.argsort(-s, kind="stable")
+    iou = bev_iou_matrix(b[order], b[order])
+    suppressed, greedy = np.zeros(60, bool), []
+    for i in range(60):  # textbook greedy NMS
+        if not suppressed[i]:
+            greedy.append(order[i])
+            suppressed |= iou[i] > 0.1
+    assert keep.tolist() == greedy == rotated_nms(b, s, 0.1).tolist()
     plain_keep, plain = merge_duplicates(b, s, nms_iou=0.1, fusion_iou=None)
     assert plain_keep.tolist() == keep.tolist() and np.array_equal(plain, b[keep])
     assert not np.array_equal(placed, plain)  # some of 60 random cars overlap enough to average

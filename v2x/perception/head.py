@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from v2x.core.boxes import Boxes, ObjectClass
-from v2x.core.iou import bev_iou_matrix
+from v2x.perception.box_merge import merge_duplicates
 from v2x.perception.config import DetectorConfig
 
 __all__ = [
@@ -107,19 +107,9 @@ class CenterHead(nn.Module):
 
 
 def rotated_nms(xyzlwhy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices kept by greedy NMS on rotated BEV IoU, in decreasing score."""
-    order = np.argsort(-scores, kind="stable")
-    if len(order) == 0:
-        return order
-    iou = bev_iou_matrix(xyzlwhy[order], xyzlwhy[order])
-    suppressed = np.zeros(len(order), dtype=bool)
-    keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(order[i])
-        suppressed |= iou[i] > iou_threshold
-    return np.asarray(keep, dtype=np.int64)
+    """Indices kept by greedy NMS on rotated BEV IoU, in decreasing score (the merge of
+    :mod:`v2x.perception.box_merge` without its averaging: one definition of NMS)."""
+    return merge_duplicates(xyzlwhy, scores, iou_threshold, fusion_iou=None)[0]
 
 
 def decode_boxes(out: HeadOutput, cfg: DetectorConfig) -> list[Boxes]:
