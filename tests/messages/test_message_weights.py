@@ -107,4 +107,22 @@ def test_which_message_weights_a_run_picks(tmp_path):
     shipped = message_weights_path(None, None, DEFAULT_WEIGHTS)
     assert shipped == (DEFAULT_MESSAGE_WEIGHTS if DEFAULT_MESSAGE_WEIGHTS.is_file() else None)
     dair = message_weights_path(None, None, DAIR_WEIGHTS)
-    assert dair is None or dair.name == "messages_dair.pt"
+    assert dair is not None and dair.name == "messages_dair.pt"
+
+
+def test_the_dair_detector_s_shipped_message_weights_pair_with_it():
+    """messages_dair.pt trains the codewords alone (v2x/configs/train_messages_dair.yaml): it must
+    load with the shipped DAIR detector, its decoder that detector's own, its codebook trained
+    away from the k-means one it started from."""
+    from v2x.messages.codebook import load_codebook
+    from v2x.messages.pairing import DAIR_CODEBOOK
+    from v2x.perception.detector import load_detector
+
+    detector = load_detector(DAIR_WEIGHTS)
+    weights = load_message_weights(message_weights_path(None, None, DAIR_WEIGHTS), detector)
+    own = detector.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in weights.decoder.state_dict().items())
+    start = load_codebook(DAIR_CODEBOOK).codewords
+    assert weights.codebook.codewords.shape == start.shape
+    assert not torch.equal(weights.codebook.codewords, start)
+    assert weights.identity() != load_codebook(DAIR_CODEBOOK).identity()
