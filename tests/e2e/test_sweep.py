@@ -97,6 +97,7 @@ def test_a_bad_budget_is_refused_naming_file_and_value(tmp_path, budget, match):
         ({"tracker": "sort"}, "tracker: unknown 'sort'"),
         ({"share_frame": "world"}, "share_frame: use ego or own"),
         ({"precision": "fp16"}, "precision: use fp32 or bf16"),
+        ({"box_merge": "wbf"}, "box_merge: use average or nms"),
         ({"pick": "evenly"}, "pick: use first, spread, random"),
         ({"codebook": "missing.pt"}, "codebook: no file 'missing.pt'"),
     ],
@@ -177,6 +178,17 @@ def test_every_cell_names_the_frame_collaborators_encode_in(tmp_path):
     assert len({cell_id(cell), cell_id(cell_own), cell_id(old)}) == 3
 
 
+def test_every_cell_names_how_the_ego_merges_boxes(tmp_path):
+    """Cells made before late fusion averaged duplicate boxes had no box_merge: a resumed sweep
+    must not take their results for today's; nms is a setting of its own."""
+    cfg = load_sweep_config(write_config(tmp_path, tmp_path, grid={"method": ["late"]}))
+    nms = load_sweep_config(write_config(tmp_path, tmp_path, box_merge="nms", grid={"method": ["late"]}))
+    [cell], [cell_nms] = expand_cells(cfg), expand_cells(nms)
+    assert cell["box_merge"] == "average" and cell_nms["box_merge"] == "nms"
+    old = {k: v for k, v in cell.items() if k != "box_merge"}
+    assert len({cell_id(cell), cell_id(cell_nms), cell_id(old)}) == 3
+
+
 def test_a_dair_log_s_cells_share_in_the_collaborators_own_frame_unless_told(tmp_path, dair_example):
     """As v2x replay and v2x eval comm do for a DAIR-V2X-C log (SHARE_FRAME_BY_FORMAT)."""
     cfg = load_sweep_config(write_config(tmp_path, dair_example, grid={"method": ["raw"]}))
@@ -253,6 +265,21 @@ def test_cells_reuse_the_agents_perception_and_get_the_same_results(tiny_log):
     # ego's grid; late detects too, so the ego's scans are hits, but it wants the collaborator's
     # boxes on that agent's own grid: those are computed anew
     assert cache.misses == 3 * 2 + 3 and cache.hits == 3 and 0 < cache.bytes <= cache.max_bytes
+
+
+@pytest.mark.slow
+def test_a_worker_s_cached_models_take_each_cell_s_box_merge(tiny_log):
+    """The loaded weights serve cells of either merge; the merge itself is the cell's."""
+    from v2x.pipeline import runs as pipeline
+    from v2x.pipeline.runs import run_cell
+
+    base = {"data": str(tiny_log), "channel": "ideal", "frames": 1, "tracker": "none", "method": "late"}
+    merges = {}
+    for merge in ("nms", "average"):
+        out = run_cell({**base, "box_merge": merge})
+        assert out["config"]["box_merge"] == merge
+        merges[merge] = {m.perception.box_fusion_iou for m in pipeline._MODELS.values()}
+    assert merges == {"nms": {None}, "average": {0.4}}
 
 
 # -- outputs (synthetic records) ----------------------------------------------------------------------

@@ -8,7 +8,6 @@ import click
 
 from v2x.cli.options import (
     bootstrap_options,
-    box_fusion_iou,
     box_merge_option,
     comma_list,
     frames_option,
@@ -208,7 +207,7 @@ def eval_comm(
     from v2x.messages.pairing import resolve_codebook, warn_if_mispaired
     from v2x.perception.cooperative import Perception
     from v2x.perception.detector import load_detector, resolve_weights
-    from v2x.perception.settings import resolve_share_frame
+    from v2x.perception.settings import box_fusion_iou, resolve_share_frame
     from v2x.pipeline.frames import FrameSelection
 
     names = [m.strip() for m in methods.split(",") if m.strip()]

@@ -9,7 +9,6 @@ import click
 
 from v2x.cli.options import (
     bootstrap_options,
-    box_fusion_iou,
     box_merge_option,
     frames_option,
     pick_option,
@@ -77,6 +76,7 @@ def eval_detection(
 ) -> None:
     """BEV and 3D AP at IoU 0.3/0.5/0.7 and bytes per agent per frame for each fusion mode."""
     from v2x.experiments.detection_eval import evaluate_fusion_modes
+    from v2x.perception.settings import box_fusion_iou
     from v2x.pipeline.frames import FrameSelection
 
     modes = _parse_modes(fusion)

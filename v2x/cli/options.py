@@ -27,7 +27,7 @@ precision_option = click.option(
 )
 
 
-#: how late fusion merges boxes from several agents (v2x.perception.box_merge)
+#: how late fusion merges boxes from several agents (v2x.perception.settings.BOX_MERGES)
 box_merge_option = click.option(
     "--box-merge",
     type=click.Choice(("average", "nms")),
@@ -37,13 +37,6 @@ box_merge_option = click.option(
     "the duplicates they suppress (BEV IoU above 0.4, score-weighted), or plain NMS (OpenCOOD's "
     "late fusion).",
 )
-
-
-def box_fusion_iou(box_merge: str) -> float | None:
-    """The BEV IoU ``Perception(box_fusion_iou=...)`` takes for a ``--box-merge`` choice."""
-    from v2x.perception.box_merge import BOX_FUSION_IOU
-
-    return BOX_FUSION_IOU if box_merge == "average" else None
 
 
 def bootstrap_options(what: str) -> Callable:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from v2x.cli.options import (
+    box_merge_option,
     frames_option,
     insecure_option,
     message_weights_option,
@@ -190,6 +191,7 @@ def _nothing_fused_hint(r: dict) -> str | None:
 )
 @share_frame_option
 @precision_option
+@box_merge_option
 @frames_option()
 @pick_option
 @click.option("--scene", "scenes", multiple=True, help="Only these scenes (repeatable).")
@@ -257,6 +259,7 @@ def replay(
     max_scan_offset_ms,
     share_frame,
     precision,
+    box_merge,
     frames,
     pick,
     scenes,
@@ -305,6 +308,7 @@ def replay(
             **({} if max_scan_offset_ms is None else {"max_scan_offset_s": max_scan_offset_ms / 1000}),
             share_frame=resolve_share_frame(share_frame, log_format),
             precision=precision,
+            box_merge=box_merge,
             frames=frames,
             pick=pick,
             seed=seed,

@@ -84,6 +84,7 @@ SETTINGS = (
     "threshold",
     "share_frame",
     "precision",
+    "box_merge",
     "coord_wait_s",
     "max_age_s",
     "threads",
@@ -152,6 +153,8 @@ def load_sweep_config(
     # default is its own (v2x.perception.settings.SHARE_FRAME_BY_FORMAT)
     data = _resolve_path(path, "data", raw["data"], want_dir=True)
     settings.setdefault("share_frame", resolve_share_frame(None, _log_format(data)))
+    # likewise: results made before late fusion averaged duplicate boxes are not taken for today's
+    settings.setdefault("box_merge", "average")
     _check_settings(path, settings)
     base = _parse_grid(path, raw.get("grid") or {}, "grid")
     also = raw.get("also") or []
@@ -227,6 +230,8 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
         raise SweepError(f"{path}: share_frame: use ego or own, got {settings['share_frame']!r}")
     if settings.get("precision") not in (None, "fp32", "bf16"):
         raise SweepError(f"{path}: precision: use fp32 or bf16, got {settings['precision']!r}")
+    if settings.get("box_merge") not in (None, "average", "nms"):
+        raise SweepError(f"{path}: box_merge: use average or nms, got {settings['box_merge']!r}")
     if settings.get("pick") not in (None, *PICKS):
         raise SweepError(f"{path}: pick: use {', '.join(PICKS)}, got {settings['pick']!r}")
     if settings.get("pick") == "first":  # the pipeline's own: cells keep the ids they had before `pick`

@@ -1,12 +1,15 @@
-"""Perception's two run-time settings and their checks, without torch: the command line and
+"""Perception's run-time settings and their checks, without torch: the command line and
 ``RunConfig`` validate them before any model is loaded (``v2x --help`` must not pay for torch)."""
 
 from __future__ import annotations
 
 __all__ = [
+    "BOX_MERGES",
     "PRECISIONS",
     "SHARE_FRAMES",
     "SHARE_FRAME_BY_FORMAT",
+    "box_fusion_iou",
+    "check_box_merge",
     "check_precision",
     "check_share_frame",
     "resolve_share_frame",
@@ -41,3 +44,21 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision: use one of {', '.join(PRECISIONS)}, not {precision!r}")
     return precision
+
+
+#: how the ego merges several agents' boxes: NMS averaging duplicates, or plain NMS (OpenCOOD's)
+BOX_MERGES = ("average", "nms")
+
+
+def check_box_merge(box_merge: str) -> str:
+    """``box_merge`` itself, or a ValueError naming the setting and what it may be."""
+    if box_merge not in BOX_MERGES:
+        raise ValueError(f"box_merge: use one of {', '.join(BOX_MERGES)}, not {box_merge!r}")
+    return box_merge
+
+
+def box_fusion_iou(box_merge: str) -> float | None:
+    """The BEV IoU ``Perception(box_fusion_iou=...)`` takes for a ``box_merge`` setting."""
+    from v2x.perception.box_merge import BOX_FUSION_IOU
+
+    return BOX_FUSION_IOU if check_box_merge(box_merge) == "average" else None

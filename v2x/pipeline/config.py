@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from v2x.comm.budget import frame_allowance, parse_budget
-from v2x.perception.settings import check_precision, check_share_frame
+from v2x.perception.settings import check_box_merge, check_precision, check_share_frame
 from v2x.pipeline.methods import DEFAULT_METHOD, METHODS, Method, UnknownMethodError, get_method
 from v2x.sim.channel import ChannelConfig, preset
 
@@ -45,6 +45,9 @@ class RunConfig:
     #: inference precision of the detector's neck and head: "fp32" or "bf16" (faster on CPUs
     #: with AMX or AVX512-BF16; see CooperativeDetector.set_precision)
     precision: str = "fp32"
+    #: how the ego merges several agents' boxes: "average" (NMS whose kept boxes average their
+    #: duplicates) or "nms" (OpenCOOD's plain NMS); v2x.perception.box_merge
+    box_merge: str = "average"
     seed: int = 0
     frame_hz: float = 10.0
     max_agents: int = 5
@@ -78,7 +81,11 @@ class RunConfig:
 
         if self.pick not in PICKS:
             raise PipelineError(f"pick: use one of {', '.join(PICKS)}, not {self.pick!r}")
-        for check, value in ((check_share_frame, self.share_frame), (check_precision, self.precision)):
+        for check, value in (
+            (check_share_frame, self.share_frame),
+            (check_precision, self.precision),
+            (check_box_merge, self.box_merge),
+        ):
             try:
                 check(value)
             except ValueError as exc:

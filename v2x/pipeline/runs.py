@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from v2x.perception.cache import PerceptionCache, memory_share_mb
+from v2x.perception.settings import box_fusion_iou
 from v2x.pipeline.clock import run_frames
 from v2x.pipeline.config import RunConfig
 from v2x.pipeline.frames import FrameSelection, select_frames
@@ -63,6 +64,8 @@ def _cached_models(cfg: RunConfig, cache_mb: int = PERCEPTION_CACHE_MB) -> Model
         share = memory_share_mb(cache_mb)
         _PERCEPTION_CACHE = (cache_mb, PerceptionCache(share << 20) if share > 0 else None)
     models.perception.cache = _PERCEPTION_CACHE[1]
+    # not in the key: the merge is a setting of the cell, the loaded weights serve both
+    models.perception.box_fusion_iou = box_fusion_iou(cfg.box_merge)
     return models
 
 

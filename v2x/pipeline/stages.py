@@ -35,6 +35,7 @@ from v2x.perception.cooperative import (
 from v2x.perception.detector import DEFAULT_WEIGHTS, load_detector, resolve_weights
 from v2x.perception.encoder import sanitize_points
 from v2x.perception.fusion_kind import FusionKind
+from v2x.perception.settings import box_fusion_iou
 from v2x.pipeline.config import PipelineError, RunConfig
 from v2x.pipeline.detections import agent_detections, crop_patches
 from v2x.pipeline.methods import Sends
@@ -85,7 +86,8 @@ class Models:
             if path.is_file():
                 tracker_cfg, noise = load_tracker(path)
         codec = MessageCodec(model.cfg.grid, codebook, codebook_id=codebook_id)
-        return cls(Perception(model), codec, tracker_cfg, noise, decoder)
+        perception = Perception(model, box_fusion_iou=box_fusion_iou(cfg.box_merge))
+        return cls(perception, codec, tracker_cfg, noise, decoder)
 
 
 def for_log_format(cfg: RunConfig, log_format: str | None) -> RunConfig:
