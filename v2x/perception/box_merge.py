@@ -26,8 +26,9 @@ def merge_duplicates(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy rotated NMS at ``nms_iou``; returns the kept indices (decreasing score) and their
     boxes, each kept box's centre and size the score-weighted mean over itself and the boxes it
-    suppressed with BEV IoU above ``fusion_iou`` (its yaw and score stay its own: a heading
-    average across a flip would point sideways). ``fusion_iou`` None: the kept boxes unchanged."""
+    suppressed with BEV IoU above ``fusion_iou``; its yaw and score stay its own (an average of
+    headings taken modulo pi is a measured candidate, docs/perception.md). ``fusion_iou`` None:
+    the kept boxes unchanged."""
     if fusion_iou is not None and not 0.0 < fusion_iou < 1.0:
         raise ValueError(f"fusion_iou: need a BEV IoU in (0, 1) or None, got {fusion_iou}")
     order = np.argsort(-scores, kind="stable")
