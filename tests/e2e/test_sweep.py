@@ -268,17 +268,19 @@ def test_cells_reuse_the_agents_perception_and_get_the_same_results(tiny_log):
 
 
 @pytest.mark.slow
-def test_a_worker_s_cached_models_take_each_cell_s_box_merge(tiny_log):
+def test_a_worker_s_cached_models_take_each_cell_s_box_merge(tiny_log, monkeypatch):
     """The loaded weights serve cells of either merge; the merge itself is the cell's."""
     from v2x.pipeline import runs as pipeline
     from v2x.pipeline.runs import run_cell
 
+    monkeypatch.setattr(pipeline, "_MODELS", {})  # this test's models only (others' stay cached)
     base = {"data": str(tiny_log), "channel": "ideal", "frames": 1, "tracker": "none", "method": "late"}
     merges = {}
     for merge in ("nms", "average"):
         out = run_cell({**base, "box_merge": merge})
         assert out["config"]["box_merge"] == merge
         merges[merge] = {m.perception.box_fusion_iou for m in pipeline._MODELS.values()}
+    assert len(pipeline._MODELS) == 1  # one set of weights served both cells
     assert merges == {"nms": {None}, "average": {0.4}}
 
 
