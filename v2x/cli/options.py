@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import click
 
+from v2x.perception.settings import BOX_MERGES
+
 #: where collaborators encode the features they share (v2x.perception.settings.SHARE_FRAMES)
 share_frame_option = click.option(
     "--share-frame",
@@ -27,10 +29,10 @@ precision_option = click.option(
 )
 
 
-#: how late fusion merges boxes from several agents (v2x.perception.settings.BOX_MERGES)
+#: how late fusion merges boxes from several agents
 box_merge_option = click.option(
     "--box-merge",
-    type=click.Choice(("average", "nms")),
+    type=click.Choice(BOX_MERGES),
     default="average",
     show_default=True,
     help="How the ego merges its boxes with received ones: rotated NMS whose kept boxes average "

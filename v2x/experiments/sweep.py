@@ -33,7 +33,7 @@ import yaml
 
 from v2x import CONFIGS
 from v2x.comm.budget import parse_budget, parse_rate
-from v2x.perception.settings import resolve_share_frame
+from v2x.perception.settings import BOX_MERGES, resolve_share_frame
 from v2x.pipeline.methods import DEFAULT_METHOD
 
 __all__ = [
@@ -230,8 +230,8 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
         raise SweepError(f"{path}: share_frame: use ego or own, got {settings['share_frame']!r}")
     if settings.get("precision") not in (None, "fp32", "bf16"):
         raise SweepError(f"{path}: precision: use fp32 or bf16, got {settings['precision']!r}")
-    if settings.get("box_merge") not in (None, "average", "nms"):
-        raise SweepError(f"{path}: box_merge: use average or nms, got {settings['box_merge']!r}")
+    if settings.get("box_merge") not in (None, *BOX_MERGES):
+        raise SweepError(f"{path}: box_merge: use {' or '.join(BOX_MERGES)}, got {settings['box_merge']!r}")
     if settings.get("pick") not in (None, *PICKS):
         raise SweepError(f"{path}: pick: use {', '.join(PICKS)}, got {settings['pick']!r}")
     if settings.get("pick") == "first":  # the pipeline's own: cells keep the ids they had before `pick`
