@@ -36,22 +36,24 @@ def merge_duplicates(
     if len(order) == 0:
         return order.astype(np.int64), boxes[:0].copy()
     iou = bev_iou_matrix(boxes[order], boxes[order])
-    weight = np.clip(np.asarray(scores, dtype=np.float64)[order], 1e-6, None)
     taken = np.zeros(len(order), dtype=bool)
-    keep: list[int] = []
-    fused: list[np.ndarray] = []
+    kept: list[int] = []  # positions in ``order``
+    averaged: list[tuple[int, np.ndarray]] = []  # (position in ``kept``, positions averaged)
     for i in range(len(order)):
         if taken[i]:
             continue
-        group = np.flatnonzero(~taken & (iou[i] > nms_iou))
-        group = np.union1d(group, [i])
-        taken[group] = True
-        box = boxes[order[i]].copy()
-        if fusion_iou is not None:
-            same = group[(iou[i, group] > fusion_iou) | (group == i)]
-            if len(same) > 1:
-                w = weight[same][:, None]
-                box[:6] = (boxes[order[same], :6] * w).sum(axis=0) / w.sum()
-        keep.append(int(order[i]))
-        fused.append(box)
-    return np.asarray(keep, dtype=np.int64), np.stack(fused)
+        if fusion_iou is not None:  # of those it suppresses, the ones that overlap it closely
+            same = ~taken & (iou[i] > max(nms_iou, fusion_iou))
+            same[i] = True
+            if same.sum() > 1:
+                averaged.append((len(kept), np.flatnonzero(same)))
+        kept.append(i)
+        taken |= iou[i] > nms_iou
+    keep = order[kept].astype(np.int64)
+    placed = boxes[keep].copy()
+    if averaged:
+        weight = np.clip(np.asarray(scores, dtype=np.float64)[order], 1e-6, None)
+        for k, same in averaged:
+            w = weight[same][:, None]
+            placed[k, :6] = (boxes[order[same], :6] * w).sum(axis=0) / w.sum()
+    return keep, placed
