@@ -56,3 +56,29 @@ def test_rotation_deg_reaches_the_training_samples():
     assert TrainConfig().rotation_deg == 45.0
     ds = CooperativeTrainingSet([_frame()], DetectorConfig(), max_rotation=math.radians(180))
     assert ds.max_rotation == math.pi
+
+
+def _turn_of(frame: Frame, aug: Frame, agent: str, seed: int) -> float:
+    mirrored = np.random.default_rng(seed).random() < 0.5  # augment_frame's first draw
+    base = mirror_frame(frame) if mirrored else frame
+    rel = inverse(base.agents[agent].world_from_lidar) @ aug.agents[agent].world_from_lidar
+    return abs(math.degrees(yaw_of(rel)))
+
+
+def test_roadside_units_take_their_own_turn_range():
+    """``rotation_deg_rsu``: the roadside unit's frame turns up to 180 degrees, the vehicle's
+    still up to 45; without it both take ``rotation_deg`` and draw the same random stream."""
+    frame = _frame()
+    vehicle, rsu = [], []
+    for seed in range(200):
+        aug = augment_frame(frame, np.random.default_rng(seed), math.radians(45), math.pi)
+        vehicle.append(_turn_of(frame, aug, "1", seed))
+        rsu.append(_turn_of(frame, aug, "-1", seed))
+        same = augment_frame(frame, np.random.default_rng(seed), math.radians(45), None)
+        plain = augment_frame(frame, np.random.default_rng(seed), math.radians(45))
+        assert np.array_equal(same.agents["-1"].points, plain.agents["-1"].points)
+    assert max(vehicle) <= 45.0 + 1e-6
+    assert max(rsu) > 90.0
+    assert TrainConfig().rotation_deg_rsu is None
+    ds = CooperativeTrainingSet([_frame()], DetectorConfig(), max_rotation_rsu=math.pi)
+    assert ds.max_rotation_rsu == math.pi

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from v2x.core.boxes import Boxes, wrap_angle
-from v2x.core.frame import AgentScan, Frame
+from v2x.core.frame import AgentKind, AgentScan, Frame
 from v2x.core.geometry import pose_from_xyz_yaw
 
 __all__ = ["augment_frame", "mirror_frame", "rotate_sensor"]
@@ -64,10 +64,19 @@ def mirror_frame(frame: Frame) -> Frame:
     )
 
 
-def augment_frame(frame: Frame, rng: np.random.Generator, max_rotation: float = np.pi / 4) -> Frame:
+def augment_frame(
+    frame: Frame,
+    rng: np.random.Generator,
+    max_rotation: float = np.pi / 4,
+    max_rotation_rsu: float | None = None,
+) -> Frame:
+    """Mirror the scene half the time and turn each agent's sensor frame by up to ``max_rotation``
+    either way (roadside units by up to ``max_rotation_rsu`` when given: their scan reaches the
+    ego's grid turned by whatever heading the ego drives at)."""
     if rng.random() < 0.5:
         frame = mirror_frame(frame)
-    agents = {
-        k: rotate_sensor(s, float(rng.uniform(-max_rotation, max_rotation))) for k, s in frame.agents.items()
-    }
+    agents = {}
+    for k, s in frame.agents.items():
+        limit = max_rotation_rsu if max_rotation_rsu is not None and s.kind == AgentKind.RSU else max_rotation
+        agents[k] = rotate_sensor(s, float(rng.uniform(-limit, limit)))
     return Frame(frame.scenario, frame.index, frame.timestamp_ns, agents, frame.ego_id, frame.gt)

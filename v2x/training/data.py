@@ -63,9 +63,11 @@ class CooperativeTrainingSet(Dataset):
         frame_indices: list[int] | None = None,
         ego_grid_probability: float = 0.0,
         max_rotation: float = np.pi / 4,
+        max_rotation_rsu: float | None = None,
     ) -> None:
         self.log = log
         self.max_rotation = max_rotation
+        self.max_rotation_rsu = max_rotation_rsu
         self.cfg = cfg
         self.seed = seed
         self.augment = augment
@@ -85,7 +87,7 @@ class CooperativeTrainingSet(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         frame: Frame = self.log[self.indices[i]]
         if self.augment:
-            frame = augment_frame(frame, rng, self.max_rotation)
+            frame = augment_frame(frame, rng, self.max_rotation, self.max_rotation_rsu)
         ids = list(frame.agents)
         ego_id = ids[int(rng.integers(len(ids)))]
         others = [a for a in ids if a != ego_id]

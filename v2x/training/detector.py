@@ -59,6 +59,8 @@ class TrainConfig:
     #: reaches the ego's grid turned by whatever angle the ego drives at (DAIR-V2X-C: 110 to 170
     #: degrees), so a detector fed roadside points on the ego's grid needs 180
     rotation_deg: float = 45.0
+    #: ... and roadside units' by up to this many (default: ``rotation_deg``)
+    rotation_deg_rsu: float | None = None
     max_agents: int = 5
     #: fine-tuning: start from these weights (keys the model lacks are refused; keys the
     #: checkpoint lacks must be trainable) ...
@@ -241,6 +243,7 @@ def train_detector(
         frame_indices=indices,
         ego_grid_probability=tcfg.ego_grid_probability,
         max_rotation=math.radians(tcfg.rotation_deg),
+        max_rotation_rsu=None if tcfg.rotation_deg_rsu is None else math.radians(tcfg.rotation_deg_rsu),
     )
     steps_per_epoch = math.ceil(len(dataset) / tcfg.batch_size)
     optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
