@@ -352,3 +352,26 @@ def test_scan_offsets_are_reported_and_moved_like_late_messages(frames, models):
     )
     for a, c in zip(plain["_detections"], capped["_detections"], strict=True):
         assert np.array_equal(a["boxes"].xyzlwhy, c["boxes"].xyzlwhy)
+
+
+@pytest.mark.parametrize("message_weights", ["shipped", "none"])
+def test_an_ego_that_receives_nothing_detects_as_eval_comm_does(frames, message_weights):
+    """With message weights, the code methods' ego reads its own map with their decoder whether
+    or not anything arrived (as ``v2x eval comm`` does), so its detector does not change from
+    frame to frame; without them its demand's boxes are the answer."""
+    from v2x.pipeline.stages import EgoStage
+
+    cfg = RunConfig.from_options(
+        method="codefilling", tracker="none", message_weights=None if message_weights == "shipped" else "none"
+    )
+    models = Models.load(cfg)
+    assert (models.decoder is not None) == (message_weights == "shipped")
+    ego = EgoStage(frames[0].ego_id, models, cfg)
+    percept = ego.perceive(frames[0].ego)
+    out = ego.fuse(percept, frames[0].ego, 0.0, [])
+    expected = models.perception.ego_step(percept, [], [], models.decoder).boxes
+    assert len(expected) > 0
+    assert np.array_equal(out.boxes.xyzlwhy, expected.xyzlwhy)
+    if models.decoder is not None:
+        alone = models.perception.boxes_of(percept)
+        assert not np.array_equal(alone.xyzlwhy, expected.xyzlwhy)  # the decoder's answer, not the demand's

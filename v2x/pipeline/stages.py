@@ -419,9 +419,16 @@ class EgoStage:
                     if boxes_in
                     else percept.boxes
                 )
-            elif not shared and not boxes_in and (own := perception.boxes_of(percept)) is not None:
+            elif (
+                not shared
+                and not boxes_in
+                and self.models.decoder is None
+                and (own := perception.boxes_of(percept)) is not None
+            ):
                 # nothing usable arrived and the ego detected on its own map already (for its
-                # demand): fusing its map alone would give that map and those boxes again
+                # demand): fusing its map alone would give that map and those boxes again. With
+                # message weights the decoder reads the ego's map, arrivals or not, as in
+                # `v2x eval comm`: the ego's detector does not change from frame to frame
                 boxes, fused_map = own, percept.features
             else:
                 res = perception.ego_step(percept, shared, boxes_in, self.models.decoder)
