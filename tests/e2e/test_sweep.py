@@ -162,7 +162,7 @@ def test_cells_speak_run_cells_language():
     accepted = {"data", "scene", "agents", "threads"} | set(params) | fields
     cfg = load_sweep_config("example", overrides={"data": "."}, validate=False)
     cells = expand_cells(cfg)
-    assert len(cells) == 94  # 96 combinations; latency 0 / drop restates the main grid, per scene
+    assert len(cells) == 106  # 108 combinations; latency 0 / drop restates the main grid, per scene
     assert set().union(*cells) <= accepted
     assert {k: params[k].default for k in AXIS_DEFAULTS} == AXIS_DEFAULTS
 
