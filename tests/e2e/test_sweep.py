@@ -167,26 +167,24 @@ def test_cells_speak_run_cells_language():
     assert {k: params[k].default for k in AXIS_DEFAULTS} == AXIS_DEFAULTS
 
 
-def test_every_cell_names_the_frame_collaborators_encode_in(tmp_path):
-    """Cells made before features were shared in the ego's frame by default had no share_frame:
-    a resumed sweep must not take their results for today's."""
-    cfg = load_sweep_config(write_config(tmp_path, tmp_path, grid={"method": ["raw"]}))
-    own = load_sweep_config(write_config(tmp_path, tmp_path, share_frame="own", grid={"method": ["raw"]}))
-    [cell], [cell_own] = expand_cells(cfg), expand_cells(own)
-    assert cell["share_frame"] == "ego" and cell_own["share_frame"] == "own"
-    old = {k: v for k, v in cell.items() if k != "share_frame"}
-    assert len({cell_id(cell), cell_id(cell_own), cell_id(old)}) == 3
-
-
-def test_every_cell_names_how_the_ego_merges_boxes(tmp_path):
-    """Cells made before late fusion averaged duplicate boxes had no box_merge: a resumed sweep
-    must not take their results for today's; nms is a setting of its own."""
-    cfg = load_sweep_config(write_config(tmp_path, tmp_path, grid={"method": ["late"]}))
-    nms = load_sweep_config(write_config(tmp_path, tmp_path, box_merge="nms", grid={"method": ["late"]}))
-    [cell], [cell_nms] = expand_cells(cfg), expand_cells(nms)
-    assert cell["box_merge"] == "average" and cell_nms["box_merge"] == "nms"
-    old = {k: v for k, v in cell.items() if k != "box_merge"}
-    assert len({cell_id(cell), cell_id(cell_nms), cell_id(old)}) == 3
+@pytest.mark.parametrize(
+    ("key", "default", "other", "method"),
+    [
+        # features shared in the ego's frame by default (before, cells had no share_frame)
+        ("share_frame", "ego", "own", "raw"),
+        # late fusion averaging duplicate boxes (before, cells had no box_merge; nms is its own)
+        ("box_merge", "average", "nms", "late"),
+    ],
+)
+def test_every_cell_names_settings_added_later(tmp_path, key, default, other, method):
+    """Cells made before a setting existed lack its key: a resumed sweep must not take their
+    results for today's, and each value of the setting is a cell of its own."""
+    cfg = load_sweep_config(write_config(tmp_path, tmp_path, grid={"method": [method]}))
+    alt = load_sweep_config(write_config(tmp_path, tmp_path, **{key: other}, grid={"method": [method]}))
+    [cell], [cell_alt] = expand_cells(cfg), expand_cells(alt)
+    assert cell[key] == default and cell_alt[key] == other
+    old = {k: v for k, v in cell.items() if k != key}
+    assert len({cell_id(cell), cell_id(cell_alt), cell_id(old)}) == 3
 
 
 def test_a_dair_log_s_cells_share_in_the_collaborators_own_frame_unless_told(tmp_path, dair_example):
