@@ -60,15 +60,32 @@ def test_share_frame_names_are_checked():
 
 def test_the_command_line_lists_every_fusion_mode_and_share_frame():
     from v2x.cli.codebook import eval_comm
-    from v2x.cli.eval_detection import _parse_modes
+    from v2x.cli.eval_detection import _parse_modes, eval_detection
     from v2x.cli.replay import replay
     from v2x.perception.settings import SHARE_FRAMES
 
     assert _parse_modes("all") == list(FUSION_MODES)
-    for command in (replay, eval_comm):
+    for command in (replay, eval_comm, eval_detection):
         [option] = [p for p in command.params if p.name == "share_frame"]
         # no default of its own: resolve_share_frame picks it by the log's format
         assert tuple(option.type.choices) == SHARE_FRAMES and option.default is None
+
+
+@pytest.mark.slow
+def test_eval_detection_shares_in_the_frame_of_the_logs_format(dair_example):
+    """On a DAIR-V2X-C log ``intermediate`` is what eval comm, replay and sweeps run there by
+    default (the collaborator encodes in its own frame); ``--share-frame ego`` gives the ego's grid."""
+    from v2x.experiments.detection_eval import evaluate_fusion_modes
+    from v2x.pipeline.frames import FrameSelection
+
+    one = FrameSelection(1, "first")
+    modes = ["late", "intermediate", "intermediate-own"]
+    auto = evaluate_fusion_modes(dair_example, modes, frames=one)
+    assert [auto[m]["share_frame"] for m in modes] == [None, "own", "own"]
+    assert auto["intermediate"]["ap_bev"] == auto["intermediate-own"]["ap_bev"]
+    ego = evaluate_fusion_modes(dair_example, modes[1:], frames=one, share_frame="ego")
+    assert [ego[m]["share_frame"] for m in modes[1:]] == ["ego", "own"]
+    assert ego["intermediate"]["bytes_per_agent_frame"] != auto["intermediate"]["bytes_per_agent_frame"]
 
 
 def test_training_samples_can_put_collaborators_on_the_ego_grid(cfg, synthetic_frame):

@@ -186,7 +186,7 @@ def test_the_fusion_modes_are_the_uncompressed_methods_by_fusion_kind():
     assert list(FUSION_MODES) == ["none", "late", "early", "intermediate", "intermediate-own"]
     assert {m.fusion for m in FUSION_MODES.values()} == set(FusionKind)
     assert FUSION_MODES["intermediate"].fusion is get_method("intermediate").fusion
-    assert FUSION_MODES["intermediate"].share_frame == "ego"
+    assert FUSION_MODES["intermediate"].share_frame is None  # the run's: --share-frame or the log's format
     assert FUSION_MODES["intermediate-own"].share_frame == "own"
     assert fusion_mode("late") is FUSION_MODES["late"]
 

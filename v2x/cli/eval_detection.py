@@ -13,8 +13,11 @@ from v2x.cli.options import (
     frames_option,
     pick_option,
     precision_option,
+    share_frame_option,
 )
 from v2x.pipeline.methods import FUSION_MODES
+
+_FRAME_WORDS = {"ego": "the ego's grid", "own": "their own frame (the ego warps)"}
 
 
 def _parse_modes(value: str) -> list[str]:
@@ -45,10 +48,11 @@ def _parse_modes(value: str) -> list[str]:
     "fusion",
     default="intermediate",
     show_default=True,
-    help="none, late, early, intermediate (collaborators encode in the ego's frame, OpenCOOD's "
-    "proj_first), intermediate-own (they encode in their own, the ego warps), a comma-separated "
+    help="none, late, early, intermediate (collaborators encode in the frame --share-frame "
+    "gives), intermediate-own (they encode in their own, the ego warps), a comma-separated "
     "list, or all.",
 )
+@share_frame_option
 @frames_option()
 @pick_option
 @click.option(
@@ -72,6 +76,7 @@ def eval_detection(
     bootstrap_block,
     precision,
     box_merge,
+    share_frame,
     json_out,
 ) -> None:
     """BEV and 3D AP at IoU 0.3/0.5/0.7 and bytes per agent per frame for each fusion mode."""
@@ -92,10 +97,13 @@ def eval_detection(
         bootstrap_block=bootstrap_block,
         precision=precision,
         box_fusion_iou=box_fusion_iou(box_merge),
+        share_frame=share_frame,
     )
     for mode in modes:
         res = results[mode]
         click.echo(res.pop("_table"))
+        if res.get("share_frame"):
+            click.echo(f"collaborators encode in {_FRAME_WORDS[res['share_frame']]}")
         click.echo(f"bytes per agent per frame: {res['bytes_per_agent_frame']:.0f}\n")
     if "paired_bootstrap" in results:
         click.echo(_bootstrap_table(results["paired_bootstrap"], bootstrap, bootstrap_block))

@@ -12,6 +12,8 @@ from v2x.metrics.detection import DetectionEvaluator
 from v2x.perception.box_merge import BOX_FUSION_IOU
 from v2x.perception.cooperative import Perception, evaluation_ground_truth
 from v2x.perception.detector import load_detector, resolve_weights
+from v2x.perception.fusion_kind import FusionKind
+from v2x.perception.settings import resolve_share_frame
 from v2x.pipeline.frames import FrameSelection, FrameStep, drive, select_frames
 from v2x.pipeline.methods import fusion_mode
 
@@ -30,6 +32,7 @@ def evaluate_fusion_modes(
     bootstrap_block: int = 1,
     precision: str = "fp32",
     box_fusion_iou: float | None = BOX_FUSION_IOU,
+    share_frame: str | None = None,
 ) -> dict[str, dict]:
     """AP (BEV and 3D, 0.3/0.5/0.7) and mean bytes per collaborator per frame, per mode, on the
     ``frames`` selected (default: all).
@@ -39,13 +42,17 @@ def evaluate_fusion_modes(
     with its 95 % interval over paired resamples of the frames, or of runs of ``bootstrap_block``
     consecutive frames (``v2x.metrics.bootstrap``), and ``"bootstrap"``: those two settings.
     ``precision``: the detector's neck and head in fp32 or bf16 (CooperativeDetector.set_precision).
-    ``box_fusion_iou``: late fusion's merge (:mod:`v2x.perception.box_merge`; None: plain NMS)."""
+    ``box_fusion_iou``: late fusion's merge (:mod:`v2x.perception.box_merge`; None: plain NMS).
+    ``share_frame``: where collaborators encode for ``intermediate`` (None: the log format's
+    default, as in ``v2x eval comm``: the ego's grid, the collaborator's own frame for DAIR-V2X-C);
+    each mode's result says which under ``share_frame``."""
     from v2x.datasets import open_log
 
     if threads:
         torch.set_num_threads(threads)
     log = open_log(root, max_cav=max_cav)
     fmt = getattr(log, "format", None)
+    default_frame = resolve_share_frame(share_frame, fmt)
     model = load_detector(weights, precision=precision, log_format=fmt)
     perception = Perception(model, box_fusion_iou=box_fusion_iou)
     indices = select_frames(log, frames or FrameSelection())
@@ -56,7 +63,7 @@ def evaluate_fusion_modes(
     def evaluate(step: FrameStep) -> None:
         gt = evaluation_ground_truth(step.frame, model.cfg.min_points_per_box)
         for m in modes:
-            res = runs[m].run(perception, step.frame)
+            res = runs[m].run(perception, step.frame, default_frame)
             evaluators[m].add(res.boxes, gt)
             sent[m].extend(res.bytes_per_collaborator.values())
 
@@ -74,6 +81,9 @@ def evaluate_fusion_modes(
         r["model_identity"] = model.identity()
         r["precision"] = model.precision
         r["box_fusion_iou"] = box_fusion_iou
+        r["share_frame"] = (
+            (runs[m].share_frame or default_frame) if runs[m].fusion is FusionKind.INTERMEDIATE else None
+        )
         r["data"] = str(root)
         r["_table"] = evaluators[m].table(f"fusion={m}")
         out[m] = r

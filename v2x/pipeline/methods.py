@@ -213,16 +213,18 @@ def comm_method_names() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class FusionMode:
     """A mode ``v2x eval detection`` runs in process (``Perception.run_frame``): one fusion kind
-    with everything sent, in the frame collaborators encode shared maps in."""
+    with everything sent, in the frame collaborators encode shared maps in: ``share_frame``, or,
+    where that is None, the run's default (``--share-frame``, else the log format's:
+    ``v2x.perception.settings.resolve_share_frame``), as ``v2x eval comm`` and ``v2x replay`` do."""
 
     name: str
     fusion: FusionKind
-    share_frame: str = "ego"
+    share_frame: str | None = None
 
-    def run(self, perception: Any, frame: Any) -> Any:
+    def run(self, perception: Any, frame: Any, default_share_frame: str = "ego") -> Any:
         """``perception.run_frame`` in this mode (a ``v2x.perception.cooperative.Perception``;
         typed loosely so that this module needs no torch): the frame's ``FrameResult``."""
-        return perception.run_frame(frame, self.fusion, self.share_frame)
+        return perception.run_frame(frame, self.fusion, self.share_frame or default_share_frame)
 
 
 #: the uncompressed feature scheme: each fusion kind's reference sends everything as it is
@@ -230,8 +232,9 @@ _EVERYTHING = FeatureScheme(FeatureEncoding.FP32, Selection.ALL)
 
 
 def _fusion_modes() -> dict[str, FusionMode]:
-    """Each fusion kind's reference method (none, late, early, raw), named by its kind; intermediate
-    fusion also with collaborators encoding in their own frame (``-own``; the ego warps)."""
+    """Each fusion kind's reference method (none, late, early, raw), named by its kind, in the
+    run's share frame; intermediate fusion also with collaborators encoding in their own frame
+    whatever the run's default (``-own``; the ego warps)."""
     modes: dict[str, FusionMode] = {}
     for m in METHODS.values():
         if m.features not in (None, _EVERYTHING):

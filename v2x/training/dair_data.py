@@ -69,11 +69,15 @@ class DairRun:
 
 
 class FrameList:
-    """A log-like sequence of frames made by loaders (``len`` and indexing, as the trainer uses)."""
+    """A log-like sequence of frames made by loaders (``len`` and indexing, as the trainer uses;
+    ``format`` as a log's, for the settings that follow the log's format)."""
 
-    def __init__(self, loaders: Sequence[Callable[[], Frame]], names: Sequence[str]) -> None:
+    def __init__(
+        self, loaders: Sequence[Callable[[], Frame]], names: Sequence[str], format: str | None = None
+    ) -> None:
         self._loaders = list(loaders)
         self.names = list(names)
+        self.format = format
 
     def __len__(self) -> int:
         return len(self._loaders)
@@ -243,7 +247,9 @@ def dair_split(
             loaders.append(_SingleLoader(root, side, fid, len(loaders)))
             labels.append(f"{side}/{fid}")
     val = [i for r in runs if r.name in val_runs for i in r.pairs]
-    validate = FrameList([_PairLoader(log, i) for i in val], [log.frame_name(i) for i in val])
+    validate = FrameList(
+        [_PairLoader(log, i) for i in val], [log.frame_name(i) for i in val], getattr(log, "format", None)
+    )
     summary = {
         "kind": "dair-v2x-c runs (leave runs out)",
         "gap_s": gap_s,
@@ -254,4 +260,4 @@ def dair_split(
         "val_pairs": len(val),
         "single_side": single_side,
     }
-    return DairSplit(FrameList(loaders, labels), validate, summary)
+    return DairSplit(FrameList(loaders, labels, getattr(log, "format", None)), validate, summary)

@@ -27,6 +27,7 @@ from v2x.perception.config import DetectorConfig, load_config
 from v2x.perception.cooperative import Perception, evaluation_ground_truth
 from v2x.perception.detector import CooperativeDetector
 from v2x.perception.fusion_kind import FusionKind
+from v2x.perception.settings import resolve_share_frame
 from v2x.pipeline.methods import fusion_mode
 from v2x.training.dair_data import dair_split, is_dair_root
 from v2x.training.data import CooperativeSample, CooperativeTrainingSet, collate_samples
@@ -123,15 +124,17 @@ def evaluate_detector(
     progress: bool = False,
 ) -> dict[str, dict]:
     """AP per fusion mode (names of ``v2x.pipeline.methods.FUSION_MODES``) on the given frames of a
-    log (ego of each frame as the log defines it)."""
+    log (ego of each frame as the log defines it), collaborators sharing in the frame the log's
+    format defaults to, as in ``v2x eval detection``."""
     perception = Perception(model)
+    default_frame = resolve_share_frame(None, getattr(log_, "format", None))
     evaluators = {m: DetectionEvaluator(eval_range=model.cfg.grid.xy_range) for m in modes}
     runs = {m: fusion_mode(m) for m in modes}
     for i in tqdm(frame_indices, desc="validate", disable=not progress, leave=False):
         frame = log_[i]
         gt = evaluation_ground_truth(frame, model.cfg.min_points_per_box)
         for m in modes:
-            evaluators[m].add(runs[m].run(perception, frame).boxes, gt)
+            evaluators[m].add(runs[m].run(perception, frame, default_frame).boxes, gt)
     return {m: e.result() for m, e in evaluators.items()}
 
 
