@@ -236,6 +236,16 @@ def test_the_hash_ignores_threads_but_not_settings():
     assert cell_id(cell) == cell_id({**cell, "perception_cache_mb": 0})
 
 
+def test_a_new_results_version_makes_every_cell_new(monkeypatch):
+    """Records made by code that measured differently are not reused by a resumed sweep."""
+    import v2x.experiments.sweep as sweep
+
+    cell = {"data": "/x", "method": "late", "budget": "1kbps", "channel": "ideal"}
+    now = cell_id(cell)
+    monkeypatch.setattr(sweep, "RESULTS_VERSION", sweep.RESULTS_VERSION + 1)
+    assert cell_id(cell) != now
+
+
 @pytest.mark.slow
 def test_cells_reuse_the_agents_perception_and_get_the_same_results(tiny_log):
     """A worker keeps each agent's perception of a scan for the next cells; results must not

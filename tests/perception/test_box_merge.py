@@ -22,7 +22,21 @@ def test_two_agents_boxes_of_one_car_average_by_score():
     keep, placed = merge_duplicates(b, np.array([0.6, 0.2]), nms_iou=0.1, fusion_iou=0.4)
     assert keep.tolist() == [0]
     assert placed[0, 0] == pytest.approx(10.15) and placed[0, 1] == pytest.approx(0.05)
-    assert placed[0, 6] == 0.1  # the kept box's heading, not an average
+    assert placed[0, 6] == pytest.approx(0.15)  # headings average by score too
+
+
+def test_a_box_pointing_backwards_averages_its_footprint_not_its_direction():
+    """Two boxes of one car, one turned by about pi (same footprint): the merged heading stays
+    near the kept box's direction, not half way round (which would turn the car sideways)."""
+    b = _boxes([(10.0, 0.0, 3.1), (10.0, 0.0, -3.1 + 0.05)])  # 3.1 and about 3.23 mod 2 pi
+    assert bev_iou_matrix(b[:1], b[1:])[0, 0] > 0.8
+    keep, placed = merge_duplicates(b, np.array([0.5, 0.5]), nms_iou=0.1, fusion_iou=0.4)
+    assert keep.tolist() == [0]
+    want = (3.1 + (-3.1 + 0.05 + 2 * np.pi)) / 2 - 2 * np.pi  # 3.165, wrapped into [-pi, pi)
+    assert placed[0, 6] == pytest.approx(want)
+    backwards = _boxes([(10.0, 0.0, 0.2), (10.0, 0.0, 0.4 + np.pi)])
+    _, placed = merge_duplicates(backwards, np.array([0.9, 0.3]), nms_iou=0.1, fusion_iou=0.4)
+    assert placed[0, 6] == pytest.approx(0.25)  # (0.9 * 0.2 + 0.3 * 0.4) / 1.2: its own direction kept
 
 
 def test_a_weak_overlap_is_suppressed_but_not_averaged():

@@ -94,6 +94,9 @@ PATH_SETTINGS = ("weights", "codebook", "tracker_weights")
 TOP_KEYS = ("name", "data", "grid", "also", *SETTINGS)
 #: execution details that do not change a cell's result, left out of its hash
 NOT_HASHED = ("threads", "perception_cache_mb")
+#: part of every cell's hash: raised whenever a change of the code changes what a cell measures
+#: (docs/sweeps.md lists the changes), so a resumed sweep does not reuse records made before it
+RESULTS_VERSION = 2
 UNLIMITED = "unlimited"
 #: the configs shipped with the package (``v2x sweep quick`` finds ``quick.yaml`` here)
 SHIPPED = CONFIGS / "sweeps"
@@ -378,8 +381,10 @@ def _effective_key(cell: dict[str, Any]) -> str:
 
 
 def cell_id(cell: dict[str, Any]) -> str:
-    """A stable hash of what decides a cell's result (not of how it is executed)."""
+    """A stable hash of what decides a cell's result (not of how it is executed), and of the
+    code's :data:`RESULTS_VERSION`."""
     key = {k: v for k, v in cell.items() if k not in NOT_HASHED}
+    key["results_version"] = RESULTS_VERSION
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
