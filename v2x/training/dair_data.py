@@ -73,11 +73,11 @@ class FrameList:
     ``format`` as a log's, for the settings that follow the log's format)."""
 
     def __init__(
-        self, loaders: Sequence[Callable[[], Frame]], names: Sequence[str], format: str | None = None
+        self, loaders: Sequence[Callable[[], Frame]], names: Sequence[str], log_format: str | None = None
     ) -> None:
         self._loaders = list(loaders)
         self.names = list(names)
-        self.format = format
+        self.format = log_format
 
     def __len__(self) -> int:
         return len(self._loaders)
