@@ -82,7 +82,7 @@ def evaluate_fusion_modes(
         r["precision"] = model.precision
         r["box_fusion_iou"] = box_fusion_iou
         r["share_frame"] = (
-            (runs[m].share_frame or default_frame) if runs[m].fusion is FusionKind.INTERMEDIATE else None
+            runs[m].shares_in(default_frame) if runs[m].fusion is FusionKind.INTERMEDIATE else None
         )
         r["data"] = str(root)
         r["_table"] = evaluators[m].table(f"fusion={m}")

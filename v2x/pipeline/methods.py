@@ -221,10 +221,14 @@ class FusionMode:
     fusion: FusionKind
     share_frame: str | None = None
 
+    def shares_in(self, default_share_frame: str = "ego") -> str:
+        """The frame collaborators encode shared maps in, given the run's default."""
+        return self.share_frame or default_share_frame
+
     def run(self, perception: Any, frame: Any, default_share_frame: str = "ego") -> Any:
         """``perception.run_frame`` in this mode (a ``v2x.perception.cooperative.Perception``;
         typed loosely so that this module needs no torch): the frame's ``FrameResult``."""
-        return perception.run_frame(frame, self.fusion, self.share_frame or default_share_frame)
+        return perception.run_frame(frame, self.fusion, self.shares_in(default_share_frame))
 
 
 #: the uncompressed feature scheme: each fusion kind's reference sends everything as it is
