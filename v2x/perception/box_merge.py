@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from v2x.core.boxes import wrap_angle
 from v2x.core.iou import bev_iou_matrix
 
 __all__ = ["BOX_FUSION_IOU", "merge_duplicates"]
@@ -69,5 +70,4 @@ def _mean_heading(yaws: np.ndarray, weights: np.ndarray, reference: float) -> fl
     ``reference`` (the kept box's heading: a box turned by pi covers the same ground), wrapped to
     [-pi, pi)."""
     near = reference + (yaws - reference + np.pi / 2) % np.pi - np.pi / 2
-    mean = float((near * weights).sum() / weights.sum())
-    return (mean + np.pi) % (2 * np.pi) - np.pi
+    return float(wrap_angle((near * weights).sum() / weights.sum()))
