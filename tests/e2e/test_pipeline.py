@@ -246,7 +246,13 @@ def test_an_ego_that_receives_nothing_reuses_its_own_detections(frames, models, 
 
 @pytest.mark.parametrize(
     ("method", "share_frame", "in_ego_frame"),
-    [("raw", "ego", True), ("codebook", "ego", True), ("raw", "own", False), ("late", "ego", False)],
+    [
+        ("raw", "ego", True),
+        ("codebook", "ego", True),
+        ("raw", "own", False),
+        ("raw", "each", False),
+        ("late", "ego", False),
+    ],
 )
 def test_collaborators_encode_features_in_the_ego_frame_unless_told_otherwise(
     frames, models, method, share_frame, in_ego_frame
@@ -281,10 +287,14 @@ def test_a_broken_ego_pose_is_counted_and_the_agent_encodes_in_its_own_frame(fra
 def test_both_share_frames_fuse_and_score(frames, models):
     """The whole in-process path runs with either frame; on these frames the collaborators'
     maps differ by frame but every message is fused."""
-    out = {sf: _run(frames[:2], models, method="raw", budget=None, share_frame=sf) for sf in ("ego", "own")}
+    out = {
+        sf: _run(frames[:2], models, method="raw", budget=None, share_frame=sf)
+        for sf in ("ego", "own", "each")
+    }
     for sf, r in out.items():
         assert r["messages"]["fused"] == 2 * 2, sf
     assert out["ego"]["bytes_per_agent_frame"] != out["own"]["bytes_per_agent_frame"]
+    assert out["each"]["bytes_per_agent_frame"] == out["own"]["bytes_per_agent_frame"]
 
 
 @pytest.mark.parametrize("method", ["late", "where2comm", "codefilling", "raw"])

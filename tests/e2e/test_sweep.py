@@ -95,7 +95,7 @@ def test_a_bad_budget_is_refused_naming_file_and_value(tmp_path, budget, match):
         ({"frames": 0}, "frames: expected an integer >= 1"),
         ({"perception_cache_mb": -1}, "perception_cache_mb: expected an integer >= 0"),
         ({"tracker": "sort"}, "tracker: unknown 'sort'"),
-        ({"share_frame": "world"}, "share_frame: use ego or own"),
+        ({"share_frame": "world"}, "share_frame: use ego, own, each"),
         ({"precision": "fp16"}, "precision: use fp32 or bf16"),
         ({"box_merge": "wbf"}, "box_merge: use average or nms"),
         ({"pick": "evenly"}, "pick: use first, spread, random"),
@@ -187,14 +187,14 @@ def test_every_cell_names_settings_added_later(tmp_path, key, default, other, me
     assert len({cell_id(cell), cell_id(cell_alt), cell_id(old)}) == 3
 
 
-def test_a_dair_log_s_cells_share_in_the_collaborators_own_frame_unless_told(tmp_path, dair_example):
+def test_a_dair_log_s_cells_read_in_every_agents_frame_unless_told(tmp_path, dair_example):
     """As v2x replay and v2x eval comm do for a DAIR-V2X-C log (SHARE_FRAME_BY_FORMAT)."""
     cfg = load_sweep_config(write_config(tmp_path, dair_example, grid={"method": ["raw"]}))
     told = load_sweep_config(
         write_config(tmp_path, dair_example, share_frame="ego", grid={"method": ["raw"]})
     )
     [cell], [cell_told] = expand_cells(cfg), expand_cells(told)
-    assert cell["share_frame"] == "own" and cell_told["share_frame"] == "ego"
+    assert cell["share_frame"] == "each" and cell_told["share_frame"] == "ego"
 
 
 def test_a_bf16_sweep_is_its_own_set_of_cells_and_its_setting_reaches_the_run(tmp_path):

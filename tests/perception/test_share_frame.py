@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from v2x.core.geometry import inverse, transform_points
-from v2x.perception.cooperative import Perception
+from v2x.perception.cooperative import Perception, SharedBoxes, SharedFeatures
 from v2x.perception.encoder import sanitize_points
 from v2x.perception.fusion import warp_cells_to_ego
 from v2x.perception.settings import check_share_frame
@@ -45,7 +45,7 @@ def test_the_ego_takes_such_a_map_cell_for_cell(model, synthetic_frame):
     assert (values - flat[:, idx]).abs().max() < 1e-5  # float rounding of the identity sampling
 
 
-@pytest.mark.parametrize("mode", ["intermediate", "intermediate-own"])
+@pytest.mark.parametrize("mode", ["intermediate", "intermediate-own", "intermediate-each"])
 def test_both_intermediate_variants_send_only_cells_on_their_grid(model, synthetic_frame, mode):
     frame = synthetic_frame(7)
     res = FUSION_MODES[mode].run(Perception(model), frame)
@@ -74,17 +74,18 @@ def test_the_command_line_lists_every_fusion_mode_and_share_frame():
 @pytest.mark.slow
 def test_eval_detection_shares_in_the_frame_of_the_logs_format(dair_example):
     """On a DAIR-V2X-C log ``intermediate`` is what eval comm, replay and sweeps run there by
-    default (the collaborator encodes in its own frame); ``--share-frame ego`` gives the ego's grid."""
+    default (the collaborator encodes in its own frame, the ego reads the fused maps in every
+    agent's frame); ``--share-frame ego`` gives the ego's grid."""
     from v2x.experiments.detection_eval import evaluate_fusion_modes
     from v2x.pipeline.frames import FrameSelection
 
     one = FrameSelection(1, "first")
-    modes = ["late", "intermediate", "intermediate-own"]
+    modes = ["late", "intermediate", "intermediate-own", "intermediate-each"]
     auto = evaluate_fusion_modes(dair_example, modes, frames=one)
-    assert [auto[m]["share_frame"] for m in modes] == [None, "own", "own"]
-    assert auto["intermediate"]["ap_bev"] == auto["intermediate-own"]["ap_bev"]
+    assert [auto[m]["share_frame"] for m in modes] == [None, "each", "own", "each"]
+    assert auto["intermediate"]["ap_bev"] == auto["intermediate-each"]["ap_bev"]
     ego = evaluate_fusion_modes(dair_example, modes[1:], frames=one, share_frame="ego")
-    assert [ego[m]["share_frame"] for m in modes[1:]] == ["ego", "own"]
+    assert [ego[m]["share_frame"] for m in modes[1:]] == ["ego", "own", "each"]
     assert ego["intermediate"]["bytes_per_agent_frame"] != auto["intermediate"]["bytes_per_agent_frame"]
 
 
@@ -109,12 +110,45 @@ def test_training_samples_can_put_collaborators_on_the_ego_grid(cfg, synthetic_f
         assert not torch.equal(c.clouds[1], a.clouds[1])
 
 
-def test_dair_logs_share_in_the_collaborators_own_frame_unless_told():
+def test_dair_logs_read_the_fused_maps_in_every_agents_frame_unless_told():
     """DAIR-V2X-C's roadside unit is found in its own frame, hardly on the ego's grid."""
     from v2x.perception.settings import resolve_share_frame
 
-    assert resolve_share_frame(None, "dair-v2x-c") == "own"
+    assert resolve_share_frame(None, "dair-v2x-c") == "each"
     assert resolve_share_frame(None, "opv2v") == resolve_share_frame(None, None) == "ego"
     assert resolve_share_frame("ego", "dair-v2x-c") == "ego"
     with pytest.raises(ValueError, match="share_frame"):
         resolve_share_frame("world", "opv2v")
+
+
+def test_reading_in_each_frame_adds_the_collaborators_reading_with_the_roles_swapped(model, synthetic_frame):
+    """``share_frame="each"``: the boxes the ego reads in a collaborator's frame are those the
+    collaborator would detect as the ego with the ego's map received; they are merged with the
+    ego frame's boxes as late fusion merges boxes."""
+    frame = synthetic_frame(12)
+    perception = Perception(model)
+    ego, collab = perception.agent_steps([frame.ego, frame.collaborators[0]], detect=False)
+    as_shared = [SharedFeatures(a.agent_id, a.world_from_bev, a.features, a.occupied) for a in (ego, collab)]
+    mine = perception.ego_step(ego, as_shared[1:])
+    swapped = perception.ego_step(collab, as_shared[:1])
+    assert len(swapped.boxes) > 0
+    want = perception.merge_boxes(
+        ego.world_from_bev, mine.boxes, [SharedBoxes(collab.agent_id, collab.world_from_bev, swapped.boxes)]
+    )
+    got = perception.ego_step(ego, as_shared[1:], in_each_frame=True)
+    assert np.allclose(got.boxes.xyzlwhy, want.xyzlwhy, atol=1e-5)
+    assert np.allclose(got.boxes.scores, want.scores, atol=1e-6)
+    assert torch.equal(got.features, mine.features)  # the map and confidence stay the ego frame's
+    # a map encoded on the ego's grid has no frame of its own to read it in
+    on_grid = perception.agent_steps([frame.collaborators[0]], detect=False, into=[ego.world_from_bev])[0]
+    shared = [SharedFeatures(on_grid.agent_id, on_grid.world_from_bev, on_grid.features, on_grid.occupied)]
+    a, b = perception.ego_step(ego, shared), perception.ego_step(ego, shared, in_each_frame=True)
+    assert np.array_equal(a.boxes.xyzlwhy, b.boxes.xyzlwhy)
+
+
+def test_only_whole_maps_are_read_in_their_senders_frame():
+    """Codes and selected cells are read on the ego's map alone, whatever ``share_frame`` says."""
+    from v2x.pipeline.methods import METHODS
+
+    whole = {name for name, m in METHODS.items() if m.sends_whole_map}
+    assert whole == {"raw", "raw-fp16"}

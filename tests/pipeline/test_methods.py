@@ -161,7 +161,9 @@ def test_an_unknown_name_is_refused_with_the_known_ones():
     ):
         get_method("fusion")
     assert issubclass(UnknownMethodError, ValueError)
-    with pytest.raises(ValueError, match="use one of none, late, early, intermediate, intermediate-own"):
+    with pytest.raises(
+        ValueError, match="use one of none, late, early, intermediate, intermediate-own, intermediate-each"
+    ):
         fusion_mode("intermediate-ego")
     with pytest.raises(ValueError, match="unknown fusion 'sideways'"):
         fusion_kind("sideways")
@@ -183,11 +185,19 @@ def test_a_method_that_contradicts_itself_is_refused():
 
 
 def test_the_fusion_modes_are_the_uncompressed_methods_by_fusion_kind():
-    assert list(FUSION_MODES) == ["none", "late", "early", "intermediate", "intermediate-own"]
+    assert list(FUSION_MODES) == [
+        "none",
+        "late",
+        "early",
+        "intermediate",
+        "intermediate-own",
+        "intermediate-each",
+    ]
     assert {m.fusion for m in FUSION_MODES.values()} == set(FusionKind)
     assert FUSION_MODES["intermediate"].fusion is get_method("intermediate").fusion
     assert FUSION_MODES["intermediate"].share_frame is None  # the run's: --share-frame or the log's format
     assert FUSION_MODES["intermediate-own"].share_frame == "own"
+    assert FUSION_MODES["intermediate-each"].share_frame == "each"
     assert fusion_mode("late") is FUSION_MODES["late"]
 
 

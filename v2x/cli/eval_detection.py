@@ -17,7 +17,11 @@ from v2x.cli.options import (
 )
 from v2x.pipeline.methods import FUSION_MODES
 
-_FRAME_WORDS = {"ego": "the ego's grid", "own": "their own frame (the ego warps)"}
+_FRAME_WORDS = {
+    "ego": "the ego's grid",
+    "own": "their own frame (the ego warps)",
+    "each": "their own frame (the ego reads the fused maps in every agent's frame)",
+}
 
 
 def _parse_modes(value: str) -> list[str]:

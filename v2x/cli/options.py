@@ -11,10 +11,11 @@ from v2x.perception.settings import BOX_MERGES
 #: where collaborators encode the features they share (v2x.perception.settings.SHARE_FRAMES)
 share_frame_option = click.option(
     "--share-frame",
-    type=click.Choice(("ego", "own")),
+    type=click.Choice(("ego", "own", "each")),
     default=None,
     help="Where collaborators encode features: in the ego's frame (OpenCOOD's proj_first) or their "
-    "own [default: ego; own for DAIR-V2X-C logs, where the roadside unit's features do better in "
+    "own; each: their own, and the ego reads the fused maps in every agent's frame and merges the "
+    "boxes [default: ego; each for DAIR-V2X-C logs, where the roadside unit's cars are found in "
     "its own frame].",
 )
 

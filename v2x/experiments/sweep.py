@@ -33,7 +33,7 @@ import yaml
 
 from v2x import CONFIGS
 from v2x.comm.budget import parse_budget, parse_rate
-from v2x.perception.settings import BOX_MERGES, resolve_share_frame
+from v2x.perception.settings import BOX_MERGES, SHARE_FRAMES, resolve_share_frame
 from v2x.pipeline.methods import DEFAULT_METHOD
 
 __all__ = [
@@ -229,8 +229,10 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
         v = settings.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0):
             raise SweepError(f"{path}: {key}: expected a number >= 0, got {v!r}")
-    if settings.get("share_frame") not in (None, "ego", "own"):
-        raise SweepError(f"{path}: share_frame: use ego or own, got {settings['share_frame']!r}")
+    if settings.get("share_frame") not in (None, *SHARE_FRAMES):
+        raise SweepError(
+            f"{path}: share_frame: use {', '.join(SHARE_FRAMES)}, got {settings['share_frame']!r}"
+        )
     if settings.get("precision") not in (None, "fp32", "bf16"):
         raise SweepError(f"{path}: precision: use fp32 or bf16, got {settings['precision']!r}")
     if settings.get("box_merge") not in (None, *BOX_MERGES):

@@ -11,7 +11,11 @@ points into the ego's BEV frame first (it knows the ego's pose from the ego's V2
 and encodes them on the ego's grid, so the ego fuses cell for cell; this is OpenCOOD's default
 for intermediate fusion (``proj_first``). ``"own"`` encodes on the collaborator's own grid
 and the ego resamples the map into its frame (:mod:`v2x.perception.fusion`), which loses part of what the
-features say about where points lie within a cell.
+features say about where points lie within a cell. ``"each"`` encodes as ``"own"``, and the ego
+reads the fused map not only in its own frame but also in every collaborator's (that collaborator's
+map as it came, the ego's and the others' warped onto it), then merges the box sets as late fusion
+merges boxes: a detector whose head learned a roadside unit's scene the way round the pole sees it
+finds those cars in the unit's frame, where an ego's heading does not turn them.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from v2x.perception.detector import CooperativeDetector
 from v2x.perception.encoder import sanitize_points
 from v2x.perception.fusion_kind import FusionKind, fusion_kind
 from v2x.perception.head import HeadOutput
-from v2x.perception.settings import check_share_frame
+from v2x.perception.settings import check_share_frame, decodes_in_each_frame, encodes_on_ego_grid
 
 __all__ = [
     "AgentPerception",
@@ -54,7 +58,7 @@ __all__ = [
 def encoding_frames(frame: Frame, share_frame: str) -> list[np.ndarray | None] | None:
     """``into`` for :meth:`Perception.agent_steps` over ``[frame.ego, *frame.collaborators]``:
     the ego in its own frame and the collaborators in ``share_frame``."""
-    if check_share_frame(share_frame) == "own":
+    if not encodes_on_ego_grid(share_frame):
         return None
     return [None] + [frame.ego.world_from_bev] * len(frame.collaborators)
 
@@ -251,21 +255,48 @@ class Perception:
         shared: list[SharedFeatures] = (),
         shared_boxes: list[SharedBoxes] = (),
         decoder: CooperativeDetector | None = None,
+        in_each_frame: bool = False,
     ) -> EgoResult:
         """Fuse received features into the ego's map, detect, then merge any received boxes.
 
         ``decoder``: the fusion, neck and head that read code messages (message weights,
         :mod:`v2x.messages.message_weights`) instead of the detector's own; its encoder is the
-        detector's, so the ego's own map is the same either way."""
+        detector's, so the ego's own map is the same either way.
+        ``in_each_frame`` (``share_frame="each"``): the maps are also fused and read in every
+        collaborator's frame that is not the ego's, and those boxes, moved into the ego's frame,
+        are merged with the ego's as received boxes are. The result's map and confidence stay
+        the ego frame's."""
         model = decoder if decoder is not None else self.model
         ego_inv = inverse(ego.world_from_bev)
         others = [(s.features, s.valid, ego_inv @ s.world_from_bev) for s in shared]
         fused = model.fuse(ego.features, ego.occupied, others)
         out = model.detect(fused[None])
         boxes = model.decode(out)[0]
-        if shared_boxes:
-            boxes = self.merge_boxes(ego.world_from_bev, boxes, shared_boxes)
+        read_elsewhere = self._read_in_collaborator_frames(model, ego, shared) if in_each_frame else []
+        if shared_boxes or read_elsewhere:
+            boxes = self.merge_boxes(ego.world_from_bev, boxes, [*read_elsewhere, *shared_boxes])
         return EgoResult(boxes, out.confidence()[0].numpy(), fused)
+
+    @staticmethod
+    def _read_in_collaborator_frames(
+        model: CooperativeDetector, ego: AgentPerception, shared: list[SharedFeatures]
+    ) -> list[SharedBoxes]:
+        """Boxes of the maps fused in each collaborator's frame (skipped where that frame is the
+        ego's: a map encoded on the ego's grid), each in the frame it was read in."""
+        maps = [
+            SharedFeatures(ego.agent_id, ego.world_from_bev, ego.features, ego.occupied, ego.timestamp_ns)
+        ]
+        maps += shared
+        read = []
+        for i, s in enumerate(shared, start=1):
+            if np.allclose(s.world_from_bev, ego.world_from_bev):
+                continue
+            s_inv = inverse(s.world_from_bev)
+            others = [(o.features, o.valid, s_inv @ o.world_from_bev) for j, o in enumerate(maps) if j != i]
+            fused = model.fuse(s.features, s.valid, others)
+            boxes = model.decode(model.detect(fused[None]))[0]
+            read.append(SharedBoxes(s.agent_id, s.world_from_bev, boxes))
+        return read
 
     def merge_boxes(self, world_from_ego_bev: np.ndarray, own: Boxes, shared: list[SharedBoxes]) -> Boxes:
         """Late fusion: received boxes moved into the ego frame, merged with its own by rotated NMS
@@ -306,7 +337,7 @@ class Perception:
         shared = [
             SharedFeatures(r.agent_id, r.world_from_bev, r.features, r.occupied, r.timestamp_ns) for r in rest
         ]
-        res = self.ego_step(ego, shared)
+        res = self.ego_step(ego, shared, in_each_frame=decodes_in_each_frame(share_frame))
         c = self.cfg.bev_channels
         sent = {
             r.agent_id: raw_features_bytes(np.flatnonzero(r.occupied.numpy().ravel()), c, self.cfg.grid.shape)

@@ -12,14 +12,20 @@ __all__ = [
     "check_box_merge",
     "check_precision",
     "check_share_frame",
+    "decodes_in_each_frame",
+    "encodes_on_ego_grid",
     "resolve_share_frame",
 ]
 
 #: the frame collaborators encode shared features in: the ego's grid (OpenCOOD's proj_first) or their own
-SHARE_FRAMES = ("ego", "own")
+#: "ego": collaborators encode on the ego's grid; "own": in their own frame, the ego warps their
+#: maps onto its grid; "each": encoded as "own", and the ego decodes the fused maps in every
+#: agent's frame (its own, each collaborator's) and merges the boxes (docs/perception.md)
+SHARE_FRAMES = ("ego", "own", "each")
 #: the frame for logs of a format where "ego" does worse: on DAIR-V2X-C the detector finds the
-#: roadside unit's cars in its own frame and hardly on the ego's grid (docs/perception.md)
-SHARE_FRAME_BY_FORMAT = {"dair-v2x-c": "own"}
+#: roadside unit's cars in its own frame and hardly on the ego's grid, and the fused map read in
+#: the roadside unit's frame finds more of them again (docs/perception.md)
+SHARE_FRAME_BY_FORMAT = {"dair-v2x-c": "each"}
 #: inference precision of the detector's neck and head
 PRECISIONS = ("fp32", "bf16")
 
@@ -29,6 +35,16 @@ def check_share_frame(share_frame: str) -> str:
     if share_frame not in SHARE_FRAMES:
         raise ValueError(f"share_frame: use one of {', '.join(SHARE_FRAMES)}, not {share_frame!r}")
     return share_frame
+
+
+def encodes_on_ego_grid(share_frame: str) -> bool:
+    """Whether collaborators encode shared maps on the ego's grid (else in their own frame)."""
+    return check_share_frame(share_frame) == "ego"
+
+
+def decodes_in_each_frame(share_frame: str) -> bool:
+    """Whether the ego reads the fused map in every agent's frame, not only its own."""
+    return check_share_frame(share_frame) == "each"
 
 
 def resolve_share_frame(share_frame: str | None, log_format: str | None) -> str:

@@ -88,6 +88,15 @@ class Method:
         return self.features is not None and self.features.uses_offers
 
     @property
+    def sends_whole_map(self) -> bool:
+        """Whether a collaborator sends every occupied cell of its map, as it is. Only such a map
+        is read in its sender's frame too (``share_frame`` "each"): a selection of cells holds
+        too little of it there, and codes are read by message weights trained on the ego's map."""
+        return (
+            self.features is not None and self.features.selection is Selection.ALL and not self.needs_codebook
+        )
+
+    @property
     def agent_detects(self) -> bool:
         """Whether a collaborator runs its detection head: for the boxes it sends, or for the
         confidence that selects and orders its cells."""
@@ -238,7 +247,8 @@ _EVERYTHING = FeatureScheme(FeatureEncoding.FP32, Selection.ALL)
 def _fusion_modes() -> dict[str, FusionMode]:
     """Each fusion kind's reference method (none, late, early, raw), named by its kind, in the
     run's share frame; intermediate fusion also with collaborators encoding in their own frame
-    whatever the run's default (``-own``; the ego warps)."""
+    whatever the run's default (``-own``; the ego warps), and so encoded with the fused maps read
+    in every agent's frame (``-each``)."""
     modes: dict[str, FusionMode] = {}
     for m in METHODS.values():
         if m.features not in (None, _EVERYTHING):
@@ -247,10 +257,11 @@ def _fusion_modes() -> dict[str, FusionMode]:
         modes[kind] = FusionMode(kind, m.fusion)
         if m.sends is Sends.FEATURES:
             modes[f"{kind}-own"] = FusionMode(f"{kind}-own", m.fusion, "own")
+            modes[f"{kind}-each"] = FusionMode(f"{kind}-each", m.fusion, "each")
     return modes
 
 
-#: none, late, early, intermediate, intermediate-own
+#: none, late, early, intermediate, intermediate-own, intermediate-each
 FUSION_MODES: dict[str, FusionMode] = _fusion_modes()
 
 

@@ -35,7 +35,7 @@ from v2x.perception.cooperative import (
 from v2x.perception.detector import DEFAULT_WEIGHTS, load_detector, resolve_weights
 from v2x.perception.encoder import sanitize_points
 from v2x.perception.fusion_kind import FusionKind
-from v2x.perception.settings import box_fusion_iou
+from v2x.perception.settings import box_fusion_iou, decodes_in_each_frame, encodes_on_ego_grid
 from v2x.pipeline.config import PipelineError, RunConfig
 from v2x.pipeline.detections import agent_detections, crop_patches
 from v2x.pipeline.methods import Sends
@@ -128,7 +128,11 @@ class AgentStage:
         if spec.sends not in (Sends.BOXES, Sends.FEATURES):
             return None
         into = None
-        if spec.sends is Sends.FEATURES and self.cfg.share_frame == "ego" and world_from_ego is not None:
+        if (
+            spec.sends is Sends.FEATURES
+            and encodes_on_ego_grid(self.cfg.share_frame)
+            and world_from_ego is not None
+        ):
             into = np.asarray(world_from_ego, dtype=np.float64)
             if into.shape != (4, 4) or not np.isfinite(into).all():
                 self.bad_ego_poses += 1  # counted; this frame is encoded in the agent's own frame
@@ -431,7 +435,13 @@ class EgoStage:
                 # `v2x eval comm`: the ego's detector does not change from frame to frame
                 boxes, fused_map = own, percept.features
             else:
-                res = perception.ego_step(percept, shared, boxes_in, self.models.decoder)
+                res = perception.ego_step(
+                    percept,
+                    shared,
+                    boxes_in,
+                    self.models.decoder,
+                    in_each_frame=decodes_in_each_frame(self.cfg.share_frame) and spec.sends_whole_map,
+                )
                 boxes, fused_map = res.boxes, res.features
         tracks = self._track(percept, boxes, boxes_in, fused_map, now_s)
         return EgoOutput(boxes, tracks, used, stale, sent_cells, over_limit)
