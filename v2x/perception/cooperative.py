@@ -264,12 +264,16 @@ class Perception:
         detector's, so the ego's own map is the same either way.
         ``in_each_frame`` (``share_frame="each"``): the maps are also fused and read in every
         collaborator's frame that is not the ego's, and those boxes, moved into the ego's frame,
-        are merged with the ego's as received boxes are. The result's map and confidence stay
-        the ego frame's."""
+        are merged with the ego's as received boxes are. Each reading keeps its own agent's
+        cells as that agent saw them and takes the others' maps only where it saw nothing: the
+        others' view of those cells is read in their own frames. The result's map and confidence
+        stay the ego frame's."""
         model = decoder if decoder is not None else self.model
         ego_inv = inverse(ego.world_from_bev)
         others = [(s.features, s.valid, ego_inv @ s.world_from_bev) for s in shared]
         fused = model.fuse(ego.features, ego.occupied, others)
+        if in_each_frame:
+            fused = _filled(fused, ego.features, ego.occupied)
         out = model.detect(fused[None])
         boxes = model.decode(out)[0]
         read_elsewhere = self._read_in_collaborator_frames(model, ego, shared) if in_each_frame else []
@@ -293,7 +297,7 @@ class Perception:
                 continue
             s_inv = inverse(s.world_from_bev)
             others = [(o.features, o.valid, s_inv @ o.world_from_bev) for j, o in enumerate(maps) if j != i]
-            fused = model.fuse(s.features, s.valid, others)
+            fused = _filled(model.fuse(s.features, s.valid, others), s.features, s.valid)
             boxes = model.decode(model.detect(fused[None]))[0]
             read.append(SharedBoxes(s.agent_id, s.world_from_bev, boxes))
         return read
@@ -385,6 +389,13 @@ class Perception:
         bev = self.model.encode([merged])
         boxes = self.model.decode(self.model.detect(bev.features))[0]
         return FrameResult(boxes, frame.ego.world_from_bev, sent)
+
+
+def _filled(fused: torch.Tensor, own: torch.Tensor, own_valid: torch.Tensor) -> torch.Tensor:
+    """``fused`` with the reading agent's own cells put back: the others' maps fill only the
+    cells it did not observe (``share_frame="each"``, where every agent's cells get a reading
+    of their own)."""
+    return torch.where(own_valid[None], own, fused)
 
 
 def boxes_message_bytes(n_boxes: int, grid_shape: tuple[int, int] = (0, 0)) -> int:
