@@ -1,8 +1,11 @@
+from dataclasses import replace
+
 import numpy as np
+import pytest
 import torch
 
 from v2x.core.geometry import inverse, pose_from_xyz_yaw
-from v2x.perception.fusion import AttentionFusion, MaxFusion, warp_to_ego
+from v2x.perception.fusion import AttentionFusion, FillFusion, MaxFusion, make_fusion, warp_to_ego
 
 
 def _blob(cfg, x, y):
@@ -45,6 +48,21 @@ def test_max_fusion_ignores_agents_without_data():
     assert fused.tolist() == [[[1.0, 3.0]]]
     none_valid = MaxFusion()(feats, torch.zeros_like(valid))
     assert torch.count_nonzero(none_valid) == 0
+
+
+def test_fill_fusion_keeps_the_egos_cells_and_takes_the_others_maximum_elsewhere():
+    feats = torch.tensor([[[[1.0, 0.0, 0.0]]], [[[5.0, 3.0, 0.0]]], [[[2.0, 4.0, 0.0]]]])  # A=3, C=1, W=3
+    valid = torch.tensor([[[True, False, False]], [[True, True, False]], [[False, True, False]]])
+    assert FillFusion()(feats, valid).tolist() == [[[1.0, 4.0, 0.0]]]  # max fusion: 5, 4, 0
+    assert MaxFusion()(feats, valid).tolist() == [[[5.0, 4.0, 0.0]]]
+    cells = []
+    for f, m in zip(feats[1:], valid[1:], strict=True):
+        idx = torch.nonzero(m.reshape(-1)).squeeze(1)
+        cells.append((idx, f.reshape(1, -1).index_select(1, idx)))
+    assert torch.equal(FillFusion.sparse(feats[0], valid[0], cells), FillFusion()(feats, valid))
+    assert isinstance(make_fusion("fill", 1), FillFusion)
+    with pytest.raises(ValueError, match="max, fill, attention"):
+        make_fusion("mean", 1)
 
 
 def test_attention_fusion_weights_only_valid_agents_and_has_finite_gradients():
@@ -94,13 +112,14 @@ def test_the_egos_inference_path_fuses_like_the_training_path(cfg):
     assert torch.equal(got, want)
 
 
-def test_the_detectors_fuse_gives_the_same_map_with_and_without_gradients(cfg):
+@pytest.mark.parametrize("fusion", ["max", "fill"])
+def test_the_detectors_fuse_gives_the_same_map_with_and_without_gradients(cfg, fusion):
     """``CooperativeDetector.fuse`` takes the cell-list path at inference and the dense path in
     training; both give the same fused map, so training and the ego node see one model."""
     from v2x.perception.detector import CooperativeDetector
 
     torch.manual_seed(1)
-    model = CooperativeDetector(cfg).eval()
+    model = CooperativeDetector(replace(cfg, fusion=fusion)).eval()
     c, (h, w) = cfg.bev_channels, cfg.grid.shape
     ego = torch.randn(c, h, w)
     ego_valid = torch.rand(h, w) < 0.3

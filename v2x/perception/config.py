@@ -17,6 +17,8 @@ __all__ = ["DEFAULT_CONFIG", "DetectorConfig", "load_config"]
 
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
 #: choices of DetectorConfig.point_xy
+#: how the ego combines maps at a cell (v2x.perception.fusion.make_fusion)
+FUSIONS = ("max", "fill", "attention")
 POINT_XY = ("absolute", "local")
 
 
@@ -30,7 +32,8 @@ class DetectorConfig:
     #: dense neck widths at the feature stride and at twice it
     neck_channels: int = 48
     neck_channels_down: int = 96
-    #: fusion of warped feature maps on the ego: "max" or "attention"
+    #: fusion of warped feature maps on the ego (FUSIONS): "max", "fill" (the ego's own cells
+    #: kept, the others' maximum where it saw nothing) or "attention"
     fusion: str = "max"
     #: correct collaborators' warped features with a small learned per-cell network (v2x.perception.alignment)
     warp_alignment: bool = False
@@ -53,8 +56,8 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if isinstance(self.grid, dict):
             self.grid = BEVGrid.from_dict(self.grid)
-        if self.fusion not in ("max", "attention"):
-            raise ValueError(f"fusion must be 'max' or 'attention', got {self.fusion!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.point_xy not in POINT_XY:
             raise ValueError(f"point_xy must be one of {POINT_XY}, got {self.point_xy!r}")
 

@@ -35,6 +35,7 @@ from v2x.perception.box_merge import BOX_FUSION_IOU, merge_duplicates
 from v2x.perception.cache import PerceptionCache, scan_key
 from v2x.perception.detector import CooperativeDetector
 from v2x.perception.encoder import sanitize_points
+from v2x.perception.fusion import keep_own_cells
 from v2x.perception.fusion_kind import FusionKind, fusion_kind
 from v2x.perception.head import HeadOutput
 from v2x.perception.settings import check_share_frame, decodes_in_each_frame, encodes_on_ego_grid
@@ -273,7 +274,7 @@ class Perception:
         others = [(s.features, s.valid, ego_inv @ s.world_from_bev) for s in shared]
         fused = model.fuse(ego.features, ego.occupied, others)
         if in_each_frame:
-            fused = _filled(fused, ego.features, ego.occupied)
+            fused = keep_own_cells(fused, ego.features, ego.occupied)
         out = model.detect(fused[None])
         boxes = model.decode(out)[0]
         read_elsewhere = self._read_in_collaborator_frames(model, ego, shared) if in_each_frame else []
@@ -297,7 +298,7 @@ class Perception:
                 continue
             s_inv = inverse(s.world_from_bev)
             others = [(o.features, o.valid, s_inv @ o.world_from_bev) for j, o in enumerate(maps) if j != i]
-            fused = _filled(model.fuse(s.features, s.valid, others), s.features, s.valid)
+            fused = keep_own_cells(model.fuse(s.features, s.valid, others), s.features, s.valid)
             boxes = model.decode(model.detect(fused[None]))[0]
             read.append(SharedBoxes(s.agent_id, s.world_from_bev, boxes))
         return read
@@ -389,13 +390,6 @@ class Perception:
         bev = self.model.encode([merged])
         boxes = self.model.decode(self.model.detect(bev.features))[0]
         return FrameResult(boxes, frame.ego.world_from_bev, sent)
-
-
-def _filled(fused: torch.Tensor, own: torch.Tensor, own_valid: torch.Tensor) -> torch.Tensor:
-    """``fused`` with the reading agent's own cells put back: the others' maps fill only the
-    cells it did not observe (``share_frame="each"``, where every agent's cells get a reading
-    of their own)."""
-    return torch.where(own_valid[None], own, fused)
 
 
 def boxes_message_bytes(n_boxes: int, grid_shape: tuple[int, int] = (0, 0)) -> int:

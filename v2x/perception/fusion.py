@@ -15,8 +15,19 @@ from torch import nn
 from v2x.core.geometry import yaw_of
 from v2x.core.grid import BEVGrid
 from v2x.perception.alignment import WarpAlignment, sampling_geometry, sender_pixels
+from v2x.perception.config import FUSIONS
 
-__all__ = ["AttentionFusion", "MaxFusion", "make_fusion", "warp_affine", "warp_cells_to_ego", "warp_to_ego"]
+__all__ = [
+    "FUSIONS",
+    "AttentionFusion",
+    "FillFusion",
+    "MaxFusion",
+    "keep_own_cells",
+    "make_fusion",
+    "warp_affine",
+    "warp_cells_to_ego",
+    "warp_to_ego",
+]
 
 #: A collaborator's map in the ego frame as the ego's inference path keeps it: the flat indices
 #: of the ego cells it makes valid, and its (C, len(indices)) interpolated features there.
@@ -174,6 +185,26 @@ class MaxFusion(nn.Module):
         return torch.nan_to_num(fused.reshape(ego.shape), nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def keep_own_cells(fused: torch.Tensor, own: torch.Tensor, own_valid: torch.Tensor) -> torch.Tensor:
+    """``fused`` (C, H, W) with the reading agent's own cells put back as it saw them: the others'
+    maps fill only the cells it did not observe."""
+    return torch.where(own_valid[None], own, fused)
+
+
+class FillFusion(MaxFusion):
+    """The ego's (agent 0's) cells as it saw them, and the maximum over the others only where it
+    saw nothing: collaborators fill what the ego did not observe instead of overwriting what it
+    did. With ``share_frame="each"`` every agent's cells get a reading in its own frame, so a cell
+    both saw is read both ways (docs/perception.md)."""
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return keep_own_cells(super().forward(features, valid), features[0], valid[0])
+
+    @staticmethod
+    def sparse(ego: torch.Tensor, ego_valid: torch.Tensor, others: list[Cells]) -> torch.Tensor:
+        return keep_own_cells(MaxFusion.sparse(ego, ego_valid, others), ego, ego_valid)
+
+
 class AttentionFusion(nn.Module):
     """Per-cell softmax attention over agents, scored by a small learned network.
 
@@ -198,6 +229,8 @@ class AttentionFusion(nn.Module):
 def make_fusion(kind: str, channels: int) -> nn.Module:
     if kind == "max":
         return MaxFusion()
+    if kind == "fill":
+        return FillFusion()
     if kind == "attention":
         return AttentionFusion(channels)
-    raise ValueError(f"unknown fusion {kind!r}: use 'max' or 'attention'")
+    raise ValueError(f"unknown fusion {kind!r}: use {', '.join(FUSIONS)}")
