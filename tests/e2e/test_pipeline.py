@@ -33,6 +33,12 @@ def models():
     return Models.load(RunConfig(method="raw", tracker="ab3dmot"))
 
 
+@pytest.fixture(scope="module")
+def code_models():
+    """The shipped detector with its message weights (codebook and the decoder that reads codes)."""
+    return Models.load(RunConfig(method="codebook", tracker="ab3dmot"))
+
+
 def _run(frames, models, tmp_path=None, **options):
     cfg = RunConfig.from_options(tracker="ab3dmot", **options)
     if tmp_path is not None:
@@ -284,17 +290,42 @@ def test_a_broken_ego_pose_is_counted_and_the_agent_encodes_in_its_own_frame(fra
         RunConfig(share_frame="world")
 
 
-def test_both_share_frames_fuse_and_score(frames, models):
-    """The whole in-process path runs with either frame; on these frames the collaborators'
-    maps differ by frame but every message is fused."""
+@pytest.mark.parametrize(("method", "budget"), [("raw", None), ("codebook", "100kbps")])
+def test_both_share_frames_fuse_and_score(frames, models, code_models, method, budget):
+    """The whole in-process path runs with every frame, whole maps and codes alike (both are
+    read in their sender's frame too with "each"); on these frames the collaborators' maps
+    differ by frame but every message is fused."""
     out = {
-        sf: _run(frames[:2], models, method="raw", budget=None, share_frame=sf)
+        sf: _run(frames[:2], code_models if budget else models, method=method, budget=budget, share_frame=sf)
         for sf in ("ego", "own", "each")
     }
     for sf, r in out.items():
         assert r["messages"]["fused"] == 2 * 2, sf
-    assert out["ego"]["bytes_per_agent_frame"] != out["own"]["bytes_per_agent_frame"]
+    if budget is None:  # a whole map's size depends on the grid it was encoded on
+        assert out["ego"]["bytes_per_agent_frame"] != out["own"]["bytes_per_agent_frame"]
     assert out["each"]["bytes_per_agent_frame"] == out["own"]["bytes_per_agent_frame"]
+
+
+@pytest.mark.parametrize("method", ["codebook", "hybrid", "where2comm", "raw"])
+def test_each_reads_every_feature_message_in_its_senders_frame_too(
+    frames, models, code_models, monkeypatch, method
+):
+    """With share_frame "each" the ego node reads what every collaborator sent (whole maps,
+    selected cells, codes) in that collaborator's frame too, once per frame; with "own" never."""
+    from v2x.perception.cooperative import Perception
+
+    calls = []
+    read = Perception._read_in_collaborator_frames
+    monkeypatch.setattr(
+        Perception, "_read_in_collaborator_frames", staticmethod(lambda *a: calls.append(1) or read(*a))
+    )
+    loaded = code_models if method in ("codebook", "hybrid") else models
+    budget = None if method == "raw" else "100kbps"
+    for share_frame, reads in (("own", 0), ("each", 2)):
+        calls.clear()
+        out = _run(frames[:2], loaded, method=method, budget=budget, share_frame=share_frame)
+        assert out["messages"]["fused"] == 2 * 2
+        assert len(calls) == reads, share_frame
 
 
 @pytest.mark.parametrize("method", ["late", "where2comm", "codefilling", "raw"])

@@ -166,11 +166,3 @@ def test_each_reading_keeps_its_own_agents_cells_and_fills_the_rest(model, synth
     detected = model.decode(model.detect(read.features[None]))[0]
     assert read.boxes.xyzlwhy.shape == detected.xyzlwhy.shape
     assert np.allclose(read.boxes.xyzlwhy, detected.xyzlwhy, atol=1e-4)
-
-
-def test_only_whole_maps_are_read_in_their_senders_frame():
-    """Codes and selected cells are read on the ego's map alone, whatever ``share_frame`` says."""
-    from v2x.pipeline.methods import METHODS
-
-    whole = {name for name, m in METHODS.items() if m.sends_whole_map}
-    assert whole == {"raw", "raw-fp16"}

@@ -196,8 +196,7 @@ def evaluate_comm(
                 evals[s].add(_merged(perception, ego, received), gt)
             else:
                 reads = decoder if s.spec.needs_codebook else None  # message weights read codes
-                in_each = in_each_frame and s.spec.sends_whole_map
-                read = perception.ego_step(ego, shared, received, reads, in_each_frame=in_each)
+                read = perception.ego_step(ego, shared, received, reads, in_each_frame=in_each_frame)
                 evals[s].add(read.boxes, gt)
             if s in boxes_only:
                 boxes_only[s].add(_merged(perception, ego, received), gt)

@@ -96,7 +96,7 @@ TOP_KEYS = ("name", "data", "grid", "also", *SETTINGS)
 NOT_HASHED = ("threads", "perception_cache_mb")
 #: part of every cell's hash: raised whenever a change of the code changes what a cell measures
 #: (docs/sweeps.md lists the changes), so a resumed sweep does not reuse records made before it
-RESULTS_VERSION = 2
+RESULTS_VERSION = 3
 UNLIMITED = "unlimited"
 #: the configs shipped with the package (``v2x sweep quick`` finds ``quick.yaml`` here)
 SHIPPED = CONFIGS / "sweeps"

@@ -88,15 +88,6 @@ class Method:
         return self.features is not None and self.features.uses_offers
 
     @property
-    def sends_whole_map(self) -> bool:
-        """Whether a collaborator sends every occupied cell of its map, as it is. Only such a map
-        is read in its sender's frame too (``share_frame`` "each"): a selection of cells holds
-        too little of it there, and codes are read by message weights trained on the ego's map."""
-        return (
-            self.features is not None and self.features.selection is Selection.ALL and not self.needs_codebook
-        )
-
-    @property
     def agent_detects(self) -> bool:
         """Whether a collaborator runs its detection head: for the boxes it sends, or for the
         confidence that selects and orders its cells."""
