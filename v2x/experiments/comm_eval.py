@@ -196,7 +196,8 @@ def evaluate_comm(
                 evals[s].add(_merged(perception, ego, received), gt)
             else:
                 reads = decoder if s.spec.needs_codebook else None  # message weights read codes
-                read = perception.ego_step(ego, shared, received, reads, in_each_frame=in_each_frame)
+                in_each = in_each_frame and s.spec.reads_in_senders_frame
+                read = perception.ego_step(ego, shared, received, reads, in_each_frame=in_each)
                 evals[s].add(read.boxes, gt)
             if s in boxes_only:
                 boxes_only[s].add(_merged(perception, ego, received), gt)

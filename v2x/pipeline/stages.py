@@ -440,7 +440,7 @@ class EgoStage:
                     shared,
                     boxes_in,
                     self.models.decoder,
-                    in_each_frame=decodes_in_each_frame(self.cfg.share_frame),
+                    in_each_frame=decodes_in_each_frame(self.cfg.share_frame) and spec.reads_in_senders_frame,
                 )
                 boxes, fused_map = res.boxes, res.features
         tracks = self._track(percept, boxes, boxes_in, fused_map, now_s)
