@@ -300,3 +300,12 @@ def test_no_code_compares_method_names_outside_the_registry():
             for line, text in method_name_comparisons(path.read_text()):
                 found.append(f"{path.relative_to(REPO)}:{line}: {text}")
     assert not found, "ask the Method (v2x.pipeline.methods) instead:\n" + "\n".join(found)
+
+
+def test_which_methods_the_ego_reads_in_their_senders_frame():
+    """With share_frame "each", every feature method but the hybrid (whose boxes carry the
+    sender's reading); with "ego" or "own", none."""
+    each = {name for name, m in METHODS.items() if m.reads_in_senders_frame("each")}
+    assert each == {"raw", "raw-fp16", "where2comm", "codebook", "codefilling"}
+    for share_frame in ("ego", "own"):
+        assert not any(m.reads_in_senders_frame(share_frame) for m in METHODS.values())

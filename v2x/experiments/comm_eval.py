@@ -33,7 +33,7 @@ from v2x.perception.cooperative import (
     with_own_boxes,
 )
 from v2x.perception.encoder import sanitize_points
-from v2x.perception.settings import check_share_frame, decodes_in_each_frame
+from v2x.perception.settings import check_share_frame
 from v2x.pipeline.frames import FrameSelection, FrameStep, drive, select_frames
 from v2x.pipeline.methods import Method, get_method
 
@@ -158,7 +158,6 @@ def evaluate_comm(
     :func:`v2x.metrics.bootstrap.paired_ap_difference`). Rows without a late point at their
     budget (or unbudgeted ones) are compared with late fusion unbudgeted, and say so."""
     check_share_frame(share_frame)
-    in_each_frame = decodes_in_each_frame(share_frame)
     indices = select_frames(log, frames or FrameSelection())
     xy_range = perception.cfg.grid.xy_range
     evals = {s: DetectionEvaluator(eval_range=xy_range) for s in settings}
@@ -196,7 +195,7 @@ def evaluate_comm(
                 evals[s].add(_merged(perception, ego, received), gt)
             else:
                 reads = decoder if s.spec.needs_codebook else None  # message weights read codes
-                in_each = in_each_frame and s.spec.reads_in_senders_frame
+                in_each = s.spec.reads_in_senders_frame(share_frame)
                 read = perception.ego_step(ego, shared, received, reads, in_each_frame=in_each)
                 evals[s].add(read.boxes, gt)
             if s in boxes_only:

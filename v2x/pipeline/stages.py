@@ -35,7 +35,7 @@ from v2x.perception.cooperative import (
 from v2x.perception.detector import DEFAULT_WEIGHTS, load_detector, resolve_weights
 from v2x.perception.encoder import sanitize_points
 from v2x.perception.fusion_kind import FusionKind
-from v2x.perception.settings import box_fusion_iou, decodes_in_each_frame, encodes_on_ego_grid
+from v2x.perception.settings import box_fusion_iou, encodes_on_ego_grid
 from v2x.pipeline.config import PipelineError, RunConfig
 from v2x.pipeline.detections import agent_detections, crop_patches
 from v2x.pipeline.methods import Sends
@@ -440,7 +440,7 @@ class EgoStage:
                     shared,
                     boxes_in,
                     self.models.decoder,
-                    in_each_frame=decodes_in_each_frame(self.cfg.share_frame) and spec.reads_in_senders_frame,
+                    in_each_frame=spec.reads_in_senders_frame(self.cfg.share_frame),
                 )
                 boxes, fused_map = res.boxes, res.features
         tracks = self._track(percept, boxes, boxes_in, fused_map, now_s)
