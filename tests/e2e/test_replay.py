@@ -217,6 +217,29 @@ def test_viz_of_a_run_draws_each_collaborators_sent_cells(replayed, tiny_log, tm
 
 
 @pytest.mark.slow
+def test_viz_min_score_leaves_out_the_weaker_detections(replayed, tiny_log, tmp_path):
+    """``--min-score``: a cut above every score draws no detection, one at or below every score
+    draws the picture of the default."""
+    import cv2
+
+    _, run, _ = replayed
+    scores = np.concatenate([r["boxes"].scores for r in run.frames if len(r["boxes"])])
+    assert len(scores) > 0
+    images = {}
+    for name, cut in (("default", None), ("lowest", float(scores.min())), ("above", float(scores.max()) + 1)):
+        png = tmp_path / f"{name}.png"
+        args = ["viz", str(tiny_log), "--run", str(run.path), "--out", str(png)]
+        res = CliRunner().invoke(cli, args + ([] if cut is None else ["--min-score", str(cut)]))
+        assert res.exit_code == 0, res.output
+        images[name] = cv2.imread(str(png)).astype(int)
+    title = slice(0, 30)  # the first line says how many were drawn
+    body = slice(30, None)
+    assert np.array_equal(images["lowest"][body], images["default"][body])
+    assert not np.array_equal(images["above"][body], images["default"][body])
+    assert not np.array_equal(images["above"][title], images["default"][title])
+
+
+@pytest.mark.slow
 def test_real_time_replay_reports_its_latency_and_where_it_goes(tiny_log, tmp_path):
     """``--realtime``: the wall clock at 10 Hz. How fast this machine is decides how many frames
     are fused in time, so only the books are checked: every frame played is fused or skipped,

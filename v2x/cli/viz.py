@@ -49,7 +49,17 @@ from v2x.core.grid import DEFAULT_XY_RANGE
 @click.option("--scale", type=float, default=8.0, show_default=True, help="Pixels per metre.")
 @click.option("--fps", type=float, default=10.0, show_default=True, help="Video frame rate.")
 @click.option("--max-cav", type=int, default=7, show_default=True, help="Agents per frame to read.")
-def viz(source, run_dir, out, frame_index, scenario, view, half_range, scale, fps, max_cav) -> None:
+@click.option(
+    "--min-score",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="With --run: draw only detections scoring at least this (the detector keeps boxes from "
+    "its score cut, 0.1, for AP; a picture reads better without the weakest).",
+)
+def viz(
+    source, run_dir, out, frame_index, scenario, view, half_range, scale, fps, max_cav, min_score
+) -> None:
     """Render a log's frames from above: every agent's points coloured by agent, ground-truth
     boxes (white: hit by some agent's LiDAR, grey: by none) with heading marks, agents, scale.
 
@@ -98,13 +108,17 @@ def viz(source, run_dir, out, frame_index, scenario, view, half_range, scale, fp
                 aid: xy @ view_from_world[:2, :2].T + view_from_world[:2, 3]
                 for aid, xy in (rec.get("sent_cells") or {}).items()
             }
+            shown = 0
             if rec["boxes"] is not None:
-                dets = rec["boxes"].transformed(view_from_world @ frame.ego.world_from_bev)
+                boxes = rec["boxes"]
+                if min_score > 0 and boxes.scores is not None:
+                    boxes = boxes[boxes.scores >= min_score]
+                dets = boxes.transformed(view_from_world @ frame.ego.world_from_bev)
+                shown = len(boxes)
             if rec["tracks"] is not None:
                 tracks = rec["tracks"].transformed(view_from_world)
-            title = (
-                f"{frame.scenario}  frame {frame.index}  run frame {rec['k']}  detections {len(rec['boxes'])}"
-            )
+            count = f"{shown} of {len(rec['boxes'])}, score >= {min_score:g}" if min_score > 0 else str(shown)
+            title = f"{frame.scenario}  frame {frame.index}  run frame {rec['k']}  detections {count}"
         return render_bev(
             frame,
             detections=dets,
