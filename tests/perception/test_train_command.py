@@ -60,6 +60,7 @@ def test_training_writes_its_outputs_is_deterministic_and_resumes(log, tmp_path)
         assert (a / name).stat().st_size > 0, name
     provenance = json.loads((a / "provenance.json").read_text())
     assert provenance["seed"] == 0 and provenance["train_frames"] == 2
+    assert provenance["cpu"] and provenance["cpu_capability"] and provenance["blas"]  # the machine, too
     val = provenance["final_val"]
     assert set(val) == {"none", "intermediate"} and set(val["none"]["ap_bev"]) == {"0.3", "0.5", "0.7"}
     wa, wb = _weights(a / "detector.pt"), _weights(b / "detector.pt")

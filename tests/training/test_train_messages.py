@@ -78,6 +78,7 @@ def test_training_writes_weights_with_provenance_and_only_the_message_path_moves
     prov = json.loads((trained / "provenance.json").read_text())
     detector = load_detector(DEFAULT_WEIGHTS)
     assert prov["seed"] == 0 and prov["detector"] == detector.identity()
+    assert prov["cpu"] and prov["cpu_capability"] and prov["torch"] == torch.__version__
     assert prov["command"].startswith("v2x train messages") and prov["init_codebook"] == str(CODEBOOK)
     history = [json.loads(x) for x in (trained / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [0, 2]  # before training, then at the end

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -31,6 +30,7 @@ from v2x.perception.settings import resolve_share_frame
 from v2x.pipeline.methods import fusion_mode
 from v2x.training.dair_data import dair_split, is_dair_root
 from v2x.training.data import CooperativeSample, CooperativeTrainingSet, collate_samples
+from v2x.training.provenance import training_machine
 from v2x.training.targets import build_targets, detection_loss
 
 __all__ = ["TrainConfig", "evaluate_detector", "forward_losses", "train_detector"]
@@ -358,8 +358,7 @@ def train_detector(
         "seed": tcfg.seed,
         "train_config": asdict(tcfg),
         "git_commit": commit,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
+        **training_machine(),  # the same seed gives other weights on another CPU
         "threads": tcfg.threads,
         "final_val": history[-1].get("val") if history else None,
     }

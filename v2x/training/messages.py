@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -42,6 +41,7 @@ from v2x.perception.head import HeadOutput
 from v2x.pipeline.methods import METHODS, get_method
 from v2x.training.data import CooperativeSample, CooperativeTrainingSet
 from v2x.training.detector import _git_commit
+from v2x.training.provenance import training_machine
 from v2x.training.targets import build_targets, detection_loss
 
 __all__ = ["MessageTrainConfig", "message_losses", "train_messages"]
@@ -395,8 +395,7 @@ def train_messages(
         "init_codebook": str(init_codebook),
         "detector": detector_identity,
         "git_commit": commit,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
+        **training_machine(),  # the same seed gives other weights on another CPU
         "threads": tcfg.threads,
         "validation": history,
     }
