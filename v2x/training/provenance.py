@@ -1,6 +1,6 @@
 """The machine a set of weights was trained on, for their provenance.
 
-Why: on CPU the same command and seed give other weights on another processor. The math library
+Why: on CPU the same command and seed can give other weights on another processor. The math library
 picks its kernels by CPU vendor and instruction set, training takes another path, and on small
 real sets the held-out figures move by several points (docs/perception.md, the DAIR-V2X-C
 leave-one-run-out rebuilt on 2026-12-07). A provenance that names the CPU lets a reader tell a
