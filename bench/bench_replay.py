@@ -42,6 +42,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.common import RESULTS, write_result
+from v2x.training.provenance import cpu_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -91,14 +92,6 @@ def _fused_frames(out: Path) -> tuple[int, int]:
             some += bool(fused)
             every += bool(agents) and set(agents) <= set(fused)
     return some, every
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def _output_per_frame(out: Path) -> list[float]:
@@ -299,7 +292,7 @@ def main(quick: bool = False, weights: str | None = None) -> dict:
         "machine": {
             "cpus": os.cpu_count(),
             "load_start": _load(),
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "python": platform.python_version(),
             "torch": torch.__version__,
         },

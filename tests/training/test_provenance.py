@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from v2x.training.provenance import training_machine
+from v2x.training.provenance import cpu_model, training_machine
 
 
 def test_names_this_machines_cpu_instruction_set_and_blas():
@@ -26,6 +26,7 @@ def test_names_this_machines_cpu_instruction_set_and_blas():
 def test_a_cpuinfo_without_a_model_name_falls_back(tmp_path):
     empty = tmp_path / "cpuinfo"
     empty.write_text("processor\t: 0\nflags\t\t: fpu sse\n")
+    assert cpu_model(empty) == platform.processor()  # the benchmarks' record, as it was
     assert training_machine(empty)["cpu"] == (platform.processor() or "unknown")
     assert training_machine(tmp_path / "missing")["cpu"] == (platform.processor() or "unknown")
     named = tmp_path / "named"
