@@ -29,6 +29,16 @@ except ImportError:  # pragma: no cover
     pass
 
 
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (scripts are not a package), for tests of their parts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def _same_global_rng_for_every_test():
     """Each test starts from the same global torch and numpy RNG state: under pytest-xdist the

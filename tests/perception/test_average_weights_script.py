@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 from v2x.perception.config import DetectorConfig
 from v2x.perception.detector import CooperativeDetector, load_detector
 
 
 @pytest.fixture(scope="module")
 def average_weights():
-    spec = importlib.util.spec_from_file_location("average_weights", REPO / "scripts" / "average_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("average_weights")
 
 
 def test_the_average_of_two_seeds_loads_as_a_detector_with_the_mean_weights(tmp_path, average_weights):

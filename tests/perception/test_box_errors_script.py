@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def box_errors():
-    spec = importlib.util.spec_from_file_location("box_errors", REPO / "scripts" / "box_errors.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("box_errors")
 
 
 def _box(x, y, yaw, length=4.5):
