@@ -29,14 +29,19 @@ except ImportError:  # pragma: no cover
     pass
 
 
-def load_script(name: str):
-    """The module of ``scripts/<name>.py`` (scripts are not a package), for tests of their parts."""
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script(name)``: the module of ``scripts/<name>.py`` (scripts are not a package), for
+    tests of their parts. A fixture, since ``tests`` itself is not importable under ``pytest``."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True)

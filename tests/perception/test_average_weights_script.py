@@ -7,13 +7,12 @@ import json
 import pytest
 import torch
 
-from tests.conftest import load_script
 from v2x.perception.config import DetectorConfig
 from v2x.perception.detector import CooperativeDetector, load_detector
 
 
 @pytest.fixture(scope="module")
-def average_weights():
+def average_weights(load_script):
     return load_script("average_weights")
 
 

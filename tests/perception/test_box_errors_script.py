@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import load_script
-
 
 @pytest.fixture(scope="module")
-def box_errors():
+def box_errors(load_script):
     return load_script("box_errors")
 
 
