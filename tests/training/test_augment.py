@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from v2x.core.boxes import Boxes
 from v2x.core.frame import AgentKind, AgentScan, Frame
@@ -82,3 +83,24 @@ def test_roadside_units_take_their_own_turn_range():
     assert TrainConfig().rotation_deg_rsu is None
     ds = CooperativeTrainingSet([_frame()], DetectorConfig(), max_rotation_rsu=math.pi)
     assert ds.max_rotation_rsu == math.pi
+
+
+def test_ego_kinds_keeps_the_roadside_unit_out_of_the_ego_seat():
+    """``ego_kinds: [vehicle]``: the head is never trained in the pole's frame; without it both
+    agents take the ego's seat."""
+    frames = [_frame()] * 40
+    any_ego = CooperativeTrainingSet(frames, DetectorConfig())
+    vehicle_ego = CooperativeTrainingSet(frames, DetectorConfig(), ego_kinds=["vehicle"])
+    egos_any = {any_ego[i].key.split("/")[2] for i in range(40)}
+    egos_vehicle = {vehicle_ego[i].key.split("/")[2] for i in range(40)}
+    assert egos_any == {"1", "-1"}
+    assert egos_vehicle == {"1"}
+    # a frame with no agent of an allowed kind still gives a sample, with one of its agents as ego
+    only_rsu = CooperativeTrainingSet([_frame()], DetectorConfig(), ego_kinds=["rsu"])
+    assert only_rsu[0].key.split("/")[2] == "-1"
+
+
+@pytest.mark.parametrize("kinds", [[], ["truck"]])
+def test_ego_kinds_refuses_unknown_kinds(kinds):
+    with pytest.raises(ValueError, match="ego_kinds"):
+        TrainConfig.from_dict({"ego_kinds": kinds})

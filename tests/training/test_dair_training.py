@@ -84,6 +84,10 @@ def test_split_by_run(dair_example):
     assert not any(n.rsplit("/", 1)[-1] >= "015400" for n in split.train.names if "/0154" in n)
     without = dair_split(dair_example, ["B"], single_side=False)
     assert len(without.train) == 14
+    vehicle_singles = dair_split(dair_example, ["B"], single_side_kinds=["vehicle"])
+    assert len(vehicle_singles.train) == a["pairs"] + a["single_vehicle_frames"]
+    assert not any(n.startswith("infrastructure-side/") for n in vehicle_singles.train.names)
+    assert vehicle_singles.summary["single_side_kinds"] == ["vehicle"]
 
 
 @pytest.mark.parametrize(

@@ -219,9 +219,11 @@ def dair_split(
     train_runs: Sequence[str] | None = None,
     single_side: bool = True,
     gap_s: float = 0.5,
+    single_side_kinds: Sequence[str] | None = None,
 ) -> DairSplit:
     """Train on ``train_runs`` (default: every run not validated on), pairs and single-side
-    frames; validate on the pairs of ``val_runs`` (vehicle as ego, as the evaluation does)."""
+    frames (only the sides whose agent kind is in ``single_side_kinds``, when given); validate
+    on the pairs of ``val_runs`` (vehicle as ego, as the evaluation does)."""
     root = Path(root)
     log = DairLog(root)
     runs = dair_runs(log, gap_s, singles=single_side)
@@ -244,6 +246,8 @@ def dair_split(
             loaders.append(_PairLoader(log, i))
             labels.append(log.frame_name(i))
         for side, fid in r.singles:
+            if single_side_kinds is not None and _SIDES[side][1].value not in single_side_kinds:
+                continue
             loaders.append(_SingleLoader(root, side, fid, len(loaders)))
             labels.append(f"{side}/{fid}")
     val = [i for r in runs if r.name in val_runs for i in r.pairs]
@@ -259,5 +263,6 @@ def dair_split(
         "train_frames": len(loaders),
         "val_pairs": len(val),
         "single_side": single_side,
+        "single_side_kinds": None if single_side_kinds is None else list(single_side_kinds),
     }
     return DairSplit(FrameList(loaders, labels, getattr(log, "format", None)), validate, summary)

@@ -12,6 +12,7 @@ the participating agents actually hit with at least ``min_points`` LiDAR points.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,8 +65,11 @@ class CooperativeTrainingSet(Dataset):
         ego_grid_probability: float = 0.0,
         max_rotation: float = np.pi / 4,
         max_rotation_rsu: float | None = None,
+        ego_kinds: Sequence[str] | None = None,
     ) -> None:
         self.log = log
+        #: agent kinds that may be the ego (None: any; a frame with none of them: any of its agents)
+        self.ego_kinds = None if ego_kinds is None else set(ego_kinds)
         self.max_rotation = max_rotation
         self.max_rotation_rsu = max_rotation_rsu
         self.cfg = cfg
@@ -89,7 +93,10 @@ class CooperativeTrainingSet(Dataset):
         if self.augment:
             frame = augment_frame(frame, rng, self.max_rotation, self.max_rotation_rsu)
         ids = list(frame.agents)
-        ego_id = ids[int(rng.integers(len(ids)))]
+        candidates = ids
+        if self.ego_kinds is not None:
+            candidates = [a for a in ids if frame.agents[a].kind.value in self.ego_kinds] or ids
+        ego_id = candidates[int(rng.integers(len(candidates)))]
         others = [a for a in ids if a != ego_id]
         rng.shuffle(others)
         n_others = int(rng.integers(0, min(len(others), self.max_agents - 1) + 1))

@@ -21,6 +21,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from v2x.core.frame import AgentKind
 from v2x.metrics.detection import DetectionEvaluator
 from v2x.perception.config import DetectorConfig, load_config
 from v2x.perception.cooperative import Perception, evaluation_ground_truth
@@ -62,6 +63,10 @@ class TrainConfig:
     rotation_deg: float = 45.0
     #: ... and roadside units' by up to this many (default: ``rotation_deg``)
     rotation_deg_rsu: float | None = None
+    #: only agents of these kinds (``vehicle``, ``rsu``) are made the ego of a training sample
+    #: (default: any). With ``[vehicle]`` the head never learns in a roadside unit's frame, whose
+    #: cars keep the pole's road directions; roadside single-side DAIR frames then drop out
+    ego_kinds: list[str] | None = None
     max_agents: int = 5
     #: fine-tuning: start from these weights (keys the model lacks are refused; keys the
     #: checkpoint lacks must be trainable) ...
@@ -88,6 +93,11 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training keys: {sorted(unknown)}")
         out = cls(**d)
+        kinds = {k.value for k in AgentKind}
+        if out.ego_kinds is not None and (not out.ego_kinds or set(out.ego_kinds) - kinds):
+            raise ValueError(
+                f"train.ego_kinds must be a non-empty list of {sorted(kinds)}, got {out.ego_kinds}"
+            )
         if FusionKind.INTERMEDIATE.value not in out.val_modes:  # the best checkpoint is chosen by its AP
             raise ValueError(f"train.val_modes must include 'intermediate', got {out.val_modes}")
         return out
@@ -208,7 +218,12 @@ def train_detector(
     split_summary: dict[str, Any] | None = None
     if is_dair_root(data):
         split = dair_split(
-            data, tcfg.dair_val_runs or [], tcfg.dair_train_runs, tcfg.dair_single_side, tcfg.dair_run_gap_s
+            data,
+            tcfg.dair_val_runs or [],
+            tcfg.dair_train_runs,
+            tcfg.dair_single_side,
+            tcfg.dair_run_gap_s,
+            single_side_kinds=tcfg.ego_kinds,
         )
         train_root, train_log, split_summary = data, split.train, split.summary
         val_log = split.validate if len(split.validate) else None
@@ -247,6 +262,7 @@ def train_detector(
         ego_grid_probability=tcfg.ego_grid_probability,
         max_rotation=math.radians(tcfg.rotation_deg),
         max_rotation_rsu=None if tcfg.rotation_deg_rsu is None else math.radians(tcfg.rotation_deg_rsu),
+        ego_kinds=tcfg.ego_kinds,
     )
     steps_per_epoch = math.ceil(len(dataset) / tcfg.batch_size)
     optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
