@@ -10,11 +10,11 @@ import math
 import numpy as np
 import pytest
 
-from v2x.core.boxes import Boxes
+from v2x.core.boxes import Boxes, ObjectClass, wrap_angle
 from v2x.core.frame import AgentKind, AgentScan, Frame
 from v2x.core.geometry import inverse, pose_from_xyz_yaw, yaw_of
 from v2x.perception.config import DetectorConfig
-from v2x.training.augment import augment_frame, mirror_frame
+from v2x.training.augment import augment_frame, mirror_frame, turn_objects
 from v2x.training.data import CooperativeTrainingSet
 from v2x.training.detector import TrainConfig
 
@@ -104,3 +104,76 @@ def test_ego_kinds_keeps_the_roadside_unit_out_of_the_ego_seat():
 def test_ego_kinds_refuses_unknown_kinds(kinds):
     with pytest.raises(ValueError, match="ego_kinds"):
         TrainConfig.from_dict({"ego_kinds": kinds})
+
+
+def _two_car_frame() -> Frame:
+    """Two cars far apart, each a cloud of points in its box, seen by a vehicle and a pole."""
+    rng = np.random.default_rng(1)
+    gt = Boxes(
+        np.array([[10.0, 4.0, 0.8, 4.5, 1.9, 1.6, 0.3], [-12.0, -6.0, 0.8, 4.2, 1.8, 1.5, 2.0]]),
+        labels=int(ObjectClass.CAR),
+    )
+    clouds = []
+    for b in gt.xyzlwhy:
+        local = rng.uniform(-0.5, 0.5, (300, 3)) * b[3:6]
+        c, s = np.cos(b[6]), np.sin(b[6])
+        clouds.append(
+            np.c_[
+                b[0] + c * local[:, 0] - s * local[:, 1],
+                b[1] + s * local[:, 0] + c * local[:, 1],
+                b[2] + local[:, 2],
+            ]
+        )
+    ground = np.c_[rng.uniform(-40, 40, (500, 2)), np.full(500, -0.5)]
+    world = np.concatenate([*clouds, ground])
+    agents = {}
+    for aid, kind, pose in (
+        ("1", AgentKind.VEHICLE, pose_from_xyz_yaw(0, 0, 1.8, 0.3)),
+        ("-1", AgentKind.RSU, pose_from_xyz_yaw(20, 5, 5.0, 2.0)),
+    ):
+        local = (inverse(pose) @ np.c_[world, np.ones(len(world))].T).T[:, :3]
+        pts = np.c_[local, np.zeros(len(local))].astype(np.float32)
+        agents[aid] = AgentScan(aid, kind, pts, pose, 1, 1.8, gt.copy())
+    return Frame("s", 0, 1, agents, "1", gt)
+
+
+def test_turn_objects_turns_each_car_with_its_points_in_every_scan():
+    frame = _two_car_frame()
+    out = turn_objects(frame, np.random.default_rng(3), math.radians(45))
+    turn = np.degrees(wrap_angle(out.gt.yaws - frame.gt.yaws))
+    assert np.all(np.abs(turn) <= 45.0 + 1e-9) and np.all(np.abs(turn) > 1.0)
+    assert np.allclose(out.gt.centers, frame.gt.centers)
+    for aid, scan in out.agents.items():
+        # every car point is still inside its (turned) box, in every agent's scan
+        assert np.array_equal(out.points_per_gt_box(0.0)[aid], frame.points_per_gt_box(0.0)[aid])
+        assert np.array_equal(out.points_per_gt_box(0.0)[aid], [300, 300])
+        assert np.allclose(scan.labels.xyzlwhy, out.gt.xyzlwhy)
+        # the ground stays where it was
+        assert np.allclose(scan.points[600:], frame.agents[aid].points[600:])
+    # the original frame is untouched
+    assert np.array_equal(frame.points_per_gt_box(0.0)["1"], [300, 300])
+
+
+def test_turn_objects_leaves_a_car_that_would_touch_another():
+    frame = _two_car_frame()
+    close = frame.gt.copy()
+    close.xyzlwhy[1] = [10.0, 6.2, 0.8, 4.2, 1.8, 1.5, 0.3]  # parked beside the first
+    frame = Frame(frame.scenario, 0, 1, frame.agents, "1", close)
+    turned = [
+        np.abs(
+            wrap_angle(turn_objects(frame, np.random.default_rng(s), math.radians(45)).gt.yaws - close.yaws)
+        )
+        for s in range(20)
+    ]
+    assert all(t.max() < 1e-9 or t.min() < 1e-9 for t in turned)  # never both turned into each other
+    assert any(t.max() > 0 for t in turned)
+
+
+def test_object_turn_reaches_the_training_samples_only_when_asked():
+    assert TrainConfig().object_turn_deg == 0.0
+    frame = _two_car_frame()
+    plain = CooperativeTrainingSet([frame], DetectorConfig())
+    turned = CooperativeTrainingSet([frame], DetectorConfig(), max_object_turn=math.radians(45))
+    same = CooperativeTrainingSet([frame], DetectorConfig(), max_object_turn=0.0)
+    assert np.array_equal(plain[0].boxes, same[0].boxes)
+    assert not np.allclose(plain[0].boxes[:, 6], turned[0].boxes[:, 6])

@@ -66,8 +66,10 @@ class CooperativeTrainingSet(Dataset):
         max_rotation: float = np.pi / 4,
         max_rotation_rsu: float | None = None,
         ego_kinds: Sequence[str] | None = None,
+        max_object_turn: float = 0.0,
     ) -> None:
         self.log = log
+        self.max_object_turn = max_object_turn
         #: agent kinds that may be the ego (None: any; a frame with none of them: any of its agents)
         self.ego_kinds = None if ego_kinds is None else set(ego_kinds)
         self.max_rotation = max_rotation
@@ -91,7 +93,7 @@ class CooperativeTrainingSet(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         frame: Frame = self.log[self.indices[i]]
         if self.augment:
-            frame = augment_frame(frame, rng, self.max_rotation, self.max_rotation_rsu)
+            frame = augment_frame(frame, rng, self.max_rotation, self.max_rotation_rsu, self.max_object_turn)
         ids = list(frame.agents)
         candidates = ids
         if self.ego_kinds is not None:

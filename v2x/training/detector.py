@@ -63,6 +63,10 @@ class TrainConfig:
     rotation_deg: float = 45.0
     #: ... and roadside units' by up to this many (default: ``rotation_deg``)
     rotation_deg_rsu: float | None = None
+    #: each labelled object turned about its own centre by up to this many degrees either way,
+    #: its points with it (0: off). Turning sensor frames keeps a car's heading relative to the
+    #: ray that sees it; on one run of real frames that ties heading to place
+    object_turn_deg: float = 0.0
     #: only agents of these kinds (``vehicle``, ``rsu``) are made the ego of a training sample
     #: (default: any). With ``[vehicle]`` the head never learns in a roadside unit's frame, whose
     #: cars keep the pole's road directions; roadside single-side DAIR frames then drop out
@@ -263,6 +267,7 @@ def train_detector(
         max_rotation=math.radians(tcfg.rotation_deg),
         max_rotation_rsu=None if tcfg.rotation_deg_rsu is None else math.radians(tcfg.rotation_deg_rsu),
         ego_kinds=tcfg.ego_kinds,
+        max_object_turn=math.radians(tcfg.object_turn_deg),
     )
     steps_per_epoch = math.ceil(len(dataset) / tcfg.batch_size)
     optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
