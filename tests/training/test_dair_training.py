@@ -16,6 +16,7 @@ from v2x.datasets import open_log
 from v2x.datasets.dair import DairLog
 from v2x.training.dair_data import dair_runs, dair_split, single_side_frame
 from v2x.training.dair_views import write_run_view
+from v2x.training.data import ConcatFrames
 
 CONFIG = Path(__file__).resolve().parents[2] / "v2x" / "configs" / "train_dair.yaml"
 
@@ -136,3 +137,38 @@ def test_train_detector_on_the_real_folder_for_one_step(dair_example, tmp_path):
     assert val["intermediate"]["frames"] == 1
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(history) == 1 and np.isfinite(history[0]["train_loss"]["total"])
+
+
+def test_concat_frames_indexes_across_logs():
+    frames = ConcatFrames([["a0", "a1"], ["b0", "b1", "b2"]], "dair-v2x-c")
+    assert len(frames) == 5 and frames.format == "dair-v2x-c"
+    assert [frames[i] for i in range(5)] == ["a0", "a1", "b0", "b1", "b2"]
+    with pytest.raises(IndexError, match="frame 5 of 5"):
+        frames[5]
+
+
+@pytest.mark.slow
+def test_train_detector_mixes_simulated_frames_into_the_real_ones(dair_example, tmp_path, generate_log):
+    sim = generate_log(tmp_path / "sim", frames=3, cavs=1, rsus=1, channels=16, seed=4)
+    raw = yaml.safe_load(CONFIG.read_text())
+    raw["train"].update(
+        epochs=1,
+        max_train_frames=2,
+        batch_size=2,
+        val_frames=1,
+        val_modes=["intermediate"],
+        threads=1,
+        workers=0,
+        init_weights=None,
+        mix_data=str(sim),
+        mix_frames=2,
+    )
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        cli, ["train", "detector", "--data", str(dair_example), "--config", str(config), "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["train_frames"] == 4  # two real frames, two simulated ones

@@ -30,7 +30,7 @@ from v2x.perception.fusion_kind import FusionKind
 from v2x.perception.settings import resolve_share_frame
 from v2x.pipeline.methods import fusion_mode
 from v2x.training.dair_data import dair_split, is_dair_root
-from v2x.training.data import CooperativeSample, CooperativeTrainingSet, collate_samples
+from v2x.training.data import ConcatFrames, CooperativeSample, CooperativeTrainingSet, collate_samples
 from v2x.training.provenance import training_machine
 from v2x.training.targets import build_targets, detection_loss
 
@@ -67,6 +67,12 @@ class TrainConfig:
     #: its points with it (0: off). Turning sensor frames keeps a car's heading relative to the
     #: ray that sees it; on one run of real frames that ties heading to place
     object_turn_deg: float = 0.0
+    #: fine-tuning on few real frames: a second log folder (its ``train`` split when it has
+    #: one, e.g. the simulated scans stage 1 trained on) whose frames join every epoch, so the
+    #: network keeps seeing cars at every heading and bearing while it adapts to the real sensors
+    mix_data: str | None = None
+    #: ... that many of its frames, evenly spread (default: all)
+    mix_frames: int | None = None
     #: only agents of these kinds (``vehicle``, ``rsu``) are made the ego of a training sample
     #: (default: any). With ``[vehicle]`` the head never learns in a roadside unit's frame, whose
     #: cars keep the pole's road directions; roadside single-side DAIR frames then drop out
@@ -165,6 +171,21 @@ def _git_commit() -> str | None:
         return None
 
 
+def _mix_in(
+    train_log: Any, indices: list[int], mix_root: Path, mix_frames: int | None
+) -> tuple[ConcatFrames, list[int]]:
+    """The training frames with ``mix_frames`` frames of another log (evenly spread) appended."""
+    from v2x.datasets import open_log
+
+    mix_log = open_log(_split(mix_root, "train") or mix_root)
+    count = len(mix_log) if mix_frames is None else min(mix_frames, len(mix_log))
+    if count <= 0:
+        raise ValueError(f"train.mix_data: no frames to mix in from {mix_root}")
+    picked = sorted(set(np.linspace(0, len(mix_log) - 1, count).round().astype(int).tolist()))
+    both = ConcatFrames([train_log, mix_log], getattr(train_log, "format", None))
+    return both, indices + [len(train_log) + i for i in picked]
+
+
 def _split(data: Path, name: str) -> Path | None:
     p = data / name
     return p if p.is_dir() else None
@@ -243,6 +264,8 @@ def train_detector(
         indices = indices[: tcfg.max_train_frames]
     if not indices:
         raise ValueError(f"no training frames in {train_root}")
+    if tcfg.mix_data:
+        train_log, indices = _mix_in(train_log, indices, Path(tcfg.mix_data), tcfg.mix_frames)
     val_indices: list[int] = []
     if val_log is not None and len(val_log) and tcfg.val_frames:
         val_indices = sorted(
