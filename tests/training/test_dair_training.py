@@ -114,12 +114,14 @@ def test_run_view_opens_as_a_log_of_that_run(dair_example, tmp_path):
         write_run_view(dair_example, ["Z"], tmp_path / "z")
 
 
-@pytest.mark.slow
-def test_train_detector_on_the_real_folder_for_one_step(dair_example, tmp_path):
+def _train_one_step(dair_example: Path, tmp_path: Path, **train) -> tuple[Path, dict]:
+    """``v2x train detector`` on the real folder for one epoch of two frames, no stage 1; returns
+    the output folder and its provenance."""
     raw = yaml.safe_load(CONFIG.read_text())
     raw["train"].update(
         epochs=1, max_train_frames=2, batch_size=2, val_frames=1, threads=1, workers=0, init_weights=None
     )
+    raw["train"].update(train)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
@@ -127,7 +129,12 @@ def test_train_detector_on_the_real_folder_for_one_step(dair_example, tmp_path):
         cli, ["train", "detector", "--data", str(dair_example), "--config", str(config), "--out", str(out)]
     )
     assert res.exit_code == 0, res.output
-    prov = json.loads((out / "provenance.json").read_text())
+    return out, json.loads((out / "provenance.json").read_text())
+
+
+@pytest.mark.slow
+def test_train_detector_on_the_real_folder_for_one_step(dair_example, tmp_path):
+    out, prov = _train_one_step(dair_example, tmp_path)
     assert prov["train_frames"] == 2
     assert prov["validation_split"]["train_runs"] == ["A"]
     assert prov["validation_split"]["val_runs"] == ["B"]
@@ -150,25 +157,8 @@ def test_concat_frames_indexes_across_logs():
 @pytest.mark.slow
 def test_train_detector_mixes_simulated_frames_into_the_real_ones(dair_example, tmp_path, generate_log):
     sim = generate_log(tmp_path / "sim", frames=3, cavs=1, rsus=1, channels=16, seed=4)
-    raw = yaml.safe_load(CONFIG.read_text())
-    raw["train"].update(
-        epochs=1,
-        max_train_frames=2,
-        batch_size=2,
-        val_frames=1,
-        val_modes=["intermediate"],
-        threads=1,
-        workers=0,
-        init_weights=None,
-        mix_data=str(sim),
-        mix_frames=2,
+    _, prov = _train_one_step(
+        dair_example, tmp_path, val_modes=["intermediate"], mix_data=str(sim), mix_frames=2
     )
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "out"
-    res = CliRunner().invoke(
-        cli, ["train", "detector", "--data", str(dair_example), "--config", str(config), "--out", str(out)]
-    )
-    assert res.exit_code == 0, res.output
-    prov = json.loads((out / "provenance.json").read_text())
     assert prov["train_frames"] == 4  # two real frames, two simulated ones
+    assert prov["train_config"]["mix_data"] == str(sim) and prov["train_config"]["mix_frames"] == 2
