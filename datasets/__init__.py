@@ -10,7 +10,7 @@ from pathlib import Path
 
 from v2x.datasets.errors import DatasetError
 
-__all__ = ["FORMATS", "DatasetError", "detect_format", "open_log"]
+__all__ = ["FORMATS", "ConcatLog", "DatasetError", "detect_format", "open_log"]
 
 FORMATS = ("opv2v", "v2v4real", "dair-v2x-c")
 

@@ -16,7 +16,7 @@ from v2x.datasets import open_log
 from v2x.datasets.dair import DairLog
 from v2x.training.dair_data import dair_runs, dair_split, single_side_frame
 from v2x.training.dair_views import write_run_view
-from v2x.training.data import ConcatFrames
+from v2x.training.detector import _mix_in
 
 CONFIG = Path(__file__).resolve().parents[2] / "v2x" / "configs" / "train_dair.yaml"
 
@@ -146,14 +146,6 @@ def test_train_detector_on_the_real_folder_for_one_step(dair_example, tmp_path):
     assert len(history) == 1 and np.isfinite(history[0]["train_loss"]["total"])
 
 
-def test_concat_frames_indexes_across_logs():
-    frames = ConcatFrames([["a0", "a1"], ["b0", "b1", "b2"]], "dair-v2x-c")
-    assert len(frames) == 5 and frames.format == "dair-v2x-c"
-    assert [frames[i] for i in range(5)] == ["a0", "a1", "b0", "b1", "b2"]
-    with pytest.raises(IndexError, match="frame 5 of 5"):
-        frames[5]
-
-
 @pytest.mark.slow
 def test_train_detector_mixes_simulated_frames_into_the_real_ones(dair_example, tmp_path, generate_log):
     sim = generate_log(tmp_path / "sim", frames=3, cavs=1, rsus=1, channels=16, seed=4)
@@ -162,3 +154,12 @@ def test_train_detector_mixes_simulated_frames_into_the_real_ones(dair_example, 
     )
     assert prov["train_frames"] == 4  # two real frames, two simulated ones
     assert prov["train_config"]["mix_data"] == str(sim) and prov["train_config"]["mix_frames"] == 2
+    # the two appended indices are the simulated log's first and last frames, read through one log
+    real = dair_split(dair_example, ["B"]).train
+    both, indices = _mix_in(real, [0, 1], sim, 2)
+    assert indices == [0, 1, len(real), len(real) + 2]
+    assert both.format == real.format
+    assert both[indices[1]].scenario.startswith("real/")
+    assert both[indices[2]].scenario.startswith("mix/") and both[indices[3]].scenario.startswith("mix/")
+    with pytest.raises(ValueError, match="no frames to mix in"):
+        _mix_in(real, [0], sim, 0)

@@ -84,7 +84,7 @@ def turn_objects(frame: Frame, rng: np.random.Generator, max_angle: float, margi
     way, with the points inside its box (grown by ``margin``) in every agent's scan and the
     agents' own labels of it. An object whose turned footprint would touch another's stays."""
     gt = frame.gt
-    if gt is None or len(gt) == 0:
+    if len(gt) == 0:
         return frame
     boxes = gt.xyzlwhy.copy()
     angles = rng.uniform(-max_angle, max_angle, len(boxes))

@@ -27,7 +27,7 @@ from v2x.perception.encoder import sanitize_points
 from v2x.perception.fusion_kind import FusionKind
 from v2x.training.augment import augment_frame
 
-__all__ = ["ConcatFrames", "CooperativeSample", "CooperativeTrainingSet", "collate_samples"]
+__all__ = ["CooperativeSample", "CooperativeTrainingSet", "collate_samples"]
 
 
 def sample_mode(fusion: FusionKind, on_ego_grid: bool = False) -> str:
@@ -48,25 +48,6 @@ class CooperativeSample:
     @property
     def mode(self) -> str:
         return sample_mode(self.fusion, self.on_ego_grid)
-
-
-class ConcatFrames:
-    """Several logs' frames as one log-like sequence (``format``: the first log's, for the
-    settings that follow a log's format)."""
-
-    def __init__(self, logs: Sequence, log_format: str | None = None) -> None:
-        self.logs = list(logs)
-        self.format = log_format
-        self._starts = np.cumsum([0, *(len(x) for x in self.logs)])
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def __getitem__(self, i: int) -> Frame:
-        if not 0 <= i < len(self):
-            raise IndexError(f"frame {i} of {len(self)}")
-        k = int(np.searchsorted(self._starts, i, side="right")) - 1
-        return self.logs[k][i - int(self._starts[k])]
 
 
 class CooperativeTrainingSet(Dataset):

@@ -30,7 +30,7 @@ from v2x.perception.fusion_kind import FusionKind
 from v2x.perception.settings import resolve_share_frame
 from v2x.pipeline.methods import fusion_mode
 from v2x.training.dair_data import dair_split, is_dair_root
-from v2x.training.data import ConcatFrames, CooperativeSample, CooperativeTrainingSet, collate_samples
+from v2x.training.data import CooperativeSample, CooperativeTrainingSet, collate_samples
 from v2x.training.provenance import training_machine
 from v2x.training.targets import build_targets, detection_loss
 
@@ -173,16 +173,17 @@ def _git_commit() -> str | None:
 
 def _mix_in(
     train_log: Any, indices: list[int], mix_root: Path, mix_frames: int | None
-) -> tuple[ConcatFrames, list[int]]:
-    """The training frames with ``mix_frames`` frames of another log (evenly spread) appended."""
-    from v2x.datasets import open_log
+) -> tuple[Any, list[int]]:
+    """The training frames with ``mix_frames`` frames of another log (evenly spread) appended;
+    the mixed-in frames' scenarios are prefixed ``mix/``."""
+    from v2x.datasets import ConcatLog, open_log
 
     mix_log = open_log(_split(mix_root, "train") or mix_root)
     count = len(mix_log) if mix_frames is None else min(mix_frames, len(mix_log))
     if count <= 0:
         raise ValueError(f"train.mix_data: no frames to mix in from {mix_root}")
     picked = sorted(set(np.linspace(0, len(mix_log) - 1, count).round().astype(int).tolist()))
-    both = ConcatFrames([train_log, mix_log], getattr(train_log, "format", None))
+    both = ConcatLog([train_log, mix_log], ["real", "mix"])
     return both, indices + [len(train_log) + i for i in picked]
 
 
