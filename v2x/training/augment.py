@@ -101,29 +101,35 @@ def turn_objects(frame: Frame, rng: np.random.Generator, max_angle: float, margi
         boxes[j] = new
     if not turned:
         return frame
+    old = Boxes(np.stack([b for b, _ in turned]))
     agents = {}
     for k, s in frame.agents.items():
+        # points are picked in the sensor's frame, as Frame.points_per_gt_box counts them, so
+        # only the moved ones pass through float64 and back
+        lidar_from_world = inverse(s.world_from_lidar)
+        inside = points_in_boxes(s.points, old.transformed(lidar_from_world).xyzlwhy, margin)
         pts = s.points.copy()
-        world = transform_points(s.world_from_lidar, pts[:, :3].astype(np.float64))
-        inside = points_in_boxes(world, np.stack([b for b, _ in turned]), margin)
         for j, (_, turn) in enumerate(turned):
             sel = inside[:, j]
-            world[sel] = transform_points(turn, world[sel])
-        pts[:, :3] = transform_points(inverse(s.world_from_lidar), world).astype(np.float32)
-        agents[k] = dataclasses.replace(s, points=pts, labels=_turn_labels(s.labels, turned, margin))
+            if sel.any():
+                local_turn = lidar_from_world @ turn @ s.world_from_lidar
+                pts[sel, :3] = transform_points(local_turn, pts[sel, :3].astype(np.float64)).astype(
+                    np.float32
+                )
+        agents[k] = dataclasses.replace(s, points=pts, labels=_turn_labels(s.labels, old, turned, margin))
     out = gt.copy()
     out.xyzlwhy[:] = boxes
     return Frame(frame.scenario, frame.index, frame.timestamp_ns, agents, frame.ego_id, out)
 
 
 def _turn_labels(
-    labels: Boxes | None, turned: list[tuple[np.ndarray, np.ndarray]], margin: float
+    labels: Boxes | None, old: Boxes, turned: list[tuple[np.ndarray, np.ndarray]], margin: float
 ) -> Boxes | None:
     """An agent's own (world-frame) labels turned with the objects whose box holds their centre."""
     if labels is None or len(labels) == 0:
         return labels
     out = labels.copy()
-    inside = points_in_boxes(labels.centers, np.stack([b for b, _ in turned]), margin)
+    inside = points_in_boxes(labels.centers, old.xyzlwhy, margin)
     for j, (_, turn) in enumerate(turned):
         sel = np.flatnonzero(inside[:, j])
         if sel.size:
