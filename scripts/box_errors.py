@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--fusion", default="none,late,intermediate", help="fusion modes, comma-separated")
     ap.add_argument("--min-score", type=float, default=0.3, help="detections below this are not matched")
     ap.add_argument("--max-distance", type=float, default=2.5, help="metres between matched centres")
+    ap.add_argument("--box-fit", type=int, help="the detector's box_fit_min_points (default: the weights')")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(2)
     log = open_log(args.data)
     fmt = getattr(log, "format", None)
-    model = load_detector(args.weights, log_format=fmt)
+    model = load_detector(args.weights, log_format=fmt, box_fit_min_points=args.box_fit)
     perception = Perception(model)
     share = resolve_share_frame(None, fmt)
     modes = [m.strip() for m in args.fusion.split(",") if m.strip()]

@@ -9,6 +9,7 @@ import click
 
 from v2x.cli.options import (
     bootstrap_options,
+    box_fit_option,
     box_merge_option,
     frames_option,
     pick_option,
@@ -65,6 +66,7 @@ def _parse_modes(value: str) -> list[str]:
 @bootstrap_options("With two or more modes: paired bootstrap over frames, this many resamples (e.g. 1000).")
 @precision_option
 @box_merge_option
+@box_fit_option
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results here."
 )
@@ -80,6 +82,7 @@ def eval_detection(
     bootstrap_block,
     precision,
     box_merge,
+    box_fit,
     share_frame,
     json_out,
 ) -> None:
@@ -102,6 +105,7 @@ def eval_detection(
         precision=precision,
         box_fusion_iou=box_fusion_iou(box_merge),
         share_frame=share_frame,
+        box_fit=box_fit,
     )
     for mode in modes:
         res = results[mode]

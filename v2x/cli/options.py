@@ -42,6 +42,18 @@ box_merge_option = click.option(
 )
 
 
+#: fitting boxes to the points on each car (DetectorConfig.box_fit_min_points)
+box_fit_option = click.option(
+    "--box-fit",
+    "box_fit",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Fit each box to the points on the car (heading by L-shape fitting, centre onto the faces "
+    "seen) where at least this many stand on it; 0 turns it off [default: the weights' own "
+    "setting: 10 for the DAIR-V2X-C weights, off for the OPV2V-like ones].",
+)
+
+
 def bootstrap_options(what: str) -> Callable:
     """``--bootstrap N`` (paired resamples; ``what`` says of what) and ``--bootstrap-block B``."""
 

@@ -33,6 +33,7 @@ def evaluate_fusion_modes(
     precision: str = "fp32",
     box_fusion_iou: float | None = BOX_FUSION_IOU,
     share_frame: str | None = None,
+    box_fit: int | None = None,
 ) -> dict[str, dict]:
     """AP (BEV and 3D, 0.3/0.5/0.7) and mean bytes per collaborator per frame, per mode, on the
     ``frames`` selected (default: all).
@@ -45,7 +46,8 @@ def evaluate_fusion_modes(
     ``box_fusion_iou``: late fusion's merge (:mod:`v2x.perception.box_merge`; None: plain NMS).
     ``share_frame``: where collaborators encode for ``intermediate`` (None: the log format's
     default, as in ``v2x eval comm``: the ego's grid, the collaborator's own frame for DAIR-V2X-C);
-    each mode's result says which under ``share_frame``."""
+    each mode's result says which under ``share_frame``. ``box_fit``: the detector's
+    ``box_fit_min_points`` (None: the weights' own), reported under that name."""
     from v2x.datasets import open_log
 
     if threads:
@@ -53,7 +55,7 @@ def evaluate_fusion_modes(
     log = open_log(root, max_cav=max_cav)
     fmt = getattr(log, "format", None)
     default_frame = resolve_share_frame(share_frame, fmt)
-    model = load_detector(weights, precision=precision, log_format=fmt)
+    model = load_detector(weights, precision=precision, log_format=fmt, box_fit_min_points=box_fit)
     perception = Perception(model, box_fusion_iou=box_fusion_iou)
     indices = select_frames(log, frames or FrameSelection())
     evaluators = {m: DetectionEvaluator(eval_range=model.cfg.grid.xy_range) for m in modes}
@@ -81,6 +83,7 @@ def evaluate_fusion_modes(
         r["model_identity"] = model.identity()
         r["precision"] = model.precision
         r["box_fusion_iou"] = box_fusion_iou
+        r["box_fit_min_points"] = model.cfg.box_fit_min_points
         r["share_frame"] = (
             runs[m].shares_in(default_frame) if runs[m].fusion is FusionKind.INTERMEDIATE else None
         )

@@ -76,6 +76,8 @@ def _nbytes(p: AgentPerception) -> int:
         n += p.confidence.nbytes
     if p.boxes is not None:
         n += p.boxes.xyzlwhy.nbytes
+    if p.points is not None:
+        n += p.points.element_size() * p.points.nelement()
     return n
 
 

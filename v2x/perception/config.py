@@ -52,6 +52,9 @@ class DetectorConfig:
     #: and it finds little there (docs/perception.md, DAIR-V2X-C). "local" makes the encoder
     #: the same everywhere on the grid, whichever sensor the points came from.
     point_xy: str = "absolute"
+    #: fit each decoded box to the points on it, heading and the faces seen
+    #: (v2x.perception.box_fit), where at least this many stand on it; 0: the boxes as decoded
+    box_fit_min_points: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, dict):
@@ -60,12 +63,16 @@ class DetectorConfig:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.point_xy not in POINT_XY:
             raise ValueError(f"point_xy must be one of {POINT_XY}, got {self.point_xy!r}")
+        if self.box_fit_min_points < 0:
+            raise ValueError(f"box_fit_min_points must be 0 (off) or more, got {self.box_fit_min_points}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["grid"] = self.grid.to_dict()
         if d["point_xy"] == "absolute":  # the default is left out: models made before keep their identity
             del d["point_xy"]
+        if d["box_fit_min_points"] == 0:  # likewise
+            del d["box_fit_min_points"]
         return d
 
     @classmethod

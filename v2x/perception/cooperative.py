@@ -79,6 +79,11 @@ class AgentPerception:
     #: the head's output (batch of one) where it ran but boxes were not decoded: see
     #: :meth:`Perception.boxes_of`
     head: HeadOutput | None = None
+    #: the scan's points in this BEV frame, kept only where the detector fits boxes to them
+    #: (``DetectorConfig.box_fit_min_points``): the ego fits its fused boxes to them
+    points: torch.Tensor | None = None
+    #: where the scan's sensor stands in this BEV frame (x, y; the origin of the agent's own)
+    sensor_xy: np.ndarray | None = None
 
 
 @dataclass
@@ -203,8 +208,13 @@ class Perception:
         clouds = [sanitize_points(s.points_in(f), self.cfg) for s, f in zip(scans, frames, strict=True)]
         bev = self.model.encode(clouds)
         out = self.model.detect(bev.features) if detect else None
-        decoded = self.model.decode(out) if detect and boxes else [None] * len(scans)
+        # where each sensor stands in the frame its scan is encoded in (the origin of its own)
+        sensors = [
+            (inverse(f) @ s.world_from_lidar)[:2, 3].copy() for s, f in zip(scans, frames, strict=True)
+        ]
+        decoded = self.model.decode(out, clouds, sensors) if detect and boxes else [None] * len(scans)
         conf = out.confidence().numpy() if detect else [None] * len(scans)
+        fits = bool(self.cfg.box_fit_min_points)  # the ego fits its fused boxes to its points too
         return [
             AgentPerception(
                 s.agent_id,
@@ -218,6 +228,8 @@ class Perception:
                 HeadOutput(out.heatmap[i : i + 1], out.regression[i : i + 1])
                 if detect and not boxes
                 else None,
+                clouds[i] if fits else None,
+                sensors[i],
             )
             for i, s in enumerate(scans)
         ]
@@ -244,7 +256,7 @@ class Perception:
         """``me``'s boxes, decoded now (and kept) if its head ran without decoding them: the ego
         of a demand method needs its own boxes only when nothing arrives to fuse."""
         if me.boxes is None and me.head is not None:
-            me.boxes = self.model.decode(me.head)[0]
+            me.boxes = self.model.fit_boxes(self.model.decode(me.head)[0], me.points, me.sensor_xy)
             me.head = None
         return me.boxes
 
@@ -278,6 +290,10 @@ class Perception:
         out = model.detect(fused[None])
         boxes = model.decode(out)[0]
         read_elsewhere = self._read_in_collaborator_frames(model, ego, shared) if in_each_frame else []
+        # the ego's own reading fitted to its own points, as every agent fits the boxes it
+        # detects alone, before the merge (fitted after it, boxes read in other frames would be
+        # bent onto whatever of the ego's points lie there)
+        boxes = model.fit_boxes(boxes, ego.points, ego.sensor_xy)
         if shared_boxes or read_elsewhere:
             boxes = self.merge_boxes(ego.world_from_bev, boxes, [*read_elsewhere, *shared_boxes])
         return EgoResult(boxes, out.confidence()[0].numpy(), fused)
@@ -388,7 +404,7 @@ class Perception:
                 sent[scan.agent_id] = POINTS_HEADER_BYTES + POINT_BYTES * len(kept)
         merged = torch.cat(clouds)
         bev = self.model.encode([merged])
-        boxes = self.model.decode(self.model.detect(bev.features))[0]
+        boxes = self.model.decode(self.model.detect(bev.features), [merged])[0]
         return FrameResult(boxes, frame.ego.world_from_bev, sent)
 
 

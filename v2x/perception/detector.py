@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from v2x import WEIGHTS
 from v2x.core.boxes import Boxes
 from v2x.perception.alignment import WarpAlignment
 from v2x.perception.allocator import keep_freed_memory
+from v2x.perception.box_fit import fit_boxes
 from v2x.perception.config import DetectorConfig
 from v2x.perception.encoder import BEVFeatures, PillarEncoder
 from v2x.perception.fusion import MaxFusion, make_fusion, warp_cells_to_ego, warp_to_ego
@@ -145,8 +147,34 @@ class CooperativeDetector(nn.Module):
         all_valid = torch.cat([ego_valid[None], wvalid])
         return self.fusion(all_feats, all_valid)
 
-    def decode(self, out: HeadOutput) -> list[Boxes]:
-        return decode_boxes(out, self.cfg)
+    def decode(
+        self,
+        out: HeadOutput,
+        points: list[torch.Tensor | None] | None = None,
+        sensors_xy: list[np.ndarray] | None = None,
+    ) -> list[Boxes]:
+        """The head's boxes per batch item; with ``points`` (each item's cloud in its map's frame,
+        or None; ``sensors_xy``: where each cloud's sensor stands in that frame, default its
+        origin), fitted to them where the config asks (:meth:`fit_boxes`)."""
+        boxes = decode_boxes(out, self.cfg)
+        if points is None:
+            return boxes
+        if len(points) != len(boxes):
+            raise ValueError(f"points: {len(points)} clouds for {len(boxes)} maps")
+        sensors = sensors_xy if sensors_xy is not None else [np.zeros(2)] * len(boxes)
+        return [self.fit_boxes(b, c, xy) for b, c, xy in zip(boxes, points, sensors, strict=True)]
+
+    def fit_boxes(
+        self, boxes: Boxes, points: torch.Tensor | None, sensor_xy: np.ndarray | None = None
+    ) -> Boxes:
+        """``boxes`` fitted to ``points`` (same frame, the sensor at ``sensor_xy``): headings and
+        centres on the faces seen (:mod:`v2x.perception.box_fit`) if ``cfg.box_fit_min_points``
+        is set; else as given."""
+        if not self.cfg.box_fit_min_points or points is None or not len(boxes):
+            return boxes
+        at = (0.0, 0.0) if sensor_xy is None else sensor_xy
+        fitted = fit_boxes(boxes.xyzlwhy, points.numpy(), self.cfg.box_fit_min_points, at)
+        return replace(boxes, xyzlwhy=fitted)
 
     # -- persistence ---------------------------------------------------------------------------
     def checkpoint(self, **extra) -> dict:
@@ -168,10 +196,12 @@ def load_detector(
     map_location: str = "cpu",
     precision: str = "fp32",
     log_format: str | None = None,
+    box_fit_min_points: int | None = None,
 ) -> CooperativeDetector:
     """A detector from a checkpoint written by ``v2x train detector`` (by default the shipped
     weights for a log of ``log_format``, :func:`resolve_weights`), in eval mode, its neck and
-    head running in ``precision``."""
+    head running in ``precision``; ``box_fit_min_points`` replaces the checkpoint's setting
+    of that name (None: kept; 0: off)."""
     keep_freed_memory()  # every frame's MB-sized tensors reuse freed heap (v2x.perception.allocator)
     path = resolve_weights(path, log_format)
     if not path.is_file():
@@ -179,7 +209,10 @@ def load_detector(
             f"detector weights not found: {path} (train them with `v2x train detector` or pass --weights)"
         )
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    model = CooperativeDetector(DetectorConfig.from_dict(ckpt["config"]))
+    config = DetectorConfig.from_dict(ckpt["config"])
+    if box_fit_min_points is not None:
+        config = replace(config, box_fit_min_points=box_fit_min_points)
+    model = CooperativeDetector(config)
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model.set_precision(precision)

@@ -413,9 +413,10 @@ class EgoStage:
         with torch.no_grad():
             if spec.fusion is FusionKind.EARLY:
                 own = sanitize_points(scan.points_in_bev(), perception.cfg)
-                bev = perception.model.encode([torch.cat([own, *clouds])])
+                merged = torch.cat([own, *clouds])
+                bev = perception.model.encode([merged])
                 out = perception.model.detect(bev.features)
-                boxes = perception.model.decode(out)[0]
+                boxes = perception.model.decode(out, [merged])[0]
                 fused_map = bev.features[0]
             elif spec.ego_detects_alone:
                 boxes = (
