@@ -161,7 +161,7 @@ class CooperativeDetector(nn.Module):
             return boxes
         if len(points) != len(boxes):
             raise ValueError(f"points: {len(points)} clouds for {len(boxes)} maps")
-        sensors = sensors_xy if sensors_xy is not None else [np.zeros(2)] * len(boxes)
+        sensors = sensors_xy if sensors_xy is not None else [None] * len(boxes)
         return [self.fit_boxes(b, c, xy) for b, c, xy in zip(boxes, points, sensors, strict=True)]
 
     def fit_boxes(
