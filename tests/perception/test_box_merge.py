@@ -1,12 +1,15 @@
-"""Late fusion's merge: NMS whose kept boxes absorb the close duplicates they suppress."""
+"""Late fusion's merge: NMS whose kept boxes absorb the close duplicates they suppress; and the
+hybrid's ego, whose fused reading only adds the objects no box has."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from v2x.core.boxes import Boxes
 from v2x.core.iou import bev_iou_matrix
-from v2x.perception.box_merge import merge_duplicates
-from v2x.perception.cooperative import Perception, SharedBoxes
+from v2x.perception.box_merge import NEW_OBJECT_IOU, merge_duplicates, not_overlapping
+from v2x.perception.cooperative import Perception, SharedBoxes, SharedFeatures
 from v2x.perception.head import rotated_nms
 
 CAR = [4.0, 2.0, 1.5]
@@ -80,3 +83,37 @@ def test_late_fusion_places_a_car_seen_by_both_agents_between_their_boxes(model)
     plain = Perception(model, box_fusion_iou=None).merge_boxes(np.eye(4), own, received)
     assert len(fused) == len(plain) == 1
     assert fused.xyzlwhy[0, 0] == pytest.approx(10.2) and plain.xyzlwhy[0, 0] == 10.0
+
+
+def test_only_boxes_overlapping_no_placed_box_count_as_new():
+    placed = _boxes([(0.0, 0.0, 0.0), (20.0, 0.0, 0.0)])
+    found = _boxes([(0.3, 0.0, 0.0), (3.7, 0.0, 0.0), (8.0, 0.0, 0.0), (20.0, 0.0, np.pi / 2)])
+    iou = bev_iou_matrix(found, placed).max(axis=1)
+    assert 0 < iou[1] < NEW_OBJECT_IOU < iou[3]  # a neighbour touching a placed car is new
+    assert not_overlapping(found, placed).tolist() == [False, True, True, False]
+    assert not_overlapping(found, placed[:0]).all() and len(not_overlapping(found[:0], placed)) == 0
+
+
+def test_the_hybrids_ego_places_boxed_cars_as_late_fusion_and_adds_only_new_ones(model, synthetic_frame):
+    """``boxes_first``: what the ego's own boxes and the received ones say is late fusion's merge,
+    to the digit; the fused map's reading only adds boxes that overlap none of them."""
+    frame = synthetic_frame(21)
+    perception = Perception(model)
+    ego, collab = perception.agent_steps([frame.ego, frame.collaborators[0]], detect=True)
+    shared = [SharedFeatures(collab.agent_id, collab.world_from_bev, collab.features, collab.occupied)]
+    received = [SharedBoxes(collab.agent_id, collab.world_from_bev, collab.boxes[:3])]
+    late = perception.merge_boxes(ego.world_from_bev, ego.boxes, received)
+    fused = perception.ego_step(ego, shared).boxes
+    got = perception.ego_step(ego, shared, received, boxes_first=True).boxes
+    assert len(late) > 0 and len(fused) > 0
+    assert np.array_equal(got.xyzlwhy[: len(late)], late.xyzlwhy)
+    assert np.array_equal(got.scores[: len(late)], late.scores)
+    added = got.xyzlwhy[len(late) :]
+    assert len(added) == not_overlapping(fused.xyzlwhy, late.xyzlwhy).sum()
+    assert not_overlapping(added, late.xyzlwhy).all()
+    # an ego step that had not detected on its own map detects now, with the detector's head
+    undetected = replace(ego, boxes=None, head=None, confidence=None)
+    again = perception.ego_step(undetected, shared, received, boxes_first=True).boxes
+    assert np.allclose(again.xyzlwhy, got.xyzlwhy, atol=1e-5)
+    # nothing received: the fused reading as it was
+    assert np.array_equal(perception.ego_step(ego, shared, [], boxes_first=True).boxes.xyzlwhy, fused.xyzlwhy)

@@ -196,7 +196,9 @@ def evaluate_comm(
             else:
                 reads = decoder if s.spec.needs_codebook else None  # message weights read codes
                 in_each = s.spec.reads_in_senders_frame(share_frame)
-                read = perception.ego_step(ego, shared, received, reads, in_each_frame=in_each)
+                read = perception.ego_step(
+                    ego, shared, received, reads, in_each_frame=in_each, boxes_first=s.spec.attaches_boxes
+                )
                 evals[s].add(read.boxes, gt)
             if s in boxes_only:
                 boxes_only[s].add(_merged(perception, ego, received), gt)

@@ -18,11 +18,14 @@ import numpy as np
 from v2x.core.boxes import wrap_angle
 from v2x.core.iou import bev_iou_matrix
 
-__all__ = ["BOX_FUSION_IOU", "merge_duplicates"]
+__all__ = ["BOX_FUSION_IOU", "NEW_OBJECT_IOU", "merge_duplicates", "not_overlapping"]
 
 #: BEV IoU above which a suppressed box is averaged into the box that suppressed it (chosen on
 #: the simulator's validation split: 0.2-0.5 tried, docs/perception.md); None: plain NMS
 BOX_FUSION_IOU: float | None = 0.4
+#: a box overlapping a placed one by more than this BEV IoU is the same object, not a new one
+#: (the hybrid's ego; chosen on the simulator's validation split from 0.1 to 0.5, docs/messages.md)
+NEW_OBJECT_IOU = 0.3
 
 
 def merge_duplicates(
@@ -71,3 +74,11 @@ def _mean_heading(yaws: np.ndarray, weights: np.ndarray, reference: float) -> fl
     [-pi, pi)."""
     near = reference + (yaws - reference + np.pi / 2) % np.pi - np.pi / 2
     return float(wrap_angle((near * weights).sum() / weights.sum()))
+
+
+def not_overlapping(xyzlwhy: np.ndarray, placed: np.ndarray, iou: float = NEW_OBJECT_IOU) -> np.ndarray:
+    """Mask of the rows of ``xyzlwhy`` whose BEV IoU with every row of ``placed`` is at most
+    ``iou``: the objects a second reading finds that the placed boxes do not have."""
+    if len(xyzlwhy) == 0 or len(placed) == 0:
+        return np.ones(len(xyzlwhy), dtype=bool)
+    return bev_iou_matrix(np.asarray(xyzlwhy, np.float64), np.asarray(placed, np.float64)).max(axis=1) <= iou

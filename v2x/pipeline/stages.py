@@ -442,6 +442,7 @@ class EgoStage:
                     boxes_in,
                     self.models.decoder,
                     in_each_frame=spec.reads_in_senders_frame(self.cfg.share_frame),
+                    boxes_first=spec.attaches_boxes,
                 )
                 boxes, fused_map = res.boxes, res.features
         tracks = self._track(percept, boxes, boxes_in, fused_map, now_s)
