@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from v2x.core.boxes import Boxes
+from v2x.core.geometry import inverse
 from v2x.core.iou import bev_iou_matrix
-from v2x.perception.box_merge import NEW_OBJECT_IOU, merge_duplicates, not_overlapping
-from v2x.perception.cooperative import Perception, SharedBoxes, SharedFeatures
+from v2x.perception.box_merge import NEW_OBJECT_IOU, agents_disagreement, merge_duplicates, not_overlapping
+from v2x.perception.cooperative import SAME_CAR_SPREADS, Perception, SharedBoxes, SharedFeatures
 from v2x.perception.head import rotated_nms
 
 CAR = [4.0, 2.0, 1.5]
@@ -87,11 +88,25 @@ def test_late_fusion_places_a_car_seen_by_both_agents_between_their_boxes(model)
 
 def test_only_boxes_overlapping_no_placed_box_count_as_new():
     placed = _boxes([(0.0, 0.0, 0.0), (20.0, 0.0, 0.0)])
-    found = _boxes([(0.3, 0.0, 0.0), (3.7, 0.0, 0.0), (8.0, 0.0, 0.0), (20.0, 0.0, np.pi / 2)])
+    found = _boxes(
+        [(0.3, 0.0, 0.0), (3.7, 0.0, 0.0), (8.0, 0.0, 0.0), (20.0, 0.0, np.pi / 2), (20.0, 1.9, 0.0)]
+    )
     iou = bev_iou_matrix(found, placed).max(axis=1)
     assert 0 < iou[1] < NEW_OBJECT_IOU < iou[3]  # a neighbour touching a placed car is new
-    assert not_overlapping(found, placed).tolist() == [False, True, True, False]
+    assert 0 < iou[4] < NEW_OBJECT_IOU
+    assert not_overlapping(found, placed).tolist() == [False, True, True, False, True]
+    # where the agents place one car metres apart, a box that close to a placed one is that car
+    assert not_overlapping(found, placed, min_apart=2.5).tolist() == [False, True, True, False, False]
     assert not_overlapping(found, placed[:0]).all() and len(not_overlapping(found[:0], placed)) == 0
+
+
+def test_the_agents_disagreement_is_the_median_distance_of_the_cars_both_place():
+    a = _boxes([(0.0, 0.0, 0.0), (10.0, 0.0, 0.0), (20.0, 5.0, 0.0), (60.0, 0.0, 0.0)])
+    b = a.copy()
+    b[:, 0] += [1.2, 1.0, 1.4, 9.0]  # the last is no pair: too far
+    assert agents_disagreement(a, b) == pytest.approx(1.2)
+    assert agents_disagreement(a[:1], b[:1]) == 0.0  # one pair says nothing of the frames
+    assert agents_disagreement(a, b[:0]) == 0.0
 
 
 def test_the_hybrids_ego_places_boxed_cars_as_late_fusion_and_adds_only_new_ones(model, synthetic_frame):
@@ -109,8 +124,10 @@ def test_the_hybrids_ego_places_boxed_cars_as_late_fusion_and_adds_only_new_ones
     assert np.array_equal(got.xyzlwhy[: len(late)], late.xyzlwhy)
     assert np.array_equal(got.scores[: len(late)], late.scores)
     added = got.xyzlwhy[len(late) :]
-    assert len(added) == not_overlapping(fused.xyzlwhy, late.xyzlwhy).sum()
-    assert not_overlapping(added, late.xyzlwhy).all()
+    moved = received[0].boxes.transformed(inverse(ego.world_from_bev) @ collab.world_from_bev)
+    apart = SAME_CAR_SPREADS * agents_disagreement(ego.boxes.xyzlwhy, moved.xyzlwhy)
+    assert len(added) == not_overlapping(fused.xyzlwhy, late.xyzlwhy, min_apart=apart).sum() > 0
+    assert not_overlapping(added, late.xyzlwhy, min_apart=apart).all()
     # an ego step that had not detected on its own map detects now, with the detector's head
     undetected = replace(ego, boxes=None, head=None, confidence=None)
     again = perception.ego_step(undetected, shared, received, boxes_first=True).boxes

@@ -31,7 +31,7 @@ from v2x.comm.wire_points import POINT_BYTES
 from v2x.core.boxes import VEHICLE_CLASSES, Boxes
 from v2x.core.frame import AgentKind, AgentScan, Frame
 from v2x.core.geometry import inverse
-from v2x.perception.box_merge import BOX_FUSION_IOU, merge_duplicates, not_overlapping
+from v2x.perception.box_merge import BOX_FUSION_IOU, agents_disagreement, merge_duplicates, not_overlapping
 from v2x.perception.cache import PerceptionCache, scan_key
 from v2x.perception.detector import CooperativeDetector
 from v2x.perception.encoder import sanitize_points
@@ -41,6 +41,7 @@ from v2x.perception.head import HeadOutput
 from v2x.perception.settings import check_share_frame, decodes_in_each_frame, encodes_on_ego_grid
 
 __all__ = [
+    "SAME_CAR_SPREADS",
     "AgentPerception",
     "EgoResult",
     "FrameResult",
@@ -53,7 +54,9 @@ __all__ = [
     "without_ego",
 ]
 
-#: frames a collaborator may encode its shared BEV map in (see the module's docstring)
+#: the hybrid's ego: a fused box closer to a placed box than this many times the agents'
+#: disagreement this frame (:func:`~v2x.perception.box_merge.agents_disagreement`) is that car again
+SAME_CAR_SPREADS = 2.0
 
 
 def encoding_frames(frame: Frame, share_frame: str) -> list[np.ndarray | None] | None:
@@ -301,10 +304,14 @@ class Perception:
         # bent onto whatever of the ego's points lie there)
         boxes = model.fit_boxes(boxes, ego.points, ego.sensor_xy)
         if boxes_first and shared_boxes:
-            placed = self.merge_boxes(
-                ego.world_from_bev, self._own_boxes(ego), [*read_elsewhere, *shared_boxes]
+            own = self._own_boxes(ego)
+            placed = self.merge_boxes(ego.world_from_bev, own, [*read_elsewhere, *shared_boxes])
+            spread = max(
+                agents_disagreement(own.xyzlwhy, s.boxes.transformed(ego_inv @ s.world_from_bev).xyzlwhy)
+                for s in shared_boxes
             )
-            boxes = Boxes.concat([placed, boxes[not_overlapping(boxes.xyzlwhy, placed.xyzlwhy)]])
+            new = not_overlapping(boxes.xyzlwhy, placed.xyzlwhy, min_apart=SAME_CAR_SPREADS * spread)
+            boxes = Boxes.concat([placed, boxes[new]])
         elif shared_boxes or read_elsewhere:
             boxes = self.merge_boxes(ego.world_from_bev, boxes, [*read_elsewhere, *shared_boxes])
         return EgoResult(boxes, out.confidence()[0].numpy(), fused)
