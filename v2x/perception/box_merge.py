@@ -94,8 +94,9 @@ def not_overlapping(
 def agents_disagreement(a: np.ndarray, b: np.ndarray, max_distance: float = 3.0, min_pairs: int = 2) -> float:
     """How far apart two agents place the cars both see, this frame: the median centre distance
     of the one-to-one pairs (scipy's assignment) of boxes ``a`` and ``b`` (rows x, y, ...) closer
-    than ``max_distance``; 0 with fewer than ``min_pairs`` pairs. Near 0.2 m on the simulator,
-    about a metre on DAIR-V2X-C's real pairs (their calibration error)."""
+    than ``max_distance``; 0 with fewer than ``min_pairs`` pairs. Measured with the shipped
+    detectors: 0.33 m at the median over the simulator's test frames (0.88 m at the 90th
+    percentile), 1.38 m on DAIR-V2X-C's run B (the real pairs' calibration error)."""
     if len(a) < min_pairs or len(b) < min_pairs:
         return 0.0
     dist = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])

@@ -287,9 +287,12 @@ class Perception:
         stay the ego frame's.
         ``boxes_first`` (the hybrid): with received boxes, the ego's own boxes (its map alone, the
         detector's head, as late fusion has them) are merged with them first, and the fused map
-        only adds the objects none of those boxes has. Why: a car found in quantised cells is
-        placed worse than a box; let its reading move a car that a box already places, and the
-        hybrid loses AP@0.7 to late fusion (docs/messages.md, "The hybrid's ego")."""
+        only adds the objects none of those boxes has: BEV IoU at most
+        :data:`~v2x.perception.box_merge.NEW_OBJECT_IOU` with each, and a centre at least
+        :data:`SAME_CAR_SPREADS` times the agents' disagreement of the frame from theirs. Why: a
+        car found in quantised cells is placed worse than a box; where that reading moved cars
+        the boxes already placed, the hybrid lost AP@0.7 to late fusion (docs/messages.md, "The
+        hybrid's ego")."""
         model = decoder if decoder is not None else self.model
         ego_inv = inverse(ego.world_from_bev)
         others = [(s.features, s.valid, ego_inv @ s.world_from_bev) for s in shared]
