@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+
+from v2x.core.matching import centre_distances, pairs_within
 
 PARAMETERS = ("x", "y", "z", "l", "w", "h", "heading")
 HEADING_BINS = np.arange(0, 181, 15)
@@ -28,10 +29,7 @@ def match_errors(gt: np.ndarray, det: np.ndarray, max_distance: float) -> tuple[
     one-to-one matches within ``max_distance`` metres in the BEV, and the matched truth's rows."""
     if not len(gt) or not len(det):
         return np.zeros((0, 7)), np.zeros((0, 7))
-    dist = np.hypot(gt[:, None, 0] - det[None, :, 0], gt[:, None, 1] - det[None, :, 1])
-    rows, cols = linear_sum_assignment(np.where(dist <= max_distance, dist, 1e6))
-    keep = dist[rows, cols] <= max_distance
-    rows, cols = rows[keep], cols[keep]
+    rows, cols = pairs_within(centre_distances(gt, det), max_distance)
     err = det[cols] - gt[rows]
     err[:, 6] = (err[:, 6] + np.pi / 2) % np.pi - np.pi / 2  # a car's heading is ambiguous by 180
     return err, gt[rows]

@@ -28,7 +28,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+
+from v2x.core.matching import centre_distances, pairs_within
 
 #: how far (metres, BEV centres) a ground-truth box may sit from a side's label and be that label
 SAME_M = 0.15
@@ -47,7 +48,7 @@ def label_origin(
     def nearest(labels: np.ndarray) -> np.ndarray:
         if not len(labels):
             return np.full(len(gt_xy), np.inf)
-        return np.hypot(*(gt_xy[:, None, :2] - labels[None, :, :2]).transpose(2, 0, 1)).min(axis=1)
+        return centre_distances(gt_xy, labels).min(axis=1)
 
     dv, dr = nearest(vehicle_xy), nearest(roadside_xy)
     return np.where(dv <= same_m, "vehicle", np.where(dr <= same_m, "roadside", "neither"))
@@ -58,10 +59,8 @@ def matched_offsets(a_xy: np.ndarray, b_xy: np.ndarray, max_distance: float) -> 
     closer than ``max_distance``."""
     if not len(a_xy) or not len(b_xy):
         return np.zeros((0, 2))
-    dist = np.hypot(*(a_xy[:, None, :2] - b_xy[None, :, :2]).transpose(2, 0, 1))
-    rows, cols = linear_sum_assignment(np.where(dist <= max_distance, dist, 1e6))
-    keep = dist[rows, cols] <= max_distance
-    return b_xy[cols[keep], :2] - a_xy[rows[keep], :2]
+    rows, cols = pairs_within(centre_distances(a_xy, b_xy), max_distance)
+    return b_xy[cols, :2] - a_xy[rows, :2]
 
 
 def median_offset(offsets: np.ndarray, min_matches: int) -> np.ndarray | None:

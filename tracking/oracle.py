@@ -21,6 +21,7 @@ from scipy.optimize import linear_sum_assignment
 
 from v2x.core.boxes import VEHICLE_CLASSES, Boxes
 from v2x.core.iou import iou3d_matrix
+from v2x.core.matching import centre_distances, pairs_within
 from v2x.tracking.metrics import TrackingSequence
 from v2x.tracking.records import FrameDetections
 
@@ -60,16 +61,12 @@ def duplicate_tracks(sequences: list[TrackingSequence], distance: float = 2.0) -
             n_gt += len(gt)
             if trk is None or len(trk) < 2 or len(gt) == 0:
                 continue
-            d = np.hypot(
-                gt.xyzlwhy[:, None, 0] - trk.xyzlwhy[None, :, 0],
-                gt.xyzlwhy[:, None, 1] - trk.xyzlwhy[None, :, 1],
-            )
-            rows, cols = linear_sum_assignment(np.where(d <= distance, d, 1e6))
-            paired = d[rows, cols] <= distance
+            d = centre_distances(gt.xyzlwhy, trk.xyzlwhy)
+            rows, cols = pairs_within(d, distance)
             taken = np.zeros(len(gt), bool)
-            taken[rows[paired]] = True
+            taken[rows] = True
             free = np.ones(len(trk), bool)
-            free[cols[paired]] = False
+            free[cols] = False
             for t in np.flatnonzero(free):
                 g = int(np.argmin(d[:, t]))
                 if d[g, t] <= distance and taken[g]:

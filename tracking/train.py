@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
 from v2x.core.boxes import VEHICLE_CLASSES, wrap_angle
+from v2x.core.matching import centre_distances, pairs_within
 from v2x.tracking.calibrate import detection_samples, pretrain_nll
 from v2x.tracking.config import STATE_FROM_BOX, TrackerConfig
 from v2x.tracking.dmstrack import MultiSensorKF
@@ -85,14 +85,9 @@ def assign_gt_ids(frames: list[FrameDetections], max_distance: float = 2.0) -> i
                 continue
             ids = np.full(len(a.boxes), -1, dtype=np.int64)
             if len(a.boxes) and len(gt):
-                d = np.hypot(
-                    a.boxes.xyzlwhy[:, None, 0] - gt.xyzlwhy[None, :, 0],
-                    a.boxes.xyzlwhy[:, None, 1] - gt.xyzlwhy[None, :, 1],
-                )
-                rows, cols = linear_sum_assignment(np.where(d <= max_distance, d, 1e6))
-                ok = d[rows, cols] <= max_distance
-                ids[rows[ok]] = gt.track_ids[cols[ok]]
-                n += int(ok.sum())
+                rows, cols = pairs_within(centre_distances(a.boxes.xyzlwhy, gt.xyzlwhy), max_distance)
+                ids[rows] = gt.track_ids[cols]
+                n += len(rows)
             a.gt_ids = ids
     return n
 

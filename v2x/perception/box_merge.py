@@ -14,10 +14,10 @@ points backwards has the same footprint, and the kept box keeps its direction.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from v2x.core.boxes import wrap_angle
 from v2x.core.iou import bev_iou_matrix
+from v2x.core.matching import centre_distances, pairs_within
 
 __all__ = ["BOX_FUSION_IOU", "NEW_OBJECT_IOU", "agents_disagreement", "merge_duplicates", "not_overlapping"]
 
@@ -87,8 +87,8 @@ def not_overlapping(
     if len(xyzlwhy) == 0 or len(placed) == 0:
         return np.ones(len(xyzlwhy), dtype=bool)
     boxes, others = np.asarray(xyzlwhy, np.float64), np.asarray(placed, np.float64)
-    apart = np.hypot(boxes[:, None, 0] - others[None, :, 0], boxes[:, None, 1] - others[None, :, 1])
-    return (bev_iou_matrix(boxes, others).max(axis=1) <= iou) & (apart.min(axis=1) >= min_apart)
+    apart = centre_distances(boxes, others).min(axis=1)
+    return (bev_iou_matrix(boxes, others).max(axis=1) <= iou) & (apart >= min_apart)
 
 
 def agents_disagreement(a: np.ndarray, b: np.ndarray, max_distance: float = 3.0, min_pairs: int = 2) -> float:
@@ -99,7 +99,6 @@ def agents_disagreement(a: np.ndarray, b: np.ndarray, max_distance: float = 3.0,
     percentile), 1.38 m on DAIR-V2X-C's run B (the real pairs' calibration error)."""
     if len(a) < min_pairs or len(b) < min_pairs:
         return 0.0
-    dist = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
-    rows, cols = linear_sum_assignment(np.where(dist <= max_distance, dist, 1e6))
-    close = dist[rows, cols][dist[rows, cols] <= max_distance]
-    return float(np.median(close)) if len(close) >= min_pairs else 0.0
+    dist = centre_distances(a, b)
+    rows, cols = pairs_within(dist, max_distance)
+    return float(np.median(dist[rows, cols])) if len(rows) >= min_pairs else 0.0
