@@ -320,14 +320,11 @@ class Perception:
         return EgoResult(boxes, out.confidence()[0].numpy(), fused)
 
     def _own_boxes(self, ego: AgentPerception) -> Boxes:
-        """The ego's boxes from its own map with the detector's head (decoded now if its step did
-        not decode them, detected now if it did not detect)."""
-        own = self.boxes_of(ego)
-        if own is None:
-            out = self.model.detect(ego.features[None])
-            own = self.model.fit_boxes(self.model.decode(out)[0], ego.points, ego.sensor_xy)
-            ego.boxes = own
-        return own
+        """The ego's boxes from its own map with the detector's head (detected now if its step did
+        not detect, and decoded as :meth:`boxes_of` decodes them)."""
+        if ego.boxes is None and ego.head is None:
+            ego.head = self.model.detect(ego.features[None])
+        return self.boxes_of(ego)
 
     @staticmethod
     def _read_in_collaborator_frames(
